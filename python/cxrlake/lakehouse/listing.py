@@ -1,0 +1,148 @@
+"""Source listing: walk image folders without opening anything that is not a regular file.
+
+``os.scandir`` + ``lstat``: FIFOs, sockets and devices are reported (never opened, so they cannot
+hang the pipeline); symlinks are followed only when they resolve to a regular file inside the
+source root. Hidden entries (names starting with ``.``) are skipped.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from cxrlake.lakehouse import transforms
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Files larger than this (bytes) are quarantined at listing, never read into memory."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A regular file found under a source root."""
+
+    path: str  # absolute path (the symlink's own path when it is a link)
+    size: int  # bytes
+    mtime_us: int  # modification time, microseconds since the epoch (UTC)
+    identity: transforms.ImageIdentity
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """An entry that is not ingested, with the reason (goes to the quarantine table)."""
+
+    path: str
+    reason: str
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    return "special file"
+
+
+def _within(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
+    """Yield every file under ``root`` in sorted path order (deterministic)."""
+    root = os.path.abspath(os.fspath(root))
+    real_root = os.path.realpath(root)
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"source is not a directory: {root}")
+    stack = [root]
+    while stack:
+        directory = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as e:
+            yield Rejected(directory, f"cannot list directory: {e.strerror or e}")
+            continue
+        subdirs = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    target = os.path.realpath(entry.path)
+                    if not _within(target, real_root):
+                        yield Rejected(entry.path, f"symlink leaves the source root: {target}")
+                        continue
+                    st = os.stat(target)
+                    if stat.S_ISDIR(st.st_mode):
+                        continue  # never follow directory links (cycles)
+            except OSError as e:
+                yield Rejected(entry.path, f"cannot stat: {e.strerror or e}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append(entry.path)
+            elif stat.S_ISREG(st.st_mode):
+                yield SourceFile(
+                    entry.path,
+                    st.st_size,
+                    st.st_mtime_ns // 1000,
+                    transforms.identify(entry.path),
+                )
+            else:
+                yield Rejected(entry.path, f"not a regular file ({_kind(st.st_mode)})")
+        stack.extend(reversed(subdirs))
+
+
+def sample_per_label(files: list[SourceFile], n: int, seed: str = "cxrlake") -> list[SourceFile]:
+    """Deterministic sample of at most ``n`` files per (dataset_split, category).
+
+    Files are ranked by sha256(seed + image_id), so the sample does not depend on listing order
+    and adding files to a large source changes it only where a new file ranks in the top ``n``.
+    """
+    if n < 1:
+        raise ValueError(f"sample size must be >= 1, got {n}")
+    groups: dict[tuple[str, str | None], list[SourceFile]] = {}
+    for f in files:
+        groups.setdefault((f.identity.dataset_split, f.identity.category), []).append(f)
+    chosen: list[SourceFile] = []
+    for group in groups.values():
+        group.sort(key=lambda f: hashlib.sha256((seed + f.identity.image_id).encode()).digest())
+        chosen.extend(group[:n])
+    chosen.sort(key=lambda f: f.path)
+    return chosen
+
+
+def read_regular_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read a file's bytes, refusing anything that is not (any longer) a regular file.
+
+    Opened with ``O_NONBLOCK`` and checked with ``fstat`` so a file swapped for a FIFO after the
+    listing cannot block. Raises ``OSError`` with a readable message.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, f"not a regular file ({_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise OSError(errno.EFBIG, f"file exceeds {max_bytes // (1024 * 1024)} MiB limit")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0:
+            chunk = os.read(fd, min(remaining, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        data = b"".join(chunks)
+        if len(data) > max_bytes:
+            raise OSError(errno.EFBIG, f"file exceeds {max_bytes // (1024 * 1024)} MiB limit")
+        return data
+    finally:
+        os.close(fd)

@@ -1,0 +1,167 @@
+"""DuckDB over the lakehouse's Delta tables, with the Rust UDFs as SQL functions.
+
+DuckDB's own ``delta`` extension downloads itself at run time, so tables are read through delta-rs
+instead: each table's current snapshot becomes a pyarrow dataset (projection and filter pushdown),
+exposed as a view ``<schema>.<table>`` (``bronze.kaggle_xray_metadata``,
+``gold.pneumonia_predictions`` ...). The connection is a read snapshot: reopen it to see later
+commits.
+
+SQL functions (Arrow-vectorised; DuckDB hands them up to 2048 rows at a time; a NULL or unreadable
+image gives NULL):
+
+- ``predict(path_or_bytes) -> DOUBLE``: P(PNEUMONIA) from the default (or given) model.
+- ``predict_label(path_or_bytes) -> INTEGER``: 0 = NORMAL, 1 = PNEUMONIA (model threshold).
+- ``quality_score(path_or_bytes) -> DOUBLE``: image quality score, 0..1.
+- ``image_error(path_or_bytes) -> VARCHAR``: why an image cannot be read, NULL when it can.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from cxrlake.lakehouse import schemas
+from cxrlake.lakehouse.storage import Lakehouse
+
+OUTPUT_FORMATS = ("table", "csv", "json")
+
+
+def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any) -> None:
+    import cxrlake
+
+    model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+
+    def column(fn: Any, name: str):
+        def udf(images: pa.Array) -> pa.Array:
+            return fn(images, model=model).column(name)
+
+        return udf
+
+    for arg_type in ("VARCHAR", "BLOB"):
+        con.create_function(
+            "predict", column(cxrlake.predict, "probability"), [arg_type], "DOUBLE", type="arrow"
+        )
+        con.create_function(
+            "predict_label",
+            column(cxrlake.predict, "predicted_label"),
+            [arg_type],
+            "INTEGER",
+            type="arrow",
+        )
+        con.create_function(
+            "quality_score",
+            column(
+                lambda x, model: cxrlake.features(x, model=model, embedding=False), "quality_score"
+            ),
+            [arg_type],
+            "DOUBLE",
+            type="arrow",
+        )
+        con.create_function(
+            "image_error",
+            column(lambda x, model: cxrlake.decode(x), "error"),
+            [arg_type],
+            "VARCHAR",
+            type="arrow",
+        )
+
+
+def connect(
+    lakehouse: str | os.PathLike,
+    env: str = "dev",
+    model: Any = None,
+    udfs: bool = True,
+) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with every existing table as ``<schema>.<table>`` view.
+
+    Also defines the view ``gold.dataset_summary`` (when silver exists) and, with ``udfs``, the
+    SQL functions listed in the module docstring (``model``: `cxrlake.Model`, path or None).
+    Close it when done (``con.close()`` or ``with``).
+    """
+    lh = Lakehouse(lakehouse, env)
+    if not os.path.isdir(lh.catalog):
+        raise FileNotFoundError(
+            f"no lakehouse at {lh.catalog}: run `cxrlake pipeline run --lakehouse {lh.root}` first"
+        )
+    con = duckdb.connect()
+    try:
+        for schema_name in ("bronze", "silver", "gold"):
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
+        for spec in schemas.TABLES:
+            if not lh.exists(spec):
+                continue
+            source = f"__delta_{spec.schema_name}_{spec.name}"
+            con.register(source, lh.dataset(spec))
+            con.execute(f"CREATE VIEW {spec.qualified_name} AS SELECT * FROM {source}")
+        if lh.exists(schemas.SILVER):
+            con.execute(
+                f"CREATE VIEW {schemas.DATASET_SUMMARY_VIEW} AS {schemas.DATASET_SUMMARY_SQL}"
+            )
+        if udfs:
+            _register_udfs(con, model)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def query(lakehouse: str | os.PathLike, sql: str, env: str = "dev", model: Any = None) -> pa.Table:
+    """Run one SQL statement over the lakehouse and return the result as an Arrow table."""
+    con = connect(lakehouse, env, model)
+    try:
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+
+
+def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str:
+    """Render a query result as an aligned text table, CSV or JSON lines."""
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt == "csv":
+        import io
+
+        import pyarrow.csv as pacsv
+
+        buf = io.BytesIO()
+        pacsv.write_csv(_printable(table), buf)
+        return buf.getvalue().decode("utf-8").rstrip("\n")
+    if fmt == "json":
+        import json
+
+        return "\n".join(json.dumps(row, default=str) for row in _printable(table).to_pylist())
+    names = table.column_names
+    rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
+    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    line = " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
+    out = [line, "-+-".join("-" * w for w in widths)]
+    out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    return "\n".join(out)
+
+
+def _printable(table: pa.Table) -> pa.Table:
+    """Binary columns as ``<N bytes>`` (CSV and JSON cannot hold raw bytes)."""
+    cols = []
+    for col in table.columns:
+        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
+            cols.append(
+                pa.array([None if v is None else f"<{len(v)} bytes>" for v in col.to_pylist()])
+            )
+        else:
+            cols.append(col)
+    return pa.table(cols, names=table.column_names)
+
+
+def _cell(value: Any, max_width: int) -> str:
+    if value is None:
+        text = "NULL"
+    elif isinstance(value, bytes):
+        text = f"<{len(value)} bytes>"
+    elif isinstance(value, float):
+        text = f"{value:.6g}"
+    else:
+        text = str(value)
+    return text if len(text) <= max_width else text[: max_width - 3] + "..."
