@@ -1,0 +1,321 @@
+"""End-to-end local lakehouse: real images, real Delta tables (read back with delta-rs), real
+processes for kill -9 and concurrent runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cxrlake
+import pyarrow as pa
+import pytest
+from cxrlake.lakehouse import schemas
+from cxrlake.lakehouse.pipeline import run_pipeline
+from deltalake import DeltaTable
+
+REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TRAIN = DATA / "chest_xray" / "train"
+FULLRES = DATA / "chest_xray_fullres"
+
+BAD_FILES = {
+    "corrupt.jpeg": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4,  # JPEG magic, then garbage
+    "empty.jpeg": b"",
+    "notes.txt": b"this is not an image\n",
+}
+
+
+def _copy(src_dir: Path, dst_dir: Path, names: list[str]) -> None:
+    dst_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copyfile(src_dir / name, dst_dir / name)
+
+
+def _images(folder: Path, start: int, count: int) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.suffix == ".jpeg")[start : start + count]
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """28 good images (224 px train + 4 full-res + 2 unlabelled), 3 bad files and a FIFO."""
+    root = tmp_path_factory.mktemp("source")
+    for label in ("NORMAL", "PNEUMONIA"):
+        _copy(TRAIN / label, root / "train" / label, _images(TRAIN / label, 0, 11))
+        _copy(FULLRES / label, root / "chest_xray_fullres" / label, _images(FULLRES / label, 0, 2))
+    _copy(TRAIN / "NORMAL", root / "incoming", _images(TRAIN / "NORMAL", 200, 2))
+    for name, content in BAD_FILES.items():
+        (root / "train" / "NORMAL" / name).write_bytes(content)
+    os.mkfifo(root / "train" / "NORMAL" / "fifo.jpeg")
+    return root
+
+
+GOOD = 28
+
+
+def table(lakehouse: Path, spec: schemas.TableSpec) -> DeltaTable:
+    return DeltaTable(spec.path(lakehouse, "dev"))
+
+
+def rows(lakehouse: Path, spec: schemas.TableSpec) -> list[dict]:
+    return table(lakehouse, spec).to_pyarrow_table().to_pylist()
+
+
+def versions(lakehouse: Path) -> dict[str, int]:
+    return {s.qualified_name: table(lakehouse, s).version() for s in schemas.TABLES}
+
+
+def snapshot(lakehouse: Path) -> dict[str, list[tuple]]:
+    """Every table's rows without run-dependent columns (timestamps, batch ids), sorted."""
+    out = {}
+    for spec in schemas.TABLES:
+        t = table(lakehouse, spec).to_pyarrow_table()
+        keep = [
+            f.name
+            for f in t.schema
+            if not pa.types.is_timestamp(f.type)
+            and not pa.types.is_date(f.type)
+            and not f.name.endswith("batch_id")
+        ]
+        out[spec.qualified_name] = sorted(
+            tuple(json.dumps(v, sort_keys=True, default=repr) for v in r.values())
+            for r in t.select(keep).to_pylist()
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def clean_run(source, tmp_path_factory):
+    """A lakehouse after one uninterrupted run, and that run's summary."""
+    lakehouse = tmp_path_factory.mktemp("clean")
+    summary = run_pipeline([source], lakehouse, progress=False)
+    return lakehouse, summary
+
+
+def test_tables_have_exact_schemas_and_change_data_feed(clean_run):
+    lakehouse, _ = clean_run
+    for spec in schemas.TABLES:
+        dt = table(lakehouse, spec)
+        assert pa.schema(dt.schema().to_arrow()).names == spec.arrow_schema.names
+        got = {f.name: f.type for f in pa.schema(dt.schema().to_arrow())}
+        want = {f.name: f.type for f in spec.arrow_schema}
+        # delta-rs may hand strings back as string_view / large_string: compare Delta types
+        for name, typ in want.items():
+            g = got[name]
+            if pa.types.is_string(typ):
+                assert pa.types.is_string(g) or pa.types.is_large_string(g) or g == pa.string_view()
+            elif pa.types.is_list(typ):
+                assert pa.types.is_float64(g.value_type), name
+            else:
+                assert g == typ, (spec.qualified_name, name, g, typ)
+        assert dt.metadata().configuration["delta.enableChangeDataFeed"] == "true"
+        assert dt.metadata().name == spec.name
+    assert os.path.isdir(lakehouse / "healthcare_catalog_dev" / "gold" / "pneumonia_predictions")
+
+
+def test_clean_run_contents(clean_run, source):
+    lakehouse, summary = clean_run
+    bronze = rows(lakehouse, schemas.BRONZE)
+    silver = rows(lakehouse, schemas.SILVER)
+    features = rows(lakehouse, schemas.FEATURES)
+    quarantine = rows(lakehouse, schemas.QUARANTINE)
+    preds = rows(lakehouse, schemas.PREDICTIONS)
+    # bronze: every regular file once, bytes and hash of the real file
+    assert len(bronze) == GOOD + len(BAD_FILES)
+    for r in bronze:
+        content = Path(r["file_path"]).read_bytes()
+        assert r["content"] == content and r["file_size_bytes"] == len(content)
+        assert len(r["content_sha256"]) == 64
+    by_name = {r["filename"]: r for r in bronze}
+    assert by_name["IM-0115-0001.jpeg"]["category"] == "NORMAL"
+    assert {r["dataset_split"] for r in bronze} == {"train", "chest_xray_fullres", "incoming"}
+    assert all(r["category"] is None for r in bronze if r["dataset_split"] == "incoming")
+    # quarantine: each bad file with its reason, the FIFO at listing without hanging
+    reasons = {r["filename"]: (r["stage"], r["reason"]) for r in quarantine}
+    assert set(reasons) == {*BAD_FILES, "fifo.jpeg"}
+    assert reasons["fifo.jpeg"] == ("listing", "not a regular file (fifo)")
+    for name in BAD_FILES:
+        stage, reason = reasons[name]
+        assert stage == "silver" and reason, name
+    assert "empty" in reasons["empty.jpeg"][1]
+    # silver: the good images, with dimensions from the real files
+    assert len(silver) == GOOD and len(features) == GOOD
+    assert {r["image_id"] for r in silver} == {r["image_id"] for r in features}
+    assert not {r["image_id"] for r in silver} & {r["image_id"] for r in quarantine}
+    for r in silver:
+        assert 0.0 <= r["quality_score"] <= 1.0
+        assert r["label"] == (
+            None if r["label_name"] is None else ["NORMAL", "PNEUMONIA"].index(r["label_name"])
+        )
+        if r["dataset_split"] == "train":
+            assert (r["image_width"], r["image_height"]) == (224, 224)
+        else:
+            assert min(r["image_width"], r["image_height"]) > 224
+    for r in features:
+        assert r["feature_vector"] and 0 <= r["mean_pixel_value"] <= 255
+    # gold: every good image scored once, consistent with cxrlake.predict on the file
+    assert len(preds) == GOOD and len({r["prediction_id"] for r in preds}) == GOOD
+    paths = {r["image_id"]: r["file_path"] for r in silver}
+    direct = cxrlake.predict([paths[r["image_id"]] for r in preds]).column("probability")
+    for r, p in zip(preds, direct.to_pylist(), strict=True):
+        assert r["prediction_probability"] == pytest.approx(p, abs=1e-6)
+        assert r["confidence_score"] == pytest.approx(max(p, 1 - p))
+        assert r["is_correct"] == (
+            None if r["true_label"] is None else r["predicted_label"] == r["true_label"]
+        )
+        assert r["prediction_date"] == r["predicted_at"].date()
+    # performance: one row per labelled split
+    perf = rows(lakehouse, schemas.PERFORMANCE)
+    assert sorted(r["dataset_split"] for r in perf) == ["chest_xray_fullres", "train"]
+    for r in perf:
+        cm = json.loads(r["confusion_matrix"])
+        assert sum(map(sum, cm["matrix"])) == r["total_samples"]
+    assert {r["dataset_split"]: r["total_samples"] for r in perf} == {
+        "train": 22,
+        "chest_xray_fullres": 4,
+    }
+    # summary
+    assert summary.new_rows["bronze.kaggle_xray_metadata"] == GOOD + len(BAD_FILES)
+    assert summary.total_rows["gold.pneumonia_predictions"] == GOOD
+    assert len(summary.quarantined) == len(BAD_FILES) + 1
+    assert "quarantined this run: 4" in summary.format()
+
+
+def test_rerun_writes_nothing(clean_run, source):
+    lakehouse, _ = clean_run
+    before_versions, before = versions(lakehouse), snapshot(lakehouse)
+    summary = run_pipeline([source], lakehouse, progress=False)
+    assert versions(lakehouse) == before_versions  # not a single commit
+    assert snapshot(lakehouse) == before
+    assert set(summary.new_rows.values()) == {0}
+    assert summary.files_skipped_unchanged == GOOD + len(BAD_FILES)
+
+
+def test_ten_new_images_add_exactly_ten_rows(source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(source, src, ignore=shutil.ignore_patterns("fifo.jpeg"))
+    lakehouse = tmp_path / "lh"
+    run_pipeline([src], lakehouse, progress=False)
+    counts = {s.qualified_name: table(lakehouse, s).count() for s in schemas.TABLES}
+    _copy(TRAIN / "PNEUMONIA", src / "train" / "PNEUMONIA", _images(TRAIN / "PNEUMONIA", 100, 10))
+    summary = run_pipeline([src], lakehouse, progress=False)
+    after = {s.qualified_name: table(lakehouse, s).count() for s in schemas.TABLES}
+    for name in (
+        "bronze.kaggle_xray_metadata",
+        "silver.xray_metadata",
+        "silver.image_features",
+        "gold.pneumonia_predictions",
+    ):
+        assert after[name] == counts[name] + 10, name
+        assert summary.new_rows[name] == 10
+    assert after["silver.quarantine"] == counts["silver.quarantine"]
+    # the train split's prediction set changed: one new evaluation row, for train only
+    perf = rows(lakehouse, schemas.PERFORMANCE)
+    assert sorted(r["dataset_split"] for r in perf) == ["chest_xray_fullres", "train", "train"]
+    assert max(r["total_samples"] for r in perf if r["dataset_split"] == "train") == 32
+
+
+def test_changed_file_is_reingested_and_replaces_silver_and_gold_rows(source, tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(source, src, ignore=shutil.ignore_patterns("fifo.jpeg"))
+    lakehouse = tmp_path / "lh"
+    run_pipeline([src], lakehouse, progress=False)
+    target = src / "train" / "NORMAL" / "empty.jpeg"  # was quarantined; now a real image
+    shutil.copyfile(TRAIN / "NORMAL" / _images(TRAIN / "NORMAL", 300, 1)[0], target)
+    run_pipeline([src], lakehouse, progress=False)
+    bronze = [r for r in rows(lakehouse, schemas.BRONZE) if r["filename"] == "empty.jpeg"]
+    assert len(bronze) == 2  # append-only: both versions kept
+    assert "empty.jpeg" not in {r["filename"] for r in rows(lakehouse, schemas.QUARANTINE)}
+    silver = [r for r in rows(lakehouse, schemas.SILVER) if r["filename"] == "empty.jpeg"]
+    assert (
+        len(silver) == 1
+        and silver[0]["content_sha256"]
+        == max(bronze, key=lambda r: r["ingested_at"])["content_sha256"]
+    )
+    assert len(rows(lakehouse, schemas.PREDICTIONS)) == GOOD + 1
+
+
+def test_sample_per_label_limits_ingestion(source, tmp_path):
+    lakehouse = tmp_path / "lh"
+    summary = run_pipeline([source], lakehouse, sample_per_label=3, progress=False)
+    bronze = rows(lakehouse, schemas.BRONZE)
+    groups: dict[tuple, int] = {}
+    for r in bronze:
+        groups[(r["dataset_split"], r["category"])] = (
+            groups.get((r["dataset_split"], r["category"]), 0) + 1
+        )
+    assert groups == {
+        ("train", "NORMAL"): 3,
+        ("train", "PNEUMONIA"): 3,
+        ("chest_xray_fullres", "NORMAL"): 2,
+        ("chest_xray_fullres", "PNEUMONIA"): 2,
+        ("incoming", None): 2,
+    }
+    assert summary.new_rows["gold.pneumonia_predictions"] == len(
+        rows(lakehouse, schemas.PREDICTIONS)
+    )
+
+
+RUNNER = """
+import sys
+from cxrlake.lakehouse.pipeline import run_pipeline
+run_pipeline([sys.argv[1]], sys.argv[2], batch_size=int(sys.argv[3]), progress=False)
+"""
+
+
+def _start(source: Path, lakehouse: Path, batch_size: int) -> subprocess.Popen:
+    env = dict(os.environ, CXRLAKE_NUM_THREADS="1")
+    return subprocess.Popen(
+        [sys.executable, "-c", RUNNER, str(source), str(lakehouse), str(batch_size)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _log_versions(lakehouse: Path, spec: schemas.TableSpec) -> int:
+    log = Path(spec.path(lakehouse, "dev")) / "_delta_log"
+    return len(list(log.glob("*.json"))) if log.is_dir() else 0
+
+
+@pytest.mark.parametrize(
+    ("stage", "spec", "commits"),
+    [
+        ("bronze", schemas.BRONZE, 4),
+        ("silver", schemas.SILVER, 3),
+        ("gold", schemas.PREDICTIONS, 3),
+    ],
+)
+def test_kill_9_mid_run_then_rerun_equals_clean_run(
+    clean_run, source, tmp_path, stage, spec, commits
+):
+    clean_lakehouse, _ = clean_run
+    lakehouse = tmp_path / "lh"
+    proc = _start(source, lakehouse, batch_size=2)
+    # kill as soon as the stage has made `commits` commits (table creation is the first)
+    while _log_versions(lakehouse, spec) < commits and proc.poll() is None:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    partial = {s.qualified_name: table(lakehouse, s).count() for s in schemas.TABLES}
+    assert partial["gold.pneumonia_predictions"] < GOOD  # it really was mid-run
+    run_pipeline([source], lakehouse, progress=False)
+    assert snapshot(lakehouse) == snapshot(clean_lakehouse)
+
+
+def test_two_concurrent_runs_equal_one_run(clean_run, source, tmp_path):
+    clean_lakehouse, _ = clean_run
+    lakehouse = tmp_path / "lh"
+    procs = [_start(source, lakehouse, batch_size=4) for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err.decode()
+    assert snapshot(lakehouse) == snapshot(clean_lakehouse)
+    bronze_keys = [(r["image_id"], r["content_sha256"]) for r in rows(lakehouse, schemas.BRONZE)]
+    assert len(bronze_keys) == len(set(bronze_keys))
