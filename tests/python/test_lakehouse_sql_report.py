@@ -55,8 +55,8 @@ def test_sql_udfs_on_bytes_and_errors(lakehouse):
     con = connect(lakehouse)
     try:
         rows = con.sql(
-            "SELECT filename, predict(content) AS p, predict_label(file_path) AS l, "
-            "quality_score(file_path) AS q, image_error(content) AS e "
+            "SELECT filename, predict_bytes(content) AS p, predict_label(file_path) AS l, "
+            "quality_score(file_path) AS q, image_error_bytes(content) AS e "
             "FROM bronze.kaggle_xray_metadata ORDER BY filename"
         ).fetchall()
     finally:

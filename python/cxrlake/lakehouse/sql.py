@@ -7,12 +7,13 @@ exposed as a view ``<schema>.<table>`` (``bronze.kaggle_xray_metadata``,
 commits.
 
 SQL functions (Arrow-vectorised; DuckDB hands them up to 2048 rows at a time; a NULL or unreadable
-image gives NULL):
+image gives NULL). Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes
+(BLOB, e.g. ``bronze.kaggle_xray_metadata.content``):
 
-- ``predict(path_or_bytes) -> DOUBLE``: P(PNEUMONIA) from the default (or given) model.
-- ``predict_label(path_or_bytes) -> INTEGER``: 0 = NORMAL, 1 = PNEUMONIA (model threshold).
-- ``quality_score(path_or_bytes) -> DOUBLE``: image quality score, 0..1.
-- ``image_error(path_or_bytes) -> VARCHAR``: why an image cannot be read, NULL when it can.
+- ``predict(path) -> DOUBLE``: P(PNEUMONIA) from the default (or given) model.
+- ``predict_label(path) -> INTEGER``: 0 = NORMAL, 1 = PNEUMONIA (model threshold).
+- ``quality_score(path) -> DOUBLE``: image quality score, 0..1.
+- ``image_error(path) -> VARCHAR``: why an image cannot be read, NULL when it can.
 """
 
 from __future__ import annotations
@@ -39,33 +40,28 @@ def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any) -> None:
 
         return udf
 
-    for arg_type in ("VARCHAR", "BLOB"):
-        con.create_function(
-            "predict", column(cxrlake.predict, "probability"), [arg_type], "DOUBLE", type="arrow"
-        )
-        con.create_function(
-            "predict_label",
-            column(cxrlake.predict, "predicted_label"),
-            [arg_type],
-            "INTEGER",
-            type="arrow",
-        )
-        con.create_function(
-            "quality_score",
-            column(
-                lambda x, model: cxrlake.features(x, model=model, embedding=False), "quality_score"
-            ),
-            [arg_type],
-            "DOUBLE",
-            type="arrow",
-        )
-        con.create_function(
-            "image_error",
-            column(lambda x, model: cxrlake.decode(x), "error"),
-            [arg_type],
-            "VARCHAR",
-            type="arrow",
-        )
+    # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
+    functions = [
+        ("predict", cxrlake.predict, "probability", "DOUBLE"),
+        ("predict_label", cxrlake.predict, "predicted_label", "INTEGER"),
+        ("quality_score", _quality, "quality_score", "DOUBLE"),
+        ("image_error", _decode, "error", "VARCHAR"),
+    ]
+    for name, fn, col, return_type in functions:
+        con.create_function(name, column(fn, col), ["VARCHAR"], return_type, type="arrow")
+        con.create_function(f"{name}_bytes", column(fn, col), ["BLOB"], return_type, type="arrow")
+
+
+def _quality(images: pa.Array, model: Any) -> pa.RecordBatch:
+    import cxrlake
+
+    return cxrlake.features(images, model=model, embedding=False)
+
+
+def _decode(images: pa.Array, model: Any) -> pa.RecordBatch:
+    import cxrlake
+
+    return cxrlake.decode(images)
 
 
 def connect(
