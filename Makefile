@@ -77,7 +77,7 @@ train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped spl
 	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --out python/cxrlake/models
 
 bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
-	$(PY) -m cxrlake.bundle_check --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
+	$(PY) python/cxrlake/bundle_check.py --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
 
 fuzz: ## Run every cargo-fuzz target for FUZZ_SECONDS each (default 600)
 	./fuzz/run.sh $${FUZZ_SECONDS:-600}
