@@ -1,0 +1,28 @@
+"""cxrlake on Spark and Databricks: SQL functions, ``mapInArrow`` transforms, job entry points.
+
+- `register` (`cxrlake.spark.udfs`): ``predict`` / ``features`` SQL functions as Arrow-native UDFs
+  (``arrow_udf`` on Spark >= 4.1, an iterator ``pandas_udf`` on Spark 3.5 / DBR 15.4 LTS).
+- `cxrlake.spark.transforms`: ``mapInArrow`` functions from a ``binaryFile`` DataFrame to the exact
+  bronze, silver and gold tables of the local pipeline (same code: `cxrlake.lakehouse.transforms`).
+- `cxrlake.spark.schemas`: Spark schemas derived from `cxrlake.lakehouse.schemas`.
+- `cxrlake.spark.jobs`: what the Databricks notebooks in ``jobs/`` call.
+- `cxrlake.spark.sql_files`: the ``sql/`` files (render, split, run).
+- `cxrlake.spark.warehouse_udf`: the handler of the Unity Catalog batch Python UDF behind the SQL
+  warehouse ``predict(path)`` (no pyspark needed there).
+
+Submodules import pyspark lazily, so ``cxrlake.spark.warehouse_udf`` works where pyspark is absent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["register", "configure_session"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from cxrlake.spark import udfs
+
+        return getattr(udfs, name)
+    raise AttributeError(f"module 'cxrlake.spark' has no attribute {name!r}")

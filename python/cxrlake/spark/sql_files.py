@@ -1,0 +1,128 @@
+"""The SQL files in ``sql/``: parameters, rendering, splitting into statements, running.
+
+The files are parameterised with ``${name}`` placeholders (``${catalog}``, ``${wheel_path}``,
+``${readers_group}``, ``${retain_hours}``). Named parameter markers (``:catalog``) cannot be used
+because Databricks forbids them inside view and function bodies and in the ``ENVIRONMENT``
+clause; so every value is validated against a strict pattern *before* it is substituted, which
+rules out SQL injection. Rendering needs no Spark: tests parse every rendered file with sqlglot.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
+
+# What each parameter may look like. Anything else is rejected, so substitution is safe.
+PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
+    # Unity Catalog catalog of one environment: healthcare_catalog_<env>.
+    "catalog": re.compile(r"healthcare_catalog_[a-z0-9_]+"),
+    # The cxrlake wheel in a UC volume (a valid wheel file name, no quotes or spaces).
+    "wheel_path": re.compile(
+        r"/Volumes/[A-Za-z0-9_]+/[A-Za-z0-9_]+/[A-Za-z0-9_]+/(?:[A-Za-z0-9_.-]+/)*"
+        r"cxrlake-[A-Za-z0-9_.+-]+\.whl"
+    ),
+    # A principal (user, group or service principal name) for GRANT ... TO `principal`.
+    "readers_group": re.compile(r"[A-Za-z0-9_.@ -]{1,128}"),
+    # VACUUM retention in hours: at least a week (Delta's safety check default).
+    "retain_hours": re.compile(r"(?:16[89]|1[7-9]\d|[2-9]\d\d|\d{4,6})"),
+}
+
+
+class SqlParameterError(ValueError):
+    """A SQL file parameter is missing, unknown or does not have the required form."""
+
+
+def default_sql_dir() -> Path:
+    """``sql/`` of the source tree (the bundle syncs it next to the notebooks)."""
+    return Path(__file__).resolve().parents[3] / "sql"
+
+
+def placeholders(text: str) -> set[str]:
+    """Names of the ``${name}`` placeholders in ``text``."""
+    return set(PLACEHOLDER.findall(text))
+
+
+def validate_parameter(name: str, value: Any) -> str:
+    """Return ``value`` as a string if it is a valid value of parameter ``name``."""
+    pattern = PARAMETER_PATTERNS.get(name)
+    if pattern is None:
+        raise SqlParameterError(
+            f"unknown SQL parameter {name!r} (known: {sorted(PARAMETER_PATTERNS)})"
+        )
+    text = str(value)
+    if not pattern.fullmatch(text):
+        raise SqlParameterError(f"invalid value {text!r} for SQL parameter {name!r}")
+    return text
+
+
+def render(text: str, params: Mapping[str, Any]) -> str:
+    """Substitute every ``${name}`` of ``text`` with the validated ``params[name]``."""
+    missing = placeholders(text) - set(params)
+    if missing:
+        raise SqlParameterError(f"missing SQL parameters: {', '.join(sorted(missing))}")
+    values = {name: validate_parameter(name, value) for name, value in params.items()}
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+
+
+def split_statements(text: str) -> list[str]:
+    """Split SQL text at top-level ``;`` (not inside quotes, backticks, ``$$`` bodies or
+    comments). Returns the statements without the ``;``, comments kept, empty ones dropped."""
+    statements: list[str] = []
+    start = i = 0
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if text.startswith("--", i):
+            j = text.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif text.startswith("/*", i):
+            j = text.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif text.startswith("$$", i):
+            j = text.find("$$", i + 2)
+            if j < 0:
+                raise ValueError("unterminated $$ block")
+            i = j + 2
+        elif c in ("'", '"', "`"):
+            j = i + 1
+            while j < n and text[j] != c:
+                j += 2 if text[j] == "\\" else 1
+            if j >= n:
+                raise ValueError(f"unterminated {c} quote")
+            i = j + 1
+        elif c == ";":
+            statements.append(text[start:i])
+            start = i = i + 1
+        else:
+            i += 1
+    statements.append(text[start:])
+    return [s.strip() for s in statements if _strip_comments(s).strip()]
+
+
+def _strip_comments(statement: str) -> str:
+    return re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
+
+
+def rendered_statements(path: str | Path, params: Mapping[str, Any]) -> list[str]:
+    """The statements of one SQL file with its parameters substituted."""
+    text = Path(path).read_text(encoding="utf-8")
+    return split_statements(
+        render(text, {k: v for k, v in params.items() if k in placeholders(text)})
+    )
+
+
+def sql_files(sql_dir: str | Path | None = None, pattern: str = "*.sql") -> Iterator[Path]:
+    """The files of ``sql_dir`` (default: `default_sql_dir`) in execution order (by name)."""
+    yield from sorted(Path(sql_dir or default_sql_dir()).glob(pattern))
+
+
+def run_sql_file(spark: Any, path: str | Path, params: Mapping[str, Any]) -> int:
+    """Run every statement of a SQL file on ``spark``; return how many ran."""
+    statements = rendered_statements(path, params)
+    for statement in statements:
+        spark.sql(statement)
+    return len(statements)

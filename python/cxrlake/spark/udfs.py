@@ -1,0 +1,225 @@
+"""``predict`` and ``features`` as Spark SQL functions, Arrow-native, on the Rust core.
+
+    from cxrlake.spark import register
+    register(spark)                      # shipped model; or register(spark, model="/Volumes/...")
+    spark.sql("SELECT path, predict(path) FROM images")       # path STRING or content BINARY
+    spark.sql("SELECT features(content).quality_score FROM images")
+
+Whole Arrow batches cross into the core (no per-row Python): ``arrow_udf`` on Spark >= 4.1; on
+Spark 3.5 / DBR 15.4 LTS an iterator ``pandas_udf`` (Arrow underneath, one conversion more).
+The model is loaded once per Python worker and kept in this module (`_MODELS`); Spark reuses its
+Python workers across tasks (``spark.python.worker.reuse``, on by default), so a job loads it once
+per worker, not per batch.
+
+Paths may be local paths, ``/Volumes/...`` (FUSE on Databricks) or ``file:``/``dbfs:`` URIs as
+Spark's ``binaryFile`` source writes them; URIs are turned into paths before the core opens them.
+"""
+
+# No `from __future__ import annotations`: arrow_udf / pandas_udf read the UDF type from the
+# evaluated type hints of the nested functions below.
+import os
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import pyarrow as pa
+
+PREDICT_RESULT = pa.struct(
+    [
+        pa.field("probability", pa.float64()),
+        pa.field("predicted_label", pa.int32()),
+        pa.field("label_name", pa.string()),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+"""Struct returned by ``predict``: the columns of `cxrlake.predict`."""
+
+FEATURES_RESULT = pa.struct(
+    [
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("mean_pixel_value", pa.float64()),
+        pa.field("std_pixel_value", pa.float64()),
+        pa.field("quality_score", pa.float64()),
+        pa.field("embedding", pa.list_(pa.float64())),
+        pa.field("error", pa.string()),
+    ]
+)
+"""Struct returned by ``features``: the columns of `cxrlake.features`."""
+
+ARROW_RECORDS_PER_BATCH = 64
+"""Images per Arrow batch sent to a Python worker (Spark's default, 10 000 rows, would be
+gigabytes of full-resolution X-rays)."""
+
+MAX_PARTITION_BYTES = "32m"
+"""``spark.sql.files.maxPartitionBytes`` for ``binaryFile`` reads: spreads images over tasks."""
+
+_MODELS: dict[str | None, Any] = {}
+"""Models loaded in this Python worker, by path (None = the shipped model)."""
+
+_URI = re.compile(r"^(?:file|dbfs):(?://)?(/.*)$")
+
+
+def model_for(path: str | None) -> Any:
+    """The `cxrlake.Model` at ``path`` (None = shipped model), loaded once per process."""
+    model = _MODELS.get(path)
+    if model is None:
+        import cxrlake
+
+        model = _MODELS[path] = cxrlake.Model(path)
+    return model
+
+
+def local_path(path: str | None) -> str | None:
+    """``file:/x`` or ``dbfs:/Volumes/x`` -> ``/x``, ``/Volumes/x``; other strings unchanged."""
+    if path is None:
+        return None
+    m = _URI.match(path)
+    return m.group(1) if m else path
+
+
+def _images(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Arrow input of the core: paths with URIs turned into local paths, bytes as they are."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        return pa.array([local_path(p) for p in values.to_pylist()], type=pa.string())
+    if pa.types.is_string_view(values.type):
+        return _images(values.cast(pa.string()))
+    return values
+
+
+def _as_struct(batch: pa.RecordBatch, struct_type: pa.StructType) -> pa.StructArray:
+    columns = [batch.column(f.name).cast(f.type) for f in struct_type]
+    return pa.StructArray.from_arrays(columns, fields=list(struct_type))
+
+
+def predict_array(
+    values: pa.Array | pa.ChunkedArray, model_path: str | None, threads: int | None
+) -> pa.StructArray:
+    """Score one Arrow array of paths or image bytes: a `PREDICT_RESULT` struct per row."""
+    import cxrlake
+
+    batch = cxrlake.predict(_images(values), model=model_for(model_path), threads=threads)
+    return _as_struct(batch, PREDICT_RESULT)
+
+
+def features_array(
+    values: pa.Array | pa.ChunkedArray, model_path: str | None, threads: int | None
+) -> pa.StructArray:
+    """Features of one Arrow array of paths or image bytes: a `FEATURES_RESULT` struct per row."""
+    import cxrlake
+
+    model = model_for(model_path)
+    batch = cxrlake.features(
+        _images(values), model=model, threads=threads, embedding=model.has_embedding
+    )
+    return _as_struct(batch, FEATURES_RESULT)
+
+
+def _pandas_to_arrow(series: Any) -> pa.Array:
+    values = series.tolist()
+    first = next((v for v in values if v is not None), None)
+    if isinstance(first, (bytes, bytearray, memoryview)):
+        return pa.array([None if v is None else bytes(v) for v in values], type=pa.binary())
+    return pa.array(values, type=pa.string())
+
+
+def _spark_ddl(struct_type: pa.StructType) -> str:
+    from cxrlake.spark.schemas import spark_type
+
+    return spark_type(struct_type).simpleString()
+
+
+def arrow_udf_supported() -> bool:
+    """True on Spark >= 4.1, which has ``pyspark.sql.functions.arrow_udf``."""
+    from pyspark.sql import functions as F
+
+    return hasattr(F, "arrow_udf")
+
+
+def make_udf(
+    kind: Literal["predict", "features"],
+    model: Any = None,
+    threads: int | None = None,
+    flavor: Literal["auto", "arrow", "pandas"] = "auto",
+) -> Any:
+    """A Spark UDF computing ``predict`` or ``features`` over a path or image-bytes column.
+
+    ``model``: None (shipped model), a path readable on the executors, or a `cxrlake.Model`
+    (its path is used). ``threads``: Rust threads per Python worker (None: environment
+    ``CXRLAKE_NUM_THREADS`` / ``RAYON_NUM_THREADS`` / CPUs). ``flavor``: ``arrow`` (Spark >= 4.1),
+    ``pandas`` (Spark 3.5) or ``auto``.
+    """
+    model_path = _model_path(model)
+    compute = {"predict": predict_array, "features": features_array}[kind]
+    result = {"predict": PREDICT_RESULT, "features": FEATURES_RESULT}[kind]
+    ddl = _spark_ddl(result)
+    if flavor == "auto":
+        flavor = "arrow" if arrow_udf_supported() else "pandas"
+    if flavor == "arrow":
+        from pyspark.sql.functions import arrow_udf
+
+        def arrow_fn(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
+            for values in batches:
+                yield compute(values, model_path, threads)
+
+        return arrow_udf(arrow_fn, ddl)
+    if flavor == "pandas":
+        import pandas as pd
+        from pyspark.sql.functions import pandas_udf
+
+        def pandas_fn(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
+            for series in batches:
+                struct = compute(_pandas_to_arrow(series), model_path, threads)
+                yield pa.RecordBatch.from_struct_array(struct).to_pandas()
+
+        return pandas_udf(pandas_fn, ddl)
+    raise ValueError(f"unknown UDF flavor {flavor!r}: use 'auto', 'arrow' or 'pandas'")
+
+
+def _model_path(model: Any) -> str | None:
+    if model is None:
+        return None
+    path = getattr(model, "path", model)
+    return os.fspath(path)
+
+
+def register(
+    spark: Any,
+    model: Any = None,
+    name: str = "predict",
+    features_name: str = "features",
+    threads: int | None = None,
+    flavor: Literal["auto", "arrow", "pandas"] = "auto",
+) -> dict[str, Any]:
+    """Register ``predict`` and ``features`` as SQL functions of ``spark``; return the UDFs.
+
+    ``predict(images)`` -> STRUCT<probability DOUBLE, predicted_label INT, label_name STRING,
+    model_name STRING, model_version STRING, error STRING>; ``features(images)`` ->
+    STRUCT<width INT, height INT, mean_pixel_value DOUBLE, std_pixel_value DOUBLE,
+    quality_score DOUBLE, embedding ARRAY<DOUBLE>, error STRING>. ``images`` is a STRING (path)
+    or BINARY (image bytes) column; a bad row gives NULLs and an ``error``, never a failed task.
+    See `make_udf` for ``model``, ``threads`` and ``flavor``.
+    """
+    udfs = {
+        name: make_udf("predict", model, threads, flavor),
+        features_name: make_udf("features", model, threads, flavor),
+    }
+    for fn_name, udf in udfs.items():
+        spark.udf.register(fn_name, udf)
+    return udfs
+
+
+def configure_session(
+    spark: Any,
+    records_per_batch: int = ARROW_RECORDS_PER_BATCH,
+    max_partition_bytes: str = MAX_PARTITION_BYTES,
+) -> None:
+    """Apply the image-workload settings to a session: small Arrow batches (images are large)
+    and small file partitions for ``binaryFile`` reads. Executor threads are set per cluster
+    (``spark.executorEnv.CXRLAKE_NUM_THREADS``), see docs/databricks.md."""
+    spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", str(records_per_batch))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", max_partition_bytes)

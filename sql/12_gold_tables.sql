@@ -1,0 +1,51 @@
+-- Gold: predictions per (image_id, model_name, model_version) and model performance per labelled
+-- split. Columns exactly as python/cxrlake/lakehouse/schemas.py (checked by tests).
+-- Parameters: ${catalog}.
+
+CREATE TABLE IF NOT EXISTS ${catalog}.gold.pneumonia_predictions (
+  prediction_id STRING NOT NULL COMMENT 'Deterministic id of (image_id, model, version, sha256)',
+  image_id STRING NOT NULL COMMENT 'Image id',
+  predicted_label INT COMMENT '1 when prediction_probability >= the model threshold',
+  prediction_probability DOUBLE COMMENT 'P(PNEUMONIA)',
+  confidence_score DOUBLE COMMENT 'max(p, 1 - p)',
+  true_label INT COMMENT 'Label from the folder; NULL when unlabelled',
+  is_correct BOOLEAN COMMENT 'predicted_label = true_label; NULL when unlabelled',
+  model_name STRING COMMENT 'Model name (ONNX metadata)',
+  model_version STRING COMMENT 'Model version (ONNX metadata)',
+  predicted_at TIMESTAMP COMMENT 'When this row was written (UTC)',
+  prediction_date DATE COMMENT 'predicted_at as a date (UTC)',
+  dataset_split STRING COMMENT 'train, val, test or fullres',
+  content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes'
+)
+USING DELTA
+COMMENT 'Pneumonia predictions, one row per image and model version'
+TBLPROPERTIES (
+  'delta.enableChangeDataFeed' = 'true',
+  'delta.deletedFileRetentionDuration' = 'interval 7 days',
+  'delta.logRetentionDuration' = 'interval 30 days'
+);
+
+CREATE TABLE IF NOT EXISTS ${catalog}.gold.model_performance (
+  evaluation_id STRING NOT NULL COMMENT 'Deterministic id of (model, version, split, predictions)',
+  model_name STRING COMMENT 'Model name',
+  model_version STRING COMMENT 'Model version',
+  dataset_split STRING COMMENT 'Labelled split evaluated',
+  accuracy DOUBLE COMMENT 'Accuracy at the model threshold',
+  precision DOUBLE COMMENT 'Precision (PNEUMONIA positive)',
+  recall DOUBLE COMMENT 'Recall / sensitivity (PNEUMONIA positive)',
+  f1_score DOUBLE COMMENT 'F1 score',
+  auc_roc DOUBLE COMMENT 'ROC AUC; NULL when the split holds one class only',
+  confusion_matrix STRING COMMENT 'JSON {"tn":..,"fp":..,"fn":..,"tp":..}',
+  total_samples BIGINT COMMENT 'Predictions evaluated',
+  evaluated_at TIMESTAMP COMMENT 'When this row was written (UTC)',
+  evaluation_date DATE COMMENT 'evaluated_at as a date (UTC)',
+  threshold DOUBLE COMMENT 'Decision threshold of the model',
+  predictions_fingerprint STRING COMMENT 'Hash of the evaluated prediction set'
+)
+USING DELTA
+COMMENT 'Model performance per labelled split, one row per distinct prediction set'
+TBLPROPERTIES (
+  'delta.enableChangeDataFeed' = 'true',
+  'delta.deletedFileRetentionDuration' = 'interval 7 days',
+  'delta.logRetentionDuration' = 'interval 30 days'
+);

@@ -1,0 +1,210 @@
+"""sql/: every file renders and parses (sqlglot, Databricks dialect); the DDL matches the shared
+table schemas exactly; the warehouse predict function is well formed; parameters are safe."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+import sqlglot
+from cxrlake.lakehouse import schemas
+from cxrlake.spark import sql_files
+from cxrlake.spark.schemas import spark_type
+from sqlglot import exp
+
+REPO = Path(__file__).resolve().parents[2]
+SQL_DIR = REPO / "sql"
+PARAMS = {
+    "catalog": "healthcare_catalog_dev",
+    "wheel_path": "/Volumes/healthcare_catalog_dev/models/libraries/"
+    "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
+    "readers_group": "cxrlake-readers",
+    "retain_hours": "168",
+}
+# Statements sqlglot only knows as opaque commands: each must match its whole pattern.
+IDENT = r"healthcare_catalog_dev(?:\.[a-z_]+){0,2}"
+COMMANDS = [
+    re.compile(rf"CREATE CATALOG IF NOT EXISTS {IDENT}\s+COMMENT '[^']+'"),
+    re.compile(rf"CREATE VOLUME IF NOT EXISTS {IDENT}\s+COMMENT '[^']+'"),
+    re.compile(rf"OPTIMIZE {IDENT} ZORDER BY \([a-z_]+\)"),
+    re.compile(rf"VACUUM {IDENT} RETAIN 168 HOURS"),
+]
+FILES = sorted(SQL_DIR.glob("*.sql"))
+
+
+def _statements(path: Path) -> list[str]:
+    return sql_files.rendered_statements(path, PARAMS)
+
+
+def _strip_comments(text: str) -> str:
+    return re.sub(r"--[^\n]*", "", text).strip()
+
+
+def test_sql_dir_has_one_file_per_concern():
+    assert [f.name for f in FILES] == [
+        "00_catalog.sql",
+        "01_schemas.sql",
+        "02_volumes.sql",
+        "10_bronze_tables.sql",
+        "11_silver_tables.sql",
+        "12_gold_tables.sql",
+        "20_dataset_summary_view.sql",
+        "30_predict_function.sql",
+        "90_maintenance.sql",
+    ]
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_every_statement_parses_in_the_databricks_dialect(path):
+    text = path.read_text()
+    assert sql_files.placeholders(text) <= set(PARAMS)
+    assert "${catalog}" in text  # never a hard-coded environment
+    statements = _statements(path)
+    assert statements
+    for statement in statements:
+        assert "${" not in statement
+        parsed = sqlglot.parse(statement, read="databricks")
+        assert len(parsed) == 1, statement
+        if isinstance(parsed[0], exp.Command):
+            body = _strip_comments(statement)
+            assert any(p.fullmatch(body) for p in COMMANDS), body
+
+
+def _create_tables() -> dict[str, exp.Create]:
+    tables = {}
+    for path in FILES:
+        for statement in _statements(path):
+            parsed = sqlglot.parse_one(statement, read="databricks")
+            if isinstance(parsed, exp.Create) and parsed.kind == "TABLE":
+                table = parsed.this.this
+                tables[f"{table.db}.{table.name}"] = parsed
+    return tables
+
+
+def test_tables_have_exactly_the_shared_schema_and_change_data_feed():
+    tables = _create_tables()
+    assert set(tables) == {spec.qualified_name for spec in schemas.TABLES}
+    for spec in schemas.TABLES:
+        create = tables[spec.qualified_name]
+        assert create.this.this.catalog == "healthcare_catalog_dev"
+        columns = [
+            (
+                c.name,
+                c.args["kind"].sql("databricks").upper(),
+                any(isinstance(k.kind, exp.NotNullColumnConstraint) for k in c.constraints),
+            )
+            for c in create.this.expressions
+        ]
+        expected = [
+            (f.name, spark_type(f.type).simpleString().upper(), not f.nullable)
+            for f in spec.arrow_schema
+        ]
+        assert columns == expected, spec.qualified_name
+        props = {
+            p.name: p.text("value")
+            for p in create.args["properties"].expressions
+            if isinstance(p, exp.Property) and not isinstance(p, exp.SchemaCommentProperty)
+        }
+        for key, value in schemas.TABLE_PROPERTIES.items():
+            assert props.get(key) == value, (spec.qualified_name, key)
+        assert "USING DELTA" in create.sql("databricks").upper()
+
+
+def test_dataset_summary_view_has_the_columns_of_the_local_view():
+    statement = _statements(SQL_DIR / "20_dataset_summary_view.sql")[0]
+    view = sqlglot.parse_one(statement, read="databricks")
+    assert view.kind == "VIEW"
+    assert view.this.sql() == "healthcare_catalog_dev." + schemas.DATASET_SUMMARY_VIEW
+    local = sqlglot.parse_one(schemas.DATASET_SUMMARY_SQL, read="duckdb")
+    select = view.expression
+    assert [e.alias_or_name for e in select.expressions] == [
+        e.alias_or_name for e in local.expressions
+    ]
+    assert [f"{t.catalog}.{t.db}.{t.name}" for t in select.find_all(exp.Table)] == [
+        "healthcare_catalog_dev.silver.xray_metadata"
+    ]
+
+
+def test_warehouse_predict_function_is_a_batch_udf_over_bronze_bytes():
+    statements = _statements(SQL_DIR / "30_predict_function.sql")
+    python_udf, sql_udf, *grants = statements
+    assert "PARAMETER STYLE PANDAS" in python_udf
+    assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
+    handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
+    body = re.search(r"AS \$\$(.*)\$\$", python_udf, re.S).group(1)
+    tree = ast.parse(body)
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert imported == {("cxrlake.spark.warehouse_udf", handler)}
+    from cxrlake.spark import warehouse_udf
+
+    assert callable(getattr(warehouse_udf, handler))
+    parsed = sqlglot.parse_one(sql_udf, read="databricks")
+    body = parsed.expression  # RETURN <expression>; the function name itself is a Table node
+    tables = {f"{t.db}.{t.name}" for t in body.find_all(exp.Table)}
+    assert tables == {schemas.BRONZE.qualified_name}
+    assert "models.predict_image(" in sql_udf and "b.content" in sql_udf
+    # the two functions return the same struct, the one of cxrlake.predict / Spark predict()
+    from cxrlake.spark.udfs import PREDICT_RESULT
+
+    struct = (
+        "STRUCT<"
+        + ", ".join(
+            f"{f.name}: {spark_type(f.type).simpleString().upper()}" for f in PREDICT_RESULT
+        )
+        + ">"
+    )
+    assert struct in python_udf and struct in sql_udf
+    assert [g.split(" TO ")[-1] for g in grants] == ["`cxrlake-readers`"] * 2
+
+
+def test_maintenance_optimizes_and_vacuums_every_table():
+    statements = [_strip_comments(s) for s in _statements(SQL_DIR / "90_maintenance.sql")]
+    for spec in schemas.TABLES:
+        name = f"healthcare_catalog_dev.{spec.qualified_name}"
+        assert any(s.startswith(f"OPTIMIZE {name} ZORDER BY") for s in statements), name
+        assert f"VACUUM {name} RETAIN 168 HOURS" in statements
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("catalog", "healthcare_catalog_dev; DROP CATALOG x"),
+        ("catalog", "main"),
+        ("wheel_path", "/Volumes/c/s/v/cxrlake.whl'] ; --"),
+        ("wheel_path", "/tmp/cxrlake-0.1.0-py3-none-any.whl"),
+        ("readers_group", "x` TO `y"),
+        ("retain_hours", "24"),
+        ("retain_hours", "168 HOURS; DROP"),
+    ],
+)
+def test_render_rejects_values_that_are_not_of_the_expected_form(name, value):
+    with pytest.raises(sql_files.SqlParameterError):
+        sql_files.render(f"${{{name}}}", {name: value})
+
+
+def test_render_requires_every_placeholder():
+    with pytest.raises(sql_files.SqlParameterError, match="missing SQL parameters: catalog"):
+        sql_files.render("SELECT 1 FROM ${catalog}.gold.x", {})
+
+
+def test_split_statements_respects_quotes_dollar_bodies_and_comments():
+    text = """
+    -- a comment; not a statement
+    CREATE FUNCTION f() RETURNS INT LANGUAGE PYTHON AS $$
+    x = 1; y = 2
+    return x
+    $$;
+    SELECT 'a;b', `c;d` FROM t; /* c; */
+    ;
+    """
+    statements = sql_files.split_statements(text)
+    assert len(statements) == 2
+    assert statements[0].endswith("$$") and "x = 1; y = 2" in statements[0]
+    assert statements[1] == "SELECT 'a;b', `c;d` FROM t"
