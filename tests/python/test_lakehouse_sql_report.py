@@ -54,7 +54,7 @@ def test_sql_example_returns_probabilities(lakehouse):
 def test_sql_udfs_on_bytes_and_errors(lakehouse):
     con = connect(lakehouse)
     try:
-        rows = con.sql(
+        rows = con.execute(
             "SELECT filename, predict_bytes(content) AS p, predict_label(file_path) AS l, "
             "quality_score(file_path) AS q, image_error_bytes(content) AS e "
             "FROM bronze.kaggle_xray_metadata ORDER BY filename"
@@ -73,9 +73,9 @@ def test_schema_qualified_names_and_summary_view(lakehouse):
     con = connect(lakehouse, udfs=False)
     try:
         for spec in schemas.TABLES:
-            n = con.sql(f"SELECT count(*) FROM {spec.qualified_name}").fetchone()[0]
+            n = con.execute(f"SELECT count(*) FROM {spec.qualified_name}").fetchall()[0][0]
             assert n == DeltaTable(spec.path(lakehouse)).count(), spec.qualified_name
-        summary = con.sql(
+        summary = con.execute(
             f"SELECT label_name, image_count FROM {schemas.DATASET_SUMMARY_VIEW} ORDER BY 1"
         ).fetchall()
     finally:

@@ -249,7 +249,7 @@ def _has(con: Any, qualified: str) -> bool:
         con.execute(
             "SELECT count(*) FROM duckdb_views() WHERE schema_name = ? AND view_name = ?",
             [schema, name],
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     )
 
 
@@ -263,7 +263,7 @@ def _build(con: Any, lakehouse: Any, env: str, examples: int, cxrlake: Any) -> s
     counts = []
     for spec in schemas.TABLES:
         n = (
-            con.sql(f"SELECT count(*) FROM {spec.qualified_name}").fetchone()[0]
+            con.execute(f"SELECT count(*) FROM {spec.qualified_name}").fetchall()[0][0]
             if _has(con, spec.qualified_name)
             else 0
         )

@@ -48,8 +48,16 @@ def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any) -> None:
         ("image_error", _decode, "error", "VARCHAR"),
     ]
     for name, fn, col, return_type in functions:
-        con.create_function(name, column(fn, col), ["VARCHAR"], return_type, type="arrow")
-        con.create_function(f"{name}_bytes", column(fn, col), ["BLOB"], return_type, type="arrow")
+        for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
+            con.create_function(
+                name + suffix,
+                column(fn, col),
+                [arg_type],
+                return_type,
+                type="arrow",
+                # rows the core cannot read come back NULL (SPECIAL lets a UDF return NULLs)
+                null_handling="special",
+            )
 
 
 def _quality(images: pa.Array, model: Any) -> pa.RecordBatch:
