@@ -1,7 +1,31 @@
 """Local lakehouse: bronze -> silver -> gold Delta tables (delta-rs), SQL (DuckDB), report.
 
-Public entry points: `run_pipeline` (``cxrlake pipeline run``), `connect` (``cxrlake sql``),
-`write_report` (``cxrlake report``) and `maintain` (``cxrlake maintain``). Table names and schemas
-live in `cxrlake.lakehouse.schemas`; the batch transforms shared with Spark in
-`cxrlake.lakehouse.transforms`.
+Public entry points: `run_pipeline` (``cxrlake pipeline run``), `connect` / `query`
+(``cxrlake sql``), `write_report` (``cxrlake report``) and `maintain` (``cxrlake maintain``).
+Table names and schemas live in `cxrlake.lakehouse.schemas`; the batch transforms shared with
+Spark in `cxrlake.lakehouse.transforms`.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+_EXPORTS = {
+    "run_pipeline": "cxrlake.lakehouse.pipeline",
+    "RunSummary": "cxrlake.lakehouse.pipeline",
+    "connect": "cxrlake.lakehouse.sql",
+    "query": "cxrlake.lakehouse.sql",
+    "write_report": "cxrlake.lakehouse.report",
+    "maintain": "cxrlake.lakehouse.maintain",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # lazy: `import cxrlake.lakehouse.schemas` (e.g. on a Spark executor) must not import DuckDB
+    if name in _EXPORTS:
+        import importlib
+
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'cxrlake.lakehouse' has no attribute {name!r}")
