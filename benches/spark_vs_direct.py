@@ -20,9 +20,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow as pa
-
 import cxrlake
+import pyarrow as pa
 from cxrlake.spark.udfs import PREDICT_RESULT, predict_array
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}

@@ -203,7 +203,9 @@ def test_silver_transform_splits_good_images_and_quarantine(spark, bronze):
     features = frames.features.toArrow()
     quarantine = frames.quarantine.toArrow()
     assert metadata.num_rows == features.num_rows == 13
-    reasons = dict(zip(quarantine["filename"].to_pylist(), quarantine["reason"].to_pylist()))
+    reasons = dict(
+        zip(quarantine["filename"].to_pylist(), quarantine["reason"].to_pylist(), strict=True)
+    )
     assert set(reasons) == BAD_FILES
     assert reasons["tiny.png"] == "image 40x32 smaller than 64 px minimum side"
     assert all(reasons.values()) and set(quarantine["stage"].to_pylist()) == {"silver"}
