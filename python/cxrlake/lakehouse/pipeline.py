@@ -198,14 +198,15 @@ class Pipeline:
             BRONZE,
             ["image_id", "content_sha256", "file_path", "file_size_bytes", "source_modified_at"],
         )
-        seen_stat: dict[str, tuple[int, int]] = {}
-        for path, size, mtime in zip(
-            state.column("file_path").to_pylist(),
-            state.column("file_size_bytes").to_pylist(),
-            state.column("source_modified_at").to_pylist(),
-            strict=True,
-        ):
-            seen_stat[path] = (size, _us(mtime))  # any version of this path with this stat
+        # (path, size, mtime) of every version already ingested: such a file is not read again
+        seen_stat = set(
+            zip(
+                state.column("file_path").to_pylist(),
+                state.column("file_size_bytes").to_pylist(),
+                [_us(t) for t in state.column("source_modified_at").to_pylist()],
+                strict=True,
+            )
+        )
         known = set(
             zip(
                 state.column("image_id").to_pylist(),
@@ -213,7 +214,7 @@ class Pipeline:
                 strict=True,
             )
         )
-        todo = [f for f in chosen if seen_stat.get(f.path) != (f.size, f.mtime_us)]
+        todo = [f for f in chosen if (f.path, f.size, f.mtime_us) not in seen_stat]
         self.summary.files_skipped_unchanged = len(chosen) - len(todo)
 
         with _progress(len(todo), "bronze", self.progress) as bar:
