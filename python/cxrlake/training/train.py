@@ -1,0 +1,381 @@
+"""Fine-tune EfficientNet-Lite0 on labelled chest X-rays, export ONNX, evaluate, ship.
+
+``fit`` trains and writes, after every epoch, ``<run_dir>/checkpoint.pt`` and
+``<run_dir>/model_fp32.onnx`` (so a usable model exists even if a run is cut short);
+``finalize`` evaluates the exported files through onnxruntime on the validation split, tries int8,
+picks the file to ship and writes ``<run_dir>/metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import random
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cxrlake.training import data as data_mod
+from cxrlake.training.evaluate import binary_metrics, choose_threshold
+from cxrlake.training.export import (
+    contract_metadata,
+    export_onnx,
+    onnx_predict,
+    onnx_session,
+    quantize_int8,
+    set_metadata,
+    torch_onnx_agreement,
+)
+from cxrlake.training.model import LITE_MEAN, LITE_STD, PneumoniaNet
+
+MODEL_NAME = "cxrlake-pneumonia-effnetlite0"
+SHIPPED_FILE = "cxrlake_pneumonia.onnx"
+
+
+@dataclass
+class TrainConfig:
+    """Every parameter of a training run (recorded in the checkpoint, metrics.json and MLflow)."""
+
+    data: str
+    run_dir: str
+    size: int = 160
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_fraction: float = 0.15
+    freeze_blocks: int = 3
+    dropout: float = 0.2
+    val_fraction: float = 0.18
+    target_sensitivity: float = 0.95
+    seed: int = 42
+    limit: int | None = None  # per class, for quick runs/tests
+    pretrained: bool = True
+    threads: int = 2
+    model_name: str = MODEL_NAME
+    model_version: str = "1.0.0"
+    augment: dict = field(
+        default_factory=lambda: {
+            "rotation_deg": 10.0,
+            "scale": [0.9, 1.1],
+            "translate": 0.06,
+            "brightness": 0.1,
+            "contrast": [0.85, 1.15],
+            "hflip": False,
+        }
+    )
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def load_split(cfg: TrainConfig) -> tuple[list, list]:
+    """The patient-grouped (train, validation) records for ``cfg`` (optionally ``limit``-ed)."""
+    records = data_mod.list_labelled_images(cfg.data)
+    if cfg.limit:
+        rng = random.Random(cfg.seed)
+        limited = []
+        for label in range(len(data_mod.LABELS)):
+            of_label = [r for r in records if r.label == label]
+            rng.shuffle(of_label)
+            limited.extend(sorted(of_label[: cfg.limit], key=lambda r: r.path))
+        records = limited
+    return data_mod.patient_grouped_split(records, cfg.val_fraction, cfg.seed)
+
+
+def augment_batch(pixels: torch.Tensor, aug: dict, generator: torch.Generator) -> torch.Tensor:
+    """Random affine (rotation, scale, translation) + brightness/contrast on uint8 [B, H, W].
+
+    Returns float32 [B, 1, H, W] in 0..1 pixel units (before the contract normalisation).
+    No horizontal flip: a chest film has a real left/right (heart, stomach bubble, side markers).
+    """
+    b = pixels.shape[0]
+    x = pixels.float().div_(255.0).unsqueeze(1)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator) * (high - low) + low
+
+    angle = uniform(-aug["rotation_deg"], aug["rotation_deg"]) * math.pi / 180.0
+    scale = uniform(*aug["scale"])
+    tx, ty = (uniform(-aug["translate"], aug["translate"]) * 2 for _ in range(2))
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1
+    )  # [B, 2, 3]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = uniform(*aug["contrast"]).view(b, 1, 1, 1)
+    brightness = uniform(-aug["brightness"], aug["brightness"]).view(b, 1, 1, 1)
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+
+
+def to_model_input(x01: torch.Tensor, mean: float = LITE_MEAN, std: float = LITE_STD):
+    """0..1 pixels [B, 1, H, W] -> contract input [B, 3, H, W]."""
+    return ((x01 - mean) / std).expand(-1, 3, -1, -1).contiguous()
+
+
+@torch.no_grad()
+def predict_torch(net: PneumoniaNet, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(PNEUMONIA) of uint8 [N, H, W] images through the torch model (eval mode)."""
+    net.eval()
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x01 = torch.from_numpy(pixels[start : start + batch_size]).float().div_(255.0)
+        logit, _ = net(to_model_input(x01.unsqueeze(1)))
+        out.append(torch.sigmoid(logit).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+
+def _save_split(run_dir: Path, train, val) -> None:
+    with open(run_dir / "split.json", "w") as handle:
+        json.dump(
+            {
+                "train": [[r.path, r.label, r.patient] for r in train],
+                "validation": [[r.path, r.label, r.patient] for r in val],
+            },
+            handle,
+        )
+
+
+def load_saved_split(run_dir: str | os.PathLike[str]) -> tuple[list, list]:
+    """The (train, validation) records a run saved in ``split.json``."""
+    with open(Path(run_dir) / "split.json") as handle:
+        saved = json.load(handle)
+    make = data_mod.LabelledImage
+    return (
+        [make(p, int(lab), pat) for p, lab, pat in saved["train"]],
+        [make(p, int(lab), pat) for p, lab, pat in saved["validation"]],
+    )
+
+
+def fit(cfg: TrainConfig) -> Path:
+    """Train per ``cfg``; returns the run directory (checkpoint, ONNX, history, split)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    train, val = load_split(cfg)
+    _save_split(run_dir, train, val)
+    log(
+        f"split: train {len(train)} ({sum(r.label for r in train)} pneumonia), "
+        f"validation {len(val)} ({sum(r.label for r in val)} pneumonia); "
+        f"patients train {len({r.patient for r in train})} / val {len({r.patient for r in val})}"
+    )
+    t0 = time.time()
+    train_px = data_mod.load_pixel_cache([r.path for r in train], cfg.size, cfg.threads)
+    val_px = data_mod.load_pixel_cache([r.path for r in val], cfg.size, cfg.threads)
+    train_y = np.array([r.label for r in train], dtype=np.float32)
+    val_y = np.array([r.label for r in val], dtype=np.int64)
+    log(f"decoded {len(train_px) + len(val_px)} images at {cfg.size}px in {time.time() - t0:.0f}s")
+
+    # Class weights: each class contributes half of the loss (NORMAL is the minority class).
+    n_pos = float(train_y.sum())
+    n_neg = float(len(train_y) - n_pos)
+    class_weight = {0: len(train_y) / (2 * n_neg), 1: len(train_y) / (2 * n_pos)}
+
+    net = PneumoniaNet(cfg.size, pretrained=cfg.pretrained, dropout=cfg.dropout)
+    net.freeze_early(cfg.freeze_blocks)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_px) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer,
+        max_lr=cfg.lr,
+        total_steps=steps_per_epoch * cfg.epochs,
+        pct_start=cfg.warmup_fraction,
+        anneal_strategy="cos",
+    )
+    generator = torch.Generator().manual_seed(cfg.seed)
+    history = []
+    for epoch in range(1, cfg.epochs + 1):
+        net.train()
+        order = torch.randperm(len(train_px), generator=generator).numpy()
+        t_epoch, losses = time.time(), []
+        for step in range(steps_per_epoch):
+            idx = np.sort(order[step * cfg.batch_size : (step + 1) * cfg.batch_size])
+            x = to_model_input(
+                augment_batch(torch.from_numpy(train_px[idx]), cfg.augment, generator)
+            )
+            y = torch.from_numpy(train_y[idx])
+            weight = torch.where(y > 0.5, class_weight[1], class_weight[0])
+            logit, _ = net(x)
+            loss = F.binary_cross_entropy_with_logits(logit, y, weight=weight)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(loss.item())
+            if (step + 1) % 20 == 0 or step + 1 == steps_per_epoch:
+                rate = (time.time() - t_epoch) / (step + 1)
+                log(
+                    f"epoch {epoch} step {step + 1}/{steps_per_epoch} "
+                    f"loss {np.mean(losses[-20:]):.4f} ({rate:.2f}s/step)"
+                )
+        epoch_seconds = time.time() - t_epoch
+        val_prob = predict_torch(net, val_px)
+        threshold = choose_threshold(val_y, val_prob, cfg.target_sensitivity)
+        metrics = binary_metrics(val_y, val_prob, threshold)
+        entry = {
+            "epoch": epoch,
+            "train_loss": float(np.mean(losses)),
+            "first_batches_loss": float(np.mean(losses[: max(1, min(5, len(losses)))])),
+            "last_batches_loss": float(np.mean(losses[-max(1, min(5, len(losses))) :])),
+            "epoch_seconds": epoch_seconds,
+            **{k: metrics[k] for k in ("auc", "sensitivity", "specificity", "threshold", "brier")},
+        }
+        history.append(entry)
+        log(f"epoch {epoch} done in {epoch_seconds:.0f}s: {json.dumps(entry)}")
+        torch.save(
+            {"state_dict": net.state_dict(), "config": asdict(cfg), "history": history},
+            run_dir / "checkpoint.pt",
+        )
+        meta = contract_metadata(
+            name=cfg.model_name, version=cfg.model_version, threshold=threshold, size=cfg.size
+        )
+        export_onnx(net.eval(), run_dir / "model_fp32.onnx", meta)
+        with open(run_dir / "history.json", "w") as handle:
+            json.dump({"config": asdict(cfg), "history": history}, handle, indent=2)
+    log(f"training done in {time.time() - t0:.0f}s")
+    return run_dir
+
+
+def load_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[PneumoniaNet, TrainConfig, list]:
+    """The trained network (eval mode), its config and its per-epoch history."""
+    saved = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+    cfg = TrainConfig(**saved["config"])
+    net = PneumoniaNet(cfg.size, pretrained=False, dropout=cfg.dropout)
+    net.load_state_dict(saved["state_dict"])
+    return net.eval(), cfg, saved["history"]
+
+
+def _ort_latency_ms(path: Path, size: int, batch: int = 32, repeats: int = 5) -> float:
+    """Median wall time (ms per image) of onnxruntime on 2 threads for one [batch] input."""
+    session = onnx_session(path, threads=2)
+    x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
+    session.run(None, {"input": x})
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000.0 / batch)
+
+
+def finalize(
+    run_dir: str | os.PathLike[str],
+    ship_to: str | os.PathLike[str] | None = None,
+    try_int8: bool = True,
+    calibration_images: int = 200,
+) -> dict:
+    """Evaluate the run's ONNX file(s) on validation through onnxruntime, pick the one to ship.
+
+    Writes ``metrics.json`` and ``model.onnx`` (the chosen file, threshold re-chosen on its own
+    validation scores) into ``run_dir``; copies it to ``ship_to/cxrlake_pneumonia.onnx`` if given.
+    int8 is chosen only if its AUC is within 0.005 of fp32 and its sensitivity is >= the target.
+    """
+    run_dir = Path(run_dir)
+    net, cfg, history = load_checkpoint(run_dir)
+    torch.set_num_threads(cfg.threads)
+    train, val = load_saved_split(run_dir)
+    val_px = data_mod.load_pixel_cache([r.path for r in val], cfg.size, cfg.threads)
+    val_x = data_mod.normalise(val_px, LITE_MEAN, LITE_STD)
+    val_y = np.array([r.label for r in val], dtype=np.int64)
+
+    fp32 = run_dir / "model_fp32.onnx"
+    agreement = torch_onnx_agreement(net, fp32, val_x[:64])
+    log(f"torch vs onnxruntime (64 validation images): {agreement}")
+
+    candidates: dict[str, dict] = {}
+    for kind in ("fp32", "int8"):
+        path = run_dir / f"model_{kind}.onnx"
+        if kind == "int8":
+            if not try_int8:
+                break
+            rng = random.Random(cfg.seed)
+            calib = [r.path for r in rng.sample(train, min(calibration_images, len(train)))]
+            log(f"quantising to int8 with {len(calib)} calibration images")
+            quantize_int8(fp32, path, calib, cfg.size)
+        prob, _ = onnx_predict(onnx_session(path, cfg.threads), val_x)
+        threshold = choose_threshold(val_y, prob, cfg.target_sensitivity)
+        set_metadata(path, {"cxrlake.threshold": f"{threshold:.6f}"})
+        metrics = binary_metrics(val_y, prob, threshold)
+        metrics["file_bytes"] = path.stat().st_size
+        metrics["ms_per_image_2_threads"] = _ort_latency_ms(path, cfg.size)
+        candidates[kind] = metrics
+        log(
+            f"{kind}: AUC {metrics['auc']:.4f} sens {metrics['sensitivity']:.4f} "
+            f"spec {metrics['specificity']:.4f} thr {threshold:.4f} "
+            f"{metrics['file_bytes'] / 1e6:.1f} MB {metrics['ms_per_image_2_threads']:.2f} ms/img"
+        )
+
+    chosen = "fp32"
+    if "int8" in candidates:
+        i8, f32 = candidates["int8"], candidates["fp32"]
+        if i8["auc"] >= f32["auc"] - 0.005 and i8["sensitivity"] >= cfg.target_sensitivity:
+            chosen = "int8"
+    shipped = run_dir / "model.onnx"
+    shutil.copyfile(run_dir / f"model_{chosen}.onnx", shipped)
+    set_metadata(
+        shipped,
+        {
+            "cxrlake.quantization": chosen,
+            "cxrlake.training_run": run_dir.name,
+            "cxrlake.license_data": "CC BY 4.0, Kermany et al., doi:10.17632/rscbjbr9sj.2",
+        },
+    )
+    summary = {
+        "config": asdict(cfg),
+        "history": history,
+        "split": {
+            "train_images": len(train),
+            "train_pneumonia": sum(r.label for r in train),
+            "train_patients": len({(r.label, r.patient) for r in train}),
+            "validation_images": len(val),
+            "validation_pneumonia": sum(r.label for r in val),
+            "validation_patients": len({(r.label, r.patient) for r in val}),
+        },
+        "torch_vs_onnxruntime": agreement,
+        "candidates": candidates,
+        "shipped": chosen,
+        "validation": candidates[chosen],
+        "environment": {
+            "python": sys.version.split()[0],
+            "torch": torch.__version__,
+            "platform": platform.platform(),
+        },
+    }
+    with open(run_dir / "metrics.json", "w") as handle:
+        json.dump(summary, handle, indent=2)
+    if ship_to is not None:
+        Path(ship_to).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shipped, Path(ship_to) / SHIPPED_FILE)
+        log(f"shipped {chosen} model to {Path(ship_to) / SHIPPED_FILE}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m cxrlake.training.train``: same options as ``cxrlake train``."""
+    from cxrlake.training.cli import build_parser, run
+
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
