@@ -69,6 +69,34 @@ def test_sql_udfs_on_bytes_and_errors(lakehouse):
             assert 0 <= p <= 1 and label in (0, 1) and 0 <= q <= 1 and err is None
 
 
+def test_sql_path_functions_read_only_the_lakehouse_sources(lakehouse, tmp_path, monkeypatch):
+    monkeypatch.delenv("CXRLAKE_ALLOWED_ROOTS", raising=False)
+    elsewhere = tmp_path / "elsewhere.jpeg"
+    shutil.copyfile(next((DATA / "chest_xray" / "train" / "NORMAL").iterdir()), elsewhere)
+    sql = (
+        "SELECT predict(p) AS prob, image_error(p) AS err FROM (VALUES (?), (?), (?)) t(p) "
+        "ORDER BY p"
+    )
+    inside = query(lakehouse, "SELECT min(file_path) AS f FROM silver.xray_metadata")
+    inside_path = inside.column("f")[0].as_py()
+    con = connect(lakehouse)
+    try:
+        got = con.execute(sql, ["/etc/passwd", str(elsewhere), inside_path]).fetchall()
+    finally:
+        con.close()
+    results = dict(zip(sorted(["/etc/passwd", str(elsewhere), inside_path]), got, strict=True))
+    assert results["/etc/passwd"][0] is None and "sandbox" in results["/etc/passwd"][1]
+    assert results[str(elsewhere)][0] is None and "sandbox" in results[str(elsewhere)][1]
+    assert 0 <= results[inside_path][0] <= 1 and results[inside_path][1] is None
+    # an explicit root opens it up
+    con = connect(lakehouse, roots=[str(tmp_path)])
+    try:
+        prob = con.execute("SELECT predict(?)", [str(elsewhere)]).fetchall()[0][0]
+    finally:
+        con.close()
+    assert 0 <= prob <= 1
+
+
 def test_schema_qualified_names_and_summary_view(lakehouse):
     con = connect(lakehouse, udfs=False)
     try:
@@ -182,7 +210,7 @@ def test_cli_sql_and_bad_arguments(lakehouse):
         text=True,
         check=False,
     )
-    assert bad.returncode == 1 and "gold.nope" in bad.stderr
+    assert bad.returncode == 1 and "nope does not exist" in bad.stderr
     usage = subprocess.run(
         [
             *_cli(),

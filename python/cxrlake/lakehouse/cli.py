@@ -1,8 +1,9 @@
 """Lakehouse subcommands of the ``cxrlake`` CLI: ``pipeline run``, ``sql``, ``report``
 and ``maintain``.
 
-`register` adds them to the main parser's subparsers; each sets ``func`` (args -> exit code).
-Exit codes: 0 success, 2 bad arguments (argparse), 1 any other error (message on stderr).
+`register` adds them to the main parser's subparsers; each sets ``handler`` (args -> exit code).
+Exit codes: 0 success, 1 failure (message on stderr: missing lakehouse, SQL error ...), 2 bad
+arguments, 3 model missing or invalid / ONNX Runtime unavailable.
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def register(subparsers: Any) -> None:
     run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: all)")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
-    run.set_defaults(func=_pipeline_run)
+    run.set_defaults(handler=_pipeline_run)
 
     sql = subparsers.add_parser(
         "sql",
@@ -87,8 +88,15 @@ def register(subparsers: Any) -> None:
     _common(sql)
     sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
     sql.add_argument("--model", help="ONNX model for predict() (default: the shipped model)")
+    sql.add_argument(
+        "--allowed-root",
+        action="append",
+        metavar="DIR",
+        help="folder predict(path) may read from (repeatable; default: env "
+        "CXRLAKE_ALLOWED_ROOTS, else the lakehouse and the pipeline's source folders)",
+    )
     sql.add_argument("query", help="one SQL statement")
-    sql.set_defaults(func=_sql)
+    sql.set_defaults(handler=_sql)
 
     report = subparsers.add_parser("report", help="write the self-contained HTML report")
     _common(report)
@@ -96,7 +104,7 @@ def register(subparsers: Any) -> None:
     report.add_argument(
         "--examples", type=int, default=8, help="example images to show (default 8)"
     )
-    report.set_defaults(func=_report)
+    report.set_defaults(handler=_report)
 
     maintain = subparsers.add_parser(
         "maintain", help="OPTIMIZE (compact), Z-order on image_id and VACUUM every table"
@@ -112,12 +120,22 @@ def register(subparsers: Any) -> None:
         "--dry-run", action="store_true", help="only list files VACUUM would delete"
     )
     maintain.add_argument("--no-zorder", action="store_true", help="compact only")
-    maintain.set_defaults(func=_maintain)
+    maintain.set_defaults(handler=_maintain)
 
 
-def _fail(message: str) -> int:
+EXIT_FAILURE = 1
+EXIT_MODEL = 3
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     print(f"cxrlake: error: {message}", file=sys.stderr)
-    return 1
+    return code
+
+
+def _model_errors() -> tuple[type[Exception], ...]:
+    from cxrlake.exceptions import ModelError, RuntimeLibraryError
+
+    return (ModelError, RuntimeLibraryError)
 
 
 def _pipeline_run(args: argparse.Namespace) -> int:
@@ -126,16 +144,19 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     for source in args.source:
         if not os.path.isdir(source):
             return _fail(f"--source {source}: not a directory")
-    summary = run_pipeline(
-        args.source,
-        args.lakehouse,
-        args.env,
-        sample_per_label=args.sample_per_label,
-        model=args.model,
-        batch_size=args.batch_size,
-        threads=args.threads,
-        progress=False if args.no_progress else None,
-    )
+    try:
+        summary = run_pipeline(
+            args.source,
+            args.lakehouse,
+            args.env,
+            sample_per_label=args.sample_per_label,
+            model=args.model,
+            batch_size=args.batch_size,
+            threads=args.threads,
+            progress=False if args.no_progress else None,
+        )
+    except _model_errors() as e:
+        return _fail(str(e), EXIT_MODEL)
     if args.json:
         print(json.dumps(summary.to_dict(), default=str, indent=2))
     else:
@@ -145,12 +166,15 @@ def _pipeline_run(args: argparse.Namespace) -> int:
 
 def _sql(args: argparse.Namespace) -> int:
     import duckdb
+
     from cxrlake.lakehouse.sql import format_result, query
 
     try:
-        result = query(args.lakehouse, args.query, args.env, args.model)
+        result = query(args.lakehouse, args.query, args.env, args.model, args.allowed_root)
     except (duckdb.Error, FileNotFoundError) as e:
         return _fail(str(e))
+    except _model_errors() as e:
+        return _fail(str(e), EXIT_MODEL)
     print(format_result(result, args.format))
     return 0
 

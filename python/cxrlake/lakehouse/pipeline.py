@@ -31,10 +31,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from tqdm import tqdm
+
 from cxrlake.lakehouse import listing, schemas, transforms
 from cxrlake.lakehouse.schemas import BRONZE, FEATURES, PERFORMANCE, PREDICTIONS, QUARANTINE, SILVER
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
-from tqdm import tqdm
 
 DEFAULT_BATCH_SIZE = 64
 """Images per Arrow batch handed to the Rust core and per Delta commit."""
@@ -503,6 +504,7 @@ def run_pipeline(
     pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress)
     with LakehouseLock(pipeline.lh.root, pipeline.lh.env):
         pipeline.lh.create_all()
+        pipeline.lh.record_sources(sources)
         pipeline.bronze(sources, sample_per_label)
         pipeline.silver()
         pipeline.gold()

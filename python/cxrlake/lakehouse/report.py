@@ -17,6 +17,7 @@ import zlib
 from typing import Any
 
 import numpy as np
+
 from cxrlake.lakehouse import schemas, transforms
 from cxrlake.lakehouse.sql import connect
 

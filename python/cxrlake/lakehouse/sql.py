@@ -23,20 +23,36 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse
 
 OUTPUT_FORMATS = ("table", "csv", "json")
 
 
-def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any) -> None:
+ROOTS_ENV = "CXRLAKE_ALLOWED_ROOTS"
+
+
+def default_roots(lh: Lakehouse) -> list[str] | None:
+    """Sandbox roots for path arguments of the SQL functions.
+
+    None (the core then reads env ``CXRLAKE_ALLOWED_ROOTS``) when that variable is set; else the
+    lakehouse root plus every source folder a pipeline run has read from, so ``predict(path)``
+    reads the lakehouse's own images and nothing else.
+    """
+    if os.environ.get(ROOTS_ENV):
+        return None
+    return [lh.root, *(s for s in lh.recorded_sources() if os.path.isdir(s))]
+
+
+def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None) -> None:
     import cxrlake
 
     model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
 
     def column(fn: Any, name: str):
         def udf(images: pa.Array) -> pa.Array:
-            return fn(images, model=model).column(name)
+            return fn(images, model=model, roots=roots).column(name)
 
         return udf
 
@@ -60,16 +76,16 @@ def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any) -> None:
             )
 
 
-def _quality(images: pa.Array, model: Any) -> pa.RecordBatch:
+def _quality(images: pa.Array, model: Any, roots: list[str] | None) -> pa.RecordBatch:
     import cxrlake
 
-    return cxrlake.features(images, model=model, embedding=False)
+    return cxrlake.features(images, model=model, embedding=False, roots=roots)
 
 
-def _decode(images: pa.Array, model: Any) -> pa.RecordBatch:
+def _decode(images: pa.Array, model: Any, roots: list[str] | None) -> pa.RecordBatch:
     import cxrlake
 
-    return cxrlake.decode(images)
+    return cxrlake.decode(images, roots=roots)
 
 
 def connect(
@@ -77,11 +93,14 @@ def connect(
     env: str = "dev",
     model: Any = None,
     udfs: bool = True,
+    roots: list[str] | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with every existing table as ``<schema>.<table>`` view.
 
     Also defines the view ``gold.dataset_summary`` (when silver exists) and, with ``udfs``, the
     SQL functions listed in the module docstring (``model``: `cxrlake.Model`, path or None).
+    ``roots``: folders the functions may read paths from (default: `default_roots`); a path
+    elsewhere gives NULL (``image_error`` says ``outside sandbox roots``).
     Close it when done (``con.close()`` or ``with``).
     """
     lh = Lakehouse(lakehouse, env)
@@ -104,16 +123,22 @@ def connect(
                 f"CREATE VIEW {schemas.DATASET_SUMMARY_VIEW} AS {schemas.DATASET_SUMMARY_SQL}"
             )
         if udfs:
-            _register_udfs(con, model)
+            _register_udfs(con, model, default_roots(lh) if roots is None else roots)
     except BaseException:
         con.close()
         raise
     return con
 
 
-def query(lakehouse: str | os.PathLike, sql: str, env: str = "dev", model: Any = None) -> pa.Table:
+def query(
+    lakehouse: str | os.PathLike,
+    sql: str,
+    env: str = "dev",
+    model: Any = None,
+    roots: list[str] | None = None,
+) -> pa.Table:
     """Run one SQL statement over the lakehouse and return the result as an Arrow table."""
-    con = connect(lakehouse, env, model)
+    con = connect(lakehouse, env, model, roots=roots)
     try:
         return con.sql(sql).to_arrow_table()
     finally:

@@ -8,18 +8,21 @@ also carry ``max_commit_retries`` for writers outside the pipeline (e.g. ``cxrla
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+from deltalake import CommitProperties, DeltaTable, write_deltalake
+
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.schemas import TableSpec
-from deltalake import CommitProperties, DeltaTable, write_deltalake
 
 COMMIT_RETRIES = 20
 LOCK_FILE = "_cxrlake.lock"
+SOURCES_FILE = "_cxrlake_sources.json"
 
 
 class LakehouseLock:
@@ -66,6 +69,31 @@ class Lakehouse:
         self.root = os.path.abspath(os.fspath(root))
         self.env = schemas.validate_env(env)
         self.catalog = schemas.catalog_path(self.root, env)
+
+    def record_sources(self, sources: Iterable[str | os.PathLike]) -> list[str]:
+        """Add source folders to ``<catalog>/_cxrlake_sources.json`` (call under the lock).
+
+        The SQL layer reads them back as the default sandbox roots of ``predict(path)``.
+        Returns every recorded source (absolute, sorted).
+        """
+        known = set(self.recorded_sources())
+        merged = sorted(known | {os.path.abspath(os.fspath(s)) for s in sources})
+        if merged != sorted(known):
+            os.makedirs(self.catalog, exist_ok=True)
+            path = os.path.join(self.catalog, SOURCES_FILE)
+            tmp = f"{path}.tmp-{os.getpid()}"
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"sources": merged}, f, indent=1)
+            os.replace(tmp, path)
+        return merged
+
+    def recorded_sources(self) -> list[str]:
+        """Source folders pipeline runs have read from (empty when none recorded)."""
+        try:
+            with open(os.path.join(self.catalog, SOURCES_FILE), encoding="utf-8") as f:
+                return list(json.load(f)["sources"])
+        except FileNotFoundError:
+            return []
 
     def path(self, spec: TableSpec) -> str:
         """Directory of one table."""

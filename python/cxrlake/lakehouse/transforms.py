@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+
 from cxrlake.lakehouse import schemas
 
 _SPLIT_CHARS = re.compile(r"[^a-z0-9_]+")
