@@ -51,15 +51,17 @@ test-python: develop ## pytest suites (real images from ../shared/data)
 
 lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check
 	cargo fmt --all -- --check
+	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
-	$(VENV)/bin/ruff check python tests benches jobs
-	$(VENV)/bin/ruff format --check python tests benches jobs
+	$(VENV)/bin/ruff check python tests benches jobs fuzz
+	$(VENV)/bin/ruff format --check python tests benches jobs fuzz
 
 fmt: setup ## Format Rust and Python sources
 	cargo fmt --all
-	$(VENV)/bin/ruff format python tests benches jobs
-	$(VENV)/bin/ruff check --fix python tests benches jobs
+	cargo fmt --manifest-path fuzz/Cargo.toml
+	$(VENV)/bin/ruff format python tests benches jobs fuzz
+	$(VENV)/bin/ruff check --fix python tests benches jobs fuzz
 
 bench: develop ## Side-by-side benchmark vs PIL+numpy+onnxruntime on the 200 full-res images (ratios, one run)
 	CXRLAKE_SHARED_DATA=$(DATA) $(PY) benches/side_by_side.py --images $(DATA)/chest_xray_fullres
@@ -79,11 +81,11 @@ train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped spl
 bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
 	$(PY) python/cxrlake/bundle_check.py --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
 
-fuzz: ## Run every cargo-fuzz target for FUZZ_SECONDS each (default 600)
-	./fuzz/run.sh $${FUZZ_SECONDS:-600}
+fuzz: setup ## Run every cargo-fuzz target (ASan) for FUZZ_SECONDS each (default 600); installs cargo-fuzz
+	PYTHON=$(PY) ./fuzz/run.sh $${FUZZ_SECONDS:-600}
 
-fuzz-smoke: ## Short fuzz smoke run (30 s per target), as in CI
-	./fuzz/run.sh 30
+fuzz-smoke: setup ## Short fuzz smoke run (30 s per target), as in CI; fails on any crash, hang, OOM or leak
+	PYTHON=$(PY) ./fuzz/run.sh 30
 
 clean: ## Remove build outputs, the local lakehouse and the report
 	rm -rf target dist $(LAKEHOUSE) report.html .pytest_cache

@@ -442,7 +442,14 @@ def arrow_batch_seeds(
         "bombs": [jpegs["bomb_65000x65000"], pngs["bomb_60000x60000"], pngs["valid_c3_d4_i1"]],
         "broken": [jpegs["broken_truncated_half"], pngs["broken_idat_bytes"], b"not an image"],
         "cmyk_16bit": [jpegs["valid_cmyk"], pngs["valid_c6_d16_i1"], pngs["valid_c2_d16_i0"]],
-        "paths": [b"a.jpeg", b"../escape.jpeg", b"fifo", b"sub/b.png", b"/etc/passwd", b""],
+        "paths": [b"a.png", b"../outside.png", b"fifo", b"sub/b.png", b"/etc/passwd", b""],
+        "links": [
+            b"out_link.png",
+            b"sub/in_link.png",
+            b"etc/passwd",
+            b"sub/../a.png",
+            b"empty.jpeg",
+        ],
     }
     for name, rows in mixes.items():
         for header in range(0, 256, 37):

@@ -44,7 +44,7 @@ fi
 
 mkdir -p fuzz/target/logs
 echo "fuzz/run.sh: building the fuzz targets (release + debug assertions, AddressSanitizer)"
-if ! nice -n 19 cargo fuzz build -O --jobs "${FUZZ_JOBS:-2}" >fuzz/target/logs/build.log 2>&1; then
+if ! CARGO_BUILD_JOBS="${FUZZ_JOBS:-2}" nice -n 19 cargo fuzz build -O >fuzz/target/logs/build.log 2>&1; then
   tail -n 60 fuzz/target/logs/build.log >&2
   echo "fuzz/run.sh: build failed (full log: fuzz/target/logs/build.log)" >&2
   exit 1

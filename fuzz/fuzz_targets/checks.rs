@@ -18,8 +18,14 @@ pub fn fuzz_limits() -> Limits {
 
 /// A small model geometry: JPEGs of 256 px and more take the DCT-scaled decoding path.
 pub fn fuzz_preprocessing() -> Preprocessing {
-    Preprocessing::new(64, 48, 3, vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225])
-        .expect("valid preprocessing")
+    Preprocessing::new(
+        64,
+        48,
+        3,
+        vec![0.485, 0.456, 0.406],
+        vec![0.229, 0.224, 0.225],
+    )
+    .expect("valid preprocessing")
 }
 
 /// A row error must be a non-empty single line (it lands in one cell of the `error` column).
@@ -53,7 +59,10 @@ pub fn check_preprocess(data: &[u8]) {
     let prep = fuzz_preprocessing();
     let mut tensor = vec![f32::NAN; prep.tensor_len()];
     match prep.encoded_into(data, &fuzz_limits(), &mut tensor) {
-        Ok(()) => assert!(tensor.iter().all(|x| x.is_finite()), "non-finite tensor value"),
+        Ok(()) => assert!(
+            tensor.iter().all(|x| x.is_finite()),
+            "non-finite tensor value"
+        ),
         Err(error) => check_row_error(&error.0),
     }
 }

@@ -1,0 +1,389 @@
+//! Hardening of the core against hostile inputs (issue 6): decompression bombs refused from the
+//! header before any large allocation, and the path sandbox (`..`, symlinks out of the roots,
+//! devices and FIFOs) refusing per row with a clear error.
+//!
+//! Allocations are measured with a counting global allocator that records, per thread, the peak
+//! of live bytes during a call; the decoders run on the calling thread, so the peak is exactly
+//! what one decode allocated through Rust.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use cxrlake::core::decode::decode_gray;
+use cxrlake::core::limits::Limits;
+use cxrlake::core::sandbox::Sandbox;
+
+struct CountingAllocator;
+
+thread_local! {
+    static LIVE: Cell<usize> = const { Cell::new(0) };
+    static PEAK: Cell<usize> = const { Cell::new(0) };
+}
+
+fn record(delta: isize) {
+    // `try_with`: allocations during thread teardown happen after the thread-locals are gone.
+    let _ = LIVE.try_with(|live| {
+        let now = live.get().saturating_add_signed(delta);
+        live.set(now);
+        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+    });
+}
+
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        record(layout.size() as isize);
+        System.alloc(layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        record(layout.size() as isize);
+        System.alloc_zeroed(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        record(-(layout.size() as isize));
+        System.dealloc(ptr, layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        record(new_size as isize - layout.size() as isize);
+        System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// Runs `f` and returns its result with the peak of bytes it held live at once (this thread).
+fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+    let start = LIVE.with(Cell::get);
+    PEAK.with(|peak| peak.set(start));
+    let result = f();
+    let peak = PEAK.with(Cell::get) - start;
+    (result, peak)
+}
+
+/// "A few MB": what refusing a bomb may allocate at most (decoder state, error strings).
+const FEW_MB: usize = 4 << 20;
+
+// ---------------------------------------------------------------------------------------------
+// Bomb headers
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &byte in bytes {
+        crc ^= byte as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+fn png_chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut out = (data.len() as u32).to_be_bytes().to_vec();
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32(&body).to_be_bytes());
+    out
+}
+
+/// A PNG whose header announces `width x height` (8-bit, colour type `color`) with a valid CRC,
+/// followed by a tiny stored-deflate IDAT and IEND: everything a decoder needs to start.
+fn png_bomb(width: u32, height: u32, color: u8) -> Vec<u8> {
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&width.to_be_bytes());
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, color, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    // zlib header, one final stored block of 16 zero bytes, Adler-32 of 16 zeros.
+    let mut idat = vec![0x78, 0x01, 0x01, 0x10, 0x00, 0xEF, 0xFF];
+    idat.extend_from_slice(&[0u8; 16]);
+    idat.extend_from_slice(&0x0010_0001u32.to_be_bytes());
+    png.extend(png_chunk(b"IDAT", &idat));
+    png.extend(png_chunk(b"IEND", b""));
+    png
+}
+
+/// A real 16x16 JPEG (libjpeg-turbo) whose SOF is patched to announce `width x height`.
+fn jpeg_bomb(width: u16, height: u16, format: turbojpeg::PixelFormat) -> Vec<u8> {
+    let channels = format.size();
+    let pixels: Vec<u8> = (0..16 * 16 * channels).map(|i| (i * 7 % 251) as u8).collect();
+    let image = turbojpeg::Image {
+        pixels: pixels.as_slice(),
+        width: 16,
+        pitch: 16 * channels,
+        height: 16,
+        format,
+    };
+    let subsamp = if format == turbojpeg::PixelFormat::GRAY {
+        turbojpeg::Subsamp::Gray
+    } else {
+        turbojpeg::Subsamp::Sub2x2
+    };
+    let mut jpeg = turbojpeg::compress(image, 90, subsamp)
+        .expect("compress a 16x16 JPEG")
+        .to_vec();
+    let sof = jpeg
+        .windows(2)
+        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0 | 0xC1 | 0xC2))
+        .expect("JPEG has a SOF marker");
+    // SOF: FF Cx, length (2), precision (1), height (2), width (2).
+    jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    jpeg[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    jpeg
+}
+
+fn assert_refused_cheaply(data: &[u8], expected_error: &str) {
+    let limits = Limits::default();
+    let (result, peak) = peak_allocation(|| decode_gray(data, &limits, None));
+    let error = result.expect_err("a bomb header must be refused").0;
+    assert_eq!(error, expected_error);
+    assert!(peak < FEW_MB, "refusing the header allocated {peak} bytes");
+    // The scaled path (model preprocessing) must refuse just as early.
+    let (result, peak) = peak_allocation(|| decode_gray(data, &limits, Some((224, 224))));
+    assert_eq!(result.expect_err("bomb refused when scaling").0, expected_error);
+    assert!(peak < FEW_MB, "refusing the header (scaled) allocated {peak} bytes");
+}
+
+#[test]
+fn png_60000x60000_header_is_refused_without_allocating() {
+    for color in [0u8, 2, 6] {
+        assert_refused_cheaply(
+            &png_bomb(60_000, 60_000, color),
+            "image 60000x60000 exceeds 100 megapixel limit",
+        );
+    }
+}
+
+#[test]
+fn png_with_maximal_dimensions_is_refused_without_allocating() {
+    // 2^31-1 is the largest size PNG allows: width * height overflows 32 bits.
+    assert_refused_cheaply(
+        &png_bomb(i32::MAX as u32, i32::MAX as u32, 6),
+        "image 2147483647x2147483647 exceeds 100 megapixel limit",
+    );
+}
+
+#[test]
+fn jpeg_65000x65000_header_is_refused_without_allocating() {
+    for format in [turbojpeg::PixelFormat::GRAY, turbojpeg::PixelFormat::RGB] {
+        assert_refused_cheaply(
+            &jpeg_bomb(65_000, 65_000, format),
+            "image 65000x65000 exceeds 100 megapixel limit",
+        );
+    }
+}
+
+#[test]
+fn the_bomb_inputs_decode_once_their_size_is_honest() {
+    // Guards the two tests above: the refusal comes from the size, not from a broken file.
+    let limits = Limits::default();
+    let png = png_bomb(4, 4, 0);
+    let decoded = decode_gray(&png, &limits, None).expect("4x4 PNG decodes");
+    assert_eq!((decoded.image.width, decoded.image.height), (4, 4));
+    let jpeg = jpeg_bomb(16, 16, turbojpeg::PixelFormat::RGB);
+    let decoded = decode_gray(&jpeg, &limits, None).expect("16x16 JPEG decodes");
+    assert_eq!((decoded.image.width, decoded.image.height), (16, 16));
+}
+
+#[test]
+fn a_lower_pixel_limit_is_named_in_the_error() {
+    let limits = Limits {
+        max_pixels: 500_000,
+        ..Limits::default()
+    };
+    let jpeg = jpeg_bomb(1000, 1000, turbojpeg::PixelFormat::GRAY);
+    assert_eq!(
+        decode_gray(&jpeg, &limits, None).unwrap_err().0,
+        "image 1000x1000 exceeds 0.5 megapixel limit"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Path sandbox
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> Self {
+        let path = std::env::temp_dir().join(format!(
+            "cxrlake-hardening-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        Self(path)
+    }
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `root/` holding `inside.png`, next to `outside.png`; returns (tempdir, root).
+fn sandbox_layout(name: &str) -> (TempDir, PathBuf) {
+    let dir = TempDir::new(name);
+    let root = dir.path().join("root");
+    std::fs::create_dir_all(root.join("sub")).unwrap();
+    std::fs::write(root.join("inside.png"), png_bomb(4, 4, 0)).unwrap();
+    std::fs::write(dir.path().join("outside.png"), png_bomb(4, 4, 0)).unwrap();
+    (dir, root)
+}
+
+fn read_error(sandbox: &Sandbox, path: &Path) -> String {
+    sandbox
+        .read(path.to_str().unwrap(), &Limits::default())
+        .expect_err("the sandbox must refuse this path")
+        .0
+}
+
+#[test]
+fn files_inside_the_roots_are_read() {
+    let (_dir, root) = sandbox_layout("inside");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let bytes = sandbox
+        .read(root.join("inside.png").to_str().unwrap(), &Limits::default())
+        .expect("a file inside the root is readable");
+    assert_eq!(bytes, png_bomb(4, 4, 0));
+    // `..` that stays inside the root is fine.
+    let via_dotdot = root.join("sub/../inside.png");
+    assert!(sandbox
+        .read(via_dotdot.to_str().unwrap(), &Limits::default())
+        .is_ok());
+}
+
+#[test]
+fn etc_passwd_is_outside_the_roots() {
+    let (_dir, root) = sandbox_layout("passwd");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    assert_eq!(
+        read_error(&sandbox, Path::new("/etc/passwd")),
+        "outside sandbox roots: /etc/passwd"
+    );
+}
+
+#[test]
+fn dotdot_cannot_leave_the_roots() {
+    let (_dir, root) = sandbox_layout("dotdot");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let escape = root.join("sub/../../outside.png");
+    assert_eq!(
+        read_error(&sandbox, &escape),
+        format!("outside sandbox roots: {}", escape.display())
+    );
+    // A relative `../../x.jpeg` resolves against the working directory, never inside the root.
+    let error = read_error(&sandbox, Path::new("../../x.jpeg"));
+    assert!(
+        error == "outside sandbox roots: ../../x.jpeg" || error == "file not found: ../../x.jpeg",
+        "{error}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn symlinks_out_of_the_roots_are_refused() {
+    let (dir, root) = sandbox_layout("symlink");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let link = root.join("link.png");
+    std::os::unix::fs::symlink(dir.path().join("outside.png"), &link).unwrap();
+    assert_eq!(
+        read_error(&sandbox, &link),
+        format!("outside sandbox roots: {}", link.display())
+    );
+    let dir_link = root.join("etc");
+    std::os::unix::fs::symlink("/etc", &dir_link).unwrap();
+    let passwd = dir_link.join("passwd");
+    assert_eq!(
+        read_error(&sandbox, &passwd),
+        format!("outside sandbox roots: {}", passwd.display())
+    );
+    // A symlink that stays inside the root is followed.
+    let inner = root.join("sub/inner.png");
+    std::os::unix::fs::symlink(root.join("inside.png"), &inner).unwrap();
+    assert!(sandbox
+        .read(inner.to_str().unwrap(), &Limits::default())
+        .is_ok());
+}
+
+#[test]
+fn a_root_prefix_is_not_a_parent() {
+    // `/tmp/x/root` must not allow `/tmp/x/rootkit/...`.
+    let (dir, root) = sandbox_layout("prefix");
+    let sibling = dir.path().join("rootkit");
+    std::fs::create_dir_all(&sibling).unwrap();
+    std::fs::write(sibling.join("a.png"), png_bomb(4, 4, 0)).unwrap();
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let path = sibling.join("a.png");
+    assert_eq!(
+        read_error(&sandbox, &path),
+        format!("outside sandbox roots: {}", path.display())
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_are_refused_without_blocking() {
+    let (_dir, root) = sandbox_layout("fifo");
+    let fifo = root.join("pipe.jpeg");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path and mode.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0, "mkfifo");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    // No writer ever opens the FIFO: a blocking open would hang this test forever.
+    assert_eq!(
+        read_error(&sandbox, &fifo),
+        format!("not a regular file: {}", fifo.display())
+    );
+    assert_eq!(
+        read_error(&Sandbox::allow_all(), Path::new("/dev/zero")),
+        "not a regular file: /dev/zero"
+    );
+    assert_eq!(
+        read_error(&Sandbox::allow_all(), &root.join("sub")),
+        format!("not a regular file: {}", root.join("sub").display())
+    );
+}
+
+#[test]
+fn oversized_and_empty_files_are_refused_by_size() {
+    let (_dir, root) = sandbox_layout("sizes");
+    let big = root.join("big.jpeg");
+    std::fs::write(&big, vec![0u8; 4096]).unwrap();
+    let empty = root.join("empty.jpeg");
+    std::fs::write(&empty, b"").unwrap();
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let small = Limits {
+        max_file_bytes: 1024,
+        ..Limits::default()
+    };
+    let (result, peak) = peak_allocation(|| sandbox.read(big.to_str().unwrap(), &small));
+    assert!(
+        result.unwrap_err().0.starts_with("file exceeds 0.001 MiB limit"),
+        "size limit named"
+    );
+    assert!(peak < 4096, "the oversized file was read ({peak} bytes)");
+    assert_eq!(
+        read_error(&sandbox, &empty),
+        format!("empty file: {}", empty.display())
+    );
+}
+
+#[test]
+fn a_missing_root_is_a_configuration_error() {
+    let error = Sandbox::with_roots(["/nonexistent/cxrlake-root"]).unwrap_err();
+    assert!(
+        error.to_string().contains("/nonexistent/cxrlake-root"),
+        "{error}"
+    );
+}
