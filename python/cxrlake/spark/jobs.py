@@ -220,9 +220,10 @@ def predict_gold(spark: Any, catalog: str, model: str | None = None) -> dict[str
     MERGE ``gold.pneumonia_predictions`` on (image_id, model_name, model_version); then add the
     ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
     deterministic evaluation_id, so an unchanged run writes nothing)."""
+    from pyspark.sql import functions as F
+
     from cxrlake.spark.transforms import gold_input, model_performance, to_gold_predictions
     from cxrlake.spark.udfs import configure_session, model_for
-    from pyspark.sql import functions as F
 
     configure_session(spark)
     loaded = model_for(model)

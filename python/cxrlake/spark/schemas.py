@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import pyarrow as pa
-from cxrlake.lakehouse import schemas
 from pyspark.sql import types as T
+
+from cxrlake.lakehouse import schemas
 
 BINARY_FILE_SCHEMA = T.StructType(
     [

@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
 from cxrlake.lakehouse import schemas as lake_schemas
 from cxrlake.lakehouse import transforms as lake
 from cxrlake.spark import schemas
 from cxrlake.spark.udfs import local_path, model_for
-from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
