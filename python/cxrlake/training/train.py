@@ -256,13 +256,59 @@ def fit(cfg: TrainConfig) -> Path:
     return run_dir
 
 
-def load_checkpoint(run_dir: str | os.PathLike[str]) -> tuple[PneumoniaNet, TrainConfig, list]:
-    """The trained network (eval mode), its config and its per-epoch history."""
-    saved = torch.load(Path(run_dir) / "checkpoint.pt", map_location="cpu", weights_only=False)
+def load_checkpoint(
+    run_dir: str | os.PathLike[str], final: bool = False
+) -> tuple[PneumoniaNet, TrainConfig, list]:
+    """The trained network (eval mode), its config and its per-epoch history.
+
+    ``final=True`` loads the finalized weights (BN recalibrated) that the shipped ONNX holds.
+    """
+    name = "checkpoint_final.pt" if final else "checkpoint.pt"
+    saved = torch.load(Path(run_dir) / name, map_location="cpu", weights_only=False)
     cfg = TrainConfig(**saved["config"])
     net = PneumoniaNet(cfg.size, pretrained=False, dropout=cfg.dropout)
+    net.freeze_early(cfg.freeze_blocks)
     net.load_state_dict(saved["state_dict"])
     return net.eval(), cfg, saved["history"]
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    net: PneumoniaNet, pixels: np.ndarray, batch_size: int = 64, seed: int = 0
+) -> int:
+    """Recompute the running statistics of the trainable BatchNorm layers ("precise BN").
+
+    During fine-tuning the running mean/variance trail the weights (momentum 0.01 in the
+    TF-converted backbone), so eval-mode outputs can drift from train-mode ones. This replaces
+    them by the exact average over ``pixels`` (uint8 [N, H, W], no augmentation) for the final
+    weights. Frozen layers keep their ImageNet statistics. Returns the number of images used.
+    """
+    layers = [
+        m
+        for m in net.modules()
+        if isinstance(m, torch.nn.BatchNorm2d) and all(p.requires_grad for p in m.parameters())
+    ]
+    if net.frozen_blocks:
+        frozen = {
+            id(m)
+            for block in [net.backbone._bn0, *net.backbone._blocks[: net.frozen_blocks]]
+            for m in block.modules()
+        }
+        layers = [m for m in layers if id(m) not in frozen]
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    net.train()
+    order = np.random.default_rng(seed).permutation(len(pixels))
+    for start in range(0, len(order), batch_size):
+        idx = np.sort(order[start : start + batch_size])
+        x01 = torch.from_numpy(pixels[idx]).float().div_(255.0).unsqueeze(1)
+        net(to_model_input(x01))
+    for m, momentum in zip(layers, momenta, strict=True):
+        m.momentum = momentum
+    net.eval()
+    return len(order)
 
 
 def _ort_latency_ms(path: Path, size: int, batch: int = 32, repeats: int = 5) -> float:
@@ -283,8 +329,9 @@ def finalize(
     ship_to: str | os.PathLike[str] | None = None,
     try_int8: bool = True,
     calibration_images: int = 200,
+    bn_recalibration_images: int = 2048,
 ) -> dict:
-    """Evaluate the run's ONNX file(s) on validation through onnxruntime, pick the one to ship.
+    """Recalibrate BN, export, evaluate the ONNX file(s) on validation, pick the one to ship.
 
     Writes ``metrics.json`` and ``model.onnx`` (the chosen file, threshold re-chosen on its own
     validation scores) into ``run_dir``; copies it to ``ship_to/cxrlake_pneumonia.onnx`` if given.
@@ -298,7 +345,30 @@ def finalize(
     val_x = data_mod.normalise(val_px, LITE_MEAN, LITE_STD)
     val_y = np.array([r.label for r in val], dtype=np.int64)
 
+    def torch_summary() -> dict:
+        prob = predict_torch(net, val_px)
+        m = binary_metrics(val_y, prob, choose_threshold(val_y, prob, cfg.target_sensitivity))
+        return {k: m[k] for k in ("auc", "sensitivity", "specificity", "brier", "threshold")}
+
+    before_bn = torch_summary()
+    rng = random.Random(cfg.seed)
+    bn_images = rng.sample(train, min(bn_recalibration_images, len(train)))
+    bn_px = data_mod.load_pixel_cache([r.path for r in bn_images], cfg.size, cfg.threads)
+    recalibrate_batchnorm(net, bn_px, seed=cfg.seed)
+    after_bn = torch_summary()
+    log(f"validation (torch) before BN recalibration {before_bn}, after {after_bn}")
+    torch.save(
+        {"state_dict": net.state_dict(), "config": asdict(cfg), "history": history},
+        run_dir / "checkpoint_final.pt",
+    )
     fp32 = run_dir / "model_fp32.onnx"
+    meta = contract_metadata(
+        name=cfg.model_name,
+        version=cfg.model_version,
+        threshold=after_bn["threshold"],
+        size=cfg.size,
+    )
+    export_onnx(net, fp32, meta)
     agreement = torch_onnx_agreement(net, fp32, val_x[:64])
     log(f"torch vs onnxruntime (64 validation images): {agreement}")
 
@@ -352,6 +422,11 @@ def finalize(
             "validation_patients": len({(r.label, r.patient) for r in val}),
         },
         "torch_vs_onnxruntime": agreement,
+        "bn_recalibration": {
+            "images": len(bn_images),
+            "validation_before": before_bn,
+            "validation_after": after_bn,
+        },
         "candidates": candidates,
         "shipped": chosen,
         "validation": candidates[chosen],

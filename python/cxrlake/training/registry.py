@@ -1,0 +1,86 @@
+"""MLflow logging and model registration of a finished training run.
+
+Locally the default store is ``sqlite:///<runs>/mlflow.db`` (outside the repo; ``mlruns/`` and
+``mlflow.db`` are git-ignored anyway). On Databricks pass ``tracking_uri="databricks"`` and
+``registry_uri="databricks-uc"``; the model is then registered as
+``healthcare_catalog_<env>.models.<name>`` with the alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+
+def uc_model_name(env: str, name: str = "cxrlake_pneumonia") -> str:
+    """Unity Catalog three-level name of the model for ``env`` (dev, pilot, prod)."""
+    if not env.isidentifier():
+        raise ValueError(f"env must be an identifier such as dev/pilot/prod, got {env!r}")
+    return f"healthcare_catalog_{env}.models.{name}"
+
+
+def _flat_params(config: dict) -> dict[str, str]:
+    params = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            for sub, sub_value in value.items():
+                params[f"{key}.{sub}"] = str(sub_value)
+        else:
+            params[key] = str(value)
+    return params
+
+
+def log_and_register(
+    run_dir: str | os.PathLike[str],
+    tracking_uri: str,
+    experiment: str = "cxrlake-pneumonia",
+    name: str = "cxrlake_pneumonia",
+    registry_uri: str | None = None,
+    alias: str = "champion",
+) -> dict[str, str]:
+    """Log params, metrics and the shipped ONNX file of ``run_dir``; register it as ``name``.
+
+    Reads ``metrics.json`` and ``model.onnx`` written by ``finalize``. The registered model
+    version gets the alias ``alias``. Returns ``run_id``, ``model_name`` and ``model_version``.
+    """
+    import mlflow
+    import onnx
+
+    run_dir = Path(run_dir)
+    with open(run_dir / "metrics.json") as handle:
+        summary = json.load(handle)
+    mlflow.set_tracking_uri(tracking_uri)
+    if registry_uri:
+        mlflow.set_registry_uri(registry_uri)
+    mlflow.set_experiment(experiment)
+    validation = summary["validation"]
+    scalar = {
+        f"val_{k}": float(v)
+        for k, v in validation.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+    with mlflow.start_run(run_name=run_dir.name) as run:
+        mlflow.log_params(_flat_params(summary["config"]))
+        mlflow.log_params({"shipped_quantization": summary["shipped"]})
+        mlflow.log_metrics(scalar)
+        for kind, metrics in summary["candidates"].items():
+            mlflow.log_metrics(
+                {f"{kind}_auc": metrics["auc"], f"{kind}_sens": metrics["sensitivity"]}
+            )
+        mlflow.log_metrics(summary["torch_vs_onnxruntime"])
+        for entry in summary["history"]:
+            mlflow.log_metrics(
+                {"train_loss": entry["train_loss"], "epoch_val_auc": entry["auc"]},
+                step=entry["epoch"],
+            )
+        mlflow.log_artifact(str(run_dir / "metrics.json"))
+        mlflow.log_artifact(str(run_dir / "model.onnx"), artifact_path="onnx_file")
+        info = mlflow.onnx.log_model(
+            onnx.load(str(run_dir / "model.onnx")),
+            name="model",
+            registered_model_name=name,
+        )
+        version = str(info.registered_model_version)
+        mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
+        return {"run_id": run.info.run_id, "model_name": name, "model_version": version}

@@ -1,0 +1,190 @@
+"""Training: patient-grouped split, metrics, a short real fine-tuning run, the shipped model.
+
+Real images from ``$CXRLAKE_SHARED_DATA`` (default ``<repo>/../shared/data``), real PyTorch,
+real onnxruntime and the real cxrlake Rust core; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+from pathlib import Path
+
+import cxrlake
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from cxrlake.training import data as data_mod
+from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
+from cxrlake.training.export import read_metadata
+from cxrlake.training.model import PneumoniaNet
+from cxrlake.training.train import (
+    TrainConfig,
+    finalize,
+    fit,
+    load_checkpoint,
+    load_saved_split,
+    predict_torch,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
+TRAIN_DIR = SHARED / "chest_xray" / "train"
+CARD = REPO / "MODEL_CARD.md"
+
+
+@pytest.fixture(scope="module")
+def records():
+    if not TRAIN_DIR.is_dir():
+        pytest.fail(f"shared data missing: {TRAIN_DIR} (set CXRLAKE_SHARED_DATA)")
+    return data_mod.list_labelled_images(TRAIN_DIR)
+
+
+def test_patient_id_reads_kaggle_names():
+    assert data_mod.patient_id("person1000_bacteria_2931.jpeg") == "person1000"
+    assert data_mod.patient_id("person1000_virus_1681.jpeg") == "person1000"
+    assert data_mod.patient_id("IM-0115-0001.jpeg") == "IM-0115"
+    assert data_mod.patient_id("NORMAL2-IM-0587-0001-0002.jpeg") == "NORMAL2-IM-0587"
+
+
+def test_split_keeps_patients_and_duplicates_on_one_side(records):
+    train, val = data_mod.patient_grouped_split(records, val_fraction=0.18, seed=42)
+    assert len(train) + len(val) == len(records)
+    train_patients = {(r.label, r.patient) for r in train}
+    val_patients = {(r.label, r.patient) for r in val}
+    assert not train_patients & val_patients
+
+    def digests(rs):
+        return {hashlib.sha256(Path(r.path).read_bytes()).hexdigest() for r in rs}
+
+    assert not digests(train) & digests(val)
+    # Stratified: each class is ~18 % validation.
+    for label in (0, 1):
+        n_val = sum(r.label == label for r in val)
+        n_all = sum(r.label == label for r in records)
+        assert 0.16 <= n_val / n_all <= 0.20
+    # Seeded: the same seed gives the same split, another seed a different one.
+    assert data_mod.patient_grouped_split(records, 0.18, 42)[1] == val
+    assert data_mod.patient_grouped_split(records, 0.18, 7)[1] != val
+
+
+def test_auc_and_threshold_rule():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 400), 0, 1)
+    # AUC equals the pairwise definition P(score_pos > score_neg) + 0.5 P(tie).
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    diff = pos[:, None] - neg[None, :]
+    expected = ((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size
+    assert roc_auc(labels, scores) == pytest.approx(expected, abs=1e-12)
+
+    threshold = choose_threshold(labels, scores, target_sensitivity=0.95)
+    metrics = binary_metrics(labels, scores, threshold)
+    assert metrics["sensitivity"] >= 0.95
+    # Highest specificity: nudging the threshold above the next positive breaks the target.
+    next_pos = np.sort(pos[pos >= threshold])[0]
+    assert binary_metrics(labels, scores, next_pos + 1e-9)["sensitivity"] < 0.95
+    c = metrics["confusion"]
+    assert c["tp"] + c["fn"] == labels.sum() and c["tn"] + c["fp"] == (labels == 0).sum()
+    assert sum(b["count"] for b in metrics["calibration"]) == len(labels)
+
+
+def _bce(net, pixels: np.ndarray, labels: np.ndarray) -> float:
+    prob = predict_torch(net, pixels)
+    return float(
+        F.binary_cross_entropy(
+            torch.from_numpy(prob).clamp(1e-6, 1 - 1e-6), torch.from_numpy(labels).float()
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def short_run(tmp_path_factory):
+    """A real 3-epoch fine-tuning of EfficientNet-Lite0 on 48 images at 64 px."""
+    run_dir = tmp_path_factory.mktemp("run")
+    cfg = TrainConfig(
+        data=str(TRAIN_DIR),
+        run_dir=str(run_dir),
+        size=64,
+        epochs=3,
+        batch_size=8,
+        lr=2e-3,
+        limit=24,
+        threads=1,
+        model_version="0.0.1-test",
+    )
+    fit(cfg)
+    summary = finalize(run_dir, ship_to=run_dir / "shipped", try_int8=False)
+    return cfg, run_dir, summary
+
+
+def test_short_training_run_lowers_the_training_loss(short_run):
+    cfg, run_dir, _ = short_run
+    train, _ = load_saved_split(run_dir)
+    pixels = data_mod.load_pixel_cache([r.path for r in train], cfg.size)
+    labels = np.array([r.label for r in train])
+    # The same starting point fit() had: ImageNet backbone + a freshly initialised head.
+    torch.manual_seed(cfg.seed)
+    initial = PneumoniaNet(cfg.size, pretrained=True)
+    trained, saved_cfg, history = load_checkpoint(run_dir, final=True)
+    assert saved_cfg == cfg
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    before, after = _bce(initial, pixels, labels), _bce(trained, pixels, labels)
+    assert after < 0.8 * before, f"training loss did not fall: {before:.3f} -> {after:.3f}"
+
+
+def test_short_run_writes_a_contract_onnx_that_cxrlake_loads(short_run):
+    cfg, run_dir, summary = short_run
+    path = run_dir / "shipped" / "cxrlake_pneumonia.onnx"
+    assert path.is_file()
+    meta = read_metadata(path)
+    assert meta["cxrlake.model_name"] == "cxrlake-pneumonia-effnetlite0"
+    assert meta["cxrlake.input_height"] == meta["cxrlake.input_width"] == "64"
+    assert float(meta["cxrlake.threshold"]) == pytest.approx(summary["validation"]["threshold"])
+    assert summary["torch_vs_onnxruntime"]["max_abs_diff_probability"] < 1e-4
+
+    model = cxrlake.Model(str(path))
+    assert model.name == "cxrlake-pneumonia-effnetlite0"
+    assert model.version == "0.0.1-test"
+    assert tuple(model.input_shape) == (3, 64, 64)
+    assert model.has_embedding
+
+    _, val = load_saved_split(run_dir)
+    batch = cxrlake.predict([r.path for r in val], model=model)
+    probs = np.array(batch.column("probability").to_pylist(), dtype=np.float64)
+    assert batch.column("error").null_count == len(val)
+    # The Rust core and the Python preprocessing + onnxruntime score the same images alike.
+    trained, _, _ = load_checkpoint(run_dir, final=True)
+    expected = predict_torch(trained, data_mod.load_pixel_cache([r.path for r in val], 64))
+    assert np.max(np.abs(probs - expected)) < 0.02
+    labels = batch.column("predicted_label").to_pylist()
+    assert labels == [int(p >= model.threshold) for p in probs]
+
+
+def _card_figures() -> dict:
+    """The validation figures recorded in MODEL_CARD.md (machine-readable block)."""
+    text = CARD.read_text()
+    block = text.split("<!-- metrics-json")[1].split("-->")[0]
+    return json.loads(block)
+
+
+def test_shipped_model_scores_validation_images_like_its_card(records):
+    card = _card_figures()
+    model = cxrlake.Model()
+    assert model.name == "cxrlake-pneumonia-effnetlite0"
+    assert model.version == card["model_version"]
+    assert model.threshold == pytest.approx(card["threshold"], abs=1e-6)
+    _, val = data_mod.patient_grouped_split(records, card["val_fraction"], card["seed"])
+    rng = random.Random(0)
+    sample = [r for label in (0, 1) for r in rng.sample([v for v in val if v.label == label], 50)]
+    batch = cxrlake.predict([r.path for r in sample])
+    probs = np.array(batch.column("probability").to_pylist(), dtype=np.float64)
+    labels = np.array([r.label for r in sample])
+    metrics = binary_metrics(labels, probs, model.threshold)
+    # 100 images: allow sampling error around the card's full-split figures.
+    assert metrics["auc"] >= card["auc"] - 0.04
+    assert metrics["sensitivity"] >= card["sensitivity"] - 0.08
+    assert metrics["specificity"] >= card["specificity"] - 0.15
