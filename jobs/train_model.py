@@ -1,0 +1,67 @@
+# Databricks notebook source
+# MAGIC %md
+# MAGIC # cxrlake: train the pneumonia model
+# MAGIC
+# MAGIC Fine-tunes the ImageNet EfficientNet-Lite0 on the labelled images of a volume folder laid out as
+# MAGIC `<data_path>/<NORMAL|PNEUMONIA>/*.jpeg` with the same package code as `cxrlake train`
+# MAGIC (`cxrlake.training.train.fit` then `finalize`): patient-grouped split, augmentation, class
+# MAGIC weighting, threshold = highest specificity with validation sensitivity >= 0.95, ONNX export with the
+# MAGIC contract metadata, int8 tried and kept only if it keeps the metrics. The run is logged to MLflow and
+# MAGIC the chosen ONNX model registered in Unity Catalog as
+# MAGIC `healthcare_catalog_<env>.models.pneumonia_classifier` with the alias `champion`.
+# MAGIC Job: `bundle/resources/train_model.job.yml`. See MODEL_CARD.md for the figures of the shipped model.
+# MAGIC
+# MAGIC ## Widgets
+# MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>` (must match `env`).
+# MAGIC - `env`: `dev`, `pilot` or `prod`.
+# MAGIC - `data_path`: volume folder with `NORMAL/` and `PNEUMONIA/`, `/Volumes/<catalog>/bronze/xray_images/train`.
+# MAGIC - `epochs`: training epochs, 1-50 (the shipped model: 4 at 160 px).
+# MAGIC - `register_model`: `true` to register the model in Unity Catalog and set `champion`, `false` to only log the run.
+
+# COMMAND ----------
+
+dbutils.widgets.text("catalog", "healthcare_catalog_dev", "Catalog")
+dbutils.widgets.dropdown("env", "dev", ["dev", "pilot", "prod"], "Environment")
+dbutils.widgets.text("data_path", "/Volumes/healthcare_catalog_dev/bronze/xray_images/train", "Labelled images")
+dbutils.widgets.text("epochs", "4", "Epochs")
+dbutils.widgets.dropdown("register_model", "true", ["true", "false"], "Register in UC")
+
+# COMMAND ----------
+
+import time
+from pathlib import Path
+
+from cxrlake.spark import jobs
+from cxrlake.training import registry
+from cxrlake.training.train import TrainConfig, finalize, fit
+
+env = dbutils.widgets.get("env")
+catalog = jobs.validate_catalog(dbutils.widgets.get("catalog"))
+if catalog != f"healthcare_catalog_{env}":
+    raise ValueError(f"catalog {catalog} does not belong to env {env}")
+data_path = jobs.validate_volume_path("data_path", dbutils.widgets.get("data_path"), catalog)
+epochs_text = dbutils.widgets.get("epochs").strip()
+if not epochs_text.isdigit() or not 1 <= int(epochs_text) <= 50:
+    raise ValueError(f"epochs must be an integer in 1..50, got {epochs_text!r}")
+register_model = dbutils.widgets.get("register_model") == "true"
+model_name = registry.uc_model_name(env, "pneumonia_classifier")
+run_dir = Path("/local_disk0/cxrlake_train") / time.strftime("%Y%m%d-%H%M%S")
+
+# COMMAND ----------
+
+config = TrainConfig(data=data_path, run_dir=str(run_dir), epochs=int(epochs_text), threads=8)
+fit(config)
+summary = finalize(run_dir)
+print({k: summary["validation"][k] for k in ("auc", "sensitivity", "specificity", "threshold")})
+
+# COMMAND ----------
+
+if register_model:
+    result = registry.log_and_register(
+        run_dir,
+        tracking_uri="databricks",
+        registry_uri="databricks-uc",
+        experiment=f"/Shared/cxrlake-pneumonia-{env}",
+        name=model_name,
+    )
+    print(f"registered {result['model_name']} version {result['model_version']} as champion")
