@@ -47,7 +47,7 @@ class TrainConfig:
     data: str
     run_dir: str
     size: int = 160
-    epochs: int = 5
+    epochs: int = 4
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-4
