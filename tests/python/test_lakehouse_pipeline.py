@@ -329,3 +329,22 @@ def test_two_concurrent_runs_equal_one_run(clean_run, source, tmp_path):
     assert_same_rows(lakehouse, clean_lakehouse)
     bronze_keys = [(r["image_id"], r["content_sha256"]) for r in rows(lakehouse, schemas.BRONZE)]
     assert len(bronze_keys) == len(set(bronze_keys))
+
+
+def test_images_move_in_batches_of_at_most_batch_size(source, tmp_path):
+    """Bounded memory: every Delta commit of image rows holds at most `batch_size` images."""
+    lakehouse = tmp_path / "lh"
+    run_pipeline([source], lakehouse, batch_size=4, progress=False)
+    for spec, metric in (
+        (schemas.BRONZE, "num_added_rows"),
+        (schemas.SILVER, "num_source_rows"),
+        (schemas.FEATURES, "num_source_rows"),
+        (schemas.PREDICTIONS, "num_source_rows"),
+    ):
+        sizes = [
+            h["operationMetrics"][metric]
+            for h in table(lakehouse, spec).history()
+            if h["operation"] in ("WRITE", "MERGE")
+        ]
+        assert sum(sizes) == table(lakehouse, spec).count(), spec.qualified_name
+        assert max(sizes) == 4 and len(sizes) >= GOOD // 4, (spec.qualified_name, sizes)
