@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from cxrlake.training import data as data_mod
+from cxrlake.training import registry
 from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training.export import read_metadata
 from cxrlake.training.model import PneumoniaNet
@@ -162,6 +163,34 @@ def test_short_run_writes_a_contract_onnx_that_cxrlake_loads(short_run):
     assert np.max(np.abs(probs - expected)) < 0.02
     labels = batch.column("predicted_label").to_pylist()
     assert labels == [int(p >= model.threshold) for p in probs]
+
+
+# Third-party noise: SQLAlchemy 2.1 deprecates a loader strategy MLflow's sqlite store still uses,
+# and MLflow warns about type hints of its own internal types.
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:.*Any type hint is inferred:UserWarning")
+def test_short_run_is_logged_and_registered_in_mlflow(short_run, tmp_path):
+    import mlflow
+
+    _, run_dir, summary = short_run
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = registry.log_and_register(run_dir, tracking_uri=uri, name="cxrlake_test_model")
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    version = client.get_model_version_by_alias("cxrlake_test_model", "champion")
+    assert str(version.version) == result["model_version"] == "1"
+    run = client.get_run(result["run_id"])
+    assert run.data.params["size"] == "64"
+    assert run.data.metrics["val_auc"] == pytest.approx(summary["validation"]["auc"])
+    artifacts = {a.path for a in client.list_artifacts(result["run_id"], "onnx_file")}
+    assert "onnx_file/model.onnx" in artifacts
+
+
+def test_uc_model_name_is_per_environment():
+    assert registry.uc_model_name("prod", "pneumonia_classifier") == (
+        "healthcare_catalog_prod.models.pneumonia_classifier"
+    )
+    with pytest.raises(ValueError):
+        registry.uc_model_name("dev; DROP", "x")
 
 
 def _card_figures() -> dict:
