@@ -63,6 +63,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MLflow tracking URI (default: sqlite:///<run-dir>/../mlflow.db); 'none' to skip",
     )
     parser.add_argument("--registered-name", default="cxrlake_pneumonia")
+    parser.add_argument(
+        "--card",
+        action="append",
+        default=[],
+        help="also write the rendered MODEL_CARD.md here (repeatable; always written to the run "
+        "directory and next to --out)",
+    )
     parser.add_argument("--experiment", default="cxrlake-pneumonia")
 
 
@@ -86,6 +93,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``cxrlake train`` with parsed ``args``; prints the validation summary as JSON."""
+    from cxrlake.training.card import write_card
     from cxrlake.training.train import TrainConfig, finalize, fit
 
     run_dir = Path(args.run_dir or Path(DEFAULT_RUNS) / time.strftime("%Y%m%d-%H%M%S"))
@@ -112,6 +120,10 @@ def run(args: argparse.Namespace) -> int:
         if args.fit_only:
             return 0
     summary = finalize(run_dir, ship_to=args.out, try_int8=not args.no_int8)
+    cards = [run_dir / "MODEL_CARD.md", *args.card]
+    if args.out:
+        cards.append(Path(args.out) / "MODEL_CARD.md")
+    write_card(run_dir, *cards)
     if (args.mlflow_uri or "").lower() != "none":
         from cxrlake.training.registry import log_and_register
 

@@ -428,6 +428,7 @@ def finalize(
             "validation_after": after_bn,
         },
         "candidates": candidates,
+        "calibration_images": calibration_images,
         "shipped": chosen,
         "validation": candidates[chosen],
         "environment": {
