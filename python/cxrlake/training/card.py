@@ -72,6 +72,12 @@ lower validation score so tiny numeric differences do not flip the boundary case
 chosen on the shipped file's own onnxruntime scores: **{threshold:.6f}**
 (`predicted_label = probability >= threshold`; in the ONNX metadata `cxrlake.threshold`).
 
+Other operating points of the shipped file on validation (same rule, other targets):
+
+| target sensitivity | threshold | sensitivity | specificity |
+| ---: | ---: | ---: | ---: |
+{operating_rows}
+
 ## Validation metrics (shipped file: {shipped}, through onnxruntime, contract preprocessing)
 
 | metric | value |
@@ -176,6 +182,11 @@ def render_card(summary: dict) -> str:
         f"| {m['ms_per_image_2_threads']:.2f} ms/image |"
         for kind, m in summary["candidates"].items()
     )
+    operating_rows = "\n".join(
+        f"| {p['target_sensitivity']:.2f} | {p['threshold']:.4f} | {p['sensitivity']:.4f} "
+        f"| {p['specificity']:.4f} |"
+        for p in summary.get("operating_points", [])
+    )
     epoch_seconds = [h["epoch_seconds"] for h in summary["history"]]
     figures = {
         "model_name": cfg["model_name"],
@@ -242,6 +253,7 @@ def render_card(summary: dict) -> str:
         **val["confusion"],
         calibration_rows=calibration_rows,
         history_rows=history_rows,
+        operating_rows=operating_rows,
         calibration_images=summary.get("calibration_images", 200),
         candidate_rows=candidate_rows,
         diff_probability=summary["torch_vs_onnxruntime"]["max_abs_diff_probability"],

@@ -119,7 +119,12 @@ def run(args: argparse.Namespace) -> int:
         fit(cfg)
         if args.fit_only:
             return 0
-    summary = finalize(run_dir, ship_to=args.out, try_int8=not args.no_int8)
+    summary = finalize(
+        run_dir,
+        ship_to=args.out,
+        try_int8=not args.no_int8,
+        target_sensitivity=args.target_sensitivity,
+    )
     cards = [run_dir / "MODEL_CARD.md", *args.card]
     if args.out:
         cards.append(Path(args.out) / "MODEL_CARD.md")

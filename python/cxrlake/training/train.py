@@ -330,15 +330,19 @@ def finalize(
     try_int8: bool = True,
     calibration_images: int = 200,
     bn_recalibration_images: int = 2048,
+    target_sensitivity: float | None = None,
 ) -> dict:
     """Recalibrate BN, export, evaluate the ONNX file(s) on validation, pick the one to ship.
 
     Writes ``metrics.json`` and ``model.onnx`` (the chosen file, threshold re-chosen on its own
     validation scores) into ``run_dir``; copies it to ``ship_to/cxrlake_pneumonia.onnx`` if given.
     int8 is chosen only if its AUC is within 0.005 of fp32 and its sensitivity is >= the target.
+    ``target_sensitivity`` overrides the run's threshold rule target (recorded in metrics.json).
     """
     run_dir = Path(run_dir)
     net, cfg, history = load_checkpoint(run_dir)
+    if target_sensitivity is not None:
+        cfg.target_sensitivity = target_sensitivity
     torch.set_num_threads(cfg.threads)
     train, val = load_saved_split(run_dir)
     val_px = data_mod.load_pixel_cache([r.path for r in val], cfg.size, cfg.threads)
@@ -373,6 +377,7 @@ def finalize(
     log(f"torch vs onnxruntime (64 validation images): {agreement}")
 
     candidates: dict[str, dict] = {}
+    probs: dict[str, np.ndarray] = {}
     for kind in ("fp32", "int8"):
         path = run_dir / f"model_{kind}.onnx"
         if kind == "int8":
@@ -383,6 +388,7 @@ def finalize(
             log(f"quantising to int8 with {len(calib)} calibration images")
             quantize_int8(fp32, path, calib, cfg.size)
         prob, _ = onnx_predict(onnx_session(path, cfg.threads), val_x)
+        probs[kind] = prob
         threshold = choose_threshold(val_y, prob, cfg.target_sensitivity)
         set_metadata(path, {"cxrlake.threshold": f"{threshold:.6f}"})
         metrics = binary_metrics(val_y, prob, threshold)
@@ -400,6 +406,18 @@ def finalize(
         i8, f32 = candidates["int8"], candidates["fp32"]
         if i8["auc"] >= f32["auc"] - 0.005 and i8["sensitivity"] >= cfg.target_sensitivity:
             chosen = "int8"
+    operating_points = []
+    for target in (0.90, 0.95, 0.97, 0.98, 0.99):
+        t = choose_threshold(val_y, probs[chosen], target)
+        m = binary_metrics(val_y, probs[chosen], t)
+        operating_points.append(
+            {
+                "target_sensitivity": target,
+                "threshold": t,
+                "sensitivity": m["sensitivity"],
+                "specificity": m["specificity"],
+            }
+        )
     shipped = run_dir / "model.onnx"
     shutil.copyfile(run_dir / f"model_{chosen}.onnx", shipped)
     set_metadata(
@@ -431,6 +449,7 @@ def finalize(
         "calibration_images": calibration_images,
         "shipped": chosen,
         "validation": candidates[chosen],
+        "operating_points": operating_points,
         "environment": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,
