@@ -442,9 +442,11 @@ class Pipeline:
     # ---------------------------------------------------------------- summary
     def finish(self) -> RunSummary:
         """Fill in totals, quarantine reasons and latest metrics; return the summary."""
+        self.summary.new_rows = {
+            s.qualified_name: self.summary.new_rows.get(s.qualified_name, 0) for s in schemas.TABLES
+        }
         for spec in schemas.TABLES:
             self.summary.total_rows[spec.qualified_name] = self.lh.count(spec)
-            self.summary.new_rows.setdefault(spec.qualified_name, 0)
         reasons = self.lh.read(QUARANTINE, ["reason"]).column(0).to_pylist()
         self.summary.quarantine_reasons = dict(collections.Counter(reasons))
         perf = self.lh.read(PERFORMANCE).to_pylist()
