@@ -1,0 +1,202 @@
+"""The public kernels: decode, preprocess, features, predict (Arrow in, Arrow out).
+
+``images`` is a ``pyarrow.Array`` / ``ChunkedArray`` of binary (image bytes) or string (file
+paths) in any layout (plain, large, view), or a Python sequence of ``str`` / ``os.PathLike`` /
+``bytes``. A bad row never raises: it yields NULL results and an ``error`` string.
+
+Keyword arguments shared by every function:
+
+- ``threads``: worker threads (default: env ``CXRLAKE_NUM_THREADS``, else ``RAYON_NUM_THREADS``,
+  else the CPU count).
+- ``roots``: directories file paths may be read from (default: env ``CXRLAKE_ALLOWED_ROOTS``,
+  ``os.pathsep``-separated; neither set = any path).
+- ``max_pixels``: refuse images above this many pixels, from the header (default: env
+  ``CXRLAKE_MAX_PIXELS`` else 100 megapixels).
+- ``max_file_bytes``: refuse encoded images above this size (default: env
+  ``CXRLAKE_MAX_FILE_BYTES`` else 64 MiB).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, Union
+
+import numpy as np
+import pyarrow as pa
+
+from cxrlake import _internal
+from cxrlake.exceptions import InvalidArgumentError
+from cxrlake.model import Model, resolve_model_path
+
+__all__ = ["decode", "features", "predict", "preprocess"]
+
+ImagesLike = Union[pa.Array, pa.ChunkedArray, Sequence[Union[str, bytes, "os.PathLike[str]", None]]]
+ModelLike = Union[Model, str, "os.PathLike[str]", None]
+
+_BYTES_TYPES = (pa.binary(), pa.large_binary(), pa.binary_view())
+_PATH_TYPES = (pa.string(), pa.large_string(), pa.string_view())
+
+
+def _as_arrow(images: Any) -> pa.Array:
+    """A single pyarrow array of image bytes or paths from any accepted ``images`` value."""
+    if isinstance(images, pa.ChunkedArray):
+        if images.type not in _BYTES_TYPES + _PATH_TYPES:
+            raise InvalidArgumentError(_type_message(images.type))
+        if images.num_chunks == 1:
+            return images.chunk(0)
+        return images.combine_chunks() if images.num_chunks else pa.array([], images.type)
+    if isinstance(images, pa.Array):
+        if images.type not in _BYTES_TYPES + _PATH_TYPES:
+            raise InvalidArgumentError(_type_message(images.type))
+        return images
+    if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+        raise InvalidArgumentError(
+            "images must be a sequence or Arrow array; wrap a single image in a list"
+        )
+    if not isinstance(images, Iterable):
+        raise InvalidArgumentError(
+            f"images must be a pyarrow array or a sequence of paths/bytes, "
+            f"not {type(images).__name__}"
+        )
+    values = list(images)
+    kinds = set()
+    converted: list[Any] = []
+    for value in values:
+        if value is None:
+            converted.append(None)
+        elif isinstance(value, (str, os.PathLike)):
+            kinds.add("path")
+            converted.append(os.fspath(value))
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            kinds.add("bytes")
+            converted.append(bytes(value))
+        else:
+            raise InvalidArgumentError(
+                f"images must hold paths (str, os.PathLike) or bytes, not {type(value).__name__}"
+            )
+    if len(kinds) > 1:
+        raise InvalidArgumentError("images mixes paths and bytes; pass one kind per call")
+    arrow_type = pa.binary() if kinds == {"bytes"} else pa.string()
+    return pa.array(converted, type=arrow_type)
+
+
+def _type_message(arrow_type: pa.DataType) -> str:
+    return (
+        "images must be binary/large_binary/binary_view (image bytes) or "
+        f"string/large_string/string_view (file paths), got {arrow_type}"
+    )
+
+
+def _options(
+    threads: int | None,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
+    max_pixels: int | None,
+    max_file_bytes: int | None,
+) -> dict[str, Any]:
+    for name, value in (
+        ("threads", threads),
+        ("max_pixels", max_pixels),
+        ("max_file_bytes", max_file_bytes),
+    ):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int) or value < 1
+        ):
+            raise InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
+    if roots is None:
+        root_list = None
+    elif isinstance(roots, (str, os.PathLike)):
+        root_list = [os.fspath(roots)]
+    else:
+        root_list = [os.fspath(r) for r in roots]
+    return {
+        "threads": threads,
+        "roots": root_list,
+        "max_pixels": max_pixels,
+        "max_file_bytes": max_file_bytes,
+    }
+
+
+def decode(
+    images: ImagesLike,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> pa.RecordBatch:
+    """Decodes JPEG/PNG images to upright 8-bit grayscale at full resolution.
+
+    Returns a RecordBatch with one row per image: ``width int32``, ``height int32`` (pixels),
+    ``pixels binary`` (row-major, ``width * height`` bytes) and ``error string``.
+    """
+    array = _as_arrow(images)
+    return _internal.decode(array, **_options(threads, roots, max_pixels, max_file_bytes))
+
+
+def preprocess(
+    images: ImagesLike,
+    model: ModelLike = None,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> tuple[np.ndarray, pa.StringArray]:
+    """The model's input tensors, exactly as :func:`predict` feeds them to the model.
+
+    Returns a float32 array ``[N, C, H, W]`` (rows with errors are all zeros) and a string array
+    of per-row errors (null when fine). Size and normalisation come from the model's metadata.
+    """
+    array = _as_arrow(images)
+    path = resolve_model_path(model)
+    return _internal.preprocess(
+        array, path, **_options(threads, roots, max_pixels, max_file_bytes)
+    )
+
+
+def features(
+    images: ImagesLike,
+    model: ModelLike = None,
+    threads: int | None = None,
+    embedding: bool = True,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> pa.RecordBatch:
+    """Per-image features.
+
+    Columns: ``width int32``, ``height int32`` (full resolution, upright, pixels),
+    ``mean_pixel_value double``, ``std_pixel_value double`` (over the 8-bit grayscale pixels,
+    0..255), ``quality_score double`` (0..1: exposure, contrast, sharpness, clipping; see
+    docs/architecture.md), ``embedding list<double>`` (the model's penultimate layer; null when
+    ``embedding=False`` or the model has none) and ``error string``.
+    With ``embedding=False`` no model is loaded.
+    """
+    array = _as_arrow(images)
+    path = resolve_model_path(model) if embedding else None
+    return _internal.features(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+
+
+def predict(
+    images: ImagesLike,
+    model: ModelLike = None,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> pa.RecordBatch:
+    """Scores images for pneumonia.
+
+    Columns: ``probability double`` (P(PNEUMONIA), 0..1), ``predicted_label int32`` (1 when
+    probability >= the model's threshold), ``label_name string`` (e.g. NORMAL/PNEUMONIA),
+    ``model_name string``, ``model_version string`` (filled on every row) and ``error string``.
+    Decoding of the next chunk of images overlaps inference of the current one.
+    """
+    array = _as_arrow(images)
+    path = resolve_model_path(model)
+    return _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+
+

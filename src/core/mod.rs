@@ -1,0 +1,26 @@
+//! The cxrlake core: plain Rust, no Python. Decoding, preprocessing, quality features, model
+//! sessions, the path sandbox, limits and the Arrow batch kernels built from them.
+
+pub mod decode;
+pub mod error;
+pub mod exif;
+pub mod failpoint;
+pub mod input;
+pub mod kernels;
+pub mod limits;
+pub mod model;
+pub mod preprocess;
+pub mod quality;
+pub mod resize;
+pub mod sandbox;
+pub mod threads;
+
+pub use decode::{decode_gray, Decoded, GrayImage};
+pub use error::{CoreError, RowError, RowResult};
+pub use input::{ImageColumn, ImageRef};
+pub use kernels::{decode_batch, features_batch, predict_batch, preprocess_batch, KernelOptions};
+pub use limits::Limits;
+pub use model::{init_runtime, ModelInfo, PneumoniaModel};
+pub use preprocess::Preprocessing;
+pub use quality::{measure_quality, ImageQuality};
+pub use sandbox::Sandbox;

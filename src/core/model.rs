@@ -1,0 +1,303 @@
+//! ONNX Runtime: one environment per process, sessions cached per model file, model metadata.
+//!
+//! The runtime is the shared library shipped in the `onnxruntime` PyPI package, loaded at run time
+//! (`ort` feature `load-dynamic`). Sessions are cached per (model path, thread count) and tagged
+//! with the pid that created them: after `fork` the intra-op threads of a parent's session do not
+//! exist, so a child builds its own sessions (leaking, never dropping, the parent's).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::TensorRef;
+
+use crate::core::error::CoreError;
+use crate::core::preprocess::Preprocessing;
+use crate::core::threads::current_pid;
+
+/// Environment variable naming the ONNX Runtime shared library (used when no path is passed).
+pub const ORT_LIBRARY_ENV: &str = "ORT_DYLIB_PATH";
+
+/// Name of the model input, per the model contract.
+pub const INPUT_NAME: &str = "input";
+/// Name of the probability output, per the model contract.
+pub const PROBABILITY_NAME: &str = "probability";
+/// Name of the optional embedding output, per the model contract.
+pub const EMBEDDING_NAME: &str = "embedding";
+
+static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
+
+/// Loads ONNX Runtime from `library` (else env `ORT_DYLIB_PATH`) once per process.
+///
+/// Later calls return the existing environment whatever path they pass.
+pub fn init_runtime(library: Option<&Path>) -> Result<Environment, CoreError> {
+    let mut guard = ENVIRONMENT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(environment) = guard.as_ref() {
+        return Ok(environment.clone());
+    }
+    let library: PathBuf = match library {
+        Some(path) => path.to_path_buf(),
+        None => std::env::var_os(ORT_LIBRARY_ENV).map(PathBuf::from).ok_or_else(|| {
+            CoreError::Runtime(format!(
+                "ONNX Runtime library not configured: set {ORT_LIBRARY_ENV} to libonnxruntime \
+                 (it ships in the onnxruntime Python package under onnxruntime/capi)"
+            ))
+        })?,
+    };
+    if !library.is_file() {
+        return Err(CoreError::Runtime(format!(
+            "ONNX Runtime library not found: {}",
+            library.display()
+        )));
+    }
+    let environment = ort::init_from(&library)
+        .map_err(|e| {
+            CoreError::Runtime(format!(
+                "cannot load ONNX Runtime from {}: {e}",
+                library.display()
+            ))
+        })?
+        .with_name("cxrlake")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| CoreError::Runtime(format!("cannot create the ONNX Runtime environment: {e}")))?;
+    *guard = Some(environment.clone());
+    Ok(environment)
+}
+
+/// What the model artifact says about itself (ONNX `metadata_props`, contract `cxrlake.*`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    /// Canonical path of the model file.
+    pub path: PathBuf,
+    /// `cxrlake.model_name`.
+    pub name: String,
+    /// `cxrlake.model_version`.
+    pub version: String,
+    /// `cxrlake.threshold`: predicted label is 1 when probability >= threshold.
+    pub threshold: f64,
+    /// `cxrlake.labels`: names of label 0 and label 1.
+    pub labels: [String; 2],
+    /// Input size and normalisation.
+    pub preprocessing: Preprocessing,
+    /// Length of the `embedding` output, when the model has one.
+    pub embedding_dim: Option<usize>,
+}
+
+/// A loaded model: its metadata and an ONNX Runtime session (one run at a time).
+pub struct PneumoniaModel {
+    info: ModelInfo,
+    session: Mutex<Session>,
+}
+
+/// Outputs of one inference run over `n` images.
+#[derive(Debug, Clone)]
+pub struct InferenceOutput {
+    /// P(PNEUMONIA) per image.
+    pub probabilities: Vec<f32>,
+    /// `[n, D]` row-major embeddings, when requested and available.
+    pub embeddings: Option<Vec<f32>>,
+}
+
+struct SessionCache {
+    pid: u32,
+    models: HashMap<(PathBuf, usize), Arc<PneumoniaModel>>,
+}
+
+static MODELS: Mutex<Option<SessionCache>> = Mutex::new(None);
+
+impl PneumoniaModel {
+    /// The cached model for `path` with `threads` intra-op threads, loading it on first use.
+    ///
+    /// The runtime must be initialised ([`init_runtime`]) or `ORT_DYLIB_PATH` set.
+    pub fn load(path: &Path, threads: usize) -> Result<Arc<Self>, CoreError> {
+        let canonical = path.canonicalize().map_err(|e| {
+            CoreError::Model(format!("model file not found: {} ({e})", path.display()))
+        })?;
+        let key = (canonical.clone(), threads);
+        let pid = current_pid();
+        {
+            let mut guard = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = guard.get_or_insert_with(|| SessionCache {
+                pid,
+                models: HashMap::new(),
+            });
+            if cache.pid != pid {
+                // Forked child: the parent's sessions reference threads that do not exist here.
+                std::mem::forget(std::mem::take(&mut cache.models));
+                cache.pid = pid;
+            }
+            if let Some(model) = cache.models.get(&key) {
+                return Ok(model.clone());
+            }
+        }
+        let model = Arc::new(Self::open(&canonical, threads)?);
+        let mut guard = MODELS.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = guard.get_or_insert_with(|| SessionCache {
+            pid,
+            models: HashMap::new(),
+        });
+        Ok(cache.models.entry(key).or_insert(model).clone())
+    }
+
+    fn open(path: &Path, threads: usize) -> Result<Self, CoreError> {
+        let environment = init_runtime(None)?;
+        let model_error =
+            |e: &dyn std::fmt::Display| CoreError::Model(format!("cannot load model {}: {e}", path.display()));
+        let session = Session::builder(&environment)
+            .map_err(|e| model_error(&e))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| model_error(&e))?
+            .with_intra_threads(threads)
+            .map_err(|e| model_error(&e))?
+            .with_inter_threads(1)
+            .map_err(|e| model_error(&e))?
+            // Decoding runs on other threads at the same time: spinning ORT workers would steal
+            // the cores the decoders need.
+            .with_intra_op_spinning(false)
+            .map_err(|e| model_error(&e))?
+            .commit_from_file(path)
+            .map_err(|e| model_error(&e))?;
+        let info = read_model_info(path, &session)?;
+        Ok(Self {
+            info,
+            session: Mutex::new(session),
+        })
+    }
+
+    /// The model's metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    /// Runs the model on `n` images whose tensors are concatenated in `tensors`
+    /// (`n * C * H * W` floats). Returns one probability per image, and the embeddings when
+    /// `with_embedding` and the model has them.
+    pub fn infer(&self, tensors: &[f32], n: usize, with_embedding: bool) -> Result<InferenceOutput, String> {
+        let prep = &self.info.preprocessing;
+        if n == 0 {
+            return Ok(InferenceOutput {
+                probabilities: Vec::new(),
+                embeddings: with_embedding.then(Vec::new),
+            });
+        }
+        if tensors.len() != n * prep.tensor_len() {
+            return Err(format!("tensor has {} values, expected {}", tensors.len(), n * prep.tensor_len()));
+        }
+        let shape = [n, prep.channels, prep.height as usize, prep.width as usize];
+        let input = TensorRef::from_array_view((shape, tensors)).map_err(|e| e.to_string())?;
+        let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
+        let outputs = session
+            .run(ort::inputs![INPUT_NAME => input])
+            .map_err(|e| format!("inference failed: {e}"))?;
+        let (_, probabilities) = outputs[PROBABILITY_NAME]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| format!("inference failed: probability output: {e}"))?;
+        if probabilities.len() != n {
+            return Err(format!(
+                "model returned {} probabilities for {n} images",
+                probabilities.len()
+            ));
+        }
+        let probabilities = probabilities.to_vec();
+        let embeddings = match (with_embedding, self.info.embedding_dim) {
+            (true, Some(dim)) => {
+                let (_, values) = outputs[EMBEDDING_NAME]
+                    .try_extract_tensor::<f32>()
+                    .map_err(|e| format!("inference failed: embedding output: {e}"))?;
+                if values.len() != n * dim {
+                    return Err(format!("model returned {} embedding values for {n} images of {dim}", values.len()));
+                }
+                Some(values.to_vec())
+            }
+            _ => None,
+        };
+        Ok(InferenceOutput {
+            probabilities,
+            embeddings,
+        })
+    }
+}
+
+fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreError> {
+    let fail = |what: String| CoreError::Model(format!("model {} {what}", path.display()));
+    if !session.inputs().iter().any(|i| i.name() == INPUT_NAME) {
+        return Err(fail(format!("has no input named {INPUT_NAME:?}")));
+    }
+    if !session.outputs().iter().any(|o| o.name() == PROBABILITY_NAME) {
+        return Err(fail(format!("has no output named {PROBABILITY_NAME:?}")));
+    }
+    let embedding_dim = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == EMBEDDING_NAME)
+        .and_then(|o| match o.dtype() {
+            ort::value::ValueType::Tensor { shape, .. } => shape.last().copied(),
+            _ => None,
+        });
+    let embedding_dim = match embedding_dim {
+        None => None,
+        Some(d) if d > 0 => Some(d as usize),
+        Some(_) => return Err(fail("has an embedding output without a fixed size".into())),
+    };
+    let metadata = session
+        .metadata()
+        .map_err(|e| fail(format!("has unreadable metadata: {e}")))?;
+    let get = |key: &str| -> Result<String, CoreError> {
+        metadata
+            .custom(key)
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| fail(format!("lacks metadata {key} (see docs/architecture.md)")))
+    };
+    let parse_f32_list = |key: &str| -> Result<Vec<f32>, CoreError> {
+        get(key)?
+            .split(',')
+            .map(|v| v.trim().parse::<f32>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| fail(format!("has a non-numeric {key}")))
+    };
+    let parse_u32 = |key: &str| -> Result<u32, CoreError> {
+        get(key)?
+            .parse::<u32>()
+            .map_err(|_| fail(format!("has a non-integer {key}")))
+    };
+    let threshold: f64 = get("cxrlake.threshold")?
+        .parse()
+        .map_err(|_| fail("has a non-numeric cxrlake.threshold".into()))?;
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(fail(format!("has cxrlake.threshold {threshold} outside 0..1")));
+    }
+    let labels_text = metadata
+        .custom("cxrlake.labels")
+        .unwrap_or_else(|| "NORMAL,PNEUMONIA".into());
+    let labels: Vec<String> = labels_text.split(',').map(|s| s.trim().to_string()).collect();
+    let labels: [String; 2] = labels
+        .try_into()
+        .map_err(|_| fail(format!("has cxrlake.labels {labels_text:?}, expected two names")))?;
+    if let Some(resize) = metadata.custom("cxrlake.resize") {
+        if resize.trim() != "bilinear" {
+            return Err(fail(format!("asks for cxrlake.resize={resize:?}; only bilinear is supported")));
+        }
+    }
+    let preprocessing = Preprocessing::new(
+        parse_u32("cxrlake.input_width")?,
+        parse_u32("cxrlake.input_height")?,
+        parse_u32("cxrlake.input_channels")? as usize,
+        parse_f32_list("cxrlake.mean")?,
+        parse_f32_list("cxrlake.std")?,
+    )
+    .map_err(|e| fail(e.to_string()))?;
+    Ok(ModelInfo {
+        path: path.to_path_buf(),
+        name: get("cxrlake.model_name")?,
+        version: get("cxrlake.model_version")?,
+        threshold,
+        labels,
+        preprocessing,
+        embedding_dim,
+    })
+}

@@ -1,0 +1,216 @@
+//! Path sandbox: the only place that opens image files named by callers.
+//!
+//! Paths are resolved (`..` and symlinks) before the check, so neither can escape the roots.
+//! Non-regular files (FIFOs, devices, directories) are refused from their metadata, and files are
+//! opened non-blocking so a FIFO swapped in after the check cannot hang a worker.
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::path::{Component, Path, PathBuf};
+
+use crate::core::error::{CoreError, RowError, RowResult};
+use crate::core::limits::Limits;
+
+/// Environment variable listing the allowed roots, separated like `PATH` (`:` on Unix).
+pub const ROOTS_ENV: &str = "CXRLAKE_ALLOWED_ROOTS";
+
+/// The directories image paths may be read from. No roots = every path is allowed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    roots: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    /// A sandbox that allows every path (still refusing non-regular files).
+    pub fn allow_all() -> Self {
+        Self::default()
+    }
+
+    /// A sandbox restricted to `roots`; each root must exist and is resolved to its canonical path.
+    pub fn with_roots<I, P>(roots: I) -> Result<Self, CoreError>
+    where
+        I: IntoIterator<Item = P>,
+        P: AsRef<Path>,
+    {
+        let mut resolved = Vec::new();
+        for root in roots {
+            let root = root.as_ref();
+            if root.as_os_str().is_empty() {
+                continue;
+            }
+            let canonical = root.canonicalize().map_err(|e| {
+                CoreError::Sandbox(format!("sandbox root {} is unusable: {e}", root.display()))
+            })?;
+            resolved.push(canonical);
+        }
+        Ok(Self { roots: resolved })
+    }
+
+    /// Roots given explicitly, else from env `CXRLAKE_ALLOWED_ROOTS`, else no restriction.
+    pub fn resolve(roots: Option<&[String]>) -> Result<Self, CoreError> {
+        match roots {
+            Some(roots) => Self::with_roots(roots),
+            None => match std::env::var_os(ROOTS_ENV) {
+                Some(value) if !value.is_empty() => Self::with_roots(std::env::split_paths(&value)),
+                _ => Ok(Self::allow_all()),
+            },
+        }
+    }
+
+    /// The canonical roots (empty when every path is allowed).
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
+
+    /// Whether the resolved path `canonical` lies under a root (component-wise).
+    fn allows(&self, canonical: &Path) -> bool {
+        self.roots.is_empty() || self.roots.iter().any(|root| canonical.starts_with(root))
+    }
+
+    /// Reads the whole file at `path` after the sandbox, file-type and size checks.
+    ///
+    /// Errors name the path: `file not found: …`, `outside sandbox roots: …`,
+    /// `not a regular file: …`, `file exceeds 64 MiB limit: …`, `empty file: …`.
+    pub fn read(&self, path: &str, limits: &Limits) -> RowResult<Vec<u8>> {
+        // Messages show the path escaped and shortened; the file system sees the raw path.
+        self.read_unescaped(path, limits).map_err(|error| {
+            if path.is_empty() || shown_path(path) == path {
+                error
+            } else {
+                RowError::new(error.0.replace(path, &shown_path(path)))
+            }
+        })
+    }
+
+    fn read_unescaped(&self, path: &str, limits: &Limits) -> RowResult<Vec<u8>> {
+        if path.is_empty() {
+            return Err(RowError::new("empty path"));
+        }
+        let canonical = match Path::new(path).canonicalize() {
+            Ok(canonical) => canonical,
+            // Outside the roots, a missing or unreadable path must get the same answer as an
+            // existing one: otherwise the error would tell which files exist outside the roots.
+            Err(_) if !self.allows(&resolve_lexically_below_existing(Path::new(path))) => {
+                return Err(outside_roots(path));
+            }
+            Err(e) => return Err(io_row_error(&e, path)),
+        };
+        if !self.allows(&canonical) {
+            return Err(outside_roots(path));
+        }
+        let metadata = std::fs::metadata(&canonical).map_err(|e| io_row_error(&e, path))?;
+        if !metadata.is_file() {
+            return Err(RowError::new(format!("not a regular file: {path}")));
+        }
+        let mut file = open_no_follow(&canonical).map_err(|e| io_row_error(&e, path))?;
+        // Check again on the opened descriptor: the path may have been swapped since `metadata`.
+        let metadata = file.metadata().map_err(|e| io_row_error(&e, path))?;
+        if !metadata.is_file() {
+            return Err(RowError::new(format!("not a regular file: {path}")));
+        }
+        let size = metadata.len();
+        limits
+            .check_encoded_size(size, "file")
+            .map_err(|e| RowError::new(format!("{e}: {path}")))?;
+        if size == 0 {
+            return Err(RowError::new(format!("empty file: {path}")));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        // `take` guards against a file that grows between the size check and the read.
+        (&mut file)
+            .take(limits.max_file_bytes + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io_row_error(&e, path))?;
+        limits
+            .check_encoded_size(bytes.len() as u64, "file")
+            .map_err(|e| RowError::new(format!("{e}: {path}")))?;
+        if bytes.is_empty() {
+            return Err(RowError::new(format!("empty file: {path}")));
+        }
+        Ok(bytes)
+    }
+}
+
+#[cfg(unix)]
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+        .open(path)
+}
+
+#[cfg(not(unix))]
+fn open_no_follow(path: &Path) -> std::io::Result<File> {
+    File::open(path)
+}
+
+fn outside_roots(path: &str) -> RowError {
+    RowError::new(format!("outside sandbox roots: {path}"))
+}
+
+/// Longest path shown in a row error, in characters.
+const MAX_SHOWN_PATH_CHARS: usize = 512;
+
+/// `path` as shown in row errors: control characters escaped (a path holding a newline or a
+/// terminal escape sequence must not forge extra lines in the `error` column, logs or CSV
+/// output) and shortened in the middle beyond [`MAX_SHOWN_PATH_CHARS`].
+fn shown_path(path: &str) -> String {
+    let escaped: String = path
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect();
+    let count = escaped.chars().count();
+    if count <= MAX_SHOWN_PATH_CHARS {
+        return escaped;
+    }
+    let keep = MAX_SHOWN_PATH_CHARS / 2;
+    let head: String = escaped.chars().take(keep).collect();
+    let tail: String = escaped.chars().skip(count - keep).collect();
+    format!("{head}...{tail}")
+}
+
+/// Where `path` would be if it existed: the longest existing ancestor resolved (symlinks and
+/// `..` included), then the missing components applied lexically (they cannot be symlinks).
+/// Relative paths start from the working directory.
+fn resolve_lexically_below_existing(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        match std::env::current_dir() {
+            Ok(cwd) => cwd.join(path),
+            Err(_) => return PathBuf::new(), // not under any root
+        }
+    };
+    let components: Vec<Component<'_>> = absolute.components().collect();
+    for split in (1..=components.len()).rev() {
+        let existing: PathBuf = components[..split].iter().collect();
+        if let Ok(mut resolved) = existing.canonicalize() {
+            for component in &components[split..] {
+                match component {
+                    Component::ParentDir => {
+                        resolved.pop();
+                    }
+                    Component::Normal(name) => resolved.push(name),
+                    Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+                }
+            }
+            return resolved;
+        }
+    }
+    PathBuf::new()
+}
+
+fn io_row_error(error: &std::io::Error, path: &str) -> RowError {
+    match error.kind() {
+        ErrorKind::NotFound => RowError::new(format!("file not found: {path}")),
+        ErrorKind::PermissionDenied => RowError::new(format!("permission denied: {path}")),
+        _ => RowError::new(format!("cannot read {path}: {error}")),
+    }
+}
