@@ -43,8 +43,11 @@ wheel: setup ## Build a portable manylinux abi3 wheel into dist/
 
 test: develop test-rust test-python ## Run every test: cargo (core), pytest (API, pipeline, Spark, bundle)
 
-test-rust: sysdeps ## Rust unit and integration tests of the core
-	cargo test --release --quiet
+# ONNX Runtime shared library from the onnxruntime wheel in the venv (cargo tests/benches load it).
+ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so.1*))
+
+test-rust: sysdeps $(VENV)/.deps ## Rust unit and integration tests of the core
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) CXRLAKE_SHARED_DATA=$(DATA) cargo test --release --quiet
 
 test-python: develop ## pytest suites (real images from ../shared/data)
 	CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q
@@ -66,8 +69,8 @@ fmt: setup ## Format Rust and Python sources
 bench: develop ## Side-by-side benchmark vs PIL+numpy+onnxruntime on the 200 full-res images (ratios, one run)
 	CXRLAKE_SHARED_DATA=$(DATA) $(PY) benches/side_by_side.py --images $(DATA)/chest_xray_fullres
 
-bench-rust: sysdeps ## criterion benches of the Rust kernels
-	CXRLAKE_SHARED_DATA=$(DATA) cargo bench
+bench-rust: sysdeps $(VENV)/.deps ## criterion benches of the Rust kernels
+	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) CXRLAKE_SHARED_DATA=$(DATA) cargo bench
 
 demo: develop ## Run the local bronze -> silver -> gold pipeline on real images, print the summary, write report.html
 	$(VENV)/bin/cxrlake pipeline run --source $(DATA)/chest_xray_fullres --source $(DATA)/chest_xray/train \
