@@ -348,3 +348,32 @@ def test_images_move_in_batches_of_at_most_batch_size(source, tmp_path):
         ]
         assert sum(sizes) == table(lakehouse, spec).count(), spec.qualified_name
         assert max(sizes) == 4 and len(sizes) >= GOOD // 4, (spec.qualified_name, sizes)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [BAD_FILES["corrupt.jpeg"], b"\xff\xd8\xff garbage", b"\x89PNG\r\n\x1a\n garbage"],
+    ids=["jpeg-bad-body", "jpeg-bad-header", "png-bad-header"],
+)
+def test_a_corrupt_image_quarantines_only_itself_not_its_batch_neighbours(corrupt):
+    """The quarantine rule is per row: good images after a corrupt one in the same Arrow batch
+    still reach silver (regression: a decoder left in an error state failed every later row)."""
+    from cxrlake.lakehouse import transforms
+
+    names = _images(TRAIN / "NORMAL", 0, 6)
+    paths = [str(TRAIN / "NORMAL" / n) for n in names[:3]]
+    paths += ["/x/train/NORMAL/corrupt.jpeg"]
+    paths += [str(TRAIN / "NORMAL" / n) for n in names[3:]]
+    contents = [Path(p).read_bytes() for p in paths[:3]] + [corrupt]
+    contents += [Path(p).read_bytes() for p in paths[4:]]
+    binary_file = pa.RecordBatch.from_pydict(
+        {
+            "path": paths,
+            "modificationTime": pa.array([None] * 7, pa.timestamp("us", tz="UTC")),
+            "length": pa.array([len(c) for c in contents], pa.int64()),
+            "content": pa.array(contents, pa.binary()),
+        }
+    )
+    out = transforms.silver_batch(transforms.bronze_batch(binary_file, "b"), threads=1)
+    assert out.quarantine.column("filename").to_pylist() == ["corrupt.jpeg"]
+    assert out.metadata.column("filename").to_pylist() == names
