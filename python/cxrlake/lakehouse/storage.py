@@ -123,8 +123,20 @@ class Lakehouse:
         return DeltaTable(self.path(spec))
 
     def dataset(self, spec: TableSpec) -> pads.Dataset:
-        """A pyarrow dataset over the table's current files (projection and filter pushdown)."""
-        return self.table(spec).to_pyarrow_dataset()
+        """A pyarrow dataset over the table's current files (projection and filter pushdown).
+
+        Built from the snapshot's parquet files with pyarrow's own local file system rather than
+        ``DeltaTable.to_pyarrow_dataset()``, whose Python file-system handler can abort the
+        interpreter at exit ("terminate called without an active exception"). Valid because the
+        lakehouse tables use neither partitions, column mapping nor deletion vectors.
+        """
+        table = self.table(spec)
+        features = set(table.protocol().reader_features or ())
+        if features & {"deletionVectors", "columnMapping"} or table.metadata().partition_columns:
+            return table.to_pyarrow_dataset()  # a table written by another engine
+        return pads.dataset(
+            table.file_uris(), format="parquet", schema=pa.schema(table.schema().to_arrow())
+        )
 
     def read(
         self,
