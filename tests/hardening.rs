@@ -100,10 +100,19 @@ fn png_bomb(width: u32, height: u32, color: u8) -> Vec<u8> {
     ihdr.extend_from_slice(&[8, color, 0, 0, 0]);
     let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
     png.extend(png_chunk(b"IHDR", &ihdr));
-    // zlib header, one final stored block of 16 zero bytes, Adler-32 of 16 zeros.
-    let mut idat = vec![0x78, 0x01, 0x01, 0x10, 0x00, 0xEF, 0xFF];
-    idat.extend_from_slice(&[0u8; 16]);
-    idat.extend_from_slice(&0x0010_0001u32.to_be_bytes());
+    // zlib header, one final stored block of `n` zero bytes (enough scanlines for a small image,
+    // at most 64 bytes for a bomb), Adler-32 of `n` zeros.
+    let channels: u64 = match color {
+        2 => 3,
+        6 => 4,
+        _ => 1,
+    };
+    let n = (height as u64 * (1 + width as u64 * channels)).min(64) as u16;
+    let mut idat = vec![0x78, 0x01, 0x01];
+    idat.extend_from_slice(&n.to_le_bytes());
+    idat.extend_from_slice(&(!n).to_le_bytes());
+    idat.extend(std::iter::repeat_n(0u8, n as usize));
+    idat.extend_from_slice(&(((n as u32) << 16) | 1).to_be_bytes());
     png.extend(png_chunk(b"IDAT", &idat));
     png.extend(png_chunk(b"IEND", b""));
     png
@@ -386,4 +395,59 @@ fn a_missing_root_is_a_configuration_error() {
         error.to_string().contains("/nonexistent/cxrlake-root"),
         "{error}"
     );
+}
+
+#[test]
+fn missing_paths_outside_the_roots_do_not_reveal_existence() {
+    let (dir, root) = sandbox_layout("existence");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    // Missing outside the root: the same answer as an existing file outside the root.
+    let missing = dir.path().join("no-such-file.jpeg");
+    assert_eq!(
+        read_error(&sandbox, &missing),
+        format!("outside sandbox roots: {}", missing.display())
+    );
+    let missing_dir = Path::new("/nonexistent-cxrlake/x.jpeg");
+    assert_eq!(
+        read_error(&sandbox, missing_dir),
+        "outside sandbox roots: /nonexistent-cxrlake/x.jpeg"
+    );
+    // `..` through a missing directory inside the root still ends outside it.
+    let sneaky = root.join("missing/../../outside.png");
+    assert_eq!(
+        read_error(&sandbox, &sneaky),
+        format!("outside sandbox roots: {}", sneaky.display())
+    );
+    // Inside the root, missing is just missing.
+    let inside = root.join("sub/missing.jpeg");
+    assert_eq!(
+        read_error(&sandbox, &inside),
+        format!("file not found: {}", inside.display())
+    );
+    // With no roots, missing is missing everywhere.
+    assert_eq!(
+        read_error(&Sandbox::allow_all(), &missing),
+        format!("file not found: {}", missing.display())
+    );
+}
+
+#[test]
+fn paths_in_errors_cannot_forge_lines() {
+    // Found by the arrow_batch fuzz target: a path holding a newline came back verbatim in the
+    // error column (and from there in logs and CSV output).
+    let (_dir, root) = sandbox_layout("newline");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let path = format!("{}/a\nfake: row\r\u{1b}[2J.jpeg", root.display());
+    let error = sandbox.read(&path, &Limits::default()).unwrap_err().0;
+    assert_eq!(
+        error,
+        format!(
+            "file not found: {}/a\\nfake: row\\r\\u{{1b}}[2J.jpeg",
+            root.display()
+        )
+    );
+    let long = format!("{}/{}", root.display(), "x".repeat(4000));
+    let error = sandbox.read(&long, &Limits::default()).unwrap_err().0;
+    assert!(error.len() < 700 && error.contains("..."), "{error}");
+    assert!(!error.contains('\n'));
 }

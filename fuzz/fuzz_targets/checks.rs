@@ -1,5 +1,7 @@
 //! Invariants shared by the fuzz targets: beyond "does not crash", every result must be
 //! well-formed (pixel buffers of the announced size, limits respected, one-line error messages).
+// Each target uses a different subset of these helpers.
+#![allow(dead_code)]
 
 use cxrlake::core::decode::{decode_gray, Decoded};
 use cxrlake::core::limits::Limits;

@@ -381,3 +381,28 @@ def test_cli_exits_zero_when_rows_fail(tmp_path: Path):
     errors = {Path(r["path"]).name: r["error"] for r in map(json.loads, proc.stdout.splitlines())}
     assert errors["good.jpeg"] is None
     assert errors["bad.jpeg"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threads": 0}, "threads must be a positive integer"),
+        ({"threads": "4"}, "threads must be a positive integer"),
+        ({"flavor": "scala"}, "use 'auto', 'arrow' or 'pandas'"),
+        ({"name": "predict; DROP TABLE x"}, "name must be a SQL identifier"),
+        ({"features_name": ""}, "features_name must be a SQL identifier"),
+        ({"model": 42}, "model must be None, a path or a cxrlake.Model"),
+    ],
+)
+def test_spark_registration_rejects_bad_arguments_on_the_driver(kwargs, message):
+    from cxrlake.spark import udfs
+
+    class NoSpark:
+        """Registration must fail before touching the session."""
+
+        @property
+        def udf(self):
+            raise AssertionError("the session was used despite a bad argument")
+
+    with pytest.raises(InvalidArgumentError, match=message):
+        udfs.register(NoSpark(), **kwargs)

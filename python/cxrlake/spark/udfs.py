@@ -153,6 +153,7 @@ def make_udf(
     ``CXRLAKE_NUM_THREADS`` / ``RAYON_NUM_THREADS`` / CPUs). ``flavor``: ``arrow`` (Spark >= 4.1),
     ``pandas`` (Spark 3.5) or ``auto``.
     """
+    _check_arguments(kind=kind, threads=threads, flavor=flavor)
     model_path = _model_path(model)
     compute = {"predict": predict_array, "features": features_array}[kind]
     result = {"predict": PREDICT_RESULT, "features": FEATURES_RESULT}[kind]
@@ -180,10 +181,43 @@ def make_udf(
     raise ValueError(f"unknown UDF flavor {flavor!r}: use 'auto', 'arrow' or 'pandas'")
 
 
+_SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _check_arguments(**arguments: Any) -> None:
+    """Refuse bad arguments at registration, on the driver, with the accepted values named:
+    otherwise they would only surface as failed tasks on the executors."""
+    from cxrlake.exceptions import InvalidArgumentError
+
+    for key, value in arguments.items():
+        if key == "kind" and value not in ("predict", "features"):
+            raise InvalidArgumentError(f"kind must be 'predict' or 'features', got {value!r}")
+        if key == "flavor" and value not in ("auto", "arrow", "pandas"):
+            raise InvalidArgumentError(
+                f"unknown UDF flavor {value!r}: use 'auto', 'arrow' or 'pandas'"
+            )
+        if (
+            key == "threads"
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
+        ):
+            raise InvalidArgumentError(f"threads must be a positive integer or None, got {value!r}")
+        if key.endswith("name") and not (isinstance(value, str) and _SQL_NAME.match(value)):
+            raise InvalidArgumentError(
+                f"{key} must be a SQL identifier (letters, digits, _), got {value!r}"
+            )
+
+
 def _model_path(model: Any) -> str | None:
+    from cxrlake.exceptions import InvalidArgumentError
+
     if model is None:
         return None
     path = getattr(model, "path", model)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(
+            f"model must be None, a path or a cxrlake.Model, got {type(model).__name__}"
+        )
     return os.fspath(path)
 
 
@@ -204,6 +238,7 @@ def register(
     or BINARY (image bytes) column; a bad row gives NULLs and an ``error``, never a failed task.
     See `make_udf` for ``model``, ``threads`` and ``flavor``.
     """
+    _check_arguments(name=name, features_name=features_name, threads=threads, flavor=flavor)
     udfs = {
         name: make_udf("predict", model, threads, flavor),
         features_name: make_udf("features", model, threads, flavor),
