@@ -121,7 +121,9 @@ fn png_bomb(width: u32, height: u32, color: u8) -> Vec<u8> {
 /// A real 16x16 JPEG (libjpeg-turbo) whose SOF is patched to announce `width x height`.
 fn jpeg_bomb(width: u16, height: u16, format: turbojpeg::PixelFormat) -> Vec<u8> {
     let channels = format.size();
-    let pixels: Vec<u8> = (0..16 * 16 * channels).map(|i| (i * 7 % 251) as u8).collect();
+    let pixels: Vec<u8> = (0..16 * 16 * channels)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
     let image = turbojpeg::Image {
         pixels: pixels.as_slice(),
         width: 16,
@@ -155,8 +157,14 @@ fn assert_refused_cheaply(data: &[u8], expected_error: &str) {
     assert!(peak < FEW_MB, "refusing the header allocated {peak} bytes");
     // The scaled path (model preprocessing) must refuse just as early.
     let (result, peak) = peak_allocation(|| decode_gray(data, &limits, Some((224, 224))));
-    assert_eq!(result.expect_err("bomb refused when scaling").0, expected_error);
-    assert!(peak < FEW_MB, "refusing the header (scaled) allocated {peak} bytes");
+    assert_eq!(
+        result.expect_err("bomb refused when scaling").0,
+        expected_error
+    );
+    assert!(
+        peak < FEW_MB,
+        "refusing the header (scaled) allocated {peak} bytes"
+    );
 }
 
 #[test]
@@ -221,10 +229,8 @@ struct TempDir(PathBuf);
 
 impl TempDir {
     fn new(name: &str) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "cxrlake-hardening-{name}-{}",
-            std::process::id()
-        ));
+        let path =
+            std::env::temp_dir().join(format!("cxrlake-hardening-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).expect("create temp dir");
         Self(path)
@@ -262,7 +268,10 @@ fn files_inside_the_roots_are_read() {
     let (_dir, root) = sandbox_layout("inside");
     let sandbox = Sandbox::with_roots([&root]).unwrap();
     let bytes = sandbox
-        .read(root.join("inside.png").to_str().unwrap(), &Limits::default())
+        .read(
+            root.join("inside.png").to_str().unwrap(),
+            &Limits::default(),
+        )
         .expect("a file inside the root is readable");
     assert_eq!(bytes, png_bomb(4, 4, 0));
     // `..` that stays inside the root is fine.
@@ -378,7 +387,10 @@ fn oversized_and_empty_files_are_refused_by_size() {
     };
     let (result, peak) = peak_allocation(|| sandbox.read(big.to_str().unwrap(), &small));
     assert!(
-        result.unwrap_err().0.starts_with("file exceeds 0.001 MiB limit"),
+        result
+            .unwrap_err()
+            .0
+            .starts_with("file exceeds 0.001 MiB limit"),
         "size limit named"
     );
     assert!(peak < 4096, "the oversized file was read ({peak} bytes)");
