@@ -126,6 +126,10 @@ def test_tables_have_exact_schemas_and_change_data_feed(clean_run):
         assert dt.metadata().configuration["delta.enableChangeDataFeed"] == "true"
         assert dt.metadata().name == spec.name
     assert os.path.isdir(lakehouse / "healthcare_catalog_dev" / "gold" / "pneumonia_predictions")
+    # the change feed is readable and holds one insert per silver row
+    feed = pa.RecordBatchReader.from_stream(table(lakehouse, schemas.SILVER).load_cdf()).read_all()
+    changes = feed.column("_change_type").to_pylist()
+    assert changes.count("insert") == table(lakehouse, schemas.SILVER).count() == GOOD
 
 
 def test_clean_run_contents(clean_run, source):
