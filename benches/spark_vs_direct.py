@@ -55,11 +55,13 @@ def run_direct(paths: list[str]) -> float:
     return len(paths) / elapsed
 
 
-def run_spark(spark, paths: list[str], slots: int, threads: int) -> float:
+def run_spark(spark, paths: list[str], partitions: int, threads: int) -> float:
     from cxrlake.spark.schemas import spark_type
 
     schema = spark_type(PREDICT_RESULT)
-    df = spark.createDataFrame([(p,) for p in paths], "path string").repartition(slots * 2)
+    # parallelize, not repartition: no shuffle between the paths and the UDF
+    rows = spark.sparkContext.parallelize([(p,) for p in paths], partitions)
+    df = spark.createDataFrame(rows, "path string")
     df = df.mapInArrow(predict_paths(threads), schema)
     start = time.perf_counter()
     errors = df.where("error IS NOT NULL").count()  # forces every row through the UDF
@@ -69,21 +71,53 @@ def run_spark(spark, paths: list[str], slots: int, threads: int) -> float:
     return len(paths) / elapsed
 
 
+def _noop(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        yield pa.RecordBatch.from_pydict({"n": pa.array([batch.num_rows], pa.int64())})
+
+
+def spark_job_overhead(spark, paths: list[str], partitions: int) -> float:
+    """Seconds of a job that does everything `run_spark` does except scoring."""
+    rows = spark.sparkContext.parallelize([(p,) for p in paths], partitions)
+    df = spark.createDataFrame(rows, "path string").mapInArrow(_noop, "n long")
+    start = time.perf_counter()
+    df.count()
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     default_images = Path(__file__).resolve().parents[2] / "shared" / "data" / "chest_xray_fullres"
     parser.add_argument("--images", type=Path, default=default_images)
     parser.add_argument("--limit", type=int, default=None, help="use at most this many images")
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per side")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per side")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="score the image list this many times per round (amortises Spark's fixed per-job "
+        "cost, reported separately, as a real job over thousands of files does)",
+    )
     cores = os.cpu_count() or 1
     parser.add_argument("--slots", type=int, default=cores, help="Spark task slots (local[N])")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Rust threads per task (default cores / slots)"
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of the paths (default one per slot: each task costs a fixed ~0.1 s here)",
+    )
     args = parser.parse_args()
 
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)  # workers run this interpreter
-    paths = image_paths(args.images, args.limit)
-    threads = max(1, cores // args.slots)
+    images = image_paths(args.images, args.limit)
+    paths = images * args.repeat
+    threads = args.threads or max(1, cores // args.slots)
+    partitions = args.partitions or args.slots
     spark = (
         SparkSession.builder.master(f"local[{args.slots}]")
         .appName("cxrlake-bench")
@@ -94,16 +128,20 @@ def main() -> None:
     )
     spark.sparkContext.setLogLevel("ERROR")
     print(
-        f"{len(paths)} images from {args.images}; {cores} cores; Spark local[{args.slots}] with "
-        f"{threads} Rust thread(s) per task; direct: cxrlake.predict with the default pool"
+        f"{len(images)} images from {args.images}, {args.repeat}x per round; {cores} cores; "
+        f"Spark local[{args.slots}] with "
+        f"{threads} Rust thread(s) per task, {partitions} partitions; direct: cxrlake.predict "
+        "with the default pool"
     )
     run_direct(paths)  # warm-up: model loaded, pools started
-    run_spark(spark, paths, args.slots, threads)  # warm-up: Python workers, model per worker
+    run_spark(spark, paths, partitions, threads)  # warm-up: Python workers, model per worker
     direct, via_spark = [], []
     for i in range(args.rounds):
         direct.append(run_direct(paths))
-        via_spark.append(run_spark(spark, paths, args.slots, threads))
+        via_spark.append(run_spark(spark, paths, partitions, threads))
         print(f"round {i + 1}: direct {direct[-1]:7.1f} img/s   spark {via_spark[-1]:7.1f} img/s")
+    overhead = statistics.median(spark_job_overhead(spark, paths, partitions) for _ in range(3))
+    print(f"Spark fixed cost per job (no-op mapInArrow over the same rows): {overhead:.2f} s")
     d, s = statistics.median(direct), statistics.median(via_spark)
     print(f"median: direct {d:.1f} img/s, spark mapInArrow {s:.1f} img/s, ratio {s / d:.2f}x")
     spark.stop()
