@@ -149,9 +149,9 @@ def ingest_bronze(
     stream = (
         spark.readStream.format("cloudFiles")
         .option("cloudFiles.format", "binaryFile")
-        .option("cloudFiles.schemaLocation", f"{checkpoint_path}/schema")
-        # Hidden and temporary files of uploads are not images of the data set.
-        .option("pathGlobFilter", "[!._]*")
+        # Every file, images or not: what cannot be decoded is quarantined by silver, with the
+        # reason. (Names starting with '_' or '.' are skipped by the file source, as are
+        # zero-byte files.)
         .load(source_path)
     )
     query = (
