@@ -9,16 +9,13 @@ import shutil
 import sys
 from pathlib import Path
 
+import cxrlake
 import pyarrow as pa
 import pytest
-
-pyspark = pytest.importorskip("pyspark")
-
-import cxrlake  # noqa: E402
-from cxrlake.lakehouse import schemas as lake_schemas  # noqa: E402
-from cxrlake.lakehouse import transforms as lake  # noqa: E402
-from cxrlake.spark import register, schemas, transforms, warehouse_udf  # noqa: E402
-from cxrlake.spark.udfs import PREDICT_RESULT, local_path  # noqa: E402
+from cxrlake.lakehouse import schemas as lake_schemas
+from cxrlake.lakehouse import transforms as lake
+from cxrlake.spark import register, schemas, transforms, warehouse_udf
+from cxrlake.spark.udfs import PREDICT_RESULT, local_path
 
 DATA = Path(
     os.environ.get("CXRLAKE_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
