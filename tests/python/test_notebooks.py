@@ -4,6 +4,7 @@ widgets that match the job parameters of the bundle, logic in the package."""
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -194,3 +195,16 @@ def test_merge_statement_is_keyed_and_insert_only_for_bronze():
     assert "WHEN MATCHED THEN UPDATE SET *" in upsert
     for statement in (sql, upsert):
         assert type(sqlglot.parse_one(statement, read="databricks")).__name__ == "Merge"
+
+
+def test_newest_wheel_picks_the_latest_deployed_wheel(tmp_path):
+    old = tmp_path / "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.whl"
+    new = tmp_path / "cxrlake-0.1.0+20260101-cp310-abi3-manylinux_2_17_x86_64.whl"
+    old.write_bytes(b"old")
+    new.write_bytes(b"new")
+    os.utime(old, (1_000_000, 1_000_000))
+    assert jobs.newest_wheel(str(tmp_path / "cxrlake-*.whl")) == new
+    with pytest.raises(jobs.JobParameterError, match="no wheel matches"):
+        jobs.newest_wheel(str(tmp_path / "other-*.whl"))
+    with pytest.raises(jobs.JobParameterError, match=r"\.whl"):
+        jobs.newest_wheel(str(tmp_path / "*"))
