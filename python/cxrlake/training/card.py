@@ -71,6 +71,10 @@ pneumonia costs more than a false alarm), i.e. the largest threshold that keeps
 lower validation score so tiny numeric differences do not flip the boundary case. The threshold is
 chosen on the shipped file's own onnxruntime scores: **{threshold:.6f}**
 (`predicted_label = probability >= threshold`; in the ONNX metadata `cxrlake.threshold`).
+The target is above the 0.95 the project requires, as a margin: this validation split comes from
+the same centre and distribution as training, and on shifted data (e.g. the official test split)
+scores of pneumonia films spread lower, so a threshold that keeps exactly 95 % here would keep
+fewer there. The target was fixed before looking at the operating points below.
 
 Other operating points of the shipped file on validation (same rule, other targets):
 
@@ -121,18 +125,19 @@ validation AUC is within 0.005 of fp32 and its sensitivity (at its own re-chosen
 | --- | ---: | ---: | ---: | ---: | ---: | ---: |
 {candidate_rows}
 
-ONNX vs PyTorch on the same 64 validation tensors (fp32 file): max |diff| of the probability
-{diff_probability:.2e}, of the embedding {diff_embedding:.2e}.
+{rust_core_line}ONNX vs PyTorch on the same 64 validation tensors (fp32 file): max |diff| of the
+probability {diff_probability:.2e}, of the embedding {diff_embedding:.2e}.
 
 ## Reproduce
 
 ```
 make develop
 .venv/bin/cxrlake train --data ../shared/data/chest_xray/train --size {size} --epochs {epochs} \\
-    --threads {threads} --seed {seed} --out python/cxrlake/models --run-dir train_runs/<name>
+    --threads {threads} --seed {seed} --target-sensitivity {target_sensitivity} \\
+    --out python/cxrlake/models --card MODEL_CARD.md --run-dir train_runs/<name>
 ```
 
-(`make train` runs the same with the defaults.) The run directory gets the checkpoints, the split
+(`make train` runs the same command.) The run directory gets the checkpoints, the split
 (`split.json`), `metrics.json`, the fp32/int8 files; MLflow gets params, metrics and the ONNX
 artifact in `sqlite:///train_runs/mlflow.db` (override with `--mlflow-uri`), and the model is
 registered as `cxrlake_pneumonia` with the alias `champion`. On Databricks, `jobs/train_model.py`
@@ -186,6 +191,14 @@ def render_card(summary: dict) -> str:
         f"| {p['target_sensitivity']:.2f} | {p['threshold']:.4f} | {p['sensitivity']:.4f} "
         f"| {p['specificity']:.4f} |"
         for p in summary.get("operating_points", [])
+    )
+    rust = summary.get("rust_core_validation")
+    rust_core_line = (
+        f"Through the cxrlake Rust core (`cxrlake.predict`, its own decode and resize) on the\n"
+        f"same validation images: AUC {rust['auc']:.4f}, sensitivity {rust['sensitivity']:.4f}, "
+        f"specificity\n{rust['specificity']:.4f}, {rust['errors']} errors.\n\n"
+        if rust
+        else ""
     )
     epoch_seconds = [h["epoch_seconds"] for h in summary["history"]]
     figures = {
@@ -254,6 +267,7 @@ def render_card(summary: dict) -> str:
         calibration_rows=calibration_rows,
         history_rows=history_rows,
         operating_rows=operating_rows,
+        rust_core_line=rust_core_line,
         calibration_images=summary.get("calibration_images", 200),
         candidate_rows=candidate_rows,
         diff_probability=summary["torch_vs_onnxruntime"]["max_abs_diff_probability"],
