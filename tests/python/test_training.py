@@ -219,3 +219,26 @@ def test_shipped_model_scores_validation_images_like_its_card(records):
     assert metrics["auc"] >= card["auc"] - 0.04
     assert metrics["sensitivity"] >= card["sensitivity"] - 0.08
     assert metrics["specificity"] >= card["specificity"] - 0.15
+
+
+def test_shipped_model_follows_the_onnx_contract():
+    import onnxruntime as ort
+
+    path = cxrlake.default_model_path()
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    assert inp.name == "input" and inp.type == "tensor(float)"
+    assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 160, 160]
+    outputs = {o.name: o.shape for o in session.get_outputs()}
+    assert outputs["probability"][1:] == [] and outputs["embedding"][1:] == [1280]
+    meta = read_metadata(path)
+    assert meta["cxrlake.labels"] == "NORMAL,PNEUMONIA"
+    assert meta["cxrlake.resize"] == "bilinear"
+    assert float(meta["cxrlake.mean"]) == pytest.approx(127 / 255, abs=1e-6)
+    assert float(meta["cxrlake.std"]) == pytest.approx(128 / 255, abs=1e-6)
+    x = np.zeros((3, 3, 160, 160), dtype=np.float32)
+    prob, emb = session.run(["probability", "embedding"], {"input": x})
+    assert prob.shape == (3,) and emb.shape == (3, 1280)
+    assert np.all((prob >= 0) & (prob <= 1))
+    # The card next to the model is the top-level card.
+    assert (Path(path).parent / "MODEL_CARD.md").read_text() == CARD.read_text()
