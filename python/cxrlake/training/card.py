@@ -72,9 +72,14 @@ lower validation score so tiny numeric differences do not flip the boundary case
 chosen on the shipped file's own onnxruntime scores: **{threshold:.6f}**
 (`predicted_label = probability >= threshold`; in the ONNX metadata `cxrlake.threshold`).
 The target is above the 0.95 the project requires, as a margin: this validation split comes from
-the same centre and distribution as training, and on shifted data (e.g. the official test split)
-scores of pneumonia films spread lower, so a threshold that keeps exactly 95 % here would keep
-fewer there. The target was fixed before looking at the operating points below.
+the same centre and distribution as training, and on shifted data scores of pneumonia films spread
+lower, so a threshold that keeps exactly 95 % here keeps fewer there. The first finalisation used
+0.97 (threshold 0.747). A robustness check on the 200 full-resolution originals of
+`../shared/data/chest_xray_fullres` (resized once from full size by the Rust core, while training
+saw the 224x224 copies; 166 of them are training files, so this is not a validation) gave AUC
+0.9997 but sensitivity 0.94 at 0.747, and 0.98 at 0.663. Raising the target to 0.98 moves the
+threshold to the latter and costs no validation specificity (see the operating points), so 0.98 is
+the shipped rule. The official test split was never used.
 
 Other operating points of the shipped file on validation (same rule, other targets):
 
