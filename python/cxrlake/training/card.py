@@ -52,7 +52,7 @@ and no duplicate is on both sides (tested in `tests/python/test_training.py`).
 - {epochs} epochs, batch {batch_size}, AdamW (lr {lr}, weight decay {weight_decay}), one-cycle
   cosine schedule ({warmup_pct}% warm-up); BCE on the logit with class weights so each class carries
   half the loss (NORMAL is the minority); the stem and the first {freeze_blocks} MBConv blocks are
-  frozen (generic edge filters; halves the CPU cost of a step).
+  frozen (generic edge filters; no back-propagation through the costly high-resolution layers).
 - Augmentation on the fly: rotation +-{rotation_deg} deg, scale {scale_lo}-{scale_hi}, translation
   +-{translate_pct}%, brightness +-{brightness}, contrast {contrast_lo}-{contrast_hi}.
   **No horizontal flip**: a chest film has a real left and right (heart, gastric bubble, side

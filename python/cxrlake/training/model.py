@@ -54,7 +54,7 @@ class PneumoniaNet(nn.Module):
         """Freeze the stem and the first ``blocks`` MBConv blocks (weights and BN statistics).
 
         The early high-resolution layers hold generic edge/texture filters; not back-propagating
-        through them roughly halves the cost of a training step on CPU.
+        through them saves a large part of the cost of a training step on CPU.
         """
         self.frozen_blocks = blocks
         for module in [
