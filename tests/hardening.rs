@@ -463,3 +463,22 @@ fn paths_in_errors_cannot_forge_lines() {
     assert!(error.len() < 700 && error.contains("..."), "{error}");
     assert!(!error.contains('\n'));
 }
+
+#[test]
+fn a_corrupt_jpeg_does_not_poison_the_next_decode_on_the_thread() {
+    // The JPEG decoder handle is kept per thread; after a corrupt image it must still decode
+    // the next good one (seen as "Unsupported marker type" on good images after a bad one).
+    let good = jpeg_bomb(16, 16, turbojpeg::PixelFormat::GRAY);
+    let limits = Limits::default();
+    for bad in [
+        &b"\xff\xd8\xff garbage"[..],
+        &good[..good.len() / 2],
+        &jpeg_bomb(65_000, 65_000, turbojpeg::PixelFormat::GRAY)[..],
+    ] {
+        assert!(decode_gray(bad, &limits, None).is_err());
+        let decoded = decode_gray(&good, &limits, None).expect("good JPEG after a bad one");
+        assert_eq!((decoded.image.width, decoded.image.height), (16, 16));
+        assert!(decode_gray(bad, &limits, Some((4, 4))).is_err());
+        decode_gray(&good, &limits, Some((4, 4))).expect("good JPEG (scaled) after a bad one");
+    }
+}

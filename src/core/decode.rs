@@ -115,7 +115,13 @@ fn decode_jpeg(data: &[u8], limits: &Limits, min_size: Option<(u32, u32)>) -> Ro
             *slot = Some(decompressor);
         }
         let decompressor = slot.as_mut().expect("decompressor initialised above");
-        decode_jpeg_with(decompressor, data, limits, min_size)
+        let result = decode_jpeg_with(decompressor, data, limits, min_size);
+        if result.is_err() {
+            // A failed decode can leave the libjpeg-turbo handle mid-stream, and the next image
+            // on this thread would then fail with the previous image's error: start afresh.
+            *slot = None;
+        }
+        result
     })
 }
 

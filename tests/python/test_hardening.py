@@ -41,7 +41,9 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_header_bomb(width: int, height: int, color: int = 0) -> bytes:
     """A well-formed PNG announcing ``width x height`` (8-bit) with a tiny IDAT."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, color, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
+    channels = {0: 1, 2: 3, 6: 4}[color]
+    # Zero scanlines: all of them for an honest small image, a few KB for a bomb.
+    idat = zlib.compress(b"\x00" * min(height * (1 + width * channels), 4096))
     return (
         b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
     )
