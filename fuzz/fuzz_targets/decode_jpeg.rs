@@ -11,4 +11,5 @@ fuzz_target!(|data: &[u8]| {
     assert!((1..=8).contains(&markers.orientation));
     checks::check_full_decode(data);
     checks::check_preprocess(data);
+    checks::check_good_jpeg_still_decodes();
 });
