@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-import cxrlake
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
+
+import cxrlake
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.pipeline import run_pipeline
-from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -11,14 +11,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import cxrlake
 import pytest
+from deltalake import DeltaTable
+
+import cxrlake
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.maintain import maintain
 from cxrlake.lakehouse.pipeline import run_pipeline
 from cxrlake.lakehouse.report import write_report
 from cxrlake.lakehouse.sql import connect, format_result, query
-from deltalake import DeltaTable
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))

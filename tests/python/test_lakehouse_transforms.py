@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pyarrow as pa
 import pytest
+
 from cxrlake.lakehouse import listing, schemas, transforms
 
 
