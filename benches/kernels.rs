@@ -52,16 +52,27 @@ fn single_image(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("decode_full", &label), &data, |b, data| {
             b.iter(|| decode_gray(black_box(data), &limits, None).unwrap())
         });
-        group.bench_with_input(BenchmarkId::new("decode_dct_224", &label), &data, |b, data| {
-            b.iter(|| decode_gray(black_box(data), &limits, Some((224, 224))).unwrap())
-        });
-        group.bench_with_input(BenchmarkId::new("resize_full_to_224", &label), &full, |b, img| {
-            b.iter(|| resize_gray(black_box(img), 224, 224))
-        });
-        group.bench_with_input(BenchmarkId::new("preprocess_224", &label), &data, |b, data| {
-            let mut out = vec![0f32; prep.tensor_len()];
-            b.iter(|| prep.encoded_into(black_box(data), &limits, &mut out).unwrap())
-        });
+        group.bench_with_input(
+            BenchmarkId::new("decode_dct_224", &label),
+            &data,
+            |b, data| b.iter(|| decode_gray(black_box(data), &limits, Some((224, 224))).unwrap()),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("resize_full_to_224", &label),
+            &full,
+            |b, img| b.iter(|| resize_gray(black_box(img), 224, 224)),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("preprocess_224", &label),
+            &data,
+            |b, data| {
+                let mut out = vec![0f32; prep.tensor_len()];
+                b.iter(|| {
+                    prep.encoded_into(black_box(data), &limits, &mut out)
+                        .unwrap()
+                })
+            },
+        );
         group.bench_with_input(BenchmarkId::new("quality", &label), &full, |b, img| {
             b.iter(|| measure_quality(black_box(img)))
         });

@@ -44,7 +44,10 @@ fn decode_batch_reports_one_error_per_bad_row() {
     ];
     let batch = decode_batch(&ImageColumn::from_paths(&paths), &options()).unwrap();
     let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
-    let width = batch.column_by_name("width").unwrap().as_primitive::<Int32Type>();
+    let width = batch
+        .column_by_name("width")
+        .unwrap()
+        .as_primitive::<Int32Type>();
     assert!(errors.is_null(0));
     assert!(width.value(0) > 0);
     assert_eq!(errors.value(1), "truncated JPEG");
@@ -101,7 +104,10 @@ fn sandbox_refuses_paths_outside_the_roots() {
     let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
     assert!(errors.is_null(0));
     for row in 1..paths.len() {
-        assert_eq!(errors.value(row), format!("outside sandbox roots: {}", paths[row]));
+        assert_eq!(
+            errors.value(row),
+            format!("outside sandbox roots: {}", paths[row])
+        );
     }
     std::fs::remove_file(sibling).unwrap();
 }
@@ -120,16 +126,35 @@ fn predict_matches_inference_on_preprocessed_tensors() {
     let batch = predict_batch(&column, &model, &options()).unwrap();
     let (tensors, errors) = preprocess_batch(&column, &info.preprocessing, &options()).unwrap();
     assert!(errors.iter().all(Option::is_none));
-    let reference = model.infer(&tensors, paths.len(), false).unwrap().probabilities;
+    let reference = model
+        .infer(&tensors, paths.len(), false)
+        .unwrap()
+        .probabilities;
 
-    let probability = batch.column_by_name("probability").unwrap().as_primitive::<Float64Type>();
-    let label = batch.column_by_name("predicted_label").unwrap().as_primitive::<Int32Type>();
-    let label_name = batch.column_by_name("label_name").unwrap().as_string::<i32>();
-    let model_name = batch.column_by_name("model_name").unwrap().as_string::<i32>();
+    let probability = batch
+        .column_by_name("probability")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let label = batch
+        .column_by_name("predicted_label")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let label_name = batch
+        .column_by_name("label_name")
+        .unwrap()
+        .as_string::<i32>();
+    let model_name = batch
+        .column_by_name("model_name")
+        .unwrap()
+        .as_string::<i32>();
     for i in 0..paths.len() {
         let p = probability.value(i);
         assert!((0.0..=1.0).contains(&p));
-        assert!((p - reference[i] as f64).abs() < 1e-6, "row {i}: {p} vs {}", reference[i]);
+        assert!(
+            (p - reference[i] as f64).abs() < 1e-6,
+            "row {i}: {p} vs {}",
+            reference[i]
+        );
         let expected = (p >= info.threshold) as i32;
         assert_eq!(label.value(i), expected);
         assert_eq!(label_name.value(i), info.labels[expected as usize]);
@@ -149,7 +174,10 @@ fn predict_keeps_going_past_bad_rows() {
         good,
     ];
     let batch = predict_batch(&ImageColumn::from_bytes(&images), &model, &options()).unwrap();
-    let probability = batch.column_by_name("probability").unwrap().as_primitive::<Float64Type>();
+    let probability = batch
+        .column_by_name("probability")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
     assert!(errors.is_null(0) && errors.is_null(3));
     assert_eq!(errors.value(1), "truncated JPEG");
@@ -172,9 +200,18 @@ fn features_report_full_resolution_statistics_and_embeddings() {
     let without = features_batch(&column, None, &options()).unwrap();
     let decoded = decode_batch(&column, &options()).unwrap();
     let pixels = decoded.column_by_name("pixels").unwrap().as_binary::<i32>();
-    let mean = with.column_by_name("mean_pixel_value").unwrap().as_primitive::<Float64Type>();
-    let quality = with.column_by_name("quality_score").unwrap().as_primitive::<Float64Type>();
-    let width = with.column_by_name("width").unwrap().as_primitive::<Int32Type>();
+    let mean = with
+        .column_by_name("mean_pixel_value")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let quality = with
+        .column_by_name("quality_score")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let width = with
+        .column_by_name("width")
+        .unwrap()
+        .as_primitive::<Int32Type>();
     let embedding = with.column_by_name("embedding").unwrap().as_list::<i32>();
     for i in 0..paths.len() {
         let px = pixels.value(i);
@@ -183,16 +220,27 @@ fn features_report_full_resolution_statistics_and_embeddings() {
         assert!((0.0..=1.0).contains(&quality.value(i)));
         assert_eq!(
             width.value(i),
-            decoded.column_by_name("width").unwrap().as_primitive::<Int32Type>().value(i)
+            decoded
+                .column_by_name("width")
+                .unwrap()
+                .as_primitive::<Int32Type>()
+                .value(i)
         );
         match model.info().embedding_dim {
             Some(dim) => assert_eq!(embedding.value(i).len(), dim),
             None => assert!(embedding.is_null(i)),
         }
     }
-    assert_eq!(without.column_by_name("embedding").unwrap().null_count(), paths.len());
     assert_eq!(
-        without.column_by_name("quality_score").unwrap().as_primitive::<Float64Type>().values(),
+        without.column_by_name("embedding").unwrap().null_count(),
+        paths.len()
+    );
+    assert_eq!(
+        without
+            .column_by_name("quality_score")
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .values(),
         quality.values()
     );
 }

@@ -105,10 +105,18 @@ mod tests {
     fn tiff_with_orientation(value: u16, little_endian: bool) -> Vec<u8> {
         let mut t = Vec::new();
         let w16 = |t: &mut Vec<u8>, v: u16| {
-            t.extend(if little_endian { v.to_le_bytes() } else { v.to_be_bytes() })
+            t.extend(if little_endian {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            })
         };
         let w32 = |t: &mut Vec<u8>, v: u32| {
-            t.extend(if little_endian { v.to_le_bytes() } else { v.to_be_bytes() })
+            t.extend(if little_endian {
+                v.to_le_bytes()
+            } else {
+                v.to_be_bytes()
+            })
         };
         t.extend(if little_endian { b"II" } else { b"MM" });
         w16(&mut t, 42);
@@ -133,7 +141,8 @@ mod tests {
     fn invalid_or_truncated_exif_means_upright() {
         assert_eq!(orientation_from_tiff(&tiff_with_orientation(9, true)), 1);
         let full = tiff_with_orientation(3, true);
-        for cut in 0..full.len() - 2 {
+        // The orientation value ends at byte 20: any shorter prefix must read as upright.
+        for cut in 0..20 {
             assert_eq!(orientation_from_tiff(&full[..cut]), 1, "cut at {cut}");
         }
         assert_eq!(orientation_from_tiff(b"garbage"), 1);

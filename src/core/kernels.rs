@@ -113,7 +113,10 @@ pub fn decode_schema() -> Schema {
 /// Decodes every image to full-resolution upright 8-bit grayscale.
 ///
 /// Returns `width`, `height` (pixels), `pixels` (row-major, `width * height` bytes) and `error`.
-pub fn decode_batch(images: &ImageColumn, options: &KernelOptions) -> Result<RecordBatch, CoreError> {
+pub fn decode_batch(
+    images: &ImageColumn,
+    options: &KernelOptions,
+) -> Result<RecordBatch, CoreError> {
     let pool = options.pool()?;
     let rows: Vec<RowResult<Decoded>> = pool.install(|| {
         (0..images.len())
@@ -176,8 +179,19 @@ pub fn preprocess_batch(
     let pool = options.pool()?;
     let len = preprocessing.tensor_len();
     let mut tensors = vec![0f32; images.len() * len];
-    let errors = pool.install(|| preprocess_rows(images, 0..images.len(), preprocessing, options, &mut tensors));
-    Ok((tensors, errors.into_iter().map(|e| e.map(|e| e.0)).collect()))
+    let errors = pool.install(|| {
+        preprocess_rows(
+            images,
+            0..images.len(),
+            preprocessing,
+            options,
+            &mut tensors,
+        )
+    });
+    Ok((
+        tensors,
+        errors.into_iter().map(|e| e.map(|e| e.0)).collect(),
+    ))
 }
 
 /// Fills `tensors` (`rows.len()` tensors) in parallel; returns each row's error. Runs on the
@@ -209,8 +223,52 @@ fn preprocess_rows(
         .collect()
 }
 
-/// Runs `produce` for consecutive chunks of `0..n` on `pool` while `consume` handles the previous
-/// chunk on the calling thread (at most one chunk waits between them).
+/// Chunk boundaries for a pipeline over `0..n` with steady chunk size `chunk`.
+///
+/// Chunks ramp up (2, 4, 8, ... `chunk`) and back down at the end: the first decode and the last
+/// inference cannot overlap anything, so they are kept small.
+pub fn chunk_schedule(n: usize, chunk: usize) -> Vec<Range<usize>> {
+    let chunk = chunk.max(1);
+    let mut ramp = Vec::new();
+    let mut size = 2.min(chunk);
+    while size < chunk {
+        ramp.push(size);
+        size *= 2;
+    }
+    let ramp_total: usize = ramp.iter().sum();
+    let mut sizes: Vec<usize> = Vec::new();
+    if n <= 2 * ramp_total + chunk {
+        // Too few rows for a steady state: split evenly into chunks of at most chunk / 2.
+        let piece = (chunk / 2).max(1);
+        let mut left = n;
+        while left > 0 {
+            let take = piece.min(left);
+            sizes.push(take);
+            left -= take;
+        }
+    } else {
+        sizes.extend(&ramp);
+        let middle = n - 2 * ramp_total;
+        let full = middle / chunk;
+        sizes.extend(std::iter::repeat_n(chunk, full));
+        if middle % chunk > 0 {
+            sizes.push(middle % chunk);
+        }
+        sizes.extend(ramp.iter().rev());
+    }
+    let mut start = 0;
+    sizes
+        .into_iter()
+        .map(|size| {
+            let range = start..start + size;
+            start += size;
+            range
+        })
+        .collect()
+}
+
+/// Runs `produce` for each chunk of [`chunk_schedule`] on `pool` while `consume` handles the
+/// previous chunk on the calling thread (at most one finished chunk waits between them).
 fn pipelined<P: Send>(
     n: usize,
     chunk: usize,
@@ -222,8 +280,7 @@ fn pipelined<P: Send>(
     std::thread::scope(|scope| {
         let produce = &produce;
         scope.spawn(move || {
-            for start in (0..n).step_by(chunk.max(1)) {
-                let range = start..(start + chunk).min(n);
+            for range in chunk_schedule(n, chunk) {
                 let product = pool.install(|| produce(range.clone()));
                 if sender.send((range, product)).is_err() {
                     break;
@@ -303,7 +360,8 @@ pub fn predict_batch(
                         if p.is_finite() {
                             probability[rows.start + offset] = Some(p);
                         } else {
-                            errors[rows.start + offset] = Some("model returned a non-finite probability".into());
+                            errors[rows.start + offset] =
+                                Some("model returned a non-finite probability".into());
                         }
                     }
                 }
@@ -349,7 +407,10 @@ pub fn predict_batch(
         Arc::new(model_version.finish()),
         Arc::new(error.finish()),
     ];
-    Ok(RecordBatch::try_new(Arc::new(predict_schema()), columns).expect("columns match the schema"))
+    Ok(
+        RecordBatch::try_new(Arc::new(predict_schema()), columns)
+            .expect("columns match the schema"),
+    )
 }
 
 /// Schema of [`features_batch`].
@@ -390,7 +451,11 @@ pub fn features_batch(
     let len = prep.map_or(0, |p| p.tensor_len());
     let mut rows: Vec<Option<RowResult<FeatureRow>>> = (0..n).map(|_| None).collect();
     let mut embeddings: Vec<Option<Vec<f64>>> = vec![None; n];
-    let chunk = if embedding_model.is_some() { options.inference_batch } else { n.max(1) };
+    let chunk = if embedding_model.is_some() {
+        options.inference_batch
+    } else {
+        n.max(1)
+    };
 
     pipelined(
         n,
@@ -426,7 +491,10 @@ pub fn features_batch(
                             let dim = values.len() / ok.len();
                             for (k, &offset) in ok.iter().enumerate() {
                                 embeddings[range.start + offset] = Some(
-                                    values[k * dim..(k + 1) * dim].iter().map(|&v| v as f64).collect(),
+                                    values[k * dim..(k + 1) * dim]
+                                        .iter()
+                                        .map(|&v| v as f64)
+                                        .collect(),
                                 );
                             }
                         }
@@ -489,7 +557,8 @@ pub fn features_batch(
         Arc::new(embedding),
         Arc::new(error.finish()),
     ];
-    Ok(RecordBatch::try_new(Arc::new(features_schema()), columns).expect("columns match the schema"))
+    Ok(RecordBatch::try_new(Arc::new(features_schema()), columns)
+        .expect("columns match the schema"))
 }
 
 fn feature_row(
@@ -510,4 +579,36 @@ fn feature_row(
         height: decoded.full_height,
         quality,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_schedule_covers_every_row_once() {
+        for n in [0usize, 1, 2, 3, 7, 16, 31, 32, 33, 100, 200, 1000] {
+            for chunk in [1usize, 2, 5, 16, 32] {
+                let ranges = chunk_schedule(n, chunk);
+                let mut next = 0;
+                for r in &ranges {
+                    assert_eq!(r.start, next, "n={n} chunk={chunk} {ranges:?}");
+                    assert!(
+                        !r.is_empty() && r.len() <= chunk,
+                        "n={n} chunk={chunk} {ranges:?}"
+                    );
+                    next = r.end;
+                }
+                assert_eq!(next, n, "n={n} chunk={chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_schedule_ramps_up_and_down() {
+        let sizes: Vec<usize> = chunk_schedule(200, 16).iter().map(|r| r.len()).collect();
+        assert_eq!(&sizes[..3], &[2, 4, 8]);
+        assert_eq!(&sizes[sizes.len() - 3..], &[8, 4, 2]);
+        assert!(sizes.iter().filter(|&&s| s == 16).count() >= 9);
+    }
 }

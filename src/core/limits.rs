@@ -31,7 +31,10 @@ impl Default for Limits {
 impl Limits {
     /// Limits from explicit values, falling back to env `CXRLAKE_MAX_PIXELS` /
     /// `CXRLAKE_MAX_FILE_BYTES`, then to the defaults (100 megapixels, 64 MiB).
-    pub fn resolve(max_pixels: Option<u64>, max_file_bytes: Option<u64>) -> Result<Self, CoreError> {
+    pub fn resolve(
+        max_pixels: Option<u64>,
+        max_file_bytes: Option<u64>,
+    ) -> Result<Self, CoreError> {
         let max_pixels = match max_pixels {
             Some(v) => v,
             None => env_u64("CXRLAKE_MAX_PIXELS")?.unwrap_or(DEFAULT_MAX_PIXELS),
@@ -54,7 +57,9 @@ impl Limits {
     /// Refuses an image whose header announces more than `max_pixels` pixels.
     pub fn check_dimensions(&self, width: u64, height: u64) -> RowResult<()> {
         if width == 0 || height == 0 {
-            return Err(RowError::new(format!("image has invalid size {width}x{height}")));
+            return Err(RowError::new(format!(
+                "image has invalid size {width}x{height}"
+            )));
         }
         if width.saturating_mul(height) > self.max_pixels {
             return Err(RowError::new(format!(

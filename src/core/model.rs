@@ -40,12 +40,14 @@ pub fn init_runtime(library: Option<&Path>) -> Result<Environment, CoreError> {
     }
     let library: PathBuf = match library {
         Some(path) => path.to_path_buf(),
-        None => std::env::var_os(ORT_LIBRARY_ENV).map(PathBuf::from).ok_or_else(|| {
-            CoreError::Runtime(format!(
-                "ONNX Runtime library not configured: set {ORT_LIBRARY_ENV} to libonnxruntime \
+        None => std::env::var_os(ORT_LIBRARY_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                CoreError::Runtime(format!(
+                    "ONNX Runtime library not configured: set {ORT_LIBRARY_ENV} to libonnxruntime \
                  (it ships in the onnxruntime Python package under onnxruntime/capi)"
-            ))
-        })?,
+                ))
+            })?,
     };
     if !library.is_file() {
         return Err(CoreError::Runtime(format!(
@@ -63,7 +65,9 @@ pub fn init_runtime(library: Option<&Path>) -> Result<Environment, CoreError> {
         .with_name("cxrlake")
         .with_telemetry(false)
         .build()
-        .map_err(|e| CoreError::Runtime(format!("cannot create the ONNX Runtime environment: {e}")))?;
+        .map_err(|e| {
+            CoreError::Runtime(format!("cannot create the ONNX Runtime environment: {e}"))
+        })?;
     *guard = Some(environment.clone());
     Ok(environment)
 }
@@ -145,8 +149,9 @@ impl PneumoniaModel {
 
     fn open(path: &Path, threads: usize) -> Result<Self, CoreError> {
         let environment = init_runtime(None)?;
-        let model_error =
-            |e: &dyn std::fmt::Display| CoreError::Model(format!("cannot load model {}: {e}", path.display()));
+        let model_error = |e: &dyn std::fmt::Display| {
+            CoreError::Model(format!("cannot load model {}: {e}", path.display()))
+        };
         let session = Session::builder(&environment)
             .map_err(|e| model_error(&e))?
             .with_optimization_level(GraphOptimizationLevel::All)
@@ -156,8 +161,8 @@ impl PneumoniaModel {
             .with_inter_threads(1)
             .map_err(|e| model_error(&e))?
             // Decoding runs on other threads at the same time: spinning ORT workers would steal
-            // the cores the decoders need.
-            .with_intra_op_spinning(false)
+            // the cores the decoders need (env CXRLAKE_ORT_SPINNING=1 turns spinning back on).
+            .with_intra_op_spinning(env_flag("CXRLAKE_ORT_SPINNING"))
             .map_err(|e| model_error(&e))?
             .commit_from_file(path)
             .map_err(|e| model_error(&e))?;
@@ -176,7 +181,12 @@ impl PneumoniaModel {
     /// Runs the model on `n` images whose tensors are concatenated in `tensors`
     /// (`n * C * H * W` floats). Returns one probability per image, and the embeddings when
     /// `with_embedding` and the model has them.
-    pub fn infer(&self, tensors: &[f32], n: usize, with_embedding: bool) -> Result<InferenceOutput, String> {
+    pub fn infer(
+        &self,
+        tensors: &[f32],
+        n: usize,
+        with_embedding: bool,
+    ) -> Result<InferenceOutput, String> {
         let prep = &self.info.preprocessing;
         if n == 0 {
             return Ok(InferenceOutput {
@@ -185,7 +195,11 @@ impl PneumoniaModel {
             });
         }
         if tensors.len() != n * prep.tensor_len() {
-            return Err(format!("tensor has {} values, expected {}", tensors.len(), n * prep.tensor_len()));
+            return Err(format!(
+                "tensor has {} values, expected {}",
+                tensors.len(),
+                n * prep.tensor_len()
+            ));
         }
         let shape = [n, prep.channels, prep.height as usize, prep.width as usize];
         let input = TensorRef::from_array_view((shape, tensors)).map_err(|e| e.to_string())?;
@@ -209,7 +223,10 @@ impl PneumoniaModel {
                     .try_extract_tensor::<f32>()
                     .map_err(|e| format!("inference failed: embedding output: {e}"))?;
                 if values.len() != n * dim {
-                    return Err(format!("model returned {} embedding values for {n} images of {dim}", values.len()));
+                    return Err(format!(
+                        "model returned {} embedding values for {n} images of {dim}",
+                        values.len()
+                    ));
                 }
                 Some(values.to_vec())
             }
@@ -222,12 +239,20 @@ impl PneumoniaModel {
     }
 }
 
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| matches!(v.trim(), "1" | "true" | "yes"))
+}
+
 fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreError> {
     let fail = |what: String| CoreError::Model(format!("model {} {what}", path.display()));
     if !session.inputs().iter().any(|i| i.name() == INPUT_NAME) {
         return Err(fail(format!("has no input named {INPUT_NAME:?}")));
     }
-    if !session.outputs().iter().any(|o| o.name() == PROBABILITY_NAME) {
+    if !session
+        .outputs()
+        .iter()
+        .any(|o| o.name() == PROBABILITY_NAME)
+    {
         return Err(fail(format!("has no output named {PROBABILITY_NAME:?}")));
     }
     let embedding_dim = session
@@ -269,18 +294,27 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
         .parse()
         .map_err(|_| fail("has a non-numeric cxrlake.threshold".into()))?;
     if !(0.0..=1.0).contains(&threshold) {
-        return Err(fail(format!("has cxrlake.threshold {threshold} outside 0..1")));
+        return Err(fail(format!(
+            "has cxrlake.threshold {threshold} outside 0..1"
+        )));
     }
     let labels_text = metadata
         .custom("cxrlake.labels")
         .unwrap_or_else(|| "NORMAL,PNEUMONIA".into());
-    let labels: Vec<String> = labels_text.split(',').map(|s| s.trim().to_string()).collect();
-    let labels: [String; 2] = labels
-        .try_into()
-        .map_err(|_| fail(format!("has cxrlake.labels {labels_text:?}, expected two names")))?;
+    let labels: Vec<String> = labels_text
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
+    let labels: [String; 2] = labels.try_into().map_err(|_| {
+        fail(format!(
+            "has cxrlake.labels {labels_text:?}, expected two names"
+        ))
+    })?;
     if let Some(resize) = metadata.custom("cxrlake.resize") {
         if resize.trim() != "bilinear" {
-            return Err(fail(format!("asks for cxrlake.resize={resize:?}; only bilinear is supported")));
+            return Err(fail(format!(
+                "asks for cxrlake.resize={resize:?}; only bilinear is supported"
+            )));
         }
     }
     let preprocessing = Preprocessing::new(

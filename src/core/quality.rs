@@ -122,7 +122,11 @@ mod tests {
 
     #[test]
     fn textured_mid_gray_scores_higher_than_its_blurred_copy() {
-        let sharp = image(512, 512, |x, y| if (x / 8 + y / 8) % 2 == 0 { 70 } else { 190 });
+        let sharp = image(
+            512,
+            512,
+            |x, y| if (x / 8 + y / 8) % 2 == 0 { 70 } else { 190 },
+        );
         let blurred = image(512, 512, |x, _| (70 + (x * 120 / 511)) as u8);
         let q_sharp = measure_quality(&sharp);
         let q_blur = measure_quality(&blurred);

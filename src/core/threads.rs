@@ -57,7 +57,9 @@ static POOLS: Mutex<Option<PoolCache>> = Mutex::new(None);
 /// The shared rayon pool with `threads` workers, built on first use in this process.
 pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>, CoreError> {
     let pid = std::process::id();
-    let mut guard = POOLS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let mut guard = POOLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
     let cache = guard.get_or_insert_with(|| PoolCache {
         pid,
         pools: HashMap::new(),
@@ -72,15 +74,42 @@ pub fn thread_pool(threads: usize) -> Result<Arc<ThreadPool>, CoreError> {
     if let Some(pool) = cache.pools.get(&threads) {
         return Ok(pool.clone());
     }
+    let nice = decode_niceness();
     let pool = ThreadPoolBuilder::new()
         .num_threads(threads)
         .thread_name(|i| format!("cxrlake-{i}"))
+        .start_handler(move |_| lower_thread_priority(nice))
         .build()
         .map_err(|e| CoreError::InvalidArgument(format!("cannot start {threads} threads: {e}")))?;
     let pool = Arc::new(pool);
     cache.pools.insert(threads, pool.clone());
     Ok(pool)
 }
+
+/// Niceness added to decoding threads (env `CXRLAKE_DECODE_NICE`, 0..=19, default 0): with a
+/// positive value, inference threads win the cores whenever both are runnable.
+fn decode_niceness() -> i32 {
+    std::env::var("CXRLAKE_DECODE_NICE")
+        .ok()
+        .and_then(|v| v.trim().parse::<i32>().ok())
+        .map_or(0, |n| n.clamp(0, 19))
+}
+
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(nice: i32) {
+    if nice > 0 {
+        // On Linux, niceness is per thread: PRIO_PROCESS with the thread id affects this thread only.
+        // SAFETY: plain syscalls on the calling thread; failure just leaves the priority unchanged.
+        unsafe {
+            let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+            let current = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, (current + nice).min(19));
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_nice: i32) {}
 
 /// The current process id (pools and model sessions are keyed by it).
 pub fn current_pid() -> u32 {

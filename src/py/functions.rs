@@ -101,7 +101,11 @@ pub fn preprocess<'py>(
             let model = PneumoniaModel::load(&model_path, options.threads)?;
             let prep = model.info().preprocessing.clone();
             let (tensors, errors) = preprocess_batch(&column, &prep, &options)?;
-            Ok((tensors, errors, [n, prep.channels, prep.height as usize, prep.width as usize]))
+            Ok((
+                tensors,
+                errors,
+                [n, prep.channels, prep.height as usize, prep.width as usize],
+            ))
         })
         .map_err(to_py_err)?;
     let array = PyArray1::from_vec(py, tensors).reshape(shape)?;
@@ -166,4 +170,3 @@ pub fn predict<'py>(
 pub fn resolve_threads(threads: Option<usize>) -> PyResult<usize> {
     crate::core::threads::resolve_threads(threads).map_err(to_py_err)
 }
-

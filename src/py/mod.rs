@@ -16,9 +16,15 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions::predict, m)?)?;
     m.add_function(wrap_pyfunction!(functions::resolve_threads, m)?)?;
     m.add("CxrlakeError", py.get_type::<error::CxrlakeError>())?;
-    m.add("InvalidArgumentError", py.get_type::<error::InvalidArgumentError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<error::InvalidArgumentError>(),
+    )?;
     m.add("ModelError", py.get_type::<error::ModelError>())?;
-    m.add("RuntimeLibraryError", py.get_type::<error::RuntimeLibraryError>())?;
+    m.add(
+        "RuntimeLibraryError",
+        py.get_type::<error::RuntimeLibraryError>(),
+    )?;
     m.add("SandboxError", py.get_type::<error::SandboxError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())

@@ -24,7 +24,11 @@ pub fn fullres_images() -> Vec<PathBuf> {
         .filter(|p| p.extension().is_some_and(|e| e == "jpeg"))
         .collect();
     paths.sort();
-    assert!(paths.len() >= 100, "expected the full-resolution images under {}", root.display());
+    assert!(
+        paths.len() >= 100,
+        "expected the full-resolution images under {}",
+        root.display()
+    );
     paths
 }
 
@@ -47,7 +51,11 @@ pub fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= byte as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
