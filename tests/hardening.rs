@@ -482,3 +482,34 @@ fn a_corrupt_jpeg_does_not_poison_the_next_decode_on_the_thread() {
         decode_gray(&good, &limits, Some((4, 4))).expect("good JPEG (scaled) after a bad one");
     }
 }
+
+/// Found by the decode_png fuzz target (minimised by hand): a palette PNG whose PLTE chunk is
+/// 49 bytes, not a multiple of 3, with a tRNS chunk, made png 0.18 panic while expanding the
+/// palette (`range end index 3 out of range for slice of length 1`).
+fn png_with_ragged_palette() -> Vec<u8> {
+    let base = png_bomb(13, 9, 3);
+    let (signature_and_ihdr, rest) = base.split_at(8 + 25);
+    let palette: Vec<u8> = (0..49u8).map(|i| i.wrapping_mul(37)).collect();
+    let mut png = signature_and_ihdr.to_vec();
+    png.extend(png_chunk(b"PLTE", &palette));
+    png.extend(png_chunk(b"tRNS", &[0, 32, 64, 96, 128, 160, 255, 255]));
+    png.extend_from_slice(rest);
+    png
+}
+
+#[test]
+fn png_with_a_ragged_palette_is_an_error_not_a_panic() {
+    use arrow::array::Array;
+    let png = png_with_ragged_palette();
+    let error = decode_gray(&png, &Limits::default(), None).unwrap_err().0;
+    assert_eq!(
+        error,
+        "corrupt PNG: palette of 49 bytes (must be 3 per entry, at most 256 entries)"
+    );
+    // Through a kernel, next to a good image.
+    let good = png_bomb(4, 4, 0);
+    let column = cxrlake::core::ImageColumn::from_bytes(&[png.as_slice(), good.as_slice()]);
+    let batch = cxrlake::core::decode_batch(&column, &Default::default()).unwrap();
+    let errors = batch.column_by_name("error").unwrap();
+    assert!(errors.is_valid(0) && errors.is_null(1));
+}

@@ -86,7 +86,11 @@ pub fn sniff_format(data: &[u8]) -> RowResult<ImageFormat> {
 /// `min_size = Some((w, h))` allows JPEG DCT-domain downscaling by 1/2, 1/4 or 1/8 as long as the
 /// scaled upright image stays at least `2w x 2h`; `None` decodes at full resolution. The pixel
 /// limit is checked from the header before any pixel buffer is allocated.
-pub fn decode_gray(data: &[u8], limits: &Limits, min_size: Option<(u32, u32)>) -> RowResult<Decoded> {
+pub fn decode_gray(
+    data: &[u8],
+    limits: &Limits,
+    min_size: Option<(u32, u32)>,
+) -> RowResult<Decoded> {
     crate::core::failpoint::panic_if_marked(data);
     match sniff_format(data)? {
         ImageFormat::Jpeg => decode_jpeg(data, limits, min_size),
@@ -161,7 +165,11 @@ fn decode_jpeg_with(
     let height = factor.scale(header.height);
 
     let cmyk = matches!(header.colorspace, Colorspace::CMYK | Colorspace::YCCK);
-    let format = if cmyk { PixelFormat::CMYK } else { PixelFormat::GRAY };
+    let format = if cmyk {
+        PixelFormat::CMYK
+    } else {
+        PixelFormat::GRAY
+    };
     let channels = format.size();
     let mut buffer = vec![0u8; width * height * channels];
     let image = turbojpeg::Image {
@@ -267,6 +275,16 @@ fn decode_png(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
     let mut reader = decoder.read_info().map_err(png_row_error)?;
     let (width, height, orientation) = {
         let info = reader.info();
+        // png 0.18 accepts a PLTE whose length is not a multiple of 3 and then panics while
+        // expanding it (found by the decode_png fuzz target): refuse it here.
+        if let Some(palette) = info.palette.as_deref() {
+            if palette.len() % 3 != 0 || palette.len() > 3 * 256 {
+                return Err(RowError::new(format!(
+                    "corrupt PNG: palette of {} bytes (must be 3 per entry, at most 256 entries)",
+                    palette.len()
+                )));
+            }
+        }
         let orientation = info
             .exif_metadata
             .as_deref()
@@ -324,7 +342,9 @@ fn png_row_error(error: png::DecodingError) -> RowError {
         png::DecodingError::IoError(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
             RowError::new("truncated PNG")
         }
-        png::DecodingError::LimitsExceeded => RowError::new("corrupt PNG: exceeds the decoder memory limit"),
+        png::DecodingError::LimitsExceeded => {
+            RowError::new("corrupt PNG: exceeds the decoder memory limit")
+        }
         other => {
             let text = other.to_string();
             if text.to_ascii_lowercase().contains("eof") || text.contains("unexpected end") {
@@ -419,7 +439,10 @@ mod tests {
         // Non-inverted CMYK: white paper, full black, pure cyan.
         assert_eq!(cmyk_to_luma(&[0, 0, 0, 0], false), vec![255]);
         assert_eq!(cmyk_to_luma(&[0, 0, 0, 255], false), vec![0]);
-        assert_eq!(cmyk_to_luma(&[255, 0, 0, 0], false), vec![luma(0, 255, 255)]);
+        assert_eq!(
+            cmyk_to_luma(&[255, 0, 0, 0], false),
+            vec![luma(0, 255, 255)]
+        );
         // Adobe stores inverted values.
         assert_eq!(cmyk_to_luma(&[255, 255, 255, 255], true), vec![255]);
     }
