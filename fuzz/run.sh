@@ -49,6 +49,8 @@ if ! CARGO_BUILD_JOBS="${FUZZ_JOBS:-2}" nice -n 19 cargo fuzz build -O >fuzz/tar
   echo "fuzz/run.sh: build failed (full log: fuzz/target/logs/build.log)" >&2
   exit 1
 fi
+# Known false positive, explained in the file.
+export LSAN_OPTIONS="suppressions=$PWD/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 status=0
 for target in "${targets[@]}"; do
   log=fuzz/target/logs/$target.log
