@@ -91,7 +91,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", required=True, type=Path, help="directory of JPEG/PNG images")
     parser.add_argument("--model", default=None, help="ONNX model (default: the shipped model)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (default: CPUs)")
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="threads (default: CPUs)"
+    )
     parser.add_argument("--batch", type=int, default=16, help="images per inference run (baseline)")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds; best counts")
     parser.add_argument("--json", type=Path, help="also write the figures to this JSON file")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -31,8 +31,8 @@ from cxrlake.model import Model, resolve_model_path
 
 __all__ = ["decode", "features", "predict", "preprocess"]
 
-ImagesLike = Union[pa.Array, pa.ChunkedArray, Sequence[Union[str, bytes, "os.PathLike[str]", None]]]
-ModelLike = Union[Model, str, "os.PathLike[str]", None]
+ImagesLike = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
+ModelLike = Model | str | os.PathLike[str] | None
 
 _BYTES_TYPES = (pa.binary(), pa.large_binary(), pa.binary_view())
 _PATH_TYPES = (pa.string(), pa.large_string(), pa.string_view())
@@ -150,9 +150,7 @@ def preprocess(
     """
     array = _as_arrow(images)
     path = resolve_model_path(model)
-    return _internal.preprocess(
-        array, path, **_options(threads, roots, max_pixels, max_file_bytes)
-    )
+    return _internal.preprocess(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
 
 
 def features(
@@ -198,5 +196,3 @@ def predict(
     array = _as_arrow(images)
     path = resolve_model_path(model)
     return _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
-
-

@@ -83,7 +83,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
     parser.add_argument("--model", help="ONNX model file (default: the model shipped in the wheel)")
     parser.add_argument(
-        "--threads", type=_positive_int, help="worker threads (default: CXRLAKE_NUM_THREADS or CPUs)"
+        "--threads",
+        type=_positive_int,
+        help="worker threads (default: CXRLAKE_NUM_THREADS or CPUs)",
     )
     parser.add_argument(
         "--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)"

@@ -11,6 +11,7 @@ Tolerances (stated once, used below):
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -54,8 +55,7 @@ def test_decode_matches_pil_on_every_fullres_image(fullres_paths):
     assert batch.schema.names == ["width", "height", "pixels", "error"]
     assert batch.column("error").null_count == len(fullres_paths)
     for path, ours in zip(fullres_paths, decoded_arrays(batch), strict=True):
-        with open(path, "rb") as f:
-            assert_close_to_pil(ours, pil_gray(f.read()), path)
+        assert_close_to_pil(ours, pil_gray(Path(path).read_bytes()), path)
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:
@@ -117,9 +117,7 @@ def test_generated_formats_match_pil(xray):
 
 def test_exif_orientation_rotates_the_image(xray):
     upright = cxrlake.decode([encode(xray, "JPEG", quality=90)])
-    rotated = cxrlake.decode(
-        [encode(xray, "JPEG", quality=90, exif=exif_with_orientation(6))]
-    )
+    rotated = cxrlake.decode([encode(xray, "JPEG", quality=90, exif=exif_with_orientation(6))])
     assert (upright.column("width")[0].as_py(), upright.column("height")[0].as_py()) == (301, 247)
     assert (rotated.column("width")[0].as_py(), rotated.column("height")[0].as_py()) == (247, 301)
 
@@ -152,26 +150,23 @@ def test_preprocess_matches_pil_resize_on_fullres_images(fullres_paths, shipped_
 
 
 def test_preprocess_zeroes_failed_rows(fullres_paths, tiny_model_path):
-    tensors, errors = cxrlake.preprocess([fullres_paths[0], b"garbage"], model=tiny_model_path)
+    images = [Path(fullres_paths[0]).read_bytes(), b"garbage"]
+    tensors, errors = cxrlake.preprocess(images, model=tiny_model_path)
     assert errors.to_pylist() == [None, "not an image (unknown format)"]
     assert np.count_nonzero(tensors[1]) == 0
     assert np.count_nonzero(tensors[0]) > 0
 
 
-@pytest.mark.parametrize(
-    "arrow_type", [pa.string(), pa.large_string(), pa.string_view()], ids=str
-)
+@pytest.mark.parametrize("arrow_type", [pa.string(), pa.large_string(), pa.string_view()], ids=str)
 def test_every_path_layout_is_accepted(fullres_paths, arrow_type):
     array = pa.array(fullres_paths[:3] + [None], type=arrow_type)
     batch = cxrlake.decode(array)
     assert batch.column("error").to_pylist() == [None, None, None, "null input"]
 
 
-@pytest.mark.parametrize(
-    "arrow_type", [pa.binary(), pa.large_binary(), pa.binary_view()], ids=str
-)
+@pytest.mark.parametrize("arrow_type", [pa.binary(), pa.large_binary(), pa.binary_view()], ids=str)
 def test_every_bytes_layout_is_accepted(fullres_paths, arrow_type):
-    blobs = [open(p, "rb").read() for p in fullres_paths[:2]]
+    blobs = [Path(p).read_bytes() for p in fullres_paths[:2]]
     by_bytes = cxrlake.decode(pa.array(blobs, type=arrow_type))
     by_path = cxrlake.decode(fullres_paths[:2])
     assert by_bytes.column("pixels").equals(by_path.column("pixels"))

@@ -81,7 +81,8 @@ def test_embeddings_match_onnxruntime(fullres_paths, tiny_model_path):
     tensors = []
     for path in paths:
         with Image.open(path) as image:
-            gray = ImageOps.exif_transpose(image).convert("L").resize((width, height))
+            gray = ImageOps.exif_transpose(image).convert("L")
+            gray = gray.resize((width, height), Image.BILINEAR)
         x = np.asarray(gray, np.float32) / 255.0
         x = (x - np.float32(model.mean[0])) / np.float32(model.std[0])
         tensors.append(np.repeat(x[None], channels, axis=0))

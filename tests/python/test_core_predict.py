@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -84,7 +85,7 @@ def test_predict_agrees_with_onnxruntime_on_the_same_tensors(
 
 def test_bytes_and_paths_give_identical_predictions(fullres_paths, tiny_model_path):
     paths = fullres_paths[:24]
-    blobs = [open(p, "rb").read() for p in paths]
+    blobs = [Path(p).read_bytes() for p in paths]
     by_path = cxrlake.predict(paths, model=tiny_model_path)
     by_bytes = cxrlake.predict(blobs, model=tiny_model_path)
     assert by_path.equals(by_bytes)
@@ -98,7 +99,7 @@ def test_thread_count_does_not_change_results(fullres_paths, tiny_model_path):
 
 
 def test_bad_rows_get_errors_and_the_batch_goes_on(fullres_paths, tiny_model_path, tmp_path):
-    good = open(fullres_paths[0], "rb").read()
+    good = Path(fullres_paths[0]).read_bytes()
     images = [good, good[: len(good) // 2], b"", b"%PDF-1.7 not an image", None, good]
     batch = cxrlake.predict(images, model=tiny_model_path)
     errors = batch.column("error").to_pylist()
