@@ -103,11 +103,8 @@ fn sandbox_refuses_paths_outside_the_roots() {
     let batch = decode_batch(&ImageColumn::from_paths(&paths), &options).unwrap();
     let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
     assert!(errors.is_null(0));
-    for row in 1..paths.len() {
-        assert_eq!(
-            errors.value(row),
-            format!("outside sandbox roots: {}", paths[row])
-        );
+    for (row, path) in paths.iter().enumerate().skip(1) {
+        assert_eq!(errors.value(row), format!("outside sandbox roots: {path}"));
     }
     std::fs::remove_file(sibling).unwrap();
 }
@@ -147,13 +144,13 @@ fn predict_matches_inference_on_preprocessed_tensors() {
         .column_by_name("model_name")
         .unwrap()
         .as_string::<i32>();
-    for i in 0..paths.len() {
+    for (i, &expected_p) in reference.iter().enumerate() {
         let p = probability.value(i);
         assert!((0.0..=1.0).contains(&p));
         assert!(
-            (p - reference[i] as f64).abs() < 1e-6,
+            (p - expected_p as f64).abs() < 1e-6,
             "row {i}: {p} vs {}",
-            reference[i]
+            expected_p
         );
         let expected = (p >= info.threshold) as i32;
         assert_eq!(label.value(i), expected);

@@ -251,7 +251,7 @@ pub fn chunk_schedule(n: usize, chunk: usize) -> Vec<Range<usize>> {
         let middle = n - 2 * ramp_total;
         let full = middle / chunk;
         sizes.extend(std::iter::repeat_n(chunk, full));
-        if middle % chunk > 0 {
+        if !middle.is_multiple_of(chunk) {
             sizes.push(middle % chunk);
         }
         sizes.extend(ramp.iter().rev());

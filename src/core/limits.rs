@@ -84,7 +84,7 @@ impl Limits {
 
 /// `value / unit` printed without a fraction when it is whole (100, 0.5, 1.25).
 fn format_scaled(value: u64, unit: u64) -> String {
-    if value % unit == 0 {
+    if value.is_multiple_of(unit) {
         (value / unit).to_string()
     } else {
         let text = format!("{:.3}", value as f64 / unit as f64);
