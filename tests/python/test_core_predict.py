@@ -7,6 +7,7 @@ import json
 import os
 import select
 import signal
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,11 @@ def test_predict_works_in_a_forked_child(fullres_paths, tiny_model_path):
     paths = fullres_paths[:8]
     parent = cxrlake.predict(paths, model=tiny_model_path, threads=2)
     read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():
+        # Python >= 3.12 warns that forking a multi-threaded process may deadlock: exactly the
+        # situation Spark creates, and the one this test checks cxrlake survives.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - runs in the child
         try:
             os.close(read_fd)
