@@ -141,7 +141,7 @@ fn jpeg_bomb(width: u16, height: u16, format: turbojpeg::PixelFormat) -> Vec<u8>
         .to_vec();
     let sof = jpeg
         .windows(2)
-        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0 | 0xC1 | 0xC2))
+        .position(|w| w[0] == 0xFF && matches!(w[1], 0xC0..=0xC2))
         .expect("JPEG has a SOF marker");
     // SOF: FF Cx, length (2), precision (1), height (2), width (2).
     jpeg[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
