@@ -12,7 +12,7 @@ DEFAULT_RUNS = "train_runs"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``cxrlake train`` (shared with ``python -m cxrlake.training.train``)."""
-    from cxrlake.training.train import TrainConfig
+    from cxrlake.training.config import TrainConfig
 
     defaults = TrainConfig(data="", run_dir="")
     parser.add_argument(

@@ -16,7 +16,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlake.training import data as data_mod
+from cxrlake.training.config import MODEL_NAME, TrainConfig  # noqa: F401 (re-exported)
 from cxrlake.training.evaluate import binary_metrics, choose_threshold
 from cxrlake.training.export import (
     contract_metadata,
@@ -36,42 +37,7 @@ from cxrlake.training.export import (
 )
 from cxrlake.training.model import LITE_MEAN, LITE_STD, PneumoniaNet
 
-MODEL_NAME = "cxrlake-pneumonia-effnetlite0"
 SHIPPED_FILE = "cxrlake_pneumonia.onnx"
-
-
-@dataclass
-class TrainConfig:
-    """Every parameter of a training run (recorded in the checkpoint, metrics.json and MLflow)."""
-
-    data: str
-    run_dir: str
-    size: int = 160
-    epochs: int = 4
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    warmup_fraction: float = 0.15
-    freeze_blocks: int = 3
-    dropout: float = 0.2
-    val_fraction: float = 0.18
-    target_sensitivity: float = 0.98
-    seed: int = 42
-    limit: int | None = None  # per class, for quick runs/tests
-    pretrained: bool = True
-    threads: int = 2
-    model_name: str = MODEL_NAME
-    model_version: str = "1.0.0"
-    augment: dict = field(
-        default_factory=lambda: {
-            "rotation_deg": 10.0,
-            "scale": [0.9, 1.1],
-            "translate": 0.06,
-            "brightness": 0.1,
-            "contrast": [0.85, 1.15],
-            "hflip": False,
-        }
-    )
 
 
 def seed_everything(seed: int) -> None:
