@@ -21,8 +21,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import cxrlake
 import pyarrow as pa
+
+import cxrlake
 from cxrlake.spark.udfs import PREDICT_RESULT, predict_array
 
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}

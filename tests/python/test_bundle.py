@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import sqlglot
 import yaml
+from sqlglot import exp
+
 from cxrlake import bundle_check
 from cxrlake.lakehouse import schemas
-from sqlglot import exp
 
 REPO = Path(__file__).resolve().parents[2]
 # ../shared/data holds the images; the official bundle schema sits next to it.

@@ -21,11 +21,12 @@ import zlib
 from io import BytesIO
 from pathlib import Path
 
-import cxrlake
 import pyarrow as pa
 import pytest
-from cxrlake.exceptions import InvalidArgumentError, ModelError, SandboxError
 from PIL import Image
+
+import cxrlake
+from cxrlake.exceptions import InvalidArgumentError, ModelError, SandboxError
 
 HANG_TIMEOUT_S = 300  # far above any normal run: only a blocked open/read ever reaches it
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from cxrlake.spark import jobs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -182,6 +183,7 @@ def test_volume_paths_must_stay_in_the_catalog():
 
 def test_merge_statement_is_keyed_and_insert_only_for_bronze():
     import sqlglot
+
     from cxrlake.lakehouse import schemas
 
     target = jobs.table_name("healthcare_catalog_dev", schemas.BRONZE)

@@ -9,9 +9,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import cxrlake
 import pyarrow as pa
 import pytest
+
+import cxrlake
 from cxrlake.lakehouse import schemas as lake_schemas
 from cxrlake.lakehouse import transforms as lake
 from cxrlake.spark import register, schemas, transforms, warehouse_udf

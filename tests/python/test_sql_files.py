@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 import sqlglot
+from sqlglot import exp
+
 from cxrlake.lakehouse import schemas
 from cxrlake.spark import sql_files
 from cxrlake.spark.schemas import spark_type
-from sqlglot import exp
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_DIR = REPO / "sql"
