@@ -57,7 +57,8 @@ def iter_image_paths(inputs: Sequence[str]) -> Iterator[str]:
             yield item
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type for counts (threads, batch sizes): an int >= 1, with a clear message."""
     try:
         value = int(text)
     except ValueError:
@@ -84,7 +85,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--model", help="ONNX model file (default: the model shipped in the wheel)")
     parser.add_argument(
         "--threads",
-        type=_positive_int,
+        type=positive_int,
         help="worker threads (default: CXRLAKE_NUM_THREADS or CPUs)",
     )
     parser.add_argument(
