@@ -21,7 +21,12 @@ import cxrlake
 from cxrlake.training import data as data_mod
 from cxrlake.training import registry
 from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
-from cxrlake.training.export import read_metadata
+from cxrlake.training.export import (
+    HEAD_BIAS_KEY,
+    onnx_session,
+    quantize_int8,
+    read_metadata,
+)
 from cxrlake.training.model import PneumoniaNet
 from cxrlake.training.train import (
     TrainConfig,
@@ -147,6 +152,9 @@ def test_short_run_writes_a_contract_onnx_that_cxrlake_loads(short_run):
     assert meta["cxrlake.input_height"] == meta["cxrlake.input_width"] == "64"
     assert float(meta["cxrlake.threshold"]) == pytest.approx(summary["validation"]["threshold"])
     assert summary["torch_vs_onnxruntime"]["max_abs_diff_probability"] < 1e-4
+    # A new export carries the heatmap output: 64 px input -> 2x2 grid.
+    outputs = {o.name: o.shape for o in onnx_session(path).get_outputs()}
+    assert outputs["heatmap"][1:] == [2, 2]
 
     model = cxrlake.Model(str(path))
     assert model.name == "cxrlake-pneumonia-effnetlite0"
@@ -231,6 +239,7 @@ def test_shipped_model_follows_the_onnx_contract():
     assert isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 160, 160]
     outputs = {o.name: o.shape for o in session.get_outputs()}
     assert outputs["probability"][1:] == [] and outputs["embedding"][1:] == [1280]
+    assert outputs["heatmap"][1:] == [5, 5]
     meta = read_metadata(path)
     assert meta["cxrlake.labels"] == "NORMAL,PNEUMONIA"
     assert meta["cxrlake.resize"] == "bilinear"
@@ -242,3 +251,70 @@ def test_shipped_model_follows_the_onnx_contract():
     assert np.all((prob >= 0) & (prob <= 1))
     # The card next to the model is the top-level card.
     assert (Path(path).parent / "MODEL_CARD.md").read_text() == CARD.read_text()
+
+
+def _heatmap_logit_gap(path, x: np.ndarray) -> tuple[np.ndarray, float]:
+    """(probabilities, max |sigmoid(head_bias + mean(heatmap)) - probability|) on ``x``."""
+    session = onnx_session(path)
+    prob, heatmap = session.run(["probability", "heatmap"], {"input": x})
+    bias = float(read_metadata(path)[HEAD_BIAS_KEY])
+    logit = bias + heatmap.reshape(len(heatmap), -1).mean(axis=1, dtype=np.float64)
+    return prob, float(np.max(np.abs(1.0 / (1.0 + np.exp(-logit)) - prob)))
+
+
+def test_int8_export_keeps_a_float_head_and_a_consistent_heatmap(short_run, tmp_path):
+    cfg, run_dir, _ = short_run
+    train, val = load_saved_split(run_dir)
+    int8 = quantize_int8(
+        run_dir / "model_fp32.onnx", tmp_path / "int8.onnx", [r.path for r in train[:8]], cfg.size
+    )
+    x = data_mod.normalise(
+        data_mod.load_pixel_cache([r.path for r in val], cfg.size), 127 / 255, 128 / 255
+    )
+    _, gap = _heatmap_logit_gap(int8, x)
+    assert gap < 1e-5
+    assert _ops_from_pooling_to_probability(int8) == ["Flatten", "Gemm", "Squeeze", "Sigmoid"]
+    # The backbone is still int8.
+    assert _count_ops(int8, "QuantizeLinear") > 50
+
+
+def _ops_from_pooling_to_probability(path) -> list[str]:
+    """Op types on the path from the GlobalAveragePool output back to ``probability``."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {out: node for node in graph.node for out in node.output}
+    ops, tensor = [], "probability"
+    while producer[tensor].op_type != "GlobalAveragePool":
+        node = producer[tensor]
+        ops.append(node.op_type)
+        tensor = node.input[0]
+    return ops[::-1]
+
+
+def _count_ops(path, op_type: str) -> int:
+    import onnx
+
+    return sum(n.op_type == op_type for n in onnx.load(str(path)).graph.node)
+
+
+def test_shipped_model_heatmap_reconstructs_the_logit(fullres_paths):
+    path = cxrlake.default_model_path()
+    sample = fullres_paths[::10]
+    x = data_mod.normalise(data_mod.load_pixel_cache(sample, 160), 127 / 255, 128 / 255)
+    prob, gap = _heatmap_logit_gap(path, x)
+    assert prob.shape == (len(sample),)
+    # The int8 backbone feeds both the pooled head and the map: they agree to float rounding,
+    # far inside the int8 step of the activations.
+    assert gap < 1e-5
+    (_, heatmap) = onnx_session(path).run(["probability", "heatmap"], {"input": x[:2]})
+    assert heatmap.shape == (2, 5, 5) and heatmap.dtype == np.float32
+    assert _ops_from_pooling_to_probability(path) == ["Flatten", "Gemm", "Squeeze", "Sigmoid"]
+
+
+def test_shipped_model_probabilities_are_continuous(fullres_paths):
+    # The int8 output of the first shipped file gave these 200 films 26 distinct values.
+    batch = cxrlake.predict(fullres_paths)
+    probs = batch.column("probability").to_pylist()
+    assert batch.column("error").null_count == len(probs)
+    assert len(set(probs)) >= 0.95 * len(probs)

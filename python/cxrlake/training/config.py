@@ -37,5 +37,16 @@ class TrainConfig:
             "brightness": 0.1,
             "contrast": [0.85, 1.15],
             "hflip": False,
+            # Acquisition shift (another site, scanner or period): each applied to a random
+            # fraction ``p`` of the batch. gamma: exponent range; noise: Gaussian sigma (0..1
+            # pixel units); blur: Gaussian sigma in pixels; lowres: down-then-up scale range
+            # (a lower-resolution acquisition or resize path); sharpen: unsharp-mask amount
+            # (scanner edge enhancement).
+            "shift_p": 0.5,
+            "gamma": [0.7, 1.4],
+            "noise": [0.0, 0.04],
+            "blur": [0.3, 1.2],
+            "lowres": [0.4, 0.9],
+            "sharpen": [0.2, 1.0],
         }
     )

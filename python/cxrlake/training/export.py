@@ -1,7 +1,8 @@
 """ONNX export following the model contract of docs/architecture.md, and int8 quantisation.
 
-The file has input ``input`` float32 ``[N, 3, H, W]`` (N dynamic), outputs ``probability`` ``[N]``
-and ``embedding`` ``[N, 1280]``, and carries its preprocessing, threshold, name and version as
+The file has input ``input`` float32 ``[N, 3, H, W]`` (N dynamic), outputs ``probability`` ``[N]``,
+``embedding`` ``[N, 1280]`` and ``heatmap`` ``[N, Hf, Wf]`` (class activation map, see
+:func:`float_head_with_heatmap`), and carries its preprocessing, threshold, name and version as
 ``cxrlake.*`` metadata so the Rust core never hard-codes them.
 """
 
@@ -19,6 +20,8 @@ from cxrlake.training.data import LABELS, load_grayscale, normalise
 from cxrlake.training.model import LITE_MEAN, LITE_STD, ExportWrapper, PneumoniaNet
 
 OPSET = 17
+HEATMAP_OUTPUT = "heatmap"
+HEAD_BIAS_KEY = "cxrlake.head_bias"
 
 
 def contract_metadata(
@@ -73,7 +76,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
 def export_onnx(
     net: PneumoniaNet, path: str | os.PathLike[str], metadata: Mapping[str, str]
 ) -> Path:
-    """Write ``net`` (eval mode) as a single-file ONNX model with dynamic batch and ``metadata``."""
+    """Write ``net`` (eval mode) as a single-file ONNX model with dynamic batch and ``metadata``.
+
+    The file has the three outputs of the contract (``probability``, ``embedding``, ``heatmap``).
+    """
     import onnx
 
     path = Path(path)
@@ -100,6 +106,7 @@ def export_onnx(
     onnx.checker.check_model(model)
     model.producer_name = "cxrlake.training"
     onnx.save(model, str(tmp))
+    add_heatmap_output(tmp)
     set_metadata(tmp, metadata)
     os.replace(tmp, path)
     return path
@@ -165,6 +172,8 @@ def quantize_int8(
 ) -> Path:
     """Static int8 QDQ quantisation (per-channel weights) calibrated on ``calibration_paths``.
 
+    The backbone is int8; the head (pooling, linear, sigmoid) and the heatmap stay float32.
+
     The metadata of ``fp32_path`` is carried over; the caller re-sets the threshold.
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -184,5 +193,175 @@ def quantize_int8(
         calibrate_method=CalibrationMethod.MinMax,
     )
     prepared.unlink(missing_ok=True)
-    set_metadata(int8_path, read_metadata(fp32_path))
+    # The quantiser puts Q/DQ pairs around the head too (a few dozen distinct probabilities):
+    # rebuild the head and the heatmap in float, the backbone stays int8.
+    add_heatmap_output(int8_path)
+    carried = read_metadata(fp32_path)
+    carried.pop(HEAD_BIAS_KEY, None)  # the int8 file's own (dequantised) bias stays
+    set_metadata(int8_path, carried)
     return int8_path
+
+
+def _constant_value(graph, name: str) -> np.ndarray:
+    """Value of a constant tensor: an initializer, or a DequantizeLinear of initializers."""
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    if name in inits:
+        return numpy_helper.to_array(inits[name]).astype(np.float32)
+    producer = next((n for n in graph.node if name in n.output), None)
+    if producer is not None and producer.op_type == "DequantizeLinear":
+        q = numpy_helper.to_array(inits[producer.input[0]]).astype(np.float64)
+        scale = numpy_helper.to_array(inits[producer.input[1]]).astype(np.float64)
+        zero = (
+            numpy_helper.to_array(inits[producer.input[2]]).astype(np.float64)
+            if len(producer.input) > 2 and producer.input[2]
+            else np.zeros_like(scale)
+        )
+        axis = next((a.i for a in producer.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1 and scale.size > 1:
+            shape = [1] * q.ndim
+            shape[axis] = scale.size
+            scale, zero = scale.reshape(shape), zero.reshape(shape)
+        return ((q - zero) * scale).astype(np.float32)
+    if producer is not None and producer.op_type == "Constant":
+        return numpy_helper.to_array(producer.attribute[0].t).astype(np.float32)
+    raise ValueError(f"head tensor {name!r} is not a constant")
+
+
+def float_head_with_heatmap(model):
+    """Rebuild the classifier head of ``model`` (onnx.ModelProto) in float and add ``heatmap``.
+
+    Works on the fp32 export and on the int8 QDQ file alike (idempotent): every node after the
+    last feature map ``A`` (the input of the single GlobalAveragePool) is removed, including the
+    Quantize/DequantizeLinear pairs that made the int8 probability take only a few dozen values,
+    and rebuilt in float32 from the head's weights ``w`` [1280] and bias ``b``:
+
+    - ``embedding`` = flatten(GlobalAveragePool(A)), float32 ``[N, 1280]``;
+    - ``probability`` = sigmoid(Gemm(embedding, w) + b), float32 ``[N]``;
+    - ``heatmap`` = 1x1 Conv of ``A`` with ``w`` and no bias, float32 ``[N, Hf, Wf]``, so that
+      ``logit = b + mean(heatmap)`` (global average pooling is linear); ``b`` is written to the
+      metadata ``cxrlake.head_bias``.
+
+    The backbone (and so its int8 speed) is untouched. Returns a new ModelProto.
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
+    gemms = [n for n in graph.node if n.op_type == "Gemm"]
+    if len(pools) != 1 or len(gemms) != 1:
+        raise ValueError(
+            f"expected one GlobalAveragePool and one Gemm head, found {len(pools)} and {len(gemms)}"
+        )
+    features = pools[0].input[0]
+    gemm = gemms[0]
+    trans_b = next((a.i for a in gemm.attribute if a.name == "transB"), 0)
+    weight = _constant_value(graph, gemm.input[1])
+    weight = (weight if trans_b else weight.T).reshape(-1)
+    bias = (
+        float(_constant_value(graph, gemm.input[2]).reshape(-1)[0]) if len(gemm.input) > 2 else 0.0
+    )
+
+    # Every node downstream of the feature map is head: drop it.
+    head_tensors, head_nodes = {features}, []
+    for node in graph.node:
+        if any(t in head_tensors for t in node.input):
+            head_nodes.append(node)
+            head_tensors.update(node.output)
+    kept = [n for n in graph.node if n not in head_nodes]
+    del graph.node[:]
+    graph.node.extend(kept)
+    used = {t for n in graph.node for t in n.input}
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+
+    dim = weight.size
+    prefix = "cxrlake_head/"
+    graph.initializer.extend(
+        [
+            numpy_helper.from_array(weight.reshape(1, dim), prefix + "weight"),
+            numpy_helper.from_array(np.array([bias], dtype=np.float32), prefix + "bias"),
+            numpy_helper.from_array(weight.reshape(1, dim, 1, 1), prefix + "cam_weight"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), prefix + "axis1"),
+        ]
+    )
+    graph.node.extend(
+        [
+            helper.make_node("GlobalAveragePool", [features], [prefix + "pooled"], prefix + "pool"),
+            helper.make_node(
+                "Flatten", [prefix + "pooled"], ["embedding"], prefix + "flatten", axis=1
+            ),
+            helper.make_node(
+                "Gemm",
+                ["embedding", prefix + "weight", prefix + "bias"],
+                [prefix + "logit2d"],
+                prefix + "gemm",
+                transB=1,
+            ),
+            helper.make_node(
+                "Squeeze",
+                [prefix + "logit2d", prefix + "axis1"],
+                [prefix + "logit"],
+                prefix + "squeeze",
+            ),
+            helper.make_node("Sigmoid", [prefix + "logit"], ["probability"], prefix + "sigmoid"),
+            helper.make_node(
+                "Conv", [features, prefix + "cam_weight"], [prefix + "cam"], prefix + "cam_conv"
+            ),
+            helper.make_node(
+                "Squeeze",
+                [prefix + "cam", prefix + "axis1"],
+                [HEATMAP_OUTPUT],
+                prefix + "cam_squeeze",
+            ),
+        ]
+    )
+    grid = _feature_grid(model, features)
+    float_t = onnx.TensorProto.FLOAT
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info("probability", float_t, ["N"]),
+            helper.make_tensor_value_info("embedding", float_t, ["N", dim]),
+            helper.make_tensor_value_info(HEATMAP_OUTPUT, float_t, ["N", *grid]),
+        ]
+    )
+    kept_info = [v for v in graph.value_info if v.name not in head_tensors]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    onnx.checker.check_model(model)
+    entries = [p for p in model.metadata_props if p.key != HEAD_BIAS_KEY]
+    del model.metadata_props[:]
+    model.metadata_props.extend(entries)
+    entry = model.metadata_props.add()
+    entry.key, entry.value = HEAD_BIAS_KEY, repr(bias)
+    return model
+
+
+def _feature_grid(model, features: str) -> list:
+    """(Hf, Wf) of the feature map ``features`` from shape inference (symbolic when unknown)."""
+    import onnx
+
+    inferred = onnx.shape_inference.infer_shapes(model)
+    for value in [*inferred.graph.value_info, *inferred.graph.output]:
+        if value.name == features:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) == 4 and dims[2].HasField("dim_value") and dims[3].HasField("dim_value"):
+                return [dims[2].dim_value, dims[3].dim_value]
+    return ["Hf", "Wf"]
+
+
+def add_heatmap_output(path: str | os.PathLike[str]) -> Path:
+    """Apply :func:`float_head_with_heatmap` to the ONNX file at ``path`` in place (atomic)."""
+    import onnx
+
+    path = Path(path)
+    model = float_head_with_heatmap(onnx.load(str(path)))
+    tmp = path.with_suffix(".heatmap.tmp")
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path

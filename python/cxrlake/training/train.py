@@ -89,7 +89,56 @@ def augment_batch(pixels: torch.Tensor, aug: dict, generator: torch.Generator) -
     contrast = uniform(*aug["contrast"]).view(b, 1, 1, 1)
     brightness = uniform(-aug["brightness"], aug["brightness"]).view(b, 1, 1, 1)
     mean = x.mean(dim=(2, 3), keepdim=True)
-    return ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    x = ((x - mean) * contrast + mean + brightness).clamp_(0.0, 1.0)
+    if aug.get("shift_p", 0.0) > 0.0:
+        x = acquisition_shift(x, aug, generator)
+    return x
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian blur of [B, 1, H, W] with a per-image ``sigma`` [B] (pixels)."""
+    radius = int(math.ceil(3.0 * float(sigma.max()))) or 1
+    offsets = torch.arange(-radius, radius + 1, dtype=x.dtype)
+    kernel = torch.exp(-(offsets[None, :] ** 2) / (2.0 * sigma[:, None].clamp(min=1e-3) ** 2))
+    kernel = kernel / kernel.sum(dim=1, keepdim=True)  # [B, K]
+    b = x.shape[0]
+    # grouped convolution: one kernel per image
+    xs = x.transpose(0, 1)  # [1, B, H, W]
+    xs = F.pad(xs, (radius, radius, 0, 0), mode="replicate")
+    xs = F.conv2d(xs, kernel.view(b, 1, 1, -1), groups=b)
+    xs = F.pad(xs, (0, 0, radius, radius), mode="replicate")
+    xs = F.conv2d(xs, kernel.view(b, 1, -1, 1), groups=b)
+    return xs.transpose(0, 1)
+
+
+def acquisition_shift(x: torch.Tensor, aug: dict, generator: torch.Generator) -> torch.Tensor:
+    """Simulated change of site: gamma, resolution path, blur or edge enhancement, noise.
+
+    ``x`` is [B, 1, H, W] in 0..1; each transform hits a random ``aug["shift_p"]`` of the batch.
+    The same function (with a fixed generator) builds the shifted validation sets of the card.
+    """
+    b, _, h, w = x.shape
+    p = aug["shift_p"]
+
+    def pick() -> torch.Tensor:
+        return (torch.rand(b, generator=generator) < p).view(b, 1, 1, 1)
+
+    def uniform(low: float, high: float) -> torch.Tensor:
+        return torch.rand(b, generator=generator) * (high - low) + low
+
+    gamma = uniform(*aug["gamma"]).view(b, 1, 1, 1)
+    x = torch.where(pick(), x.clamp(1e-4, 1.0) ** gamma, x)
+    scale = float(uniform(*aug["lowres"])[0])
+    small = F.interpolate(x, size=(max(8, int(h * scale)), max(8, int(w * scale))), mode="area")
+    x = torch.where(pick(), F.interpolate(small, size=(h, w), mode="bilinear"), x)
+    blurred = _gaussian_blur(x, uniform(*aug["blur"]))
+    choice = torch.rand(b, generator=generator).view(b, 1, 1, 1)
+    amount = uniform(*aug["sharpen"]).view(b, 1, 1, 1)
+    sharpened = (x + amount * (x - blurred)).clamp(0.0, 1.0)
+    x = torch.where(choice < p / 2, blurred, torch.where(choice > 1 - p / 2, sharpened, x))
+    sigma = uniform(*aug["noise"]).view(b, 1, 1, 1)
+    noise = torch.randn(x.shape, generator=generator) * sigma
+    return torch.where(pick(), (x + noise).clamp(0.0, 1.0), x)
 
 
 def to_model_input(x01: torch.Tensor, mean: float = LITE_MEAN, std: float = LITE_STD):
