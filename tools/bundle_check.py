@@ -21,7 +21,7 @@ For each target this does what ``databricks bundle validate`` does before talkin
 Run it as a script (it imports nothing from the rest of cxrlake, so it works before the Rust
 extension is built)::
 
-    python python/cxrlake/bundle_check.py --bundle bundle \
+    python tools/bundle_check.py --bundle bundle \
         --schema ../shared/databricks/bundle_jsonschema.json --targets dev pilot prod
 """
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +14,13 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
-from cxrlake import bundle_check
 from cxrlake.lakehouse import schemas
 
 REPO = Path(__file__).resolve().parents[2]
+# tools/bundle_check.py is a development tool, not part of the installed package.
+sys.path.insert(0, str(REPO / "tools"))
+import bundle_check  # noqa: E402
+
 # ../shared/data holds the images; the official bundle schema sits next to it.
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 SCHEMA = (
