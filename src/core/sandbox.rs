@@ -27,6 +27,9 @@ impl Sandbox {
     }
 
     /// A sandbox restricted to `roots`; each root must exist and is resolved to its canonical path.
+    ///
+    /// An empty list or an empty root is an error, never "allow every path": a misconfigured
+    /// root (an unset shell variable, a stray separator) must fail closed.
     pub fn with_roots<I, P>(roots: I) -> Result<Self, CoreError>
     where
         I: IntoIterator<Item = P>,
@@ -36,23 +39,38 @@ impl Sandbox {
         for root in roots {
             let root = root.as_ref();
             if root.as_os_str().is_empty() {
-                continue;
+                return Err(CoreError::Sandbox(
+                    "sandbox root is an empty path: name a folder (an empty root never means \
+                     every path)"
+                        .into(),
+                ));
             }
             let canonical = root.canonicalize().map_err(|e| {
                 CoreError::Sandbox(format!("sandbox root {} is unusable: {e}", root.display()))
             })?;
             resolved.push(canonical);
         }
+        if resolved.is_empty() {
+            return Err(CoreError::Sandbox(
+                "no sandbox roots given: name at least one folder (or pass no roots argument to \
+                 use CXRLAKE_ALLOWED_ROOTS)"
+                    .into(),
+            ));
+        }
         Ok(Self { roots: resolved })
     }
 
     /// Roots given explicitly, else from env `CXRLAKE_ALLOWED_ROOTS`, else no restriction.
+    ///
+    /// The variable set but empty, or holding an empty entry (`:`, `a::b`), is an error.
     pub fn resolve(roots: Option<&[String]>) -> Result<Self, CoreError> {
         match roots {
             Some(roots) => Self::with_roots(roots),
             None => match std::env::var_os(ROOTS_ENV) {
-                Some(value) if !value.is_empty() => Self::with_roots(std::env::split_paths(&value)),
-                _ => Ok(Self::allow_all()),
+                Some(value) => Self::with_roots(std::env::split_paths(&value)).map_err(|e| {
+                    CoreError::Sandbox(format!("{ROOTS_ENV}={:?}: {e}", value.to_string_lossy()))
+                }),
+                None => Ok(Self::allow_all()),
             },
         }
     }
@@ -86,15 +104,16 @@ impl Sandbox {
         if path.is_empty() {
             return Err(RowError::new("empty path"));
         }
-        let canonical = match Path::new(path).canonicalize() {
-            Ok(canonical) => canonical,
-            // Outside the roots, a missing or unreadable path must get the same answer as an
-            // existing one: otherwise the error would tell which files exist outside the roots.
-            Err(_) if !self.allows(&resolve_lexically_below_existing(Path::new(path))) => {
-                return Err(outside_roots(path));
-            }
-            Err(e) => return Err(io_row_error(&e, path)),
-        };
+        // Outside the roots every path gets the same answer, whether it exists, is a directory,
+        // a dangling symlink or unreadable: otherwise errors would tell what exists out there.
+        // So the check runs on where the path points (symlinks followed even when dangling,
+        // missing components applied lexically) before anything else is looked at.
+        if !self.roots.is_empty() && !self.allows(&resolve_for_check(Path::new(path))) {
+            return Err(outside_roots(path));
+        }
+        let canonical = Path::new(path)
+            .canonicalize()
+            .map_err(|e| io_row_error(&e, path))?;
         if !self.allows(&canonical) {
             return Err(outside_roots(path));
         }
@@ -176,35 +195,72 @@ fn shown_path(path: &str) -> String {
     format!("{head}...{tail}")
 }
 
-/// Where `path` would be if it existed: the longest existing ancestor resolved (symlinks and
-/// `..` included), then the missing components applied lexically (they cannot be symlinks).
-/// Relative paths start from the working directory.
-fn resolve_lexically_below_existing(path: &Path) -> PathBuf {
+/// Most symlinks followed while resolving one path (Linux's own limit is 40).
+const MAX_SYMLINKS: usize = 40;
+
+/// One step of a path being resolved by [`resolve_for_check`].
+enum Step {
+    Root,
+    Parent,
+    Name(std::ffi::OsString),
+}
+
+fn steps(path: &Path) -> Vec<Step> {
+    path.components()
+        .filter_map(|component| match component {
+            Component::RootDir | Component::Prefix(_) => Some(Step::Root),
+            Component::ParentDir => Some(Step::Parent),
+            Component::Normal(name) => Some(Step::Name(name.to_os_string())),
+            Component::CurDir => None,
+        })
+        .collect()
+}
+
+/// Where `path` points, for the sandbox check: components walked one by one from the working
+/// directory, every symlink followed (dangling ones too), components that do not exist applied
+/// lexically. Never fails: a loop or an unreadable link resolves to the empty path, which lies
+/// under no root.
+fn resolve_for_check(path: &Path) -> PathBuf {
     let absolute = if path.is_absolute() {
         path.to_path_buf()
     } else {
         match std::env::current_dir() {
             Ok(cwd) => cwd.join(path),
-            Err(_) => return PathBuf::new(), // not under any root
+            Err(_) => return PathBuf::new(),
         }
     };
-    let components: Vec<Component<'_>> = absolute.components().collect();
-    for split in (1..=components.len()).rev() {
-        let existing: PathBuf = components[..split].iter().collect();
-        if let Ok(mut resolved) = existing.canonicalize() {
-            for component in &components[split..] {
-                match component {
-                    Component::ParentDir => {
-                        resolved.pop();
-                    }
-                    Component::Normal(name) => resolved.push(name),
-                    Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+    let mut pending: std::collections::VecDeque<Step> = steps(&absolute).into();
+    let mut resolved = PathBuf::from("/");
+    let mut links = 0;
+    while let Some(step) = pending.pop_front() {
+        match step {
+            Step::Root => resolved = PathBuf::from("/"),
+            Step::Parent => {
+                resolved.pop();
+            }
+            Step::Name(name) => {
+                let candidate = resolved.join(&name);
+                let is_link = std::fs::symlink_metadata(&candidate)
+                    .map(|m| m.file_type().is_symlink())
+                    .unwrap_or(false);
+                if !is_link {
+                    resolved = candidate;
+                    continue;
+                }
+                links += 1;
+                let Ok(target) = std::fs::read_link(&candidate) else {
+                    return PathBuf::new();
+                };
+                if links > MAX_SYMLINKS {
+                    return PathBuf::new();
+                }
+                for step in steps(&target).into_iter().rev() {
+                    pending.push_front(step);
                 }
             }
-            return resolved;
         }
     }
-    PathBuf::new()
+    resolved
 }
 
 fn io_row_error(error: &std::io::Error, path: &str) -> RowError {
