@@ -1,9 +1,11 @@
 -- Bronze: one row per ingested file version (image_id, content_sha256), append-only; the image
 -- bytes stay in `content` so that SQL warehouses can score them (see 30_predict_function.sql).
 -- Columns exactly as python/cxrlake/lakehouse/schemas.py BRONZE_METADATA (checked by tests).
--- Parameters: ${catalog}.
+-- Parameters: ${catalog}, ${bronze_schema} (the schema name the bundle deploys in this target).
+-- Liquid clustering on the MERGE key instead of ZORDER (Databricks recommends it for new tables:
+-- https://docs.databricks.com/aws/en/delta/clustering); OPTIMIZE then clusters by it.
 
-CREATE TABLE IF NOT EXISTS ${catalog}.bronze.kaggle_xray_metadata (
+CREATE TABLE IF NOT EXISTS ${catalog}.${bronze_schema}.kaggle_xray_metadata (
   image_id STRING NOT NULL COMMENT 'Stable id of the image (from its path relative to the source)',
   filename STRING COMMENT 'File name',
   category STRING COMMENT 'NORMAL or PNEUMONIA from the folder; NULL when unlabelled',
@@ -17,6 +19,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.bronze.kaggle_xray_metadata (
   content BINARY COMMENT 'The image bytes'
 )
 USING DELTA
+CLUSTER BY (image_id)
 COMMENT 'Raw chest X-ray files (Kermany et al., CC BY 4.0), one row per file version'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',

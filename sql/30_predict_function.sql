@@ -1,23 +1,33 @@
--- SQL functions so that SQL warehouses can score images:
+-- SQL functions so that SQL warehouses can score images (docs/databricks.md):
 --
---   USE CATALOG healthcare_catalog_dev;
---   SELECT file_path, bronze.predict(file_path) FROM bronze.kaggle_xray_metadata LIMIT 5;
---   -- or, after USE healthcare_catalog_dev.bronze:  SELECT predict(file_path) FROM kaggle_xray_metadata
+--   SELECT file_path, <catalog>.<models>.predict_image(content).probability
+--   FROM <catalog>.<bronze>.kaggle_xray_metadata LIMIT 5;          -- bytes read in the same scan
+--   SELECT * FROM <catalog>.<bronze>.predict('/Volumes/<catalog>/<bronze>/xray_images/test/NORMAL/x.jpeg');
 --
--- Unity Catalog Python UDFs run in an isolated sandbox without access to the file system
--- (volumes included), so they cannot open a path. The design (docs/databricks.md):
---   * models.predict_image(content BINARY): a batch Python UDF (PARAMETER STYLE PANDAS) that scores
---     image bytes with the Rust core; the cxrlake wheel (model inside) is its ENVIRONMENT
---     dependency, installed from the models.libraries volume;
---   * bronze.predict(path STRING): a SQL function that looks the bytes of `path` up in
---     bronze.kaggle_xray_metadata (bronze keeps the bytes in Delta: column `content`, latest
---     version of the file) and calls models.predict_image. A path never ingested into bronze
---     returns error 'image not ingested: ...'.
--- Both return the same struct as cxrlake.predict and the Spark `predict` of cxrlake.spark.
--- Parameters: ${catalog}; ${wheel_path} (the wheel in /Volumes/<catalog>/models/libraries/);
--- ${readers_group} (principal granted EXECUTE). Rendered and validated by cxrlake.spark.sql_files.
+-- <bronze> and <models> are the schema names the bundle deploys in the target (prefixed
+-- dev_<user>_ in development mode).
+--
+-- Unity Catalog Python UDFs run in an isolated sandbox without file-system access (volumes
+-- included), so they cannot open a path:
+--   * models.predict_image(content BINARY): a batch Python UDF (PARAMETER STYLE PANDAS, HANDLER)
+--     over image bytes, with the cxrlake wheel (model inside) as its ENVIRONMENT dependency,
+--     installed from the models.libraries volume
+--     (https://docs.databricks.com/aws/en/udf/python-batch-udf,
+--      https://docs.databricks.com/aws/en/udf/unity-catalog#extend-udfs-using-custom-dependencies).
+--   * bronze.predict(path STRING): a SQL *table* function returning the latest bronze version of
+--     that file with its prediction. Called with a constant path, the filter reaches the scan
+--     (data skipping on the clustered table) and only that file's bytes are read; a scalar
+--     function with a correlated lookup would instead aggregate the bytes of every stored image.
+--
+-- Rights: predict_image reads nothing but its argument, so readers get EXECUTE on it. predict's
+-- body reads bronze bytes, and the documentation does not say whether a SQL function body runs
+-- with the definer's or the invoker's rights; so EXECUTE on it goes to the engineers only, who
+-- hold SELECT on bronze either way, and readers never need SELECT on raw image bytes.
+-- Parameters: ${catalog}, ${bronze_schema}, ${models_schema}; ${wheel_path} (the wheel in the
+-- models.libraries volume); ${readers_group}, ${engineers_group} (principals granted EXECUTE).
+-- Rendered and validated by cxrlake.spark.sql_files.
 
-CREATE OR REPLACE FUNCTION ${catalog}.models.predict_image(content BINARY)
+CREATE OR REPLACE FUNCTION ${catalog}.${models_schema}.predict_image(content BINARY)
 RETURNS STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, error: STRING>
 LANGUAGE PYTHON
 DETERMINISTIC
@@ -32,17 +42,15 @@ AS $$
 from cxrlake.spark.warehouse_udf import predict_handler
 $$;
 
-CREATE OR REPLACE FUNCTION ${catalog}.bronze.predict(path STRING)
-RETURNS STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, error: STRING>
-LANGUAGE SQL
-NOT DETERMINISTIC
-READS SQL DATA
-COMMENT 'Pneumonia prediction of an ingested X-ray by its path (bytes from bronze.kaggle_xray_metadata)'
-RETURN ${catalog}.models.predict_image((
-  SELECT max_by(b.content, b.ingested_at)
-  FROM ${catalog}.bronze.kaggle_xray_metadata AS b
-  WHERE b.file_path = predict.path
-));
+CREATE OR REPLACE FUNCTION ${catalog}.${bronze_schema}.predict(path STRING)
+RETURNS TABLE (file_path STRING, image_id STRING, ingested_at TIMESTAMP, prediction STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, error: STRING>)
+COMMENT 'Latest ingested version of the file at path, with its pneumonia prediction (no row: not ingested)'
+RETURN SELECT b.file_path, b.image_id, b.ingested_at,
+  ${catalog}.${models_schema}.predict_image(b.content) AS prediction
+FROM ${catalog}.${bronze_schema}.kaggle_xray_metadata AS b
+WHERE b.file_path = predict.path
+QUALIFY row_number() OVER (ORDER BY b.ingested_at DESC, b.content_sha256) = 1;
 
-GRANT EXECUTE ON FUNCTION ${catalog}.models.predict_image TO `${readers_group}`;
-GRANT EXECUTE ON FUNCTION ${catalog}.bronze.predict TO `${readers_group}`;
+GRANT EXECUTE ON FUNCTION ${catalog}.${models_schema}.predict_image TO `${readers_group}`;
+GRANT EXECUTE ON FUNCTION ${catalog}.${models_schema}.predict_image TO `${engineers_group}`;
+GRANT EXECUTE ON FUNCTION ${catalog}.${bronze_schema}.predict TO `${engineers_group}`;

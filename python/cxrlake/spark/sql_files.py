@@ -1,7 +1,8 @@
 """The SQL files in ``sql/``: parameters, rendering, splitting into statements, running.
 
-The files are parameterised with ``${name}`` placeholders (``${catalog}``, ``${wheel_path}``,
-``${readers_group}``, ``${retain_hours}``). Named parameter markers (``:catalog``) cannot be used
+The files are parameterised with ``${name}`` placeholders (``${catalog}``, ``${bronze_schema}``
+and the other schema names the bundle deploys, ``${wheel_path}``, ``${readers_group}``,
+``${retain_hours}``, ...). Named parameter markers (``:catalog``) cannot be used
 because Databricks forbids them inside view and function bodies and in the ``ENVIRONMENT``
 clause; so every value is validated against a strict pattern *before* it is substituted, which
 rules out SQL injection. Rendering needs no Spark: tests parse every rendered file with sqlglot.
@@ -16,6 +17,11 @@ from typing import Any
 
 PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 
+SCHEMA_KEYS = ("bronze", "silver", "gold", "models")
+"""The schemas of the lakehouse, by the key the bundle gives them (resources.schemas.<key>)."""
+_PRINCIPAL = re.compile(r"[A-Za-z0-9_.@ -]{1,128}")
+_SCHEMA = re.compile(r"[a-z0-9_]{1,255}")
+
 # What each parameter may look like. Anything else is rejected, so substitution is safe.
 PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
     # Unity Catalog catalog of one environment: healthcare_catalog_<env>.
@@ -25,8 +31,13 @@ PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
         r"/Volumes/[A-Za-z0-9_]+/[A-Za-z0-9_]+/[A-Za-z0-9_]+/(?:[A-Za-z0-9_.-]+/)*"
         r"cxrlake-[A-Za-z0-9_.+-]+\.whl"
     ),
-    # A principal (user, group or service principal name) for GRANT ... TO `principal`.
-    "readers_group": re.compile(r"[A-Za-z0-9_.@ -]{1,128}"),
+    # Principals (user, group or service principal name) for GRANT ... TO `principal`.
+    "readers_group": _PRINCIPAL,
+    "engineers_group": _PRINCIPAL,
+    "deployer": _PRINCIPAL,
+    # Schemas as the bundle deploys them in the target: `bronze` in production, `dev_<user>_bronze`
+    # in development mode (lowercased, non-alphanumerics replaced by `_` by the CLI).
+    **{f"{layer}_schema": _SCHEMA for layer in SCHEMA_KEYS},
     # VACUUM retention in hours: at least a week (Delta's safety check default).
     "retain_hours": re.compile(r"(?:16[89]|1[7-9]\d|[2-9]\d\d|\d{4,6})"),
 }

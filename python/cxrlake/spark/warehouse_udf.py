@@ -14,8 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-NOT_INGESTED = "image not ingested: no bytes in bronze.kaggle_xray_metadata for this path"
-"""Error of a row whose input is NULL (``bronze.predict`` of a path bronze does not hold)."""
+NOT_INGESTED = "no image bytes (NULL input)"
+"""Error of a row whose input is NULL."""
 
 _MODEL: list[Any] = []  # the shipped model, loaded once per sandbox process
 
@@ -43,9 +43,29 @@ def predict_frame(contents: Any) -> Any:
     return frame
 
 
+def predict_series(contents: Any) -> Any:
+    """Score a pandas Series of image bytes: a pandas Series of the same length and index whose
+    values are the STRUCT results as dicts (field name -> value, None for SQL NULL; integers stay
+    integers)."""
+    import pandas as pd
+
+    import cxrlake
+
+    values = [None if v is None else bytes(v) for v in contents.tolist()]
+    records = cxrlake.predict(pa.array(values, type=pa.binary()), model=_model()).to_pylist()
+    for value, record in zip(values, records, strict=True):
+        if value is None:
+            record["error"] = NOT_INGESTED
+    return pd.Series(records, index=contents.index, dtype=object)
+
+
 def predict_handler(batches: Iterator[Any]) -> Iterator[Any]:
-    """``PARAMETER STYLE PANDAS`` handler: an iterator of pandas Series (or 1-tuples of Series)
-    of image bytes in, an iterator of DataFrames (STRUCT result) out."""
+    """``PARAMETER STYLE PANDAS`` handler in the documented form: an iterator over batches of the
+    arguments (a pandas Series, or a tuple of one Series per argument) in, an iterator of pandas
+    Series out, one value per input row
+    (https://docs.databricks.com/aws/en/udf/python-batch-udf, "Batch UDF handler function").
+    The STRUCT result is one dict per row; whether a warehouse also accepts a DataFrame for a
+    STRUCT return is not documented, so it is not used."""
     for batch in batches:
         series = batch[0] if isinstance(batch, tuple) else batch
-        yield predict_frame(series)
+        yield predict_series(series)

@@ -3,7 +3,12 @@
 Locally the default store is ``sqlite:///<runs>/mlflow.db`` (outside the repo; ``mlruns/`` and
 ``mlflow.db`` are git-ignored anyway). On Databricks pass ``tracking_uri="databricks"`` and
 ``registry_uri="databricks-uc"``; the model is then registered as
-``healthcare_catalog_<env>.models.<name>`` with the alias ``champion``.
+``<catalog>.<models schema>.<name>`` (the names the bundle deploys in the target:
+`cxrlake.spark.deployment.Deployment.model_name`) with the alias ``champion``.
+
+Unity Catalog's registry only accepts model versions with a signature that has inputs and
+outputs (https://docs.databricks.com/aws/en/machine-learning/manage-model-lifecycle/#train-and-register-unity-catalog-compatible-models),
+so `model_signature` infers one from a real run of the ONNX model on an input of its shape.
 """
 
 from __future__ import annotations
@@ -13,11 +18,30 @@ import os
 from pathlib import Path
 
 
-def uc_model_name(env: str, name: str = "cxrlake_pneumonia") -> str:
-    """Unity Catalog three-level name of the model for ``env`` (dev, pilot, prod)."""
+def uc_model_name(env: str, name: str = "cxrlake_pneumonia", models_schema: str = "models") -> str:
+    """Unity Catalog three-level name of the model for ``env`` (dev, pilot, prod); pass the
+    deployed ``models_schema`` (``dev_<user>_models`` in development mode)."""
     if not env.isidentifier():
         raise ValueError(f"env must be an identifier such as dev/pilot/prod, got {env!r}")
-    return f"healthcare_catalog_{env}.models.{name}"
+    if not models_schema.isidentifier():
+        raise ValueError(f"models_schema must be a schema name, got {models_schema!r}")
+    return f"healthcare_catalog_{env}.{models_schema}.{name}"
+
+
+def model_signature(model_path: str | os.PathLike[str]) -> object:
+    """MLflow signature (inputs and outputs) of an ONNX model, from one run on zeros of its input
+    shape (batch dimension 1)."""
+    import numpy as np
+    import onnxruntime as ort
+    from mlflow.models import infer_signature
+
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    spec = session.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in spec.shape]
+    example = np.zeros(shape, dtype=np.float32)
+    outputs = session.run(None, {spec.name: example})
+    names = [o.name for o in session.get_outputs()]
+    return infer_signature({spec.name: example}, dict(zip(names, outputs, strict=True)))
 
 
 def _flat_params(config: dict) -> dict[str, str]:
@@ -80,6 +104,7 @@ def log_and_register(
             onnx.load(str(run_dir / "model.onnx")),
             name="model",
             registered_model_name=name,
+            signature=model_signature(run_dir / "model.onnx"),
         )
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
