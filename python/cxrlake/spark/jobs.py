@@ -2,7 +2,9 @@
 
 Each notebook reads its widgets, validates them with the ``validate_*`` functions here and calls
 one entry point (`ingest_bronze`, `transform_silver`, `predict_gold`, `maintain`,
-`create_tables`, `create_sql_functions`). The image work is the ``mapInArrow`` transforms of
+`create_tables`, `create_sql_functions`). ``catalog`` is a `Deployment` (catalog and the schema
+names the bundle deployed, from `validate_deployment`) or, without a bundle, a catalog name
+(undecorated schema names). The image work is the ``mapInArrow`` transforms of
 `cxrlake.spark.transforms`; writes are Delta ``MERGE`` statements keyed as in
 `cxrlake.lakehouse.schemas` (bronze is insert-only on (image_id, content_sha256)), so re-running
 a job, or retrying a micro-batch, never duplicates a row.
@@ -22,6 +24,7 @@ from typing import Any
 from cxrlake.lakehouse import schemas as lake_schemas
 from cxrlake.lakehouse.schemas import TableSpec
 from cxrlake.spark import sql_files
+from cxrlake.spark.deployment import Deployment, DeploymentError
 
 CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+")
 VOLUME_PATH = re.compile(
@@ -29,14 +32,13 @@ VOLUME_PATH = re.compile(
 )
 MIN_RETAIN_HOURS = 168
 TABLES_SQL = (
-    "01_schemas.sql",
-    "02_volumes.sql",
     "10_bronze_tables.sql",
     "11_silver_tables.sql",
     "12_gold_tables.sql",
     "20_dataset_summary_view.sql",
 )
-"""Files `create_tables` runs, in order (00_catalog.sql needs a metastore admin)."""
+"""Files `create_tables` runs, in order. Not 00_catalog.sql (a metastore admin runs it) nor
+01_schemas.sql / 02_volumes.sql: the bundle owns the schemas and volumes."""
 FUNCTIONS_SQL = "30_predict_function.sql"
 MAINTENANCE_SQL = "90_maintenance.sql"
 
@@ -97,9 +99,29 @@ def validate_principal(value: str) -> str:
         raise JobParameterError(str(e)) from None
 
 
-def table_name(catalog: str, spec: TableSpec) -> str:
-    """``<catalog>.<schema>.<table>`` of a lakehouse table."""
-    return f"{validate_catalog(catalog)}.{spec.qualified_name}"
+def validate_deployment(
+    catalog: str, bronze_schema: str, silver_schema: str, gold_schema: str, models_schema: str
+) -> Deployment:
+    """The catalog and the schema names the bundle deployed (job parameters
+    ``${resources.schemas.<key>.name}``: ``dev_<user>_bronze`` ... in development mode)."""
+    try:
+        return Deployment.from_parameters(
+            catalog, bronze_schema, silver_schema, gold_schema, models_schema
+        )
+    except DeploymentError as e:
+        raise JobParameterError(str(e)) from None
+
+
+def _deployment(catalog: str | Deployment) -> Deployment:
+    """A `Deployment`; a bare catalog name means the undecorated schema names (no bundle)."""
+    if isinstance(catalog, Deployment):
+        return catalog
+    return Deployment(validate_catalog(catalog))
+
+
+def table_name(catalog: str | Deployment, spec: TableSpec) -> str:
+    """``<catalog>.<schema>.<table>`` of a lakehouse table, with the deployed schema name."""
+    return _deployment(catalog).table(spec.qualified_name)
 
 
 def merge_statement(target: str, source: str, keys: tuple[str, ...], update: bool) -> str:
@@ -130,7 +152,7 @@ def _batch_id(prefix: str, when: dt.datetime) -> str:
 
 
 def ingest_bronze(
-    spark: Any, catalog: str, source_path: str, checkpoint_path: str
+    spark: Any, catalog: str | Deployment, source_path: str, checkpoint_path: str
 ) -> dict[str, Any]:
     """Auto Loader (``cloudFiles.format = binaryFile``, trigger ``availableNow``) from the volume
     ``source_path`` into ``bronze.kaggle_xray_metadata``; each micro-batch is MERGEd insert-only on
@@ -179,7 +201,9 @@ def _latest_bronze(spark: Any, catalog: str) -> Any:
     return bronze.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
 
 
-def transform_silver(spark: Any, catalog: str, model: str | None = None) -> dict[str, Any]:
+def transform_silver(
+    spark: Any, catalog: str | Deployment, model: str | None = None
+) -> dict[str, Any]:
     """Decode and validate bronze images not yet in silver (new image or new bytes) with the Rust
     core; MERGE ``silver.xray_metadata`` / ``silver.image_features`` / ``silver.quarantine`` on
     image_id, and drop quarantine rows of images that now pass. Returns row counts."""
@@ -215,7 +239,7 @@ def transform_silver(spark: Any, catalog: str, model: str | None = None) -> dict
     return counts
 
 
-def predict_gold(spark: Any, catalog: str, model: str | None = None) -> dict[str, Any]:
+def predict_gold(spark: Any, catalog: str | Deployment, model: str | None = None) -> dict[str, Any]:
     """Score silver images without a prediction of this model version for their current bytes;
     MERGE ``gold.pneumonia_predictions`` on (image_id, model_name, model_version); then add the
     ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
@@ -265,11 +289,13 @@ def _sql_dir(sql_dir: str | os.PathLike[str] | None) -> Path:
     return path
 
 
-def create_tables(spark: Any, catalog: str, sql_dir: str | os.PathLike[str] | None = None) -> int:
+def create_tables(
+    spark: Any, catalog: str | Deployment, sql_dir: str | os.PathLike[str] | None = None
+) -> int:
     """Run the DDL of `TABLES_SQL` (schemas, volumes, tables with CDF, dataset summary view).
     Idempotent. Returns the number of statements run."""
     directory = _sql_dir(sql_dir)
-    params = {"catalog": validate_catalog(catalog)}
+    params = _deployment(catalog).sql_params()
     return sum(sql_files.run_sql_file(spark, directory / name, params) for name in TABLES_SQL)
 
 
@@ -285,33 +311,38 @@ def newest_wheel(wheel_glob: str) -> Path:
 
 def create_sql_functions(
     spark: Any,
-    catalog: str,
+    catalog: str | Deployment,
     wheel_glob: str,
     readers_group: str,
     sql_dir: str | os.PathLike[str] | None = None,
+    engineers_group: str | None = None,
 ) -> str:
     """Copy the newest wheel matching ``wheel_glob`` into ``/Volumes/<catalog>/models/libraries``
     and create ``models.predict_image`` (batch Python UDF, the wheel as ENVIRONMENT dependency)
     and ``bronze.predict(path)``, granting EXECUTE to ``readers_group``. Returns the wheel path."""
-    catalog = validate_catalog(catalog)
+    deployment = _deployment(catalog)
     wheel = newest_wheel(wheel_glob)
-    target = f"/Volumes/{catalog}/models/libraries/{wheel.name}"
+    target = f"{deployment.volume_path('models', 'libraries')}/{wheel.name}"
     shutil.copyfile(wheel, target)
     params = {
-        "catalog": catalog,
+        **deployment.sql_params(),
         "wheel_path": target,
         "readers_group": validate_principal(readers_group),
+        "engineers_group": validate_principal(engineers_group or readers_group),
     }
     sql_files.run_sql_file(spark, _sql_dir(sql_dir) / FUNCTIONS_SQL, params)
     return target
 
 
 def maintain(
-    spark: Any, catalog: str, retain_hours: int, sql_dir: str | os.PathLike[str] | None = None
+    spark: Any,
+    catalog: str | Deployment,
+    retain_hours: int,
+    sql_dir: str | os.PathLike[str] | None = None,
 ) -> int:
-    """OPTIMIZE ... ZORDER BY (image_id) and VACUUM every table; return the statements run."""
+    """OPTIMIZE (liquid clustering) and VACUUM every table; return the statements run."""
     params = {
-        "catalog": validate_catalog(catalog),
+        **_deployment(catalog).sql_params(),
         "retain_hours": validate_retain_hours(retain_hours),
     }
     return sql_files.run_sql_file(spark, _sql_dir(sql_dir) / MAINTENANCE_SQL, params)
