@@ -185,6 +185,7 @@ def predict(
     roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
+    threshold: Any = None,
 ) -> pa.RecordBatch:
     """Scores images for pneumonia.
 
@@ -192,7 +193,16 @@ def predict(
     probability >= the model's threshold), ``label_name string`` (e.g. NORMAL/PNEUMONIA),
     ``model_name string``, ``model_version string`` (filled on every row) and ``error string``.
     Decoding of the next chunk of images overlaps inference of the current one.
+
+    ``threshold``: a probability, or a site's stored threshold
+    (`cxrlake.calibration.site_threshold`), used instead of the model's; the batch then also has
+    ``threshold double`` and ``threshold_source string`` (``argument`` or ``site:<id>:v<n>``).
     """
     array = _as_arrow(images)
     path = resolve_model_path(model)
-    return _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+    if threshold is not None:
+        from cxrlake.calibration import apply_threshold, resolve_threshold
+
+        decision = resolve_threshold(threshold)  # a bad threshold fails before any decoding
+    batch = _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+    return batch if threshold is None else apply_threshold(batch, decision)

@@ -168,8 +168,11 @@ def test_short_run_writes_a_contract_onnx_that_cxrlake_loads(short_run):
     assert batch.column("error").null_count == len(val)
     # The Rust core and the Python preprocessing + torch score the same images alike. The bound
     # allows the +-2 grey levels by which the Rust and PIL antialiased resizes may differ.
+    # The shipped file is the calibrated one: sigmoid(logit / cxrlake.temperature).
     trained, _, _ = load_checkpoint(run_dir, final=True)
-    expected = predict_torch(trained, data_mod.load_pixel_cache([r.path for r in val], 64))
+    raw = predict_torch(trained, data_mod.load_pixel_cache([r.path for r in val], 64))
+    temperature = float(meta["cxrlake.temperature"])
+    expected = 1.0 / (1.0 + np.exp(-np.log(raw / (1.0 - raw)) / temperature))
     assert np.max(np.abs(probs - expected)) < 0.05
     labels = batch.column("predicted_label").to_pylist()
     assert labels == [int(p >= model.threshold) for p in probs]

@@ -22,6 +22,8 @@ from cxrlake.training.model import LITE_MEAN, LITE_STD, ExportWrapper, Pneumonia
 OPSET = 17
 HEATMAP_OUTPUT = "heatmap"
 HEAD_BIAS_KEY = "cxrlake.head_bias"
+TEMPERATURE_KEY = "cxrlake.temperature"
+_HEAD = "cxrlake_head/"
 
 
 def contract_metadata(
@@ -272,6 +274,13 @@ def float_head_with_heatmap(model):
             head_nodes.append(node)
             head_tensors.update(node.output)
     kept = [n for n in graph.node if n not in head_nodes]
+    # ...and whatever only fed the head (e.g. the DequantizeLinear of its int8 weights).
+    while True:
+        used = {t for n in kept for t in n.input} | {features}
+        alive = [n for n in kept if any(o in used for o in n.output)]
+        if len(alive) == len(kept):
+            break
+        kept = alive
     del graph.node[:]
     graph.node.extend(kept)
     used = {t for n in graph.node for t in n.input}
@@ -280,7 +289,7 @@ def float_head_with_heatmap(model):
     graph.initializer.extend(kept_inits)
 
     dim = weight.size
-    prefix = "cxrlake_head/"
+    prefix = _HEAD
     graph.initializer.extend(
         [
             numpy_helper.from_array(weight.reshape(1, dim), prefix + "weight"),
@@ -363,5 +372,36 @@ def add_heatmap_output(path: str | os.PathLike[str]) -> Path:
     model = float_head_with_heatmap(onnx.load(str(path)))
     tmp = path.with_suffix(".heatmap.tmp")
     onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def apply_temperature(path: str | os.PathLike[str], temperature: float) -> Path:
+    """Fold ``p = sigmoid(logit / temperature)`` into the float head of ``path`` (in place).
+
+    The head weight, bias, heatmap weight and ``cxrlake.head_bias`` are divided by
+    ``temperature`` (so ``logit = head_bias + mean(heatmap)`` still holds, on the calibrated
+    logit); ``cxrlake.temperature`` records the product of every temperature applied.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    names = {f"{_HEAD}weight", f"{_HEAD}bias", f"{_HEAD}cam_weight"}
+    found = set()
+    for i, init in enumerate(model.graph.initializer):
+        if init.name in names:
+            scaled = numpy_helper.to_array(init) / np.float32(temperature)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(scaled, init.name))
+            found.add(init.name)
+    if found != names:
+        raise ValueError(f"{path}: no float head to calibrate (run add_heatmap_output first)")
+    meta = {p.key: p.value for p in model.metadata_props}
+    bias = float(meta[HEAD_BIAS_KEY]) / temperature
+    total = float(meta.get(TEMPERATURE_KEY, "1.0")) * temperature
+    tmp = path.with_suffix(".temperature.tmp")
+    onnx.save(model, str(tmp))
+    set_metadata(tmp, {HEAD_BIAS_KEY: repr(bias), TEMPERATURE_KEY: f"{total:.6f}"})
     os.replace(tmp, path)
     return path
