@@ -2,6 +2,8 @@
 # MAGIC %md
 # MAGIC # cxrlake: gold predict
 # MAGIC
+# MAGIC Scores with the registered champion model when there is one (`cxrlake.spark.model_source`),
+# MAGIC else the shipped model; every prediction row records the model name and version that scored it.
 # MAGIC Scores the silver images that have no prediction of this model version for their current
 # MAGIC bytes (Rust core + ONNX model through `mapInArrow`), MERGEs
 # MAGIC `gold.pneumonia_predictions` on `(image_id, model_name, model_version)`, and adds the
@@ -10,21 +12,41 @@
 # MAGIC
 # MAGIC ## Widgets
 # MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
-# MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = the model shipped in the wheel.
+# MAGIC - `bronze_schema`: the bronze schema as the bundle deployed it (`dev_<user>_bronze` in development mode).
+# MAGIC - `silver_schema`: the silver schema as deployed.
+# MAGIC - `gold_schema`: the gold schema as deployed.
+# MAGIC - `models_schema`: the models schema as deployed.
+# MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = `<catalog>.<models_schema>.pneumonia_classifier@champion` when it is registered (copied to the models libraries volume with its registry name and version in the metadata), else the model shipped in the wheel.
 
 # COMMAND ----------
 
 dbutils.widgets.text("catalog", "healthcare_catalog_dev", "Catalog")
-dbutils.widgets.text("model", "", "Model (.onnx path, empty = shipped)")
+dbutils.widgets.text("bronze_schema", "", "Bronze schema (as deployed)")
+dbutils.widgets.text("silver_schema", "", "Silver schema (as deployed)")
+dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
+dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
+dbutils.widgets.text("model", "", "Model (.onnx path, empty = champion or shipped)")
 
 # COMMAND ----------
 
-from cxrlake.spark import jobs
+from cxrlake.spark import jobs, model_source
 
-catalog = jobs.validate_catalog(dbutils.widgets.get("catalog"))
+names = jobs.validate_deployment(
+    dbutils.widgets.get("catalog"),
+    dbutils.widgets.get("bronze_schema"),
+    dbutils.widgets.get("silver_schema"),
+    dbutils.widgets.get("gold_schema"),
+    dbutils.widgets.get("models_schema"),
+)
 model = jobs.validate_model(dbutils.widgets.get("model"))
+if model is None:
+    source = model_source.resolve_champion(
+        names.model_name(), dest_dir=names.volume_path("models", "libraries") + "/models"
+    )
+    print(source.reason)
+    model = source.path  # None: the shipped model
 
 # COMMAND ----------
 
-result = jobs.predict_gold(spark, catalog=catalog, model=model)
+result = jobs.predict_gold(spark, catalog=names, model=model)
 print(result)

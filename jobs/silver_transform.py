@@ -11,21 +11,35 @@
 # MAGIC
 # MAGIC ## Widgets
 # MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
+# MAGIC - `bronze_schema`: the bronze schema as the bundle deployed it (`dev_<user>_bronze` in development mode).
+# MAGIC - `silver_schema`: the silver schema as deployed.
+# MAGIC - `gold_schema`: the gold schema as deployed.
+# MAGIC - `models_schema`: the models schema as deployed.
 # MAGIC - `model`: `.onnx` model for the feature vectors, readable on the workers (e.g. a `/Volumes/...` path); empty = the model shipped in the wheel.
 
 # COMMAND ----------
 
 dbutils.widgets.text("catalog", "healthcare_catalog_dev", "Catalog")
+dbutils.widgets.text("bronze_schema", "", "Bronze schema (as deployed)")
+dbutils.widgets.text("silver_schema", "", "Silver schema (as deployed)")
+dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
+dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
 dbutils.widgets.text("model", "", "Model (.onnx path, empty = shipped)")
 
 # COMMAND ----------
 
 from cxrlake.spark import jobs
 
-catalog = jobs.validate_catalog(dbutils.widgets.get("catalog"))
+names = jobs.validate_deployment(
+    dbutils.widgets.get("catalog"),
+    dbutils.widgets.get("bronze_schema"),
+    dbutils.widgets.get("silver_schema"),
+    dbutils.widgets.get("gold_schema"),
+    dbutils.widgets.get("models_schema"),
+)
 model = jobs.validate_model(dbutils.widgets.get("model"))
 
 # COMMAND ----------
 
-result = jobs.transform_silver(spark, catalog=catalog, model=model)
+result = jobs.transform_silver(spark, catalog=names, model=model)
 print(result)

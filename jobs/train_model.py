@@ -8,21 +8,25 @@
 # MAGIC weighting, threshold = highest specificity with validation sensitivity >= 0.98, ONNX export with the
 # MAGIC contract metadata, int8 tried and kept only if it keeps the metrics. The run is logged to MLflow and
 # MAGIC the chosen ONNX model registered in Unity Catalog as
-# MAGIC `healthcare_catalog_<env>.models.pneumonia_classifier` with the alias `champion`.
+# MAGIC `<catalog>.<models_schema>.pneumonia_classifier` with the alias `champion` and a model signature (required by
+# MAGIC Unity Catalog); the gold job then scores with it.
 # MAGIC Job: `bundle/resources/train_model.job.yml`. See MODEL_CARD.md for the figures of the shipped model.
 # MAGIC
 # MAGIC ## Widgets
-# MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>` (must match `env`).
-# MAGIC - `env`: `dev`, `pilot` or `prod`.
-# MAGIC - `data_path`: volume folder with `NORMAL/` and `PNEUMONIA/`, `/Volumes/<catalog>/bronze/xray_images/train`.
+# MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
+# MAGIC - `bronze_schema`, `silver_schema`, `gold_schema`, `models_schema`: the schemas as the bundle deployed them (`dev_<user>_...` in development mode).
+# MAGIC - `data_path`: volume folder with `NORMAL/` and `PNEUMONIA/`; empty = `/Volumes/<catalog>/<bronze_schema>/xray_images/train`.
 # MAGIC - `epochs`: training epochs, 1-50 (the shipped model: 4 at 160 px).
 # MAGIC - `register_model`: `true` to register the model in Unity Catalog and set `champion`, `false` to only log the run.
 
 # COMMAND ----------
 
 dbutils.widgets.text("catalog", "healthcare_catalog_dev", "Catalog")
-dbutils.widgets.dropdown("env", "dev", ["dev", "pilot", "prod"], "Environment")
-dbutils.widgets.text("data_path", "/Volumes/healthcare_catalog_dev/bronze/xray_images/train", "Labelled images")
+dbutils.widgets.text("bronze_schema", "", "Bronze schema (as deployed)")
+dbutils.widgets.text("silver_schema", "", "Silver schema (as deployed)")
+dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
+dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
+dbutils.widgets.text("data_path", "", "Labelled images (empty = <xray_images volume>/train)")
 dbutils.widgets.text("epochs", "4", "Epochs")
 dbutils.widgets.dropdown("register_model", "true", ["true", "false"], "Register in UC")
 
@@ -35,16 +39,23 @@ from cxrlake.spark import jobs
 from cxrlake.training import registry
 from cxrlake.training.train import TrainConfig, finalize, fit
 
-env = dbutils.widgets.get("env")
-catalog = jobs.validate_catalog(dbutils.widgets.get("catalog"))
-if catalog != f"healthcare_catalog_{env}":
-    raise ValueError(f"catalog {catalog} does not belong to env {env}")
-data_path = jobs.validate_volume_path("data_path", dbutils.widgets.get("data_path"), catalog)
+names = jobs.validate_deployment(
+    dbutils.widgets.get("catalog"),
+    dbutils.widgets.get("bronze_schema"),
+    dbutils.widgets.get("silver_schema"),
+    dbutils.widgets.get("gold_schema"),
+    dbutils.widgets.get("models_schema"),
+)
+data_path = jobs.validate_volume_path(
+    "data_path",
+    dbutils.widgets.get("data_path") or names.volume_path("bronze", "xray_images") + "/train",
+    names.catalog,
+)
 epochs_text = dbutils.widgets.get("epochs").strip()
 if not epochs_text.isdigit() or not 1 <= int(epochs_text) <= 50:
     raise ValueError(f"epochs must be an integer in 1..50, got {epochs_text!r}")
 register_model = dbutils.widgets.get("register_model") == "true"
-model_name = registry.uc_model_name(env, "pneumonia_classifier")
+model_name = names.model_name()  # <catalog>.<models schema as deployed>.pneumonia_classifier
 run_dir = Path("/local_disk0/cxrlake_train") / time.strftime("%Y%m%d-%H%M%S")
 
 # COMMAND ----------
@@ -61,7 +72,7 @@ if register_model:
         run_dir,
         tracking_uri="databricks",
         registry_uri="databricks-uc",
-        experiment=f"/Shared/cxrlake-pneumonia-{env}",
+        experiment=f"/Shared/cxrlake-pneumonia-{names.catalog}-{names.models}",
         name=model_name,
     )
     print(f"registered {result['model_name']} version {result['model_version']} as champion")

@@ -139,21 +139,58 @@ def test_widgets_match_the_job_parameters():
         assert params == by_job[key], key
 
 
-def test_widget_defaults_are_valid_values():
-    for path in OWN_NOTEBOOKS:
+def test_widget_defaults_are_valid_values_and_never_name_a_deployed_schema():
+    for path in NOTEBOOKS:
         tree = ast.parse(path.read_text())
         defaults = {
             ast.literal_eval(c.args[0]): ast.literal_eval(c.args[1]) for c in _calls(tree, "text")
         }
         if "catalog" in defaults:
-            catalog = jobs.validate_catalog(defaults["catalog"])
-        for name in ("source_path", "checkpoint_path"):
-            if name in defaults:
-                jobs.validate_volume_path(name, defaults[name], catalog)
+            jobs.validate_catalog(defaults["catalog"])
+        # Schema names and paths inside them come from the job (the names the bundle deployed,
+        # dev_<user>_bronze ... in development mode): a notebook default never spells them.
+        for name, value in defaults.items():
+            if name.endswith("_schema") or name.endswith("_path"):
+                assert value == "", (path.name, name, value)
         if "retain_hours" in defaults:
             jobs.validate_retain_hours(defaults["retain_hours"])
         if "model" in defaults:
             assert jobs.validate_model(defaults["model"]) is None
+
+
+def test_jobs_address_the_schemas_the_bundle_deployed():
+    names = jobs.validate_deployment(
+        "healthcare_catalog_dev",
+        "dev_ana_bronze",
+        "dev_ana_silver",
+        "dev_ana_gold",
+        "dev_ana_models",
+    )
+    from cxrlake.lakehouse import schemas
+
+    assert jobs.table_name(names, schemas.BRONZE) == (
+        "healthcare_catalog_dev.dev_ana_bronze.kaggle_xray_metadata"
+    )
+    assert jobs.table_name(names, schemas.PREDICTIONS).startswith(
+        "healthcare_catalog_dev.dev_ana_gold."
+    )
+    assert names.volume_path("bronze", "xray_images") == (
+        "/Volumes/healthcare_catalog_dev/dev_ana_bronze/xray_images"
+    )
+    assert names.model_name() == "healthcare_catalog_dev.dev_ana_models.pneumonia_classifier"
+    # without a bundle, a bare catalog keeps the undecorated names
+    assert jobs.table_name("healthcare_catalog_dev", schemas.BRONZE) == (
+        "healthcare_catalog_dev.bronze.kaggle_xray_metadata"
+    )
+    for bad in ("", "Bronze", "dev-ana-bronze", "x; DROP"):
+        with pytest.raises(jobs.JobParameterError, match="bronze_schema"):
+            jobs.validate_deployment("healthcare_catalog_dev", bad, "s", "g", "m")
+
+
+def test_setup_never_creates_what_the_bundle_owns():
+    for name in jobs.TABLES_SQL:
+        text = (REPO / "sql" / name).read_text().upper()
+        assert "CREATE SCHEMA" not in text and "CREATE VOLUME" not in text, name
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,13 @@ from cxrlake.spark.schemas import spark_type
 
 REPO = Path(__file__).resolve().parents[2]
 SQL_DIR = REPO / "sql"
+# Schema names as development mode deploys them: no SQL file may spell `bronze` etc. itself.
+DEPLOYED = {key: f"dev_ana_{key}" for key in sql_files.SCHEMA_KEYS}
 PARAMS = {
     "catalog": "healthcare_catalog_dev",
+    **{f"{key}_schema": name for key, name in DEPLOYED.items()},
+    "engineers_group": "cxrlake-engineers",
+    "deployer": "6f1e2d3c-0000-4000-8000-000000000001",
     "wheel_path": "/Volumes/healthcare_catalog_dev/models/libraries/"
     "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
     "readers_group": "cxrlake-readers",
@@ -26,10 +31,11 @@ PARAMS = {
 }
 # Statements sqlglot only knows as opaque commands: each must match its whole pattern.
 IDENT = r"healthcare_catalog_dev(?:\.[a-z_]+){0,2}"
+PRINCIPAL = r"`[A-Za-z0-9_.@ -]+`"
 COMMANDS = [
     re.compile(rf"CREATE CATALOG IF NOT EXISTS {IDENT}\s+COMMENT '[^']+'"),
     re.compile(rf"CREATE VOLUME IF NOT EXISTS {IDENT}\s+COMMENT '[^']+'"),
-    re.compile(rf"OPTIMIZE {IDENT} ZORDER BY \([a-z_]+\)"),
+    re.compile(rf"OPTIMIZE {IDENT}"),
     re.compile(rf"VACUUM {IDENT} RETAIN 168 HOURS"),
 ]
 FILES = sorted(SQL_DIR.glob("*.sql"))
@@ -68,6 +74,10 @@ def test_every_statement_parses_in_the_databricks_dialect(path):
         assert "${" not in statement
         parsed = sqlglot.parse(statement, read="databricks")
         assert len(parsed) == 1, statement
+        # every schema is the one the bundle deployed, never a literal `bronze`, `gold`, ...
+        for table in parsed[0].find_all(exp.Table):
+            if table.db:
+                assert table.db in DEPLOYED.values(), (path.name, table.sql())
         if isinstance(parsed[0], exp.Command):
             body = _strip_comments(statement)
             assert any(p.fullmatch(body) for p in COMMANDS), body
@@ -80,7 +90,8 @@ def _create_tables() -> dict[str, exp.Create]:
             parsed = sqlglot.parse_one(statement, read="databricks")
             if isinstance(parsed, exp.Create) and parsed.kind == "TABLE":
                 table = parsed.this.this
-                tables[f"{table.db}.{table.name}"] = parsed
+                key = next(k for k, v in DEPLOYED.items() if v == table.db)
+                tables[f"{key}.{table.name}"] = parsed
     return tables
 
 
@@ -111,26 +122,33 @@ def test_tables_have_exactly_the_shared_schema_and_change_data_feed():
         for key, value in schemas.TABLE_PROPERTIES.items():
             assert props.get(key) == value, (spec.qualified_name, key)
         assert "USING DELTA" in create.sql("databricks").upper()
+        # liquid clustering on the MERGE key, not ZORDER
+        # (https://docs.databricks.com/aws/en/delta/clustering)
+        cluster = create.find(exp.Cluster) or create.find(exp.ClusteredByProperty)
+        text = create.sql("databricks").upper()
+        assert cluster is not None or "CLUSTER BY" in text, spec.qualified_name
+        assert f"CLUSTER BY ({spec.keys[0].upper()}" in text.replace("`", ""), spec.qualified_name
 
 
 def test_dataset_summary_view_has_the_columns_of_the_local_view():
     statement = _statements(SQL_DIR / "20_dataset_summary_view.sql")[0]
     view = sqlglot.parse_one(statement, read="databricks")
     assert view.kind == "VIEW"
-    assert view.this.sql() == "healthcare_catalog_dev." + schemas.DATASET_SUMMARY_VIEW
+    gold_view = schemas.DATASET_SUMMARY_VIEW.replace("gold.", DEPLOYED["gold"] + ".")
+    assert view.this.sql() == "healthcare_catalog_dev." + gold_view
     local = sqlglot.parse_one(schemas.DATASET_SUMMARY_SQL, read="duckdb")
     select = view.expression
     assert [e.alias_or_name for e in select.expressions] == [
         e.alias_or_name for e in local.expressions
     ]
     assert [f"{t.catalog}.{t.db}.{t.name}" for t in select.find_all(exp.Table)] == [
-        "healthcare_catalog_dev.silver.xray_metadata"
+        f"healthcare_catalog_dev.{DEPLOYED['silver']}.xray_metadata"
     ]
 
 
-def test_warehouse_predict_function_is_a_batch_udf_over_bronze_bytes():
+def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_off_bytes():
     statements = _statements(SQL_DIR / "30_predict_function.sql")
-    python_udf, sql_udf, *grants = statements
+    python_udf, table_fn, *grants = statements
     assert "PARAMETER STYLE PANDAS" in python_udf
     assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
     handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
@@ -146,12 +164,20 @@ def test_warehouse_predict_function_is_a_batch_udf_over_bronze_bytes():
     from cxrlake.spark import warehouse_udf
 
     assert callable(getattr(warehouse_udf, handler))
-    parsed = sqlglot.parse_one(sql_udf, read="databricks")
-    body = parsed.expression  # RETURN <expression>; the function name itself is a Table node
-    tables = {f"{t.db}.{t.name}" for t in body.find_all(exp.Table)}
-    assert tables == {schemas.BRONZE.qualified_name}
-    assert "models.predict_image(" in sql_udf and "b.content" in sql_udf
-    # the two functions return the same struct, the one of cxrlake.predict / Spark predict()
+    # predict(path) is a table function: the path is a constant filter on one scan of bronze,
+    # no correlated aggregate over every stored image
+    parsed = sqlglot.parse_one(table_fn, read="databricks")
+    assert "RETURNS TABLE" in table_fn
+    query = parsed.expression
+    assert isinstance(query, exp.Select)
+    assert not list(query.find_all(exp.Subquery))
+    assert not any(isinstance(a, (exp.Max, exp.ArgMax)) for a in query.find_all(exp.AggFunc))
+    tables = {f"{t.db}.{t.name}" for t in query.find_all(exp.Table)}
+    assert tables == {f"{DEPLOYED['bronze']}.kaggle_xray_metadata"}
+    where = query.args["where"].sql("databricks")
+    assert "file_path = predict.path" in where
+    assert f"{DEPLOYED['models']}.predict_image(" in table_fn
+    # the Python UDF returns the struct of cxrlake.predict / Spark predict()
     from cxrlake.spark.udfs import PREDICT_RESULT
 
     struct = (
@@ -161,15 +187,36 @@ def test_warehouse_predict_function_is_a_batch_udf_over_bronze_bytes():
         )
         + ">"
     )
-    assert struct in python_udf and struct in sql_udf
-    assert [g.split(" TO ")[-1] for g in grants] == ["`cxrlake-readers`"] * 2
+    assert struct in python_udf and struct in table_fn
+    # readers: EXECUTE on predict_image (its argument only); the bytes-reading function goes to
+    # the engineers, who hold SELECT on bronze whichever rights its body runs with
+    granted = [(g.split(" ON FUNCTION ")[1].split(" TO ")[0], g.split(" TO ")[-1]) for g in grants]
+    models_fn = f"healthcare_catalog_dev.{DEPLOYED['models']}.predict_image"
+    bronze_fn = f"healthcare_catalog_dev.{DEPLOYED['bronze']}.predict"
+    assert sorted(granted) == sorted(
+        [
+            (models_fn, "`cxrlake-readers`"),
+            (models_fn, "`cxrlake-engineers`"),
+            (bronze_fn, "`cxrlake-engineers`"),
+        ]
+    )
+
+
+def test_catalog_file_grants_use_catalog_to_readers_engineers_and_the_deployer():
+    grants = [s for s in _statements(SQL_DIR / "00_catalog.sql") if s.lstrip().startswith("GRANT")]
+    text = "\n".join(grants)
+    for principal in ("cxrlake-readers", "cxrlake-engineers", PARAMS["deployer"]):
+        assert re.search(rf"GRANT USE CATALOG.* TO `{re.escape(principal)}`", text), principal
+    assert "CREATE SCHEMA" in text
 
 
 def test_maintenance_optimizes_and_vacuums_every_table():
     statements = [_strip_comments(s) for s in _statements(SQL_DIR / "90_maintenance.sql")]
     for spec in schemas.TABLES:
-        name = f"healthcare_catalog_dev.{spec.qualified_name}"
-        assert any(s.startswith(f"OPTIMIZE {name} ZORDER BY") for s in statements), name
+        key, table = spec.qualified_name.split(".")
+        name = f"healthcare_catalog_dev.{DEPLOYED[key]}.{table}"
+        assert f"OPTIMIZE {name}" in statements, name  # liquid clustering: no ZORDER
+        assert not any("ZORDER" in s for s in statements)
         assert f"VACUUM {name} RETAIN 168 HOURS" in statements
 
 
