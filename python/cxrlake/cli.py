@@ -18,7 +18,12 @@ from pathlib import Path
 __all__ = ["main", "build_parser", "iter_image_paths"]
 
 #: Modules that contribute subcommands with ``register(subparsers)``; skipped only when absent.
-SUBCOMMAND_MODULES = ["cxrlake.lakehouse.cli", "cxrlake.training.cli", "cxrlake.calibration"]
+SUBCOMMAND_MODULES = [
+    "cxrlake.lakehouse.cli",
+    "cxrlake.training.cli",
+    "cxrlake.calibration",
+    "cxrlake.review.cli",
+]
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 EXIT_OK = 0
