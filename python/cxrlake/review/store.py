@@ -1,0 +1,312 @@
+"""Where the review app reads and writes: the local lakehouse (delta-rs) or, on Databricks, the
+Unity Catalog tables through a SQL warehouse (`cxrlake.review.warehouse`).
+
+Both stores expose the same methods; every rule (validation, label history, worklist, agreement)
+lives in `cxrlake.review.tables` and `cxrlake.review.worklist` and runs unchanged on either.
+
+Writes are serialised: one ``threading.Lock`` per store plus, locally, an exclusive ``flock`` on
+``<catalog>/_cxrlake_review.lock`` (other processes serving the same lakehouse). A verdict is one
+Delta commit to ``gold.prediction_feedback``; the label history is then brought up to date from
+the feedback table in one MERGE commit. A crash between the two commits loses nothing: the next
+write (or the next start) replays every verdict the history has not applied yet.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import stat
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+
+from cxrlake.lakehouse import schemas
+from cxrlake.lakehouse.storage import Lakehouse, commit_properties
+from cxrlake.review import tables, worklist
+from cxrlake.review.tables import AGREEMENT, FEEDBACK, HISTORY, ReviewError
+
+REVIEW_LOCK = "_cxrlake_review.lock"
+MAX_IMAGE_BYTES = 64 * 1024 * 1024
+_PREDICTION_COLUMNS = [
+    "prediction_id",
+    "image_id",
+    "predicted_label",
+    "prediction_probability",
+    "true_label",
+    "model_name",
+    "model_version",
+    "dataset_split",
+    "content_sha256",
+]
+
+
+def _eq(column: str, value: str) -> pc.Expression:
+    """``column = value`` for a dataset filter, whatever string type the table stores (delta-rs
+    may hand out ``string_view``)."""
+    return pc.field(column).cast(pa.string()) == pa.scalar(value, pa.string())
+
+
+def sniff_image_type(head: bytes) -> str | None:
+    """``image/jpeg`` or ``image/png`` from the magic bytes; None otherwise."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    return None
+
+
+def inside(path: str, roots: Sequence[str]) -> bool:
+    """Whether the canonical ``path`` lies under one of the canonical ``roots``."""
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def read_sandboxed(path: str, roots: Sequence[str]) -> bytes:
+    """Read a regular file whose real location is under ``roots`` (symlinks and ``..`` judged by
+    where they point). Raises `ReviewError` (403 outside, 404 missing, 415 not a file)."""
+    real = os.path.realpath(path)
+    if not inside(real, roots):
+        raise ReviewError("image outside the lakehouse and its source folders", 403)
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ReviewError("image file not found", 404) from None
+    except OSError as e:
+        raise ReviewError(f"image cannot be opened: {e.strerror}", 403) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ReviewError("image is not a regular file", 415)
+        if st.st_size > MAX_IMAGE_BYTES:
+            raise ReviewError("image exceeds 64 MiB", 415)
+        chunks = []
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+class LocalStore:
+    """The review tables of a local lakehouse ``<root>/healthcare_catalog_<env>``."""
+
+    engine = "local"
+
+    def __init__(self, lakehouse: str | os.PathLike, env: str = "dev") -> None:
+        self.lh = Lakehouse(lakehouse, env)
+        if not self.lh.exists(schemas.PREDICTIONS):
+            raise FileNotFoundError(
+                f"no gold.pneumonia_predictions under {self.lh.catalog}: "
+                "run `cxrlake pipeline run --lakehouse ...` first"
+            )
+        self._lock = threading.Lock()
+        roots = [self.lh.root, *self.lh.recorded_sources()]
+        self.roots = [os.path.realpath(r) for r in roots]
+        self._threshold_cache: dict[tuple[str, str], float | None] = {}
+
+    # ------------------------------------------------------------------ reading
+    def _ensure(self, spec: schemas.TableSpec) -> None:
+        if not self.lh.exists(spec):
+            os.makedirs(self.lh.path(spec), exist_ok=True)
+            DeltaTable.create(
+                self.lh.path(spec),
+                spec.arrow_schema,
+                mode="ignore",
+                name=spec.name,
+                description=f"cxrlake {spec.qualified_name}",
+                configuration={
+                    **schemas.TABLE_PROPERTIES,
+                    **tables.EXTRA_PROPERTIES.get(spec.name, {}),
+                },
+                commit_properties=commit_properties(operation="create"),
+            )
+
+    def _thresholds(self) -> dict[tuple[str, str], float | None]:
+        """Decision threshold per (model_name, model_version): the latest
+        gold.model_performance row, else the shipped model's own threshold."""
+        perf = self.lh.read(
+            schemas.PERFORMANCE, ["model_name", "model_version", "threshold", "evaluated_at"]
+        ).to_pylist()
+        out: dict[tuple[str, str], float | None] = {}
+        for row in sorted(perf, key=lambda r: r["evaluated_at"]):
+            if row["threshold"] is not None:
+                out[(row["model_name"], row["model_version"])] = row["threshold"]
+        return out
+
+    def predictions(self) -> list[dict[str, Any]]:
+        """Current predictions (their content hash is silver's) with quality score, threshold
+        and, when the table has one, the heatmap."""
+        table = self.lh.table(schemas.PREDICTIONS)
+        names = set(table.schema().to_arrow().names)
+        columns = _PREDICTION_COLUMNS + (["heatmap"] if "heatmap" in names else [])
+        preds = self.lh.read(schemas.PREDICTIONS, columns).to_pylist()
+        silver = {
+            r["image_id"]: r
+            for r in self.lh.read(
+                schemas.SILVER, ["image_id", "content_sha256", "quality_score"]
+            ).to_pylist()
+        }
+        thresholds = self._thresholds()
+        out = []
+        for p in preds:
+            s = silver.get(p["image_id"])
+            if s is None or s["content_sha256"] != p["content_sha256"]:
+                continue
+            p["quality_score"] = s["quality_score"]
+            p["threshold"] = thresholds.get((p["model_name"], p["model_version"]))
+            if p["threshold"] is None:
+                p["threshold"] = self._model_threshold(p["model_name"], p["model_version"])
+            out.append(p)
+        return out
+
+    def _model_threshold(self, name: str, version: str) -> float | None:
+        key = (name, version)
+        if key not in self._threshold_cache:
+            value = None
+            try:
+                import cxrlake
+
+                model = cxrlake.Model()
+                if (model.name, model.version) == key:
+                    value = model.threshold
+            except Exception:  # noqa: BLE001 - no model: the threshold is shown as unknown
+                value = None
+            self._threshold_cache[key] = value
+        return self._threshold_cache[key]
+
+    def prediction(self, prediction_id: str) -> dict[str, Any] | None:
+        return next((p for p in self.predictions() if p["prediction_id"] == prediction_id), None)
+
+    def folder_labels(self) -> dict[str, int | None]:
+        rows = self.lh.read(schemas.SILVER, ["image_id", "label"]).to_pylist()
+        return {r["image_id"]: r["label"] for r in rows}
+
+    def feedback(self, prediction_id: str | None = None) -> list[dict[str, Any]]:
+        flt = None if prediction_id is None else _eq("prediction_id", prediction_id)
+        return self.lh.read(FEEDBACK, filter=flt).to_pylist()
+
+    def label_history(self, image_id: str | None = None) -> list[dict[str, Any]]:
+        flt = None if image_id is None else _eq("image_id", image_id)
+        rows = self.lh.read(HISTORY, filter=flt).to_pylist()
+        return sorted(rows, key=lambda r: (r["image_id"], r["valid_from"]))
+
+    def agreement(self) -> list[dict[str, Any]]:
+        return self.lh.read(AGREEMENT).to_pylist()
+
+    def image(self, image_id: str) -> tuple[bytes, str]:
+        """The bytes of an image as scored: the source file when it is inside the sandbox roots
+        and unchanged since ingestion, else the copy kept in bronze."""
+        rows = self.lh.read(
+            schemas.SILVER,
+            ["image_id", "file_path", "content_sha256"],
+            filter=_eq("image_id", image_id),
+        ).to_pylist()
+        if not rows:
+            raise ReviewError("unknown image", 404)
+        row = rows[0]
+        data = None
+        try:
+            data = read_sandboxed(row["file_path"], self.roots)
+        except ReviewError as e:
+            if e.status == 403:
+                raise
+        if data is None or hashlib.sha256(data).hexdigest() != row["content_sha256"]:
+            kept = self.lh.read(
+                schemas.BRONZE,
+                ["content"],
+                filter=(_eq("image_id", image_id)) & _eq("content_sha256", row["content_sha256"]),
+            )
+            if kept.num_rows == 0:
+                raise ReviewError("image bytes not found", 404)
+            data = kept.column("content")[0].as_py()
+        kind = sniff_image_type(data[:8])
+        if kind is None:
+            raise ReviewError("not a JPEG or PNG image", 415)
+        return data, kind
+
+    # ------------------------------------------------------------------ writing
+    @contextmanager
+    def write_lock(self) -> Iterator[None]:
+        with self._lock:
+            os.makedirs(self.lh.catalog, exist_ok=True)
+            fd = os.open(os.path.join(self.lh.catalog, REVIEW_LOCK), os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+
+    def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[dict, bool]:
+        """Validate and append one verdict, then update the label history.
+
+        Returns (row, created); a repeated ``feedback_id`` returns the stored row, writes nothing.
+        """
+        reviewer = tables.validate_reviewer(reviewer)
+        pid = payload.get("prediction_id") if isinstance(payload, Mapping) else None
+        prediction = self.prediction(pid) if isinstance(pid, str) else None
+        fields = tables.validate_verdict(payload, prediction)
+        with self.write_lock():
+            self._ensure(FEEDBACK)
+            existing = self.lh.read(FEEDBACK, filter=_eq("feedback_id", fields["feedback_id"]))
+            if existing.num_rows:
+                row = existing.to_pylist()[0]
+                if (
+                    row["radiologist_id"] != reviewer
+                    or row["prediction_id"] != fields["prediction_id"]
+                ):
+                    raise ReviewError("feedback_id already used for another verdict", 409)
+                return row, False
+            row = tables.feedback_row(fields, reviewer, tables.utc_now())
+            self.lh.append(
+                FEEDBACK,
+                pa.Table.from_pylist([row], schema=FEEDBACK.arrow_schema),
+                operation="review-verdict",
+            )
+            self._sync_history_locked()
+        return row, True
+
+    def sync_history(self) -> int:
+        """Bring silver.label_history up to date (folder labels, unapplied verdicts)."""
+        with self.write_lock():
+            return self._sync_history_locked()
+
+    def _sync_history_locked(self) -> int:
+        self._ensure(HISTORY)
+        change = tables.label_history_changes(
+            self.label_history(), self.folder_labels(), self.feedback(), tables.utc_now()
+        )
+        if not change:
+            return 0
+        data = pa.Table.from_pylist(change.close + change.insert, schema=HISTORY.arrow_schema)
+        self.lh.merge(HISTORY, data, operation="review-label-history")
+        return len(change.insert)
+
+    def write_agreement(self) -> int:
+        """Append the agreement figures when this set of verdicts is new; rows written."""
+        with self.write_lock():
+            self._ensure(AGREEMENT)
+            rows = self.compute_agreement()
+            known = set(self.lh.read(AGREEMENT, ["evaluation_id"]).column(0).to_pylist())
+            new = [r for r in rows if r["evaluation_id"] not in known]
+            return self.lh.append(
+                AGREEMENT,
+                pa.Table.from_pylist(new, schema=AGREEMENT.arrow_schema),
+                operation="review-agreement",
+            )
+
+    def compute_agreement(self) -> list[dict[str, Any]]:
+        return worklist.agreement_metrics(
+            self.predictions(),
+            self.feedback(),
+            tables.current_labels(self.label_history()),
+            tables.utc_now(),
+        )

@@ -1,0 +1,331 @@
+"""Tables of the review loop and the rules that fill them, engine-neutral.
+
+- ``gold.prediction_feedback``: append-only, one row per verdict (Change Data Feed on). A changed
+  verdict is a new row; for each (prediction_id, radiologist_id) the latest row counts.
+- ``silver.label_history``: SCD type 2 of every image's label. The folder label opens the history
+  (``source = 'folder'``); a decisive verdict (agree or disagree) whose label differs from the
+  current one closes the current row (``valid_to``, ``is_current = false``) and opens a new one
+  (``source`` = the radiologist's id). ``uncertain`` changes nothing.
+
+The rules are plain functions over lists of dicts, so the local store (delta-rs) and the Databricks
+store (SQL warehouse) execute the same code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from cxrlake.lakehouse.schemas import TableSpec
+
+TS = pa.timestamp("us", tz="UTC")
+LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+"""Label names; the index is the integer label (as in the lakehouse)."""
+
+FEEDBACK_TYPES: tuple[str, ...] = ("agree", "disagree", "uncertain")
+CONFIDENCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
+MAX_COMMENT_CHARS = 2000
+MAX_REVIEWER_CHARS = 200
+FOLDER_SOURCE = "folder"
+
+PREDICTION_FEEDBACK = pa.schema(
+    [
+        pa.field("feedback_id", pa.string(), nullable=False),  # 32 hex digits (uuid4)
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("radiologist_id", pa.string(), nullable=False),
+        pa.field("feedback_type", pa.string(), nullable=False),  # agree / disagree / uncertain
+        pa.field("correct_label", pa.string()),  # NORMAL / PNEUMONIA; NULL when uncertain
+        pa.field("confidence_level", pa.string()),  # low / medium / high
+        pa.field("comments", pa.string()),  # free text, at most MAX_COMMENT_CHARS
+        pa.field("feedback_timestamp", TS, nullable=False),
+    ]
+)
+"""``gold.prediction_feedback``: append-only; ``feedback_id`` identifies a row."""
+
+LABEL_HISTORY = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32()),
+        pa.field("label_name", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # 'folder' or the radiologist id
+        pa.field("feedback_id", pa.string()),  # the verdict that set this label; NULL for folder
+        pa.field("valid_from", TS, nullable=False),
+        pa.field("valid_to", TS),  # NULL while current
+        pa.field("is_current", pa.bool_(), nullable=False),
+    ]
+)
+"""``silver.label_history``: SCD type 2, one row per (image_id, valid_from)."""
+
+REVIEW_AGREEMENT = pa.schema(
+    [
+        pa.field("evaluation_id", pa.string(), nullable=False),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("reviewed_predictions", pa.int64()),  # predictions with a decisive verdict
+        pa.field("verdicts", pa.int64()),  # latest verdicts (one per prediction and reviewer)
+        pa.field("agreement_rate", pa.float64()),  # model label == radiologist label
+        pa.field("cohen_kappa", pa.float64()),  # model vs radiologist, NULL when undefined
+        pa.field("accuracy_current_labels", pa.float64()),  # model vs current labels
+        pa.field("labels_corrected", pa.int64()),  # current label differs from the folder
+        pa.field("per_reviewer", pa.string()),  # JSON {reviewer: {agree, disagree, ...}}
+        pa.field("evaluated_at", TS),
+        pa.field("feedback_fingerprint", pa.string()),
+    ]
+)
+"""``gold.review_agreement``: agreement of the model with the radiologists, one row per model and
+distinct set of verdicts (deterministic ``evaluation_id``)."""
+
+
+FEEDBACK = TableSpec("gold", "prediction_feedback", PREDICTION_FEEDBACK, ("feedback_id",))
+HISTORY = TableSpec("silver", "label_history", LABEL_HISTORY, ("image_id", "valid_from"))
+AGREEMENT = TableSpec("gold", "review_agreement", REVIEW_AGREEMENT, ("evaluation_id",))
+REVIEW_TABLES: tuple[TableSpec, ...] = (FEEDBACK, HISTORY, AGREEMENT)
+EXTRA_PROPERTIES: dict[str, dict[str, str]] = {FEEDBACK.name: {"delta.appendOnly": "true"}}
+"""Table properties beyond the lakehouse's: the feedback table refuses updates and deletes."""
+
+_HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ReviewError(ValueError):
+    """A verdict that is refused; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def new_feedback_id() -> str:
+    return uuid.uuid4().hex
+
+
+def validate_reviewer(reviewer: str | None) -> str:
+    """A reviewer id: printable, 1..200 characters, no surrounding blanks."""
+    text = (reviewer or "").strip()
+    if not text:
+        raise ReviewError("no reviewer identity", 401)
+    if len(text) > MAX_REVIEWER_CHARS or not text.isprintable():
+        raise ReviewError("invalid reviewer identity", 400)
+    return text
+
+
+def label_name_of(label: Any) -> str | None:
+    if label is None:
+        return None
+    return LABEL_NAMES[int(label)]
+
+
+def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] | None) -> dict:
+    """Check a verdict posted by the app; return the normalised fields.
+
+    ``prediction``: the gold row of ``payload['prediction_id']`` (None when unknown). Raises
+    `ReviewError` naming the problem; nothing is written for a refused verdict.
+    """
+    if not isinstance(payload, Mapping):
+        raise ReviewError("the request body must be a JSON object")
+    allowed = {
+        "feedback_id",
+        "prediction_id",
+        "feedback_type",
+        "correct_label",
+        "confidence_level",
+        "comments",
+    }
+    extra = sorted(set(payload) - allowed)
+    if extra:
+        raise ReviewError(f"unknown field(s): {', '.join(extra)}")
+    feedback_id = payload.get("feedback_id") or new_feedback_id()
+    if not isinstance(feedback_id, str) or not _HEX32.match(feedback_id):
+        raise ReviewError("feedback_id must be 32 lowercase hex digits")
+    pid = payload.get("prediction_id")
+    if not isinstance(pid, str) or not pid:
+        raise ReviewError("prediction_id is required")
+    if prediction is None:
+        raise ReviewError(f"unknown prediction {pid[:64]!r}", 404)
+    ftype = payload.get("feedback_type")
+    if ftype not in FEEDBACK_TYPES:
+        raise ReviewError(f"feedback_type must be one of {', '.join(FEEDBACK_TYPES)}")
+    predicted = label_name_of(prediction.get("predicted_label"))
+    label = payload.get("correct_label")
+    if ftype == "uncertain":
+        if label not in (None, ""):
+            raise ReviewError("an uncertain verdict takes no correct_label")
+        label = None
+    elif ftype == "agree":
+        if label not in (None, "", predicted):
+            raise ReviewError(f"agree means the predicted label {predicted}; got {label!r}")
+        label = predicted
+    else:
+        if label not in LABEL_NAMES:
+            raise ReviewError(
+                f"invalid correct_label {str(label)[:40]!r}: use {' or '.join(LABEL_NAMES)}"
+            )
+        if label == predicted:
+            raise ReviewError(f"disagree needs a label other than the predicted {predicted}")
+    confidence = payload.get("confidence_level") or "medium"
+    if confidence not in CONFIDENCE_LEVELS:
+        raise ReviewError(f"confidence_level must be one of {', '.join(CONFIDENCE_LEVELS)}")
+    comments = payload.get("comments") or None
+    if comments is not None:
+        if not isinstance(comments, str):
+            raise ReviewError("comments must be text")
+        if len(comments) > MAX_COMMENT_CHARS:
+            raise ReviewError(
+                f"comment is {len(comments)} characters; the limit is {MAX_COMMENT_CHARS}", 413
+            )
+    return {
+        "feedback_id": feedback_id,
+        "prediction_id": pid,
+        "image_id": prediction["image_id"],
+        "feedback_type": ftype,
+        "correct_label": label,
+        "confidence_level": confidence,
+        "comments": comments,
+    }
+
+
+def feedback_row(fields: Mapping[str, Any], reviewer: str, at: dt.datetime) -> dict[str, Any]:
+    """The ``gold.prediction_feedback`` row of a validated verdict."""
+    return {
+        "feedback_id": fields["feedback_id"],
+        "prediction_id": fields["prediction_id"],
+        "image_id": fields["image_id"],
+        "radiologist_id": reviewer,
+        "feedback_type": fields["feedback_type"],
+        "correct_label": fields["correct_label"],
+        "confidence_level": fields["confidence_level"],
+        "comments": fields["comments"],
+        "feedback_timestamp": at,
+    }
+
+
+def latest_verdicts(feedback: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict]:
+    """The verdict that counts per (prediction_id, radiologist_id): the latest one."""
+    latest: dict[tuple[str, str], dict] = {}
+    for row in sorted(feedback, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
+        latest[(row["prediction_id"], row["radiologist_id"])] = dict(row)
+    return latest
+
+
+@dataclass
+class HistoryChange:
+    """What to write to ``silver.label_history``: rows to close and rows to insert."""
+
+    close: list[dict[str, Any]]  # current rows, with valid_to / is_current already updated
+    insert: list[dict[str, Any]]
+
+    def __bool__(self) -> bool:
+        return bool(self.close or self.insert)
+
+
+def label_history_changes(
+    history: Iterable[Mapping[str, Any]],
+    folder_labels: Mapping[str, int | None],
+    feedback: Iterable[Mapping[str, Any]],
+    now: dt.datetime,
+) -> HistoryChange:
+    """SCD2 changes that bring the label history up to date with folder labels and verdicts.
+
+    ``folder_labels``: image_id -> folder label (int; None when unlabelled). Images without any
+    history row get a ``folder`` row (valid from ``now``). Decisive verdicts not yet applied
+    (their ``feedback_id`` is in no history row) are applied in time order: a label different
+    from the current one closes the current row at the verdict's time and opens a new one.
+    Deterministic and idempotent: applying the result and calling again gives no change.
+    """
+    current: dict[str, dict[str, Any]] = {}
+    applied: set[str] = set()
+    for row in history:
+        if row.get("feedback_id"):
+            applied.add(row["feedback_id"])
+        if row["is_current"]:
+            current[row["image_id"]] = dict(row)
+    inserts: dict[tuple[str, Any], dict[str, Any]] = {}
+    closes: dict[tuple[str, Any], dict[str, Any]] = {}
+    for image_id, label in sorted(folder_labels.items()):
+        if image_id not in current and label is not None:
+            row = {
+                "image_id": image_id,
+                "label": int(label),
+                "label_name": label_name_of(label),
+                "source": FOLDER_SOURCE,
+                "feedback_id": None,
+                "valid_from": now,
+                "valid_to": None,
+                "is_current": True,
+            }
+            current[image_id] = row
+            inserts[(image_id, now)] = row
+    pending = [
+        f
+        for f in feedback
+        if f["feedback_type"] in ("agree", "disagree")
+        and f["feedback_id"] not in applied
+        and f.get("correct_label") in LABEL_NAMES
+    ]
+    for f in sorted(pending, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
+        label = LABEL_NAMES.index(f["correct_label"])
+        image_id = f["image_id"]
+        cur = current.get(image_id)
+        if cur is not None and cur["label"] == label:
+            continue
+        at = f["feedback_timestamp"]
+        if cur is not None:
+            at = max(at, cur["valid_from"] + dt.timedelta(microseconds=1))
+            key = (image_id, cur["valid_from"])
+            if key in inserts:
+                inserts[key] = {**cur, "valid_to": at, "is_current": False}
+            else:
+                closes[key] = {**cur, "valid_to": at, "is_current": False}
+        row = {
+            "image_id": image_id,
+            "label": label,
+            "label_name": f["correct_label"],
+            "source": f["radiologist_id"],
+            "feedback_id": f["feedback_id"],
+            "valid_from": at,
+            "valid_to": None,
+            "is_current": True,
+        }
+        current[image_id] = row
+        inserts[(image_id, at)] = row
+    return HistoryChange(close=list(closes.values()), insert=list(inserts.values()))
+
+
+def current_labels(history: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """image_id -> the current label history row."""
+    return {r["image_id"]: dict(r) for r in history if r["is_current"]}
+
+
+def need_score(prediction: Mapping[str, Any]) -> tuple[float, list[str]]:
+    """How much a prediction needs a human, and why (worklist order, highest first).
+
+    ``1 - |p - threshold| / max(threshold, 1 - threshold)`` (1 at the threshold, 0 at the far
+    end) plus 1 when the model and the folder label disagree plus 0.25 for a predicted positive.
+    """
+    p = prediction.get("prediction_probability")
+    t = prediction.get("threshold")
+    reasons = []
+    score = 0.0
+    if p is not None and t is not None:
+        closeness = 1.0 - abs(p - t) / max(t, 1.0 - t)
+        score += closeness
+        if closeness >= 0.75:
+            reasons.append("near threshold")
+    true_label = prediction.get("true_label")
+    if true_label is not None and prediction.get("predicted_label") != true_label:
+        score += 1.0
+        reasons.append("disagrees with folder label")
+    if prediction.get("predicted_label") == 1:
+        score += 0.25
+        reasons.append("positive")
+    return score, reasons

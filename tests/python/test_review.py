@@ -1,0 +1,446 @@
+"""The review loop against a real lakehouse and a real HTTP server: worklist, verdicts into
+gold.prediction_feedback, SCD2 label history, agreement, concurrency, bad input, CSRF, sandbox."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import sqlglot
+from deltalake import DeltaTable
+from review_support import Running, build_lakehouse
+
+from cxrlake.review import tables, worklist
+from cxrlake.review.tables import FEEDBACK
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def built(shared_data, tmp_path_factory):
+    return build_lakehouse(shared_data, tmp_path_factory.mktemp("review"))
+
+
+@pytest.fixture(scope="module")
+def app(built):
+    running = Running(built[0], "dr.alice")
+    yield running
+    running.close()
+
+
+def _feedback_version(store) -> int:
+    return DeltaTable(store.lh.path(FEEDBACK)).version() if store.lh.exists(FEEDBACK) else -1
+
+
+def _verdict(pid, kind="agree", **extra):
+    return {"prediction_id": pid, "feedback_type": kind, **extra}
+
+
+def test_worklist_is_ordered_by_need_filters_and_shows_progress(app):
+    status, data = app.get("/api/worklist")
+    assert status == 200
+    items = data["items"]
+    assert len(items) == 2 * 4
+    needs = [i["need"] for i in items]
+    assert needs == sorted(needs, reverse=True)
+    for i in items:
+        score, reasons = tables.need_score(
+            {
+                "prediction_probability": i["probability"],
+                "threshold": i["threshold"],
+                "predicted_label": tables.LABEL_NAMES.index(i["predicted_label"]),
+                "true_label": tables.LABEL_NAMES.index(i["folder_label"]),
+            }
+        )
+        assert i["need"] == round(score, 4) and i["reasons"] == reasons
+        assert 0 < i["threshold"] < 1 and 0 <= i["quality_score"] <= 1
+    assert data["progress"]["total"] == 8
+    assert sum(i["has_heatmap"] for i in items) >= 1
+    status, normal = app.get("/api/worklist?label=NORMAL")
+    assert {i["folder_label"] for i in normal["items"]} == {"NORMAL"}
+    assert len(normal["items"]) == 4
+    status, none = app.get("/api/worklist?split=no_such_split")
+    assert status == 200 and none["items"] == []
+    version = items[0]["model_version"]
+    status, by_model = app.get(f"/api/worklist?model_version={version}")
+    assert len(by_model["items"]) == 8
+    status, bad = app.get("/api/worklist?reviewed=maybe")
+    assert status == 400 and "reviewed must be" in bad["error"]
+
+
+def test_need_score_ranks_threshold_disagreement_and_positives():
+    base = {"threshold": 0.5, "predicted_label": 0, "true_label": 0}
+    far = tables.need_score({**base, "prediction_probability": 0.01})[0]
+    near = tables.need_score({**base, "prediction_probability": 0.49})[0]
+    disagree = tables.need_score({**base, "prediction_probability": 0.01, "true_label": 1})[0]
+    positive = tables.need_score(
+        {**base, "prediction_probability": 0.99, "predicted_label": 1, "true_label": 1}
+    )
+    assert near > far and disagree > far
+    assert positive[1] == ["positive"] and positive[0] > far
+
+
+def test_verdicts_are_appended_with_cdf_and_corrections_become_label_history(app):
+    store = app.store
+    items = app.get("/api/worklist?label=PNEUMONIA")[1]["items"]
+    target = items[0]
+    pid, image_id = target["prediction_id"], target["image_id"]
+    other = "NORMAL" if target["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
+    comment = '<img src=x onerror="alert(1)"> not pneumonia'
+    status, body = app.post(
+        "/api/feedback",
+        _verdict(pid, "disagree", correct_label=other, confidence_level="high", comments=comment),
+    )
+    assert status == 201, body
+    assert body["feedback"]["radiologist_id"] == "dr.alice"
+    rows = [r for r in store.feedback() if r["prediction_id"] == pid]
+    assert len(rows) == 1 and rows[0]["comments"] == comment
+    assert rows[0]["correct_label"] == other and rows[0]["confidence_level"] == "high"
+    meta = DeltaTable(store.lh.path(FEEDBACK)).metadata().configuration
+    assert meta["delta.enableChangeDataFeed"] == "true"
+    assert meta["delta.appendOnly"] == "true"
+    history = store.label_history(image_id)
+    assert [h["source"] for h in history] == ["folder", "dr.alice"]
+    folder, corrected = history
+    assert folder["label_name"] == target["folder_label"] and not folder["is_current"]
+    assert folder["valid_to"] == corrected["valid_from"]
+    assert corrected["is_current"] and corrected["label_name"] == other
+    assert corrected["feedback_id"] == rows[0]["feedback_id"]
+    # a changed verdict is a new row; the latest counts and the label goes back
+    status, _ = app.post(
+        "/api/feedback",
+        _verdict(pid, "disagree", correct_label=target["folder_label"])
+        if target["folder_label"] != target["predicted_label"]
+        else _verdict(pid, "agree"),
+    )
+    assert status == 201
+    assert len([r for r in store.feedback() if r["prediction_id"] == pid]) == 2
+    history = store.label_history(image_id)
+    assert [h["is_current"] for h in history] == [False, False, True]
+    assert history[-1]["label_name"] == target["folder_label"]
+    assert history[1]["valid_to"] == history[2]["valid_from"]
+    case = app.get(f"/api/case/{pid}")[1]
+    latest = max(store.feedback(pid), key=lambda r: r["feedback_timestamp"])
+    assert case["my_verdict"]["feedback_id"] == latest["feedback_id"]
+    assert len(case["verdicts"]) == 2 and case["current_label"] == target["folder_label"]
+    # the change data feed holds every insert
+    cdf = DeltaTable(store.lh.path(FEEDBACK)).load_cdf(starting_version=0).read_all()
+    assert set(cdf.column("_change_type").to_pylist()) == {"insert"}
+
+
+def test_same_feedback_id_twice_writes_one_row(app):
+    pid = app.get("/api/worklist")[1]["items"][-1]["prediction_id"]
+    payload = _verdict(pid, "uncertain", feedback_id="ab" * 16)
+    assert app.post("/api/feedback", payload)[0] == 201
+    version = _feedback_version(app.store)
+    status, body = app.post("/api/feedback", payload)
+    assert status == 200 and body["created"] is False
+    assert _feedback_version(app.store) == version
+
+
+@pytest.mark.parametrize(
+    ("payload", "status", "message"),
+    [
+        ({"prediction_id": "f" * 32, "feedback_type": "agree"}, 404, "unknown prediction"),
+        ({"feedback_type": "agree"}, 400, "prediction_id is required"),
+        (None, 400, "invalid correct_label"),
+        (None, 413, "the limit is 2000"),
+        ({"prediction_id": "{pid}", "feedback_type": "maybe"}, 400, "feedback_type must be"),
+        ({"prediction_id": "{pid}", "feedback_type": "agree", "x": 1}, 400, "unknown field"),
+        (
+            {"prediction_id": "{pid}", "feedback_type": "agree", "confidence_level": "total"},
+            400,
+            "confidence_level must be",
+        ),
+    ],
+)
+def test_bad_verdicts_are_refused_with_a_message_and_write_nothing(app, payload, status, message):
+    pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
+    if payload is None and status == 400:
+        payload = {"prediction_id": pid, "feedback_type": "disagree", "correct_label": "<b>"}
+    elif payload is None:
+        payload = {"prediction_id": pid, "feedback_type": "uncertain", "comments": "x" * 2001}
+    payload = {k: (v.format(pid=pid) if isinstance(v, str) else v) for k, v in payload.items()}
+    before = _feedback_version(app.store)
+    got, body = app.post("/api/feedback", payload)
+    assert got == status and message in body["error"]
+    assert _feedback_version(app.store) == before
+    got, body = app.request(
+        "POST",
+        "/api/feedback",
+        raw=b"{not json",
+        headers={"Content-Type": "application/json", "X-CSRF-Token": app.token, "Origin": app.url},
+    )[:2]
+    assert got == 400 and "not valid JSON" in body["error"]
+
+
+def test_state_changing_requests_cannot_be_made_cross_site(app):
+    pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
+    before = _feedback_version(app.store)
+    cases = [
+        ({"X_CSRF_Token": None}, "CSRF token"),
+        ({"X_CSRF_Token": "0" * 64}, "CSRF token"),
+        ({"Origin": "http://evil.example"}, "Origin does not match"),
+        ({"Origin": None}, "no Origin"),
+        ({"Content_Type": "text/plain"}, "Content-Type must be application/json"),
+    ]
+    for overrides, message in cases:
+        status, body = app.post("/api/feedback", _verdict(pid), **overrides)
+        assert status in (403, 415) and message in body["error"], overrides
+    assert _feedback_version(app.store) == before
+    # the page carries a strict CSP and the token
+    status, html, headers = app.request("GET", "/")
+    assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
+    assert app.token.encode() in html and b"{{CSRF_TOKEN}}" not in html
+    assert headers["X-Frame-Options"] == "DENY"
+
+
+def test_two_reviewers_at_once_lose_no_verdict(built, app):
+    second = Running(built[0], "dr.bob")
+    try:
+        items = app.get("/api/worklist")[1]["items"]
+        before = len(app.store.feedback())
+        errors: list = []
+
+        def review(running, pid):
+            status, body = running.post("/api/feedback", _verdict(pid, "uncertain"))
+            if status != 201:
+                errors.append((status, body))
+
+        threads = [
+            threading.Thread(target=review, args=(r, item["prediction_id"]))
+            for item in items
+            for r in (app, second)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        rows = app.store.feedback()
+        assert len(rows) == before + 2 * len(items)
+        assert len({r["feedback_id"] for r in rows}) == len(rows)
+        bob = [r for r in rows if r["radiologist_id"] == "dr.bob"]
+        assert {r["prediction_id"] for r in bob} == {i["prediction_id"] for i in items}
+        current = [h for h in app.store.label_history() if h["is_current"]]
+        assert len(current) == len({h["image_id"] for h in current})
+    finally:
+        second.close()
+
+
+def test_images_are_served_only_from_the_sandbox_roots(built, app, tmp_path):
+    lakehouse, source = built
+    items = app.get("/api/worklist")[1]["items"]
+    image_id = items[0]["image_id"]
+    status, data, headers = app.request("GET", f"/api/image/{image_id}")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    sha = hashlib.sha256(data).hexdigest()
+    row = app.store.lh.read(
+        __import__("cxrlake.lakehouse.schemas", fromlist=["SILVER"]).SILVER,
+        ["image_id", "file_path", "content_sha256"],
+    ).to_pylist()
+    path = next(r for r in row if r["image_id"] == image_id)
+    assert sha == path["content_sha256"]
+    # the source file becomes a symlink to a copy outside the roots: refused, not followed
+    outside = tmp_path / "outside.jpeg"
+    outside.write_bytes(data)
+    original = Path(path["file_path"])
+    backup = original.with_suffix(".bak")
+    original.rename(backup)
+    try:
+        original.symlink_to(outside)
+        status, body, _ = app.request("GET", f"/api/image/{image_id}")
+        assert status == 403 and "outside the lakehouse" in body["error"]
+    finally:
+        original.unlink()
+        backup.rename(original)
+    for bad in ("../../etc/passwd", "%2e%2e%2fetc%2fpasswd", "0" * 32):
+        status, body, _ = app.request("GET", f"/api/image/{bad}")
+        assert status == 404 and body["error"] == "unknown image"
+
+
+def test_read_sandboxed_judges_symlinks_and_dotdot_by_their_target(tmp_path):
+    from cxrlake.review.store import read_sandboxed
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a.jpeg").write_bytes(b"\xff\xd8\xffok")
+    (tmp_path / "secret").write_text("secret")
+    (root / "link").symlink_to(tmp_path / "secret")
+    assert read_sandboxed(str(root / "a.jpeg"), [str(root)]) == b"\xff\xd8\xffok"
+    for path in (root / "link", root / ".." / "secret", tmp_path / "rootx"):
+        with pytest.raises(tables.ReviewError) as e:
+            read_sandboxed(str(path), [str(root)])
+        assert e.value.status == 403
+    os.mkfifo(root / "fifo")
+    with pytest.raises(tables.ReviewError) as e:
+        read_sandboxed(str(root / "fifo"), [str(root)])
+    assert e.value.status == 415
+
+
+def test_label_history_changes_are_idempotent_and_replay_unapplied_verdicts():
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    fb = [
+        {
+            "feedback_id": "1" * 32,
+            "image_id": "img",
+            "radiologist_id": "r1",
+            "feedback_type": "disagree",
+            "correct_label": "PNEUMONIA",
+            "feedback_timestamp": t0 + dt.timedelta(hours=1),
+        },
+        {
+            "feedback_id": "2" * 32,
+            "image_id": "img",
+            "radiologist_id": "r2",
+            "feedback_type": "uncertain",
+            "correct_label": None,
+            "feedback_timestamp": t0 + dt.timedelta(hours=2),
+        },
+    ]
+    change = tables.label_history_changes([], {"img": 0, "unlabelled": None}, fb, t0)
+    assert change.close == []
+    assert [(r["label_name"], r["source"], r["is_current"]) for r in change.insert] == [
+        ("NORMAL", "folder", False),
+        ("PNEUMONIA", "r1", True),
+    ]
+    again = tables.label_history_changes(change.insert, {"img": 0}, fb, t0)
+    assert not again
+
+
+def test_cohen_kappa_and_agreement_match_sklearn():
+    from sklearn.metrics import cohen_kappa_score
+
+    a = [1, 1, 0, 0, 1, 0, 1, 1]
+    b = [1, 0, 0, 0, 1, 1, 1, 1]
+    assert worklist.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert worklist.cohen_kappa([1, 1], [1, 1]) is None
+    assert worklist.cohen_kappa([], []) is None
+
+
+def test_agreement_figures_are_computed_and_written_once(app):
+    items = app.get("/api/worklist")[1]["items"]
+    agree, disagree = items[0], items[1]
+    other = "NORMAL" if disagree["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
+    assert app.post("/api/feedback", _verdict(agree["prediction_id"]))[0] == 201
+    status, _ = app.post(
+        "/api/feedback", _verdict(disagree["prediction_id"], "disagree", correct_label=other)
+    )
+    assert status == 201
+    status, body = app.get("/api/agreement")
+    assert status == 200 and body["rows"]
+    row = body["rows"][0]
+    assert row["agreement_rate"] == pytest.approx(0.5)  # alice's latest decisive verdicts
+    per = json.loads(row["per_reviewer"])
+    assert per["dr.alice"]["agree"] == 1 and per["dr.alice"]["disagree"] == 1
+    assert per["dr.bob"]["uncertain"] == len(items)
+    assert row["labels_corrected"] >= 1 and row["verdicts"] == 2 * len(items)
+    status, first = app.post("/api/agreement", {})
+    assert status == 200 and first["rows_written"] >= 1
+    status, second = app.post("/api/agreement", {})
+    assert second["rows_written"] == 0
+
+
+def test_cli_starts_one_server_and_prints_the_address(built):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cxrlake.cli",
+            "review",
+            "--lakehouse",
+            str(built[0]),
+            "--port",
+            "0",
+            "--reviewer",
+            "dr.cli",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        _check_cli(proc)
+    missing = subprocess.run(
+        [sys.executable, "-m", "cxrlake.cli", "review", "--lakehouse", str(built[0] / "nope")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1 and "pipeline run" in missing.stderr
+
+
+def _check_cli(proc):
+    try:
+        url = None
+        for _ in range(5):
+            line = proc.stdout.readline()
+            m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+            if m:
+                url = m.group(1)
+                break
+        assert url, proc.stderr.read() if proc.poll() is not None else "no address printed"
+        import urllib.request
+
+        with urllib.request.urlopen(url + "api/session", timeout=30) as resp:
+            assert json.loads(resp.read())["reviewer"] == "dr.cli"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_review_ddl_matches_the_table_schemas():
+    from cxrlake.spark import sql_files
+    from cxrlake.spark.schemas import spark_type
+
+    path = REPO / "sql" / "13_review_tables.sql"
+    created = {}
+    for statement in sql_files.rendered_statements(path, {"catalog": "healthcare_catalog_dev"}):
+        parsed = sqlglot.parse_one(statement, read="databricks")
+        table = parsed.this.this
+        created[f"{table.db}.{table.name}"] = parsed
+    assert set(created) == {t.qualified_name for t in tables.REVIEW_TABLES}
+    for spec in tables.REVIEW_TABLES:
+        columns = [
+            (
+                c.name,
+                c.args["kind"].sql("databricks").upper(),
+                any(isinstance(k.kind, sqlglot.exp.NotNullColumnConstraint) for k in c.constraints),
+            )
+            for c in created[spec.qualified_name].this.expressions
+        ]
+        expected = [
+            (f.name, spark_type(f.type).simpleString().upper(), not f.nullable)
+            for f in spec.arrow_schema
+        ]
+        assert columns == expected, spec.qualified_name
+        assert "'delta.enableChangeDataFeed'='true'" in created[spec.qualified_name].sql(
+            "databricks"
+        )
+
+
+def test_warehouse_statements_parse_and_bind_values_as_parameters():
+    from cxrlake.review.warehouse import WarehouseNames, statements
+    from cxrlake.spark.sql_files import SqlParameterError
+
+    names = WarehouseNames("healthcare_catalog_dev", "dev_a_bronze", "dev_a_silver", "dev_a_gold")
+    for key, sql in statements(names).items():
+        parsed = sqlglot.parse(sql, read="databricks")
+        assert len(parsed) == 1, key
+        assert "healthcare_catalog_dev.dev_a_" in sql
+    insert = statements(names)["insert_feedback"]
+    assert [c.strip() for c in insert.split("SELECT", 1)[1].split("WHERE")[0].split(",")][:3] == [
+        ":feedback_id",
+        ":prediction_id",
+        ":image_id",
+    ]
+    with pytest.raises(SqlParameterError):
+        WarehouseNames("healthcare_catalog_dev; DROP TABLE x")
