@@ -34,6 +34,7 @@ $(VENV)/.deps: pyproject.toml tools/requirements.py
 	$(PY) -c 'import tomllib' 2>/dev/null || $(PIP) install -q tomli
 	$(PY) tools/requirements.py pyproject.toml $(EXTRAS) > $(VENV)/requirements.txt
 	$(PIP) install -q -r $(VENV)/requirements.txt
+	$(PIP) install -q -r requirements-dicom-test.txt
 	touch $@
 
 setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (pyproject.toml: runtime + local, train, spark, dev extras)
