@@ -321,3 +321,24 @@ def test_shipped_model_probabilities_are_continuous(fullres_paths):
     probs = batch.column("probability").to_pylist()
     assert batch.column("error").null_count == len(probs)
     assert len(set(probs)) >= 0.95 * len(probs)
+
+
+def test_development_films_are_recognised_by_bytes_or_patient(fullres_paths, train_paths, tmp_path):
+    from cxrlake.training import provenance
+
+    # The full-resolution originals are other files (other bytes) of development patients.
+    sample = fullres_paths[::20] + train_paths[::500]
+    shas = [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in sample]
+    categories = [Path(p).parent.name for p in sample]
+    names = [Path(p).name for p in sample]
+    assert all(provenance.seen_in_development(categories, names, shas))
+    # A renamed copy is still known by its bytes; a new film of a new patient is not known.
+    assert provenance.seen_in_development(["NORMAL"], ["site_b_0001.jpeg"], [shas[-1]]) == [True]
+    other = hashlib.sha256(b"another film").hexdigest()
+    assert provenance.seen_in_development(["NORMAL"], ["site_b_0001.jpeg"], [other]) == [False]
+    # A model without a list knows no development film.
+    lone = tmp_path / "model.onnx"
+    lone.write_bytes(b"")
+    assert provenance.seen_in_development(categories, names, shas, model_path=str(lone)) == [
+        False
+    ] * len(sample)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cxrlake.training import data as data_mod
+from cxrlake.training import provenance
 from cxrlake.training.config import MODEL_NAME, TrainConfig  # noqa: F401 (re-exported)
 from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training.export import (
@@ -499,9 +500,13 @@ def finalize(
     }
     with open(run_dir / "metrics.json", "w") as handle:
         json.dump(summary, handle, indent=2)
+    # Which films this model was developed on (figures on them are no evaluation).
+    development = run_dir / provenance.FILE_NAME
+    provenance.write_development_films([*train, *val], development)
     if ship_to is not None:
         Path(ship_to).mkdir(parents=True, exist_ok=True)
         shutil.copyfile(shipped, Path(ship_to) / SHIPPED_FILE)
+        shutil.copyfile(development, Path(ship_to) / provenance.FILE_NAME)
         log(f"shipped {chosen} model to {Path(ship_to) / SHIPPED_FILE}")
     return summary
 
