@@ -120,6 +120,7 @@ function renderWorklist() {
     cells.forEach((value, c) => {
       const td = el("td", value);
       if (c === 12) td.className = "my-verdict";
+      if (c === 2) td.className = "why";
       if (c === 6) td.className = item.predicted_label === "PNEUMONIA" ? "pos" : "neg";
       tr.appendChild(td);
     });
