@@ -17,10 +17,12 @@ LOCK := flock /tmp/cxrlake-build.lock
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for PySpark) if missing
+sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for PySpark, Chromium for the browser test) if missing
 	@missing=""; command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v nasm >/dev/null || missing="$$missing nasm"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	if [ -n "$$missing" ]; then \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
@@ -35,6 +37,7 @@ $(VENV)/.deps: pyproject.toml tools/requirements.py
 	$(PY) tools/requirements.py pyproject.toml $(EXTRAS) > $(VENV)/requirements.txt
 	$(PIP) install -q -r $(VENV)/requirements.txt
 	$(PIP) install -q -r requirements-dicom-test.txt
+	$(PIP) install -q -r requirements-review-test.txt
 	touch $@
 
 setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (pyproject.toml: runtime + local, train, spark, dev extras)

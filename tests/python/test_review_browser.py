@@ -24,8 +24,11 @@ COMMENT = '<b id="injected">bold</b><script>window.pwned = 1</script> & "quotes"
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    webdriver = pytest.importorskip("selenium.webdriver", reason="pip install selenium")
-    from selenium.webdriver.chrome.service import Service
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("selenium missing: pip install -r requirements-review-test.txt (make setup)")
 
     for path in (CHROMIUM, CHROMEDRIVER):
         assert os.path.exists(path), f"{path} missing: apt-get install chromium chromium-driver"
