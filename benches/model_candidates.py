@@ -32,7 +32,7 @@ import torch.nn.functional as F
 import cxrlake
 from cxrlake.training.evaluate import roc_auc
 from cxrlake.training.operating_point import validation_pixels
-from cxrlake.training.shift import SHIFTS, model_logits, shifted_inputs
+from cxrlake.training.shift import OUTSIDE_AUGMENTATION, SHIFTS, model_logits, shifted_inputs
 
 
 def zoom_view(inputs: np.ndarray, crop: float = 0.92) -> np.ndarray:
@@ -91,6 +91,7 @@ def main() -> int:
             "shifted_worst_auc": float(min(values)),
             "worst_shift": min(aucs, key=aucs.get),
             "unshifted_auc": aucs["none"],
+            "outside_augmentation_auc": float(np.mean([aucs[n] for n in OUTSIDE_AUGMENTATION])),
             "per_shift_auc": aucs,
             "images_per_second": rate,
             "size_mb": size_mb,

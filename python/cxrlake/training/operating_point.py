@@ -190,6 +190,7 @@ def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarra
             "shifted_bins": shifted["calibration"],
         }
     per_shift = []
+    base = logits["none"]
     for name, z in logits.items():
         m = binary_metrics(y, prob(z, temperature), threshold)
         per_shift.append(
@@ -197,6 +198,9 @@ def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarra
                 "shift": name,
                 "auc": roc_auc(y, z),
                 **{k: m[k] for k in ("sensitivity", "specificity", "accuracy", "ece")},
+                # how far the condition moves each class (median calibrated logit)
+                "normal_logit_change": float(np.median(z[y == 0] - base[y == 0]) / temperature),
+                "pneumonia_logit_change": float(np.median(z[y == 1] - base[y == 1]) / temperature),
             }
         )
     rules = []

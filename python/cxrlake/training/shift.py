@@ -126,6 +126,12 @@ SHIFTS: dict[str, Shift] = {
 }
 
 
+#: Conditions of a kind the training augmentation never produces (it has brightness, contrast,
+#: gamma, noise, blur, a resolution path and edge enhancement): the fairest check of a model
+#: trained with that augmentation.
+OUTSIDE_AUGMENTATION = ("gain 1.25", "equalised histogram", "JPEG q30")
+
+
 def shifted_inputs(pixels: np.ndarray, name: str, batch_size: int = 128) -> np.ndarray:
     """Contract input float32 ``[N, 3, H, W]`` of uint8 ``[N, H, W]`` under the shift ``name``.
 
