@@ -1,9 +1,10 @@
 -- Review loop: radiologist verdicts (gold.prediction_feedback, append-only), the label history
 -- (silver.label_history, SCD type 2) and the model-radiologist agreement figures
 -- (gold.review_agreement). Columns exactly as python/cxrlake/review/tables.py (checked by tests).
--- Parameters: ${catalog}.
+-- Parameters: ${catalog}, ${silver_schema}, ${gold_schema} (the schema names the bundle deploys in
+-- this target). Liquid clustering on the row key (https://docs.databricks.com/aws/en/delta/clustering).
 
-CREATE TABLE IF NOT EXISTS ${catalog}.gold.prediction_feedback (
+CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.prediction_feedback (
   feedback_id STRING NOT NULL COMMENT '32 hex digits, chosen by the app; a repeated id writes nothing',
   prediction_id STRING NOT NULL COMMENT 'gold.pneumonia_predictions.prediction_id',
   image_id STRING NOT NULL COMMENT 'Image id',
@@ -15,6 +16,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.gold.prediction_feedback (
   feedback_timestamp TIMESTAMP NOT NULL COMMENT 'When the verdict was recorded (UTC)'
 )
 USING DELTA
+CLUSTER BY (feedback_id)
 COMMENT 'Radiologist verdicts on predictions, append-only; the latest per prediction and reviewer counts'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',
@@ -23,7 +25,7 @@ TBLPROPERTIES (
   'delta.appendOnly' = 'true'
 );
 
-CREATE TABLE IF NOT EXISTS ${catalog}.silver.label_history (
+CREATE TABLE IF NOT EXISTS ${catalog}.${silver_schema}.label_history (
   image_id STRING NOT NULL COMMENT 'Image id',
   label INT COMMENT '0 = NORMAL, 1 = PNEUMONIA',
   label_name STRING COMMENT 'NORMAL or PNEUMONIA',
@@ -34,6 +36,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.silver.label_history (
   is_current BOOLEAN NOT NULL COMMENT 'The label in force'
 )
 USING DELTA
+CLUSTER BY (image_id, valid_from)
 COMMENT 'Label history per image, SCD type 2: folder label, then radiologist corrections'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',
@@ -41,7 +44,7 @@ TBLPROPERTIES (
   'delta.logRetentionDuration' = 'interval 30 days'
 );
 
-CREATE TABLE IF NOT EXISTS ${catalog}.gold.review_agreement (
+CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.review_agreement (
   evaluation_id STRING NOT NULL COMMENT 'Deterministic id of (model, version, verdict set)',
   model_name STRING COMMENT 'Model name',
   model_version STRING COMMENT 'Model version',
@@ -56,6 +59,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.gold.review_agreement (
   feedback_fingerprint STRING COMMENT 'Hash of the verdict set'
 )
 USING DELTA
+CLUSTER BY (evaluation_id)
 COMMENT 'Model-radiologist agreement, one row per model and distinct verdict set'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',

@@ -403,10 +403,12 @@ def test_review_ddl_matches_the_table_schemas():
 
     path = REPO / "sql" / "13_review_tables.sql"
     created = {}
-    for statement in sql_files.rendered_statements(path, {"catalog": "healthcare_catalog_dev"}):
+    params = {"catalog": "healthcare_catalog_dev", "silver_schema": "s1", "gold_schema": "g1"}
+    for statement in sql_files.rendered_statements(path, params):
         parsed = sqlglot.parse_one(statement, read="databricks")
         table = parsed.this.this
-        created[f"{table.db}.{table.name}"] = parsed
+        schema = {"s1": "silver", "g1": "gold"}[table.db]
+        created[f"{schema}.{table.name}"] = parsed
     assert set(created) == {t.qualified_name for t in tables.REVIEW_TABLES}
     for spec in tables.REVIEW_TABLES:
         columns = [

@@ -12,6 +12,7 @@ import sqlglot
 from sqlglot import exp
 
 from cxrlake.lakehouse import schemas
+from cxrlake.review import tables as review_tables
 from cxrlake.spark import sql_files
 from cxrlake.spark.schemas import spark_type
 
@@ -57,6 +58,7 @@ def test_sql_dir_has_one_file_per_concern():
         "10_bronze_tables.sql",
         "11_silver_tables.sql",
         "12_gold_tables.sql",
+        "13_review_tables.sql",
         "20_dataset_summary_view.sql",
         "30_predict_function.sql",
         "90_maintenance.sql",
@@ -97,7 +99,8 @@ def _create_tables() -> dict[str, exp.Create]:
 
 def test_tables_have_exactly_the_shared_schema_and_change_data_feed():
     tables = _create_tables()
-    assert set(tables) == {spec.qualified_name for spec in schemas.TABLES}
+    review = {spec.qualified_name for spec in review_tables.REVIEW_TABLES}  # test_review.py
+    assert set(tables) == {spec.qualified_name for spec in schemas.TABLES} | review
     for spec in schemas.TABLES:
         create = tables[spec.qualified_name]
         assert create.this.this.catalog == "healthcare_catalog_dev"
