@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.pneumonia_predictions (
   predicted_at TIMESTAMP COMMENT 'When this row was written (UTC)',
   prediction_date DATE COMMENT 'predicted_at as a date (UTC)',
   dataset_split STRING COMMENT 'train, val, test or fullres',
-  content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes'
+  content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes',
+  heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major, 0..1); NULL when the model has none'
 )
 USING DELTA
 CLUSTER BY (image_id)

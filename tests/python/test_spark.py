@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 import cxrlake
-from cxrlake.lakehouse import schemas as lake_schemas
-from cxrlake.lakehouse import transforms as lake
+from cxrlake.medallion import schemas as lake_schemas
+from cxrlake.medallion import transforms as lake
 from cxrlake.spark import register, schemas, transforms, warehouse_udf
 from cxrlake.spark.udfs import PREDICT_RESULT, local_path
 

@@ -2,7 +2,13 @@
 
 ``os.scandir`` + ``lstat``: FIFOs, sockets and devices are reported (never opened, so they cannot
 hang the pipeline); symlinks are followed only when they resolve to a regular file inside the
-source root. Hidden entries (names starting with ``.``) are skipped.
+source root. Hidden entries (names starting with ``.``) are skipped. A name that is not valid
+UTF-8 is reported (the tables hold text), shown with its undecodable bytes escaped.
+
+Reading (`read_source_file`) opens what the listing saw and nothing else: ``O_NOFOLLOW`` on the
+path that was listed (a symlink's resolved target), and the device and inode of the opened file
+must equal those the listing recorded, so a file swapped for a symlink or another file between
+listing and reading is refused, not followed.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cxrlake.lakehouse import transforms
+from cxrlake.medallion import identity
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Files larger than this (bytes) are quarantined at listing, never read into memory."""
@@ -27,7 +33,10 @@ class SourceFile:
     path: str  # absolute path (the symlink's own path when it is a link)
     size: int  # bytes
     mtime_us: int  # modification time, microseconds since the epoch (UTC)
-    identity: transforms.ImageIdentity
+    identity: identity.ImageIdentity
+    device: int = -1  # st_dev of the listed file (of the target for a symlink)
+    inode: int = -1  # st_ino of the listed file (of the target for a symlink)
+    open_path: str = ""  # what to open: the path itself, or a symlink's resolved target
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,11 @@ def _kind(mode: int) -> str:
     if stat.S_ISBLK(mode):
         return "block device"
     return "special file"
+
+
+def _limit(max_bytes: int) -> str:
+    mib = 1024 * 1024
+    return f"{max_bytes // mib} MiB" if max_bytes % mib == 0 else f"{max_bytes} bytes"
 
 
 def _within(path: str, root: str) -> bool:
@@ -74,6 +88,12 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
             if entry.name.startswith("."):
                 continue
             try:
+                entry.path.encode("utf-8")
+            except UnicodeEncodeError:
+                yield Rejected(identity.printable(entry.path), "file name is not valid UTF-8")
+                continue
+            open_path = entry.path
+            try:
                 st = entry.stat(follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     target = os.path.realpath(entry.path)
@@ -81,6 +101,7 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
                         yield Rejected(entry.path, f"symlink leaves the source root: {target}")
                         continue
                     st = os.stat(target)
+                    open_path = target
                     if stat.S_ISDIR(st.st_mode):
                         continue  # never follow directory links (cycles)
             except OSError as e:
@@ -93,7 +114,10 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
                     entry.path,
                     st.st_size,
                     st.st_mtime_ns // 1000,
-                    transforms.identify(entry.path),
+                    identity.identify(entry.path),
+                    st.st_dev,
+                    st.st_ino,
+                    open_path,
                 )
             else:
                 yield Rejected(entry.path, f"not a regular file ({_kind(st.st_mode)})")
@@ -119,19 +143,44 @@ def sample_per_label(files: list[SourceFile], n: int, seed: str = "cxrlake") -> 
     return chosen
 
 
-def read_regular_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+def read_source_file(source: SourceFile, max_bytes: int = MAX_FILE_BYTES) -> bytes:
+    """Read the bytes of a listed file, refusing anything but the file the listing saw.
+
+    Raises ``OSError`` with a readable message: a symlink where the listing saw a file, another
+    file (device or inode changed), not a regular file, or larger than ``max_bytes``.
+    """
+    return read_regular_file(
+        source.open_path or source.path,
+        max_bytes,
+        expected=(source.device, source.inode) if source.inode >= 0 else None,
+    )
+
+
+def read_regular_file(
+    path: str, max_bytes: int = MAX_FILE_BYTES, expected: tuple[int, int] | None = None
+) -> bytes:
     """Read a file's bytes, refusing anything that is not (any longer) a regular file.
 
-    Opened with ``O_NONBLOCK`` and checked with ``fstat`` so a file swapped for a FIFO after the
-    listing cannot block. Raises ``OSError`` with a readable message.
+    Opened with ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``, so a file swapped for a
+    symlink or a FIFO after the listing is neither followed nor blocks; with ``expected``
+    (device, inode), a different file at ``path`` is refused too. Raises ``OSError`` with a
+    readable message.
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise OSError(errno.ELOOP, "replaced by a symlink after listing") from None
+        raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, f"not a regular file ({_kind(st.st_mode)})")
+        if expected is not None and (st.st_dev, st.st_ino) != expected:
+            raise OSError(errno.ESTALE, "replaced by another file after listing")
         if st.st_size > max_bytes:
-            raise OSError(errno.EFBIG, f"file exceeds {max_bytes // (1024 * 1024)} MiB limit")
+            raise OSError(errno.EFBIG, f"file exceeds {_limit(max_bytes)} limit")
         chunks = []
         remaining = max_bytes + 1
         while remaining > 0:
@@ -142,7 +191,7 @@ def read_regular_file(path: str, max_bytes: int = MAX_FILE_BYTES) -> bytes:
             remaining -= len(chunk)
         data = b"".join(chunks)
         if len(data) > max_bytes:
-            raise OSError(errno.EFBIG, f"file exceeds {max_bytes // (1024 * 1024)} MiB limit")
+            raise OSError(errno.EFBIG, f"file exceeds {_limit(max_bytes)} limit")
         return data
     finally:
         os.close(fd)

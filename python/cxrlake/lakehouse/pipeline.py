@@ -1,44 +1,59 @@
-"""The local bronze -> silver -> gold pipeline (``cxrlake pipeline run``).
+"""The local engine's bronze -> silver -> gold run (``cxrlake pipeline run``).
 
-Each stage works out what is left to do from the tables themselves (an anti-join on keys), then
-writes in batches, one atomic Delta commit per batch. So a run that was killed at any point is
-resumed by the next run, a re-run with nothing new writes nothing, and a run holding the
-lakehouse lock excludes any other run on the same catalog.
+This module adapts the engine-neutral medallion (`cxrlake.medallion`) to local files: it lists the
+sources, runs the rules of `cxrlake.medallion.rules` in DuckDB over Arrow snapshots of the tables'
+key columns, and applies the rows they return with delta-rs (`storage.Lakehouse`), one atomic
+Delta commit per table per batch. The Spark engine (`cxrlake.spark.jobs`) runs the same rules.
 
 Stages:
 
-1. bronze: list the sources (regular files only), skip files whose (path, size, mtime) is already
-   in bronze, read and hash the rest, append rows whose (image_id, content_sha256) is new.
-2. silver: for the latest bronze version of every image not yet in silver (or quarantined) with
-   that hash, decode through the Rust core; MERGE good rows into ``silver.xray_metadata`` and
-   ``silver.image_features`` on image_id, failures into ``silver.quarantine``.
-3. gold: score silver images that have no prediction for (model, content hash) yet; MERGE into
-   ``gold.pneumonia_predictions`` on (image_id, model_name, model_version).
-4. performance: per labelled split, metrics over the current predictions; appended only when
-   that exact set of predictions has not been evaluated yet (deterministic ``evaluation_id``).
+1. listing: walk the sources (regular files only; names that are not UTF-8 and other entries are
+   held with a reason).
+2. bronze: hold collisions and rejected entries in quarantine (evicting those images from silver
+   and gold), read files bronze has not seen with this (path, size, mtime), append new
+   (image_id, content_sha256) versions, record new stats of known bytes.
+3. silver+gold: for every image not in its end state, decode once and score once with the model
+   (`medallion.transforms.analyze_batch`); MERGE silver, features and predictions, or quarantine,
+   and delete what the outcome excludes.
+4. performance: metrics of the current model over the predictions of the current bytes of images
+   in silver, appended when that prediction set has not been evaluated yet.
+
+A run killed at any point leaves images outside their end state; the next run selects and
+finishes them (see `cxrlake.medallion.rules`). A run holding the lakehouse lock excludes any other
+run on the same catalog.
 """
 
 from __future__ import annotations
 
 import collections
-import datetime as dt
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
-from cxrlake.lakehouse import listing, schemas, transforms
-from cxrlake.lakehouse.schemas import BRONZE, FEATURES, PERFORMANCE, PREDICTIONS, QUARANTINE, SILVER
+from cxrlake.lakehouse import listing
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
+from cxrlake.medallion import identity, metrics, rules, schemas, transforms
+from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, QUARANTINE
 
 DEFAULT_BATCH_SIZE = 64
 """Images per Arrow batch handed to the Rust core and per Delta commit."""
+
+STAGES = ("listing", "bronze", "silver+gold", "performance")
+_STAGE_OF = {
+    "features": "silver",
+    "silver": "silver",
+    "predictions": "gold",
+    "quarantine": "silver",
+}
 
 
 @dataclass
@@ -53,9 +68,18 @@ class RunSummary:
     files_listed: int = 0
     files_skipped_unchanged: int = 0
     new_rows: dict[str, int] = field(default_factory=dict)
+    """Rows inserted per table by this run."""
+    updated_rows: dict[str, int] = field(default_factory=dict)
+    """Rows updated per table by this run."""
+    deleted_rows: dict[str, int] = field(default_factory=dict)
+    """Rows deleted per table by this run."""
     total_rows: dict[str, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Wall-clock seconds per stage."""
     quarantined: list[dict[str, str]] = field(default_factory=list)
     """Rows quarantined by this run: file_path, stage, reason."""
+    collisions: int = 0
+    """Image ids held this run because two files claim them."""
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     """Whole quarantine table: count per reason."""
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -69,30 +93,40 @@ class RunSummary:
         }
 
     def format(self) -> str:
-        """Human-readable multi-line summary."""
+        """Human-readable multi-line summary; file names and reasons have control characters
+        escaped, so no input can forge a line."""
+        p = identity.printable
         lines = [
             f"cxrlake pipeline run {self.run_id}",
-            f"  lakehouse: {schemas.catalog_path(self.lakehouse, self.env)}",
-            f"  model:     {self.model_name} {self.model_version}",
+            f"  lakehouse: {p(schemas.catalog_path(self.lakehouse, self.env))}",
+            f"  model:     {p(self.model_name)} {p(self.model_version)}",
             f"  files:     {self.files_listed} listed, "
             f"{self.files_skipped_unchanged} unchanged since last run",
-            "  tables (new rows this run / total rows):",
+            "  stages:    "
+            + ", ".join(f"{s} {self.stage_seconds[s]:.2f} s" for s in self.stage_seconds),
+            "  tables (rows inserted / updated / deleted this run, total rows):",
         ]
         for spec in schemas.TABLES:
             name = spec.qualified_name
             lines.append(
                 f"    {name:<28} {self.new_rows.get(name, 0):>7} / "
-                f"{self.total_rows.get(name, 0):>7}"
+                f"{self.updated_rows.get(name, 0):>5} / {self.deleted_rows.get(name, 0):>5}"
+                f"   {self.total_rows.get(name, 0):>7}"
             )
         lines.append(f"  quarantined this run: {len(self.quarantined)}")
+        if self.collisions:
+            lines.append(
+                f"  identity collisions: {self.collisions} image ids claimed by several files "
+                "(quarantined, reason names the files)"
+            )
         for q in self.quarantined[:20]:
-            lines.append(f"    [{q['stage']}] {q['file_path']}: {q['reason']}")
+            lines.append(f"    [{q['stage']}] {p(q['file_path'])}: {p(q['reason'])}")
         if len(self.quarantined) > 20:
             lines.append(f"    ... and {len(self.quarantined) - 20} more")
         if self.quarantine_reasons:
             lines.append("  quarantine table by reason:")
             for reason, n in sorted(self.quarantine_reasons.items(), key=lambda kv: -kv[1]):
-                lines.append(f"    {n:>5}  {reason}")
+                lines.append(f"    {n:>5}  {p(reason)}")
         if self.metrics:
             lines.append("  model performance (latest evaluation per labelled split):")
             lines.append(
@@ -102,7 +136,7 @@ class RunSummary:
             for m in self.metrics:
                 auc = "-" if m["auc_roc"] is None else f"{m['auc_roc']:.3f}"
                 lines.append(
-                    f"    {m['dataset_split']:<22} {m['total_samples']:>6} "
+                    f"    {p(m['dataset_split']):<22} {m['total_samples']:>6} "
                     f"{m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
                     f"{m['f1_score']:>6.3f} {auc:>6}"
                 )
@@ -111,18 +145,7 @@ class RunSummary:
 
 def new_run_id() -> str:
     """``YYYYmmddTHHMMSSZ-<8 hex>``: sortable and unique per run."""
-    return transforms.utc_now().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
-
-
-def _batched(items: Sequence[Any] | Iterable[Any], n: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return identity.utc_now().strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(4)
 
 
 def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
@@ -132,17 +155,15 @@ def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
     )
 
 
-def _pairs(table: pa.Table, first: str = "image_id", second: str = "content_sha256") -> set:
-    """The set of (first, second) value pairs of a table, e.g. (image_id, content_sha256)."""
-    return set(zip(table.column(first).to_pylist(), table.column(second).to_pylist(), strict=True))
+def _key(table: pa.Table | pa.RecordBatch, first: str = "image_id") -> pa.Array:
+    """``<image_id>/<content_sha256>`` per row: one column to match (image, bytes) pairs."""
+    return pc.binary_join_element_wise(
+        table.column(first).cast(pa.string()), table.column("content_sha256"), "/"
+    )
 
 
-def _us(ts: Any) -> int:
-    return int(ts.timestamp() * 1_000_000) if ts is not None else -1
-
-
-def _ts_from_us(us: int) -> dt.datetime:
-    return dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=us)
+def _us_to_ts(values: list[int]) -> pa.Array:
+    return pa.array(values, pa.int64()).cast(schemas.TS)
 
 
 class Pipeline:
@@ -157,12 +178,10 @@ class Pipeline:
         threads: int | None = None,
         progress: bool | None = None,
     ) -> None:
-        import cxrlake
-
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lh = Lakehouse(lakehouse, env)
-        self.model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+        self.model = transforms.load_model(model)
         self.batch_size = batch_size
         self.threads = threads
         self.progress = progress
@@ -174,14 +193,47 @@ class Pipeline:
             model_name=self.model.name,
             model_version=self.model.version,
         )
+        self.sources: dict[str, listing.SourceFile] = {}
+        self.listing = rules.LISTING_SCHEMA.empty_table()
+        self._sql = duckdb.connect()
+        self._sql.register(
+            "model",
+            rules.model_row(
+                self.model.name, self.model.version, transforms.feature_tag(self.model)
+            ),
+        )
 
-    def _add_new(self, spec: schemas.TableSpec, n: int) -> None:
-        key = spec.qualified_name
-        self.summary.new_rows[key] = self.summary.new_rows.get(key, 0) + n
+    # ---------------------------------------------------------------- rules
+    def _state(self, *views: str, columns: dict[str, tuple[str, ...]] | None = None) -> None:
+        """Register the current key columns of the tables behind ``views`` for the rules."""
+        for view in views:
+            cols = (columns or {}).get(view, rules.STATE_COLUMNS[view])
+            self._sql.register(view, self.lh.read(rules.VIEWS[view], list(cols)))
 
-    # ---------------------------------------------------------------- bronze
-    def bronze(self, sources: Sequence[str | os.PathLike], sample: int | None = None) -> None:
-        """List ``sources`` and append new or changed files to bronze (see module docstring)."""
+    def _rule(self, sql: str) -> pa.Table:
+        """Run one rule of `cxrlake.medallion.rules` over the registered views."""
+        return self._sql.sql(sql).to_arrow_table()
+
+    def _count(self, what: dict[str, int], spec: schemas.TableSpec, n: int) -> None:
+        what[spec.qualified_name] = what.get(spec.qualified_name, 0) + int(n)
+
+    def _upsert(self, spec: schemas.TableSpec, rows: pa.RecordBatch | pa.Table, stage: str) -> None:
+        result = self.lh.merge(spec, rows, run_id=self.run_id, stage=stage)
+        self._count(self.summary.new_rows, spec, result.get("num_target_rows_inserted", 0))
+        self._count(self.summary.updated_rows, spec, result.get("num_target_rows_updated", 0))
+
+    def _insert(self, spec: schemas.TableSpec, rows: pa.RecordBatch | pa.Table) -> None:
+        self._count(self.summary.new_rows, spec, self.lh.append(spec, rows, run_id=self.run_id))
+
+    def _delete(self, spec: schemas.TableSpec, ids: pa.Array | pa.ChunkedArray) -> None:
+        values = pc.unique(ids).to_pylist() if len(ids) else []
+        if values:
+            n = self.lh.delete_keys(spec, "image_id", values, run_id=self.run_id)
+            self._count(self.summary.deleted_rows, spec, n)
+
+    # ---------------------------------------------------------------- listing
+    def list_sources(self, sources: Sequence[str | os.PathLike], sample: int | None) -> None:
+        """Walk ``sources``; keep the regular files (sampled) and the rejected entries."""
         files: dict[str, listing.SourceFile] = {}
         rejected: dict[str, str] = {}
         for source in sources:
@@ -193,289 +245,236 @@ class Pipeline:
         chosen = list(files.values())
         if sample is not None:
             chosen = listing.sample_per_label(chosen, sample)
+        self.sources = {f.path: f for f in chosen}
         self.summary.files_listed = len(chosen) + len(rejected)
+        self._set_listing(rejected)
 
-        state = self.lh.read(
-            BRONZE,
-            ["image_id", "content_sha256", "file_path", "file_size_bytes", "source_modified_at"],
+    def _set_listing(self, rejected: dict[str, str]) -> None:
+        chosen = list(self.sources.values())
+        paths = [f.path for f in chosen] + sorted(rejected)
+        ids = identity.identify_paths(pa.array(paths, pa.string())).column("image_id")
+        self.listing = pa.table(
+            {
+                "file_path": pa.array(paths, pa.string()),
+                "image_id": ids,
+                "file_size_bytes": pa.array(
+                    [f.size for f in chosen] + [None] * len(rejected), pa.int64()
+                ),
+                "source_modified_at": _us_to_ts(
+                    [f.mtime_us for f in chosen] + [None] * len(rejected)
+                ),
+                "reject_reason": pa.array(
+                    [None] * len(chosen) + [rejected[p] for p in sorted(rejected)], pa.string()
+                ),
+            },
+            schema=rules.LISTING_SCHEMA,
         )
-        # (path, size, mtime) of every version already ingested: such a file is not read again
-        seen_stat = set(
-            zip(
-                state.column("file_path").to_pylist(),
-                state.column("file_size_bytes").to_pylist(),
-                [_us(t) for t in state.column("source_modified_at").to_pylist()],
-                strict=True,
-            )
-        )
-        known = set(
-            zip(
-                state.column("image_id").to_pylist(),
-                state.column("content_sha256").to_pylist(),
-                strict=True,
-            )
-        )
-        todo = [f for f in chosen if (f.path, f.size, f.mtime_us) not in seen_stat]
-        self.summary.files_skipped_unchanged = len(chosen) - len(todo)
+        self._sql.register("listing", self.listing)
 
-        with _progress(len(todo), "bronze", self.progress) as bar:
-            for group in _batched(todo, self.batch_size):
-                rows: dict[str, list[Any]] = {
-                    "path": [],
-                    "modificationTime": [],
-                    "length": [],
-                    "content": [],
-                }
+    # ---------------------------------------------------------------- bronze
+    def bronze(self) -> None:
+        """Append new file versions to bronze; hold rejected entries and collisions."""
+        self._state("bronze")
+        to_read = self._rule(rules.BRONZE_TO_READ)
+        self.summary.files_skipped_unchanged = len(self.sources) - to_read.num_rows
+        unreadable: dict[str, str] = {}
+        stat_updates: list[pa.Table] = []
+        paths = to_read.column("file_path").to_pylist()
+        with _progress(len(paths), "bronze", self.progress) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                group = [self.sources[p] for p in paths[start : start + self.batch_size]]
+                read: dict[str, list[Any]] = {"path": [], "mtime": [], "length": [], "content": []}
                 for f in group:
                     try:
-                        content = listing.read_regular_file(f.path)
+                        content = listing.read_source_file(f)
                     except OSError as e:
-                        rejected[f.path] = e.strerror or str(e)
+                        unreadable[f.path] = e.strerror or str(e)
                         continue
-                    rows["path"].append(f.path)
-                    rows["modificationTime"].append(_ts_from_us(f.mtime_us))
-                    rows["length"].append(len(content))
-                    rows["content"].append(content)
+                    read["path"].append(f.path)
+                    read["mtime"].append(f.mtime_us)
+                    read["length"].append(len(content))
+                    read["content"].append(content)
                 bar.update(len(group))
-                if not rows["path"]:
+                if not read["path"]:
                     continue
-                batch = transforms.bronze_batch(pa.RecordBatch.from_pydict(rows), self.run_id)
-                keep = []
-                for i, key in enumerate(
-                    zip(
-                        batch.column("image_id").to_pylist(),
-                        batch.column("content_sha256").to_pylist(),
-                        strict=True,
-                    )
-                ):
-                    if key not in known:
-                        known.add(key)
-                        keep.append(i)
-                new = batch.take(pa.array(keep, pa.int64()))
-                self._add_new(BRONZE, self.lh.append(BRONZE, new, run_id=self.run_id))
-        self._quarantine_rejected(rejected)
-
-    def _quarantine_rejected(self, rejected: dict[str, str]) -> None:
-        if not rejected:
-            return
-        current = {
-            r["image_id"]: (r["file_path"], r["reason"])
-            for r in self.lh.read(QUARANTINE, ["image_id", "file_path", "reason"]).to_pylist()
-        }
-        paths, reasons = [], []
-        for path, reason in sorted(rejected.items()):
-            ident = transforms.identify(path)
-            if current.get(ident.image_id) != (path, reason):
-                paths.append(path)
-                reasons.append(reason)
-        batch = transforms.listing_quarantine_batch(paths, reasons, self.run_id)
-        result = self.lh.merge(QUARANTINE, batch, run_id=self.run_id, stage="listing")
-        self._add_new(QUARANTINE, int(result["num_target_rows_inserted"]))
-        for path, reason in zip(paths, reasons, strict=True):
-            self.summary.quarantined.append(
-                {"file_path": path, "stage": "listing", "reason": reason}
+                binary_files = pa.table(
+                    {
+                        "path": pa.array(read["path"], pa.string()),
+                        "modificationTime": _us_to_ts(read["mtime"]),
+                        "length": pa.array(read["length"], pa.int64()),
+                        "content": pa.array(read["content"], pa.binary()),
+                    }
+                )
+                incoming = transforms.bronze_batch(binary_files, self.run_id)
+                self._sql.register("incoming", incoming)
+                self._insert(BRONZE, self._rule(rules.BRONZE_INSERTS))
+                stat_updates.append(self._rule(rules.BRONZE_STAT_UPDATES))
+        if stat_updates:
+            updates = pa.concat_tables(stat_updates)
+            n = updates.num_rows
+            updates = updates.append_column(
+                "ingested_at", pa.array([identity.utc_now()] * n, schemas.TS)
+            ).append_column("ingestion_batch_id", pa.array([self.run_id] * n, pa.string()))
+            columns = [c for c in updates.column_names if c not in BRONZE.keys]
+            self._count(
+                self.summary.updated_rows,
+                BRONZE,
+                self.lh.update_columns(BRONZE, updates, columns, run_id=self.run_id),
             )
-
-    # ---------------------------------------------------------------- silver
-    def _bronze_latest(self) -> dict[str, dict[str, Any]]:
-        """Latest bronze version per image_id (by ingestion time, then path and hash)."""
-        meta = self.lh.read(
-            BRONZE, ["image_id", "content_sha256", "file_path", "ingested_at", "category"]
-        )
-        rows = sorted(
-            meta.to_pylist(),
-            key=lambda r: (r["image_id"], r["ingested_at"], r["file_path"], r["content_sha256"]),
-        )
-        return {r["image_id"]: r for r in rows}
-
-    def _bronze_contents(
-        self, wanted: set[tuple[str, str]], columns: list[str]
-    ) -> Iterator[pa.RecordBatch]:
-        """Stream bronze rows (with content) for (image_id, content_sha256) pairs, in batches."""
-        if not wanted:
-            return
-        shas = pa.array(sorted({sha for _, sha in wanted}), pa.string())
-        cols = list(dict.fromkeys(["image_id", "content_sha256", *columns]))
-        emitted: set[tuple[str, str]] = set()
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
-        for batch in self.lh.scan_batches(
-            BRONZE, cols, pc.field("content_sha256").isin(shas), self.batch_size
-        ):
-            keep = []
-            for i, key in enumerate(
+        if unreadable:
+            rejected = dict(
                 zip(
-                    batch.column("image_id").to_pylist(),
-                    batch.column("content_sha256").to_pylist(),
+                    self.listing.filter(pc.is_valid(self.listing.column("reject_reason")))
+                    .column("file_path")
+                    .to_pylist(),
+                    self.listing.filter(pc.is_valid(self.listing.column("reject_reason")))
+                    .column("reject_reason")
+                    .to_pylist(),
                     strict=True,
                 )
+            )
+            for p in unreadable:
+                self.sources.pop(p)
+            self._set_listing(rejected | unreadable)
+        self._hold_at_listing()
+
+    def _hold_at_listing(self) -> None:
+        """Quarantine rejected entries and collisions; release entries that are fine again;
+        evict held images from silver and gold."""
+        self._state("quarantine", "silver", "features", "predictions")
+        held = self._rule(rules.LISTING_HELD)
+        collisions = pc.starts_with(held.column("reason"), "identity collision")
+        self.summary.collisions = pc.sum(collisions).as_py() or 0
+        upserts = self._rule(rules.LISTING_QUARANTINE_UPSERTS)
+        if upserts.num_rows:
+            rows = transforms.listing_quarantine_batch(
+                upserts.column("file_path"),
+                upserts.column("reason"),
+                self.run_id,
+                image_ids=upserts.column("image_id"),
+            )
+            self._upsert(QUARANTINE, rows, "listing")
+            for path, reason in zip(
+                upserts.column("file_path").to_pylist(),
+                upserts.column("reason").to_pylist(),
+                strict=True,
             ):
-                if key in wanted and key not in emitted:
-                    emitted.add(key)
-                    keep.append(i)
-            if not keep:
+                self.summary.quarantined.append(
+                    {"file_path": path, "stage": "listing", "reason": reason}
+                )
+        self._delete(QUARANTINE, self._rule(rules.LISTING_QUARANTINE_RELEASES).column(0))
+        for view in ("silver", "features", "predictions"):
+            self._delete(rules.VIEWS[view], self._rule(rules.listing_evictions(view)).column(0))
+
+    # ---------------------------------------------------------------- silver + gold
+    def _bronze_contents(self, todo: pa.Table) -> Iterator[pa.RecordBatch]:
+        """Stream the bronze rows (with content) of ``todo``'s (image_id, content_sha256) pairs,
+        in batches of at most ``batch_size`` rows."""
+        if not todo.num_rows:
+            return
+        wanted = _key(todo)
+        shas = pc.unique(todo.column("content_sha256"))
+        emitted: set[str] = set()
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        columns = list(transforms.BRONZE_ANALYZE_COLUMNS)
+        for batch in self.lh.scan_batches(
+            BRONZE, columns, pc.field("content_sha256").isin(shas), self.batch_size
+        ):
+            keys = _key(batch)
+            mask = pc.is_in(keys, value_set=wanted)
+            if emitted:
+                mask = pc.and_(mask, pc.invert(pc.is_in(keys, value_set=pa.array(list(emitted)))))
+            batch = batch.filter(mask)
+            if not batch.num_rows:
                 continue
-            pending.append(batch.take(pa.array(keep, pa.int64())))
-            pending_rows += len(keep)
+            # one row per pair even if bronze holds a duplicate
+            first = pc.unique(_key(batch))
+            batch = batch.take(pc.index_in(first, _key(batch)))
+            emitted.update(first.to_pylist())
+            pending.append(batch)
+            pending_rows += batch.num_rows
             if pending_rows >= self.batch_size:
                 yield from pa.Table.from_batches(pending).to_batches(max_chunksize=self.batch_size)
                 pending, pending_rows = [], 0
         if pending:
             yield from pa.Table.from_batches(pending).to_batches(max_chunksize=self.batch_size)
 
-    def silver(self) -> None:
-        """Decode and validate bronze images not yet in silver or quarantine (see module doc)."""
-        latest = self._bronze_latest()
-        meta = self.lh.read(SILVER, ["image_id", "content_sha256"])
-        feats = self.lh.read(FEATURES, ["image_id", "content_sha256"])
-        quar = self.lh.read(QUARANTINE, ["image_id", "content_sha256", "stage"])
-        done = _pairs(meta) & _pairs(feats)
-        failed = {
-            (r["image_id"], r["content_sha256"]) for r in quar.to_pylist() if r["stage"] == "silver"
+    def silver_gold(self) -> None:
+        """Decode and score, once, every image not in its end state (see module docstring)."""
+        self._state("bronze", "silver", "features", "quarantine", "predictions")
+        todo = self._rule(rules.ANALYZE_TODO)
+        present = {
+            view: self.lh.read(rules.VIEWS[view], ["image_id"]).column(0)
+            for view in ("silver", "features", "quarantine", "predictions")
         }
-        quarantined_ids = set(quar.column("image_id").to_pylist())
-        silver_ids = set(meta.column("image_id").to_pylist())
-        wanted = {
-            (image_id, r["content_sha256"])
-            for image_id, r in latest.items()
-            if (image_id, r["content_sha256"]) not in done | failed
-        }
-        columns = list(schemas.BRONZE_METADATA.names)
-        with _progress(len(wanted), "silver", self.progress) as bar:
-            for batch in self._bronze_contents(wanted, columns):
-                out = transforms.silver_batch(batch, model=self.model, threads=self.threads)
-                meta_ids = out.metadata.column("image_id").to_pylist()
-                quar_ids = out.quarantine.column("image_id").to_pylist()
-                # features first: metadata is the marker that an image is complete in silver
-                self.lh.merge(FEATURES, out.features, run_id=self.run_id, stage="silver")
-                r = self.lh.merge(SILVER, out.metadata, run_id=self.run_id, stage="silver")
-                self._add_new(SILVER, int(r["num_target_rows_inserted"]))
-                self._add_new(FEATURES, int(r["num_target_rows_inserted"]))
-                r = self.lh.merge(QUARANTINE, out.quarantine, run_id=self.run_id, stage="silver")
-                self._add_new(QUARANTINE, int(r["num_target_rows_inserted"]))
-                for q in out.quarantine.to_pylist():
-                    self.summary.quarantined.append(
-                        {"file_path": q["file_path"], "stage": "silver", "reason": q["reason"]}
-                    )
-                # a file that now decodes leaves quarantine; one that now fails leaves silver
-                self.lh.delete_keys(
-                    QUARANTINE,
-                    "image_id",
-                    [i for i in meta_ids if i in quarantined_ids],
-                    run_id=self.run_id,
-                )
-                stale = [i for i in quar_ids if i in silver_ids]
-                self.lh.delete_keys(SILVER, "image_id", stale, run_id=self.run_id)
-                self.lh.delete_keys(FEATURES, "image_id", stale, run_id=self.run_id)
+        with _progress(todo.num_rows, "silver+gold", self.progress) as bar:
+            for batch in self._bronze_contents(todo):
+                out = transforms.analyze_batch(batch, model=self.model, threads=self.threads)
+                parts = out._asdict()
+                for view, part in rules.ANALYZE_UPSERTS.items():
+                    self._upsert(rules.VIEWS[view], parts[part], _STAGE_OF[view])
+                for q in out.quarantine.select(["file_path", "reason"]).to_pylist():
+                    self.summary.quarantined.append({**q, "stage": "silver"})
+                for view, part in rules.ANALYZE_DELETES.items():
+                    ids = parts[part].column("image_id")
+                    self._delete(rules.VIEWS[view], ids.filter(pc.is_in(ids, present[view])))
                 bar.update(batch.num_rows)
 
-    # ---------------------------------------------------------------- gold
-    def gold(self) -> None:
-        """Score silver images that have no prediction for this model and content yet."""
-        silver = self.lh.read(SILVER, ["image_id", "content_sha256", "label", "dataset_split"])
-        name, version = self.model.name, self.model.version
-        preds = self.lh.read(
-            PREDICTIONS,
-            ["image_id", "content_sha256"],
-            filter=(pc.field("model_name") == name) & (pc.field("model_version") == version),
-        )
-        done = _pairs(preds)
-        labels = {r["image_id"]: r for r in silver.to_pylist()}
-        wanted = {
-            (r["image_id"], r["content_sha256"])
-            for r in labels.values()
-            if (r["image_id"], r["content_sha256"]) not in done
-        }
-        with _progress(len(wanted), "gold", self.progress) as bar:
-            for batch in self._bronze_contents(wanted, ["content"]):
-                ids = batch.column("image_id").to_pylist()
-                batch = batch.append_column(
-                    "label", pa.array([labels[i]["label"] for i in ids], pa.int32())
-                ).append_column(
-                    "dataset_split",
-                    pa.array([labels[i]["dataset_split"] for i in ids], pa.string()),
-                )
-                out = transforms.gold_predictions_batch(
-                    batch, model=self.model, threads=self.threads
-                )
-                r = self.lh.merge(PREDICTIONS, out, run_id=self.run_id, stage="gold")
-                self._add_new(PREDICTIONS, int(r["num_target_rows_inserted"]))
-                bar.update(batch.num_rows)
-
+    # ---------------------------------------------------------------- performance
     def performance(self) -> None:
         """Append metrics per labelled split when this set of predictions is new."""
-        silver = self.lh.read(SILVER, ["image_id", "content_sha256", "dataset_split"])
-        current = _pairs(silver)
-        name, version = self.model.name, self.model.version
-        preds = self.lh.read(
-            PREDICTIONS,
-            [
-                "prediction_id",
-                "image_id",
-                "content_sha256",
-                "model_name",
-                "model_version",
-                "dataset_split",
-                "true_label",
-                "predicted_label",
-                "prediction_probability",
-            ],
-            filter=(pc.field("model_name") == name) & (pc.field("model_version") == version),
+        self._state(
+            "silver",
+            "predictions",
+            "performance",
+            columns={"predictions": rules.EVALUATION_COLUMNS},
         )
-        mask = [
-            (i, s) in current
-            for i, s in zip(
-                preds.column("image_id").to_pylist(),
-                preds.column("content_sha256").to_pylist(),
-                strict=True,
-            )
-        ]
-        preds = preds.filter(pa.array(mask, pa.bool_()))
-        rows = transforms.model_performance(preds, threshold=self.model.threshold)
-        existing = set(self.lh.read(PERFORMANCE, ["evaluation_id"]).column(0).to_pylist())
-        keep = [
-            i for i, e in enumerate(rows.column("evaluation_id").to_pylist()) if e not in existing
-        ]
-        new = rows.take(pa.array(keep, pa.int64()))
-        self._add_new(PERFORMANCE, self.lh.append(PERFORMANCE, new, run_id=self.run_id))
+        evaluated = self._rule(rules.EVALUATION_INPUT)
+        self._sql.register(
+            "evaluations", metrics.model_performance(evaluated, threshold=self.model.threshold)
+        )
+        self._insert(PERFORMANCE, self._rule(rules.PERFORMANCE_INSERTS))
 
     # ---------------------------------------------------------------- summary
     def finish(self) -> RunSummary:
         """Fill in totals, quarantine reasons and latest metrics; return the summary."""
-        self.summary.new_rows = {
-            s.qualified_name: self.summary.new_rows.get(s.qualified_name, 0) for s in schemas.TABLES
-        }
+        for counts in (self.summary.new_rows, self.summary.updated_rows, self.summary.deleted_rows):
+            for spec in schemas.TABLES:
+                counts.setdefault(spec.qualified_name, 0)
         for spec in schemas.TABLES:
             self.summary.total_rows[spec.qualified_name] = self.lh.count(spec)
         reasons = self.lh.read(QUARANTINE, ["reason"]).column(0).to_pylist()
         self.summary.quarantine_reasons = dict(collections.Counter(reasons))
-        perf = self.lh.read(PERFORMANCE).to_pylist()
+        perf = self.lh.read(
+            PERFORMANCE,
+            filter=(pc.field("model_name") == self.model.name)
+            & (pc.field("model_version") == self.model.version),
+        )
         latest: dict[str, dict[str, Any]] = {}
-        for row in sorted(perf, key=lambda r: (r["evaluated_at"], r["evaluation_id"])):
-            if (row["model_name"], row["model_version"]) == (
-                self.model.name,
-                self.model.version,
-            ):
-                latest[row["dataset_split"]] = row
+        for row in sorted(perf.to_pylist(), key=lambda r: (r["evaluated_at"], r["evaluation_id"])):
+            latest[row["dataset_split"]] = row
+        keep = (
+            "dataset_split",
+            "total_samples",
+            "accuracy",
+            "precision",
+            "recall",
+            "f1_score",
+            "auc_roc",
+        )
         self.summary.metrics = [
-            {
-                k: v
-                for k, v in latest[s].items()
-                if k
-                in (
-                    "dataset_split",
-                    "total_samples",
-                    "accuracy",
-                    "precision",
-                    "recall",
-                    "f1_score",
-                    "auc_roc",
-                )
-            }
+            {k: latest[s][k] for k in keep}
             | {"confusion_matrix": json.loads(latest[s]["confusion_matrix"])}
             for s in sorted(latest)
         ]
         return self.summary
+
+    def timed(self, stage: str, fn: Any, *args: Any) -> None:
+        """Run one stage and record its wall-clock seconds in the summary."""
+        start = time.perf_counter()
+        fn(*args)
+        self.summary.stage_seconds[stage] = round(time.perf_counter() - start, 3)
 
 
 def run_pipeline(
@@ -507,8 +506,8 @@ def run_pipeline(
     with LakehouseLock(pipeline.lh.root, pipeline.lh.env):
         pipeline.lh.create_all()
         pipeline.lh.record_sources(sources)
-        pipeline.bronze(sources, sample_per_label)
-        pipeline.silver()
-        pipeline.gold()
-        pipeline.performance()
+        pipeline.timed("listing", pipeline.list_sources, sources, sample_per_label)
+        pipeline.timed("bronze", pipeline.bronze)
+        pipeline.timed("silver+gold", pipeline.silver_gold)
+        pipeline.timed("performance", pipeline.performance)
         return pipeline.finish()

@@ -1,226 +1,34 @@
-"""Single source of truth for the lakehouse tables: names, Arrow schemas, keys and properties.
+"""The local engine's view of the medallion schemas: `cxrlake.medallion.schemas`, re-exported.
 
-Shared by the local pipeline (delta-rs + DuckDB) and the Databricks layer (`cxrlake.spark`,
-`sql/`), so that both write exactly the same tables.
-
-Type mapping (Arrow -> Delta / Spark SQL): ``string`` -> STRING, ``int32`` -> INT,
-``int64`` -> BIGINT, ``float64`` -> DOUBLE, ``bool`` -> BOOLEAN, ``binary`` -> BINARY,
-``timestamp[us, UTC]`` -> TIMESTAMP, ``date32`` -> DATE, ``list<float64>`` -> ARRAY<DOUBLE>.
+The tables are defined once, in `cxrlake.medallion.schemas`; this module keeps the local
+lakehouse's import path working.
 """
 
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
-
-import pyarrow as pa
-
-CATALOG_PREFIX = "healthcare_catalog_"
-"""Catalog name is ``healthcare_catalog_<env>`` (dev, pilot, prod ...)."""
-
-LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-"""Class names; the index is the integer label (0 = NORMAL, 1 = PNEUMONIA)."""
-
-TABLE_PROPERTIES: dict[str, str] = {
-    "delta.enableChangeDataFeed": "true",
-    # Let readers keep deleted files a week (VACUUM default retention, time travel).
-    "delta.deletedFileRetentionDuration": "interval 7 days",
-    "delta.logRetentionDuration": "interval 30 days",
-}
-"""Delta table properties of every lakehouse table (Change Data Feed on)."""
-
-QUARANTINE_MIN_SIDE_PX = 64
-"""Quarantine rule, validation part: a decoded image narrower or lower than this many pixels is
-quarantined (`image WxH smaller than 64 px minimum`)."""
-# The other part of the rule: any row for which the Rust core returns an error (decode failure,
-# empty file, not an image, limits exceeded) is quarantined with that error string as reason.
-
-TS = pa.timestamp("us", tz="UTC")
-
-BRONZE_METADATA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("filename", pa.string()),
-        pa.field("category", pa.string()),  # NORMAL / PNEUMONIA / NULL when unlabelled
-        pa.field("dataset_split", pa.string()),
-        pa.field("file_path", pa.string()),
-        pa.field("file_size_bytes", pa.int64()),
-        pa.field("ingested_at", TS),
-        pa.field("ingestion_batch_id", pa.string()),
-        # extra columns (audit / incremental ingestion)
-        pa.field("content_sha256", pa.string()),  # hex sha256 of the file bytes
-        pa.field("source_modified_at", TS),  # file mtime at ingestion
-        pa.field("content", pa.binary()),  # the image bytes (silver/gold read them from here)
-    ]
+from cxrlake.medallion.schemas import (  # noqa: F401 - re-exports
+    BRONZE,
+    BRONZE_METADATA,
+    CATALOG_PREFIX,
+    DATASET_SUMMARY_SQL,
+    DATASET_SUMMARY_VIEW,
+    FEATURES,
+    GOLD_PERFORMANCE,
+    GOLD_PREDICTIONS,
+    HEATMAP,
+    LABEL_NAMES,
+    PERFORMANCE,
+    PREDICTIONS,
+    QUARANTINE,
+    QUARANTINE_MIN_SIDE_PX,
+    SILVER,
+    SILVER_FEATURES,
+    SILVER_METADATA,
+    SILVER_QUARANTINE,
+    TABLE_PROPERTIES,
+    TABLES,
+    TS,
+    TableSpec,
+    catalog_path,
+    validate_env,
 )
-"""``bronze.kaggle_xray_metadata``: append-only; one row per (image_id, content_sha256) version."""
-
-SILVER_METADATA = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("dataset_split", pa.string()),
-        pa.field("file_path", pa.string()),
-        pa.field("image_width", pa.int32()),
-        pa.field("image_height", pa.int32()),
-        pa.field("quality_score", pa.float64()),  # 0..1, from the Rust core
-        pa.field("processed_at", TS),
-        pa.field("source_batch_id", pa.string()),  # bronze ingestion_batch_id
-        # extra columns
-        pa.field("filename", pa.string()),
-        pa.field("content_sha256", pa.string()),
-        pa.field("file_size_bytes", pa.int64()),
-    ]
-)
-"""``silver.xray_metadata``: one row per image_id (MERGE on image_id), good images only."""
-
-SILVER_FEATURES = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("feature_vector", pa.list_(pa.float64())),
-        pa.field("feature_extraction_model", pa.string()),  # "<model_name>:<model_version>"
-        pa.field("mean_pixel_value", pa.float64()),  # 8-bit grayscale, 0..255
-        pa.field("std_pixel_value", pa.float64()),  # 8-bit grayscale, 0..255
-        pa.field("extracted_at", TS),
-        # extra columns
-        pa.field("content_sha256", pa.string()),
-    ]
-)
-"""``silver.image_features``: one row per image_id (MERGE on image_id)."""
-
-SILVER_QUARANTINE = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("filename", pa.string()),
-        pa.field("file_path", pa.string()),
-        pa.field("dataset_split", pa.string()),
-        pa.field("category", pa.string()),
-        pa.field("file_size_bytes", pa.int64()),
-        pa.field("content_sha256", pa.string()),  # NULL when the file could not be read
-        pa.field("stage", pa.string()),  # "listing" (not a regular file) or "silver" (decode)
-        pa.field("reason", pa.string()),  # error string of the Rust core or of the listing
-        pa.field("source_batch_id", pa.string()),
-        pa.field("quarantined_at", TS),
-    ]
-)
-"""``silver.quarantine``: images that failed decoding or validation, one row per image_id
-(MERGE on image_id); a row is deleted once a later version of the file passes."""
-
-GOLD_PREDICTIONS = pa.schema(
-    [
-        pa.field("prediction_id", pa.string(), nullable=False),
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("predicted_label", pa.int32()),
-        pa.field("prediction_probability", pa.float64()),  # P(PNEUMONIA)
-        pa.field("confidence_score", pa.float64()),  # max(p, 1 - p)
-        pa.field("true_label", pa.int32()),  # NULL when unlabelled
-        pa.field("is_correct", pa.bool_()),  # NULL when unlabelled
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("predicted_at", TS),
-        pa.field("prediction_date", pa.date32()),
-        # extra columns
-        pa.field("dataset_split", pa.string()),
-        pa.field("content_sha256", pa.string()),
-    ]
-)
-"""``gold.pneumonia_predictions``: one row per (image_id, model_name, model_version), MERGEd on
-those keys; ``prediction_id`` is deterministic (see `transforms.prediction_id`)."""
-
-GOLD_PERFORMANCE = pa.schema(
-    [
-        pa.field("evaluation_id", pa.string(), nullable=False),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("dataset_split", pa.string()),
-        pa.field("accuracy", pa.float64()),
-        pa.field("precision", pa.float64()),
-        pa.field("recall", pa.float64()),
-        pa.field("f1_score", pa.float64()),
-        pa.field("auc_roc", pa.float64()),  # NULL when the split holds one class only
-        pa.field("confusion_matrix", pa.string()),  # JSON, see transforms.model_performance
-        pa.field("total_samples", pa.int64()),
-        pa.field("evaluated_at", TS),
-        pa.field("evaluation_date", pa.date32()),
-        # extra columns
-        pa.field("threshold", pa.float64()),
-        pa.field("predictions_fingerprint", pa.string()),
-    ]
-)
-"""``gold.model_performance``: one row per labelled split and distinct prediction set;
-``evaluation_id`` is deterministic, so an unchanged run writes nothing."""
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A lakehouse table: ``schema.name``, its Arrow schema and its merge keys."""
-
-    schema_name: str
-    name: str
-    arrow_schema: pa.Schema
-    keys: tuple[str, ...]
-    """Columns that identify a row (MERGE keys); bronze is append-only on these."""
-
-    @property
-    def qualified_name(self) -> str:
-        """``<schema>.<table>``, e.g. ``bronze.kaggle_xray_metadata``."""
-        return f"{self.schema_name}.{self.name}"
-
-    def path(self, lakehouse: str | os.PathLike, env: str = "dev") -> str:
-        """Local Delta path ``<lakehouse>/healthcare_catalog_<env>/<schema>/<table>``."""
-        return os.path.join(catalog_path(lakehouse, env), self.schema_name, self.name)
-
-
-BRONZE = TableSpec(
-    "bronze", "kaggle_xray_metadata", BRONZE_METADATA, ("image_id", "content_sha256")
-)
-SILVER = TableSpec("silver", "xray_metadata", SILVER_METADATA, ("image_id",))
-FEATURES = TableSpec("silver", "image_features", SILVER_FEATURES, ("image_id",))
-QUARANTINE = TableSpec("silver", "quarantine", SILVER_QUARANTINE, ("image_id",))
-PREDICTIONS = TableSpec(
-    "gold", "pneumonia_predictions", GOLD_PREDICTIONS, ("image_id", "model_name", "model_version")
-)
-PERFORMANCE = TableSpec("gold", "model_performance", GOLD_PERFORMANCE, ("evaluation_id",))
-
-TABLES: tuple[TableSpec, ...] = (BRONZE, SILVER, FEATURES, QUARANTINE, PREDICTIONS, PERFORMANCE)
-"""Every Delta table of the lakehouse, in pipeline order."""
-
-DATASET_SUMMARY_VIEW = "gold.dataset_summary"
-"""View (DuckDB locally, SQL view on Databricks): counts by split and label plus the quality-score
-distribution of silver.xray_metadata and the quarantine count. SQL: `DATASET_SUMMARY_SQL`."""
-
-DATASET_SUMMARY_SQL = """
-SELECT
-  m.dataset_split,
-  coalesce(m.label_name, 'UNLABELLED') AS label_name,
-  count(*) AS image_count,
-  avg(m.quality_score) AS quality_mean,
-  min(m.quality_score) AS quality_min,
-  quantile_cont(m.quality_score, 0.25) AS quality_p25,
-  quantile_cont(m.quality_score, 0.5) AS quality_median,
-  quantile_cont(m.quality_score, 0.75) AS quality_p75,
-  max(m.quality_score) AS quality_max,
-  avg(m.image_width) AS mean_width,
-  avg(m.image_height) AS mean_height
-FROM silver.xray_metadata AS m
-GROUP BY ALL
-ORDER BY 1, 2
-"""
-"""Body of `DATASET_SUMMARY_VIEW` (DuckDB dialect; also valid Spark SQL except ``quantile_cont``,
-which is ``percentile_cont(q) WITHIN GROUP (ORDER BY ...)`` there)."""
-
-
-def catalog_path(lakehouse: str | os.PathLike, env: str = "dev") -> str:
-    """Directory of the local catalog: ``<lakehouse>/healthcare_catalog_<env>``."""
-    validate_env(env)
-    return os.path.join(os.fspath(lakehouse), CATALOG_PREFIX + env)
-
-
-def validate_env(env: str) -> str:
-    """Return ``env`` if it is a valid environment name (lowercase letters, digits, ``_``)."""
-    if not env or not all(c.islower() or c.isdigit() or c == "_" for c in env):
-        raise ValueError(
-            f"invalid env {env!r}: use lowercase letters, digits and '_' (e.g. dev, pilot, prod)"
-        )
-    return env

@@ -3,6 +3,10 @@
 Every write is one atomic Delta commit. The pipeline holds an exclusive `LakehouseLock` for the
 whole run, so a second run on the same lakehouse waits and then finds nothing left to do; commits
 also carry ``max_commit_retries`` for writers outside the pipeline (e.g. ``cxrlake maintain``).
+
+Fault injection for tests: with ``CXRLAKE_FAULT_KILL_AFTER_COMMIT=N`` in the environment the
+process sends itself SIGKILL right after its N-th commit, so a test can stop a run at every
+commit boundary and check that the next run repairs it.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
@@ -17,12 +22,29 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
 
-from cxrlake.lakehouse import schemas
-from cxrlake.lakehouse.schemas import TableSpec
+from cxrlake.medallion import schemas
+from cxrlake.medallion.schemas import TableSpec
 
 COMMIT_RETRIES = 20
 LOCK_FILE = "_cxrlake.lock"
 SOURCES_FILE = "_cxrlake_sources.json"
+FAULT_ENV = "CXRLAKE_FAULT_KILL_AFTER_COMMIT"
+
+_commits = 0
+
+
+def _committed() -> None:
+    """Count a commit of this process; SIGKILL itself after the N-th when `FAULT_ENV` is set."""
+    global _commits
+    _commits += 1
+    kill_after = os.environ.get(FAULT_ENV)
+    if kill_after and _commits == int(kill_after):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def commits_made() -> int:
+    """Delta commits this process has made through `Lakehouse` (tests, fault injection)."""
+    return _commits
 
 
 class LakehouseLock:
@@ -117,6 +139,7 @@ class Lakehouse:
                     configuration=schemas.TABLE_PROPERTIES,
                     commit_properties=commit_properties(operation="create"),
                 )
+                _committed()
 
     def table(self, spec: TableSpec) -> DeltaTable:
         """The current version of a table (raises if it does not exist)."""
@@ -184,6 +207,7 @@ class Lakehouse:
             mode="append",
             commit_properties=commit_properties(**meta),
         )
+        _committed()
         return data.num_rows
 
     def merge(self, spec: TableSpec, data: pa.RecordBatch | pa.Table, **meta: str) -> dict:
@@ -192,7 +216,7 @@ class Lakehouse:
         if data.num_rows == 0:
             return {"num_target_rows_inserted": 0, "num_target_rows_updated": 0}
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
-        return (
+        result = (
             self.table(spec)
             .merge(
                 data,
@@ -205,6 +229,35 @@ class Lakehouse:
             .when_not_matched_insert_all()
             .execute()
         )
+        _committed()
+        return result
+
+    def update_columns(
+        self, spec: TableSpec, data: pa.Table, columns: list[str], **meta: str
+    ) -> int:
+        """Set ``columns`` of the rows matching ``data`` on the table's keys (one commit; none
+        when ``data`` is empty). Returns the number of rows updated."""
+        if data.num_rows == 0:
+            return 0
+        types = {f.name: f.type for f in spec.arrow_schema}
+        data = data.select([*spec.keys, *columns]).cast(
+            pa.schema([pa.field(c, types[c]) for c in (*spec.keys, *columns)])
+        )
+        predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
+        result = (
+            self.table(spec)
+            .merge(
+                data,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                commit_properties=commit_properties(**meta),
+            )
+            .when_matched_update({c: f"s.{c}" for c in columns})
+            .execute()
+        )
+        _committed()
+        return int(result.get("num_target_rows_updated", 0))
 
     def delete_keys(self, spec: TableSpec, column: str, values: Iterable[str], **meta: str) -> int:
         """Delete rows whose ``column`` is one of ``values`` (one commit; none when empty)."""
@@ -215,6 +268,7 @@ class Lakehouse:
         result = self.table(spec).delete(
             f"{column} IN ({quoted})", commit_properties=commit_properties(**meta)
         )
+        _committed()
         return int(result.get("num_deleted_rows", 0))
 
 

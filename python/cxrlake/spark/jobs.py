@@ -18,11 +18,13 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
-from cxrlake.lakehouse import schemas as lake_schemas
-from cxrlake.lakehouse.schemas import TableSpec
+from cxrlake.medallion import rules
+from cxrlake.medallion import schemas as lake_schemas
+from cxrlake.medallion.schemas import TableSpec
 from cxrlake.spark import sql_files
 from cxrlake.spark.deployment import Deployment, DeploymentError
 
@@ -151,12 +153,210 @@ def _batch_id(prefix: str, when: dt.datetime) -> str:
     return f"{prefix}-{when:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
+class TableChange(NamedTuple):
+    """What a stage decided for one table: rows to MERGE on its keys, image ids to delete, and
+    (bronze only) rows whose ``STAT_COLUMNS`` to update."""
+
+    upserts: Any = None  # DataFrame in the table's schema
+    deletes: Any = None  # DataFrame with an image_id column
+    updates: Any = None  # DataFrame: keys + BRONZE_STAT_COLUMNS
+
+
+BRONZE_STAT_COLUMNS = (
+    "file_path",
+    "file_size_bytes",
+    "source_modified_at",
+    "ingested_at",
+    "ingestion_batch_id",
+)
+"""Bronze columns `rules.BRONZE_STAT_UPDATES` refreshes for bytes bronze already holds."""
+
+
+def catalog_tables(spark: Any, catalog: str | Deployment) -> dict[str, Any]:
+    """The state DataFrames the rules read, by view name, from the catalog's Delta tables."""
+    return {view: spark.table(table_name(catalog, spec)) for view, spec in rules.VIEWS.items()}
+
+
+def register_state(spark: Any, tables: Mapping[str, Any], model: Any) -> None:
+    """Register the views of `cxrlake.medallion.rules`: each table's state columns and the
+    one-row ``model`` view of ``model`` (a `cxrlake.Model`)."""
+    from cxrlake.medallion.transforms import feature_tag
+
+    for view in rules.VIEWS:
+        columns = list(rules.STATE_COLUMNS[view])
+        if view == "predictions":
+            columns = list(dict.fromkeys([*columns, *rules.EVALUATION_COLUMNS]))
+        tables[view].select(*columns).createOrReplaceTempView(view)
+    row = rules.model_row(model.name, model.version, feature_tag(model))
+    _arrow_frame(spark, row).createOrReplaceTempView("model")
+
+
+def _arrow_frame(spark: Any, table: Any) -> Any:
+    """A DataFrame of a small Arrow table (driver side)."""
+    from cxrlake.spark.schemas import to_spark_schema
+
+    schema = to_spark_schema(table.schema)
+    try:
+        return spark.createDataFrame(table, schema=schema)  # Spark >= 4.0 takes Arrow
+    except TypeError:  # Spark 3.5
+        return spark.createDataFrame(table.to_pandas(), schema=schema)
+
+
+def decide_bronze(
+    spark: Any,
+    tables: Mapping[str, Any],
+    source_path: str,
+    model: Any,
+    ingestion_batch_id: str,
+    now: dt.datetime | None = None,
+) -> dict[str, TableChange]:
+    """Bronze stage of the rules over the files under ``source_path`` (a batch listing with
+    Spark's ``binaryFile`` source; only files bronze has not seen are read): new versions to
+    insert, known bytes whose stats to refresh, listing rows to hold in quarantine (collisions),
+    held images to evict from silver and gold. Returns changes by view name."""
+    from pyspark.sql import functions as F
+
+    from cxrlake.spark.transforms import to_bronze, to_listing
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    register_state(spark, tables, model)
+    files = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
+    to_listing(files.load(source_path)).createOrReplaceTempView("listing")
+    wanted = [r[0] for r in spark.sql(rules.BRONZE_TO_READ).select("file_path").collect()]
+    changes = {view: TableChange() for view in rules.VIEWS}
+    if wanted:
+        incoming = to_bronze(files.load(wanted), ingestion_batch_id, now)
+        incoming.createOrReplaceTempView("incoming")
+        stats = spark.sql(rules.BRONZE_STAT_UPDATES).select(
+            "image_id",
+            "content_sha256",
+            "file_path",
+            "file_size_bytes",
+            "source_modified_at",
+            F.lit(now).alias("ingested_at"),
+            F.lit(ingestion_batch_id).alias("ingestion_batch_id"),
+        )
+        changes["bronze"] = TableChange(upserts=spark.sql(rules.BRONZE_INSERTS), updates=stats)
+    changes.update(_decide_listing(spark, ingestion_batch_id, now))
+    return changes
+
+
+def _decide_listing(spark: Any, batch_id: str, now: dt.datetime) -> dict[str, TableChange]:
+    from cxrlake.spark.schemas import SILVER_QUARANTINE
+    from cxrlake.spark.transforms import listing_quarantine_rows
+
+    held = spark.sql(rules.LISTING_QUARANTINE_UPSERTS).mapInArrow(
+        listing_quarantine_rows(batch_id, now), SILVER_QUARANTINE
+    )
+    out = {"quarantine": TableChange(held, spark.sql(rules.LISTING_QUARANTINE_RELEASES))}
+    for view in ("silver", "features", "predictions"):
+        out[view] = TableChange(deletes=spark.sql(rules.listing_evictions(view)))
+    return out
+
+
+def decide_analysis(
+    spark: Any,
+    tables: Mapping[str, Any],
+    model: Any,
+    model_path: str | None = None,
+    now: dt.datetime | None = None,
+) -> dict[str, TableChange]:
+    """Silver and gold stage of the rules: every image not in its end state for ``model`` is
+    decoded and scored once (`transforms.to_analyzed`, persisted); returns the rows to MERGE into
+    silver, features, predictions and quarantine and the image ids each table loses."""
+    from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS
+    from cxrlake.spark.transforms import to_analyzed
+
+    register_state(spark, tables, model)
+    todo = spark.sql(rules.ANALYZE_TODO)
+    bronze = tables["bronze"].select(*BRONZE_ANALYZE_COLUMNS)
+    rows = bronze.join(todo, ["image_id", "content_sha256"], "left_semi").dropDuplicates(
+        ["image_id", "content_sha256"]
+    )
+    parts = to_analyzed(rows, model=model_path, processed_at=now)._asdict()
+    changes = {view: TableChange() for view in rules.VIEWS}
+    for view in rules.ANALYZE_UPSERTS:
+        deleted = parts[rules.ANALYZE_DELETES[view]].select("image_id")
+        changes[view] = TableChange(parts[rules.ANALYZE_UPSERTS[view]], deleted)
+    return changes
+
+
+def decide_performance(
+    spark: Any, tables: Mapping[str, Any], model: Any, now: dt.datetime | None = None
+) -> dict[str, TableChange]:
+    """Performance stage of the rules: metrics of ``model`` over the predictions of the current
+    bytes of images in silver (computed on the driver by `cxrlake.medallion.metrics`); returns
+    the evaluation rows not recorded yet."""
+    from cxrlake.medallion import metrics
+    from cxrlake.spark.transforms import to_arrow
+
+    register_state(spark, tables, model)
+    evaluated = to_arrow(spark.sql(rules.EVALUATION_INPUT))
+    rows = metrics.model_performance(
+        evaluated, threshold=model.threshold, evaluated_at=now or dt.datetime.now(dt.timezone.utc)
+    )
+    _arrow_frame(spark, rows).createOrReplaceTempView("evaluations")
+    return {"performance": TableChange(upserts=spark.sql(rules.PERFORMANCE_INSERTS))}
+
+
+def delete_statement(target: str, source: str) -> str:
+    """``DELETE`` of the rows of ``target`` whose image_id is in view ``source``."""
+    return f"DELETE FROM {target} WHERE image_id IN (SELECT image_id FROM {source})"
+
+
+def bronze_stats_statement(target: str, source: str) -> str:
+    """``MERGE`` refreshing `BRONZE_STAT_COLUMNS` of bronze rows matched on their keys."""
+    on = " AND ".join(f"t.{k} = s.{k}" for k in lake_schemas.BRONZE.keys)
+    sets = ", ".join(f"t.{c} = s.{c}" for c in BRONZE_STAT_COLUMNS)
+    return (
+        f"MERGE INTO {target} AS t USING {source} AS s ON {on} WHEN MATCHED THEN UPDATE SET {sets}"
+    )
+
+
+def apply_changes(
+    spark: Any, catalog: str | Deployment, changes: Mapping[str, TableChange]
+) -> dict[str, Any]:
+    """Write a stage's decision to the catalog's Delta tables: per table, the MERGE of its
+    upserts (insert-only for bronze and performance), then the bronze stat refresh, then the
+    deletes. Each statement is idempotent, so a job stopped between two of them is finished by
+    the next run, whose rules select what is left. Returns Delta's row counts per table."""
+    counts: dict[str, Any] = {}
+    for view, change in changes.items():
+        spec = rules.VIEWS[view]
+        target = table_name(catalog, spec)
+        done: dict[str, Any] = {}
+        if change.upserts is not None:
+            insert_only = spec in (lake_schemas.BRONZE, lake_schemas.PERFORMANCE)
+            done["merge"] = merge_into(change.upserts, target, spec.keys, update=not insert_only)
+        if change.updates is not None:
+            done["stats"] = _run_with_view(spark, change.updates, bronze_stats_statement, target)
+        if change.deletes is not None:
+            done["delete"] = _run_with_view(spark, change.deletes, delete_statement, target)
+        counts[view] = done
+    spark.catalog.clearCache()
+    return counts
+
+
+def _run_with_view(spark: Any, df: Any, statement: Any, target: str) -> dict[str, int]:
+    view = f"cxrlake_change_{uuid.uuid4().hex}"
+    df.createOrReplaceTempView(view)
+    try:
+        rows = spark.sql(statement(target, view)).collect()
+    finally:
+        spark.catalog.dropTempView(view)
+    metrics = rows[0].asDict() if rows else {}
+    return {k: int(v) for k, v in metrics.items() if isinstance(v, int)}
+
+
 def ingest_bronze(
     spark: Any, catalog: str | Deployment, source_path: str, checkpoint_path: str
 ) -> dict[str, Any]:
     """Auto Loader (``cloudFiles.format = binaryFile``, trigger ``availableNow``) from the volume
-    ``source_path`` into ``bronze.kaggle_xray_metadata``; each micro-batch is MERGEd insert-only on
+    ``source_path`` into ``bronze.kaggle_xray_metadata``; each micro-batch goes through the bronze
+    rules (`rules.BRONZE_INSERTS`, `rules.BRONZE_STAT_UPDATES`) and is MERGEd insert-only on
     (image_id, content_sha256), so a retried batch adds nothing. Returns the query's progress."""
+    from pyspark.sql import functions as F
+
     from cxrlake.spark.transforms import to_bronze
     from cxrlake.spark.udfs import configure_session
 
@@ -165,7 +365,23 @@ def ingest_bronze(
 
     def merge_batch(batch_df: Any, batch_id: int) -> None:
         now = dt.datetime.now(dt.timezone.utc)
-        rows = to_bronze(batch_df, f"autoloader-{batch_id:06d}-{now:%Y%m%dT%H%M%SZ}", now)
+        ingestion_id = f"autoloader-{batch_id:06d}-{now:%Y%m%dT%H%M%SZ}"
+        session = batch_df.sparkSession
+        session.table(target).select(*rules.STATE_COLUMNS["bronze"]).createOrReplaceTempView(
+            "bronze"
+        )
+        to_bronze(batch_df, ingestion_id, now).createOrReplaceTempView("incoming")
+        stats = session.sql(rules.BRONZE_STAT_UPDATES).select(
+            "image_id",
+            "content_sha256",
+            "file_path",
+            "file_size_bytes",
+            "source_modified_at",
+            F.lit(now).alias("ingested_at"),
+            F.lit(ingestion_id).alias("ingestion_batch_id"),
+        )
+        _run_with_view(session, stats, bronze_stats_statement, target)
+        rows = session.sql(rules.BRONZE_INSERTS)
         merge_into(rows, target, lake_schemas.BRONZE.keys, update=False)
 
     stream = (
@@ -191,94 +407,38 @@ def ingest_bronze(
     }
 
 
-def _latest_bronze(spark: Any, catalog: str) -> Any:
-    """The latest version (by ingested_at) of every image in bronze."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
-
-    bronze = spark.table(table_name(catalog, lake_schemas.BRONZE))
-    w = Window.partitionBy("image_id").orderBy(F.col("ingested_at").desc(), F.col("content_sha256"))
-    return bronze.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
-
-
 def transform_silver(
     spark: Any, catalog: str | Deployment, model: str | None = None
 ) -> dict[str, Any]:
-    """Decode and validate bronze images not yet in silver (new image or new bytes) with the Rust
-    core; MERGE ``silver.xray_metadata`` / ``silver.image_features`` / ``silver.quarantine`` on
-    image_id, and drop quarantine rows of images that now pass. Returns row counts."""
-    from cxrlake.spark.transforms import to_silver
-    from cxrlake.spark.udfs import configure_session
-
-    configure_session(spark)
-    silver_t = table_name(catalog, lake_schemas.SILVER)
-    features_t = table_name(catalog, lake_schemas.FEATURES)
-    quarantine_t = table_name(catalog, lake_schemas.QUARANTINE)
-    done = (
-        spark.table(silver_t)
-        .select("image_id", "content_sha256")
-        .unionByName(spark.table(quarantine_t).select("image_id", "content_sha256"))
-    )
-    todo = _latest_bronze(spark, catalog).join(done, ["image_id", "content_sha256"], "left_anti")
-    frames = to_silver(todo, model=model)
-    counts = {
-        "metadata": merge_into(frames.metadata, silver_t, lake_schemas.SILVER.keys, update=True),
-        "features": merge_into(
-            frames.features, features_t, lake_schemas.FEATURES.keys, update=True
-        ),
-        "quarantine": merge_into(
-            frames.quarantine, quarantine_t, lake_schemas.QUARANTINE.keys, update=True
-        ),
-    }
-    spark.sql(
-        f"DELETE FROM {quarantine_t} AS q WHERE EXISTS "
-        f"(SELECT 1 FROM {silver_t} AS s WHERE s.image_id = q.image_id "
-        f"AND s.content_sha256 <=> q.content_sha256)"
-    )
-    spark.catalog.clearCache()
-    return counts
-
-
-def predict_gold(spark: Any, catalog: str | Deployment, model: str | None = None) -> dict[str, Any]:
-    """Score silver images without a prediction of this model version for their current bytes;
-    MERGE ``gold.pneumonia_predictions`` on (image_id, model_name, model_version); then add the
-    ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
-    deterministic evaluation_id, so an unchanged run writes nothing)."""
-    from pyspark.sql import functions as F
-
-    from cxrlake.spark.transforms import gold_input, model_performance, to_gold_predictions
+    """Silver and gold in one pass: every image of bronze not in its end state (new image, new
+    bytes, new model version, or left half-written by a stopped run) is decoded and scored once
+    with the Rust core; silver, features, predictions and quarantine are MERGEd on their keys,
+    and an image that now fails leaves silver and gold. Returns Delta's row counts."""
     from cxrlake.spark.udfs import configure_session, model_for
 
     configure_session(spark)
     loaded = model_for(model)
-    predictions_t = table_name(catalog, lake_schemas.PREDICTIONS)
-    performance_t = table_name(catalog, lake_schemas.PERFORMANCE)
-    existing = (
-        spark.table(predictions_t)
-        .where((F.col("model_name") == loaded.name) & (F.col("model_version") == loaded.version))
-        .select("image_id", "content_sha256")
-    )
-    silver = spark.table(table_name(catalog, lake_schemas.SILVER)).join(
-        existing, ["image_id", "content_sha256"], "left_anti"
-    )
-    scoring = gold_input(spark.table(table_name(catalog, lake_schemas.BRONZE)), silver)
-    predictions = to_gold_predictions(scoring, model=model)
-    counts = {
-        "predictions": merge_into(
-            predictions, predictions_t, lake_schemas.PREDICTIONS.keys, update=True
-        )
-    }
-    this_model = spark.table(predictions_t).where(
-        (F.col("model_name") == loaded.name) & (F.col("model_version") == loaded.version)
-    )
-    performance = model_performance(this_model, model=model)
-    if performance.num_rows:
-        from cxrlake.spark.schemas import GOLD_PERFORMANCE
+    changes = decide_analysis(spark, catalog_tables(spark, catalog), loaded, model)
+    return apply_changes(spark, catalog, changes)
 
-        rows = spark.createDataFrame(performance.to_pandas(), schema=GOLD_PERFORMANCE)
-        counts["performance"] = merge_into(
-            rows, performance_t, lake_schemas.PERFORMANCE.keys, update=False
+
+def predict_gold(spark: Any, catalog: str | Deployment, model: str | None = None) -> dict[str, Any]:
+    """Gold for ``model``: finish the analysis pass for this model version (images silver holds
+    without its prediction are scored once, embedding and probability together), then append the
+    ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
+    deterministic evaluation_id, so an unchanged run writes nothing)."""
+    from cxrlake.spark.udfs import configure_session, model_for
+
+    configure_session(spark)
+    loaded = model_for(model)
+    counts = apply_changes(
+        spark, catalog, decide_analysis(spark, catalog_tables(spark, catalog), loaded, model)
+    )
+    counts.update(
+        apply_changes(
+            spark, catalog, decide_performance(spark, catalog_tables(spark, catalog), loaded)
         )
+    )
     return counts
 
 

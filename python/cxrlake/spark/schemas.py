@@ -1,12 +1,12 @@
-"""Spark schemas of the lakehouse tables, derived from the Arrow schemas of
-`cxrlake.lakehouse.schemas` (the single source of truth): never redefine a column here."""
+"""Spark schemas of the medallion tables, derived from the Arrow schemas of
+`cxrlake.medallion.schemas` (the single source of truth): never redefine a column here."""
 
 from __future__ import annotations
 
 import pyarrow as pa
 from pyspark.sql import types as T
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 
 BINARY_FILE_SCHEMA = T.StructType(
     [
@@ -23,9 +23,10 @@ BINARY_FILE_SCHEMA = T.StructType(
 def spark_type(arrow_type: pa.DataType) -> T.DataType:
     """The Spark SQL type of an Arrow type used by the lakehouse schemas.
 
-    Mapping (as documented in `cxrlake.lakehouse.schemas`): string -> STRING, int32 -> INT,
-    int64 -> BIGINT, float64 -> DOUBLE, bool -> BOOLEAN, binary -> BINARY, timestamp with a
-    time zone -> TIMESTAMP, date32 -> DATE, list<x> -> ARRAY<x>, struct -> STRUCT.
+    Mapping (as documented in `cxrlake.medallion.schemas`): string -> STRING, int32 -> INT,
+    int64 -> BIGINT, float32 -> FLOAT, float64 -> DOUBLE, bool -> BOOLEAN, binary -> BINARY,
+    timestamp with a time zone -> TIMESTAMP, date32 -> DATE, list<x> -> ARRAY<x>,
+    struct -> STRUCT.
     """
     t = pa.types
     if t.is_string(arrow_type) or t.is_large_string(arrow_type):
@@ -36,6 +37,8 @@ def spark_type(arrow_type: pa.DataType) -> T.DataType:
         return T.LongType()
     if t.is_float64(arrow_type):
         return T.DoubleType()
+    if t.is_float32(arrow_type):
+        return T.FloatType()
     if t.is_boolean(arrow_type):
         return T.BooleanType()
     if t.is_binary(arrow_type) or t.is_large_binary(arrow_type):

@@ -1,14 +1,13 @@
 """``mapInArrow`` transforms: a ``binaryFile`` DataFrame to the bronze, silver and gold tables.
 
-Each transform wraps the pure batch function of the local pipeline
-(`cxrlake.lakehouse.transforms`), so both engines produce the same rows (same image ids, same
-quarantine rule, same prediction ids) in the same schemas (`cxrlake.spark.schemas`, derived from
-`cxrlake.lakehouse.schemas`)::
+Each transform wraps a batch function of the engine-neutral medallion
+(`cxrlake.medallion.transforms`), the same the local engine calls, so both engines produce the
+same rows (same image ids, same quarantine rule, same prediction ids) in the same schemas
+(`cxrlake.spark.schemas`, derived from `cxrlake.medallion.schemas`)::
 
     raw = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(dir)
     bronze = to_bronze(raw, ingestion_batch_id="run-1")
-    silver = to_silver(bronze)              # SilverFrames(metadata, features, quarantine)
-    gold = to_gold_predictions(gold_input(bronze, silver.metadata))
+    analyzed = to_analyzed(bronze)  # AnalyzedFrames(metadata, features, predictions, quarantine)
 
 Timestamps (``ingested_at``, ``processed_at``, ``predicted_at``) are taken once on the driver and
 shipped to the tasks, so every row of a run, and every retry of a task, carries the same value.
@@ -27,27 +26,28 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cxrlake.lakehouse import schemas as lake_schemas
-from cxrlake.lakehouse import transforms as lake
+from cxrlake.medallion import identity, metrics, rules
+from cxrlake.medallion import schemas as medallion_schemas
+from cxrlake.medallion import transforms as medallion
 from cxrlake.spark import schemas
 from cxrlake.spark.udfs import local_path, model_for
 
 ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
+ANALYZED_PARTS = ("metadata", "features", "predictions", "quarantine")
 SILVER_PARTS = ("metadata", "features", "quarantine")
-_SILVER_ARROW = {
-    "metadata": lake_schemas.SILVER_METADATA,
-    "features": lake_schemas.SILVER_FEATURES,
-    "quarantine": lake_schemas.SILVER_QUARANTINE,
+_ARROW = {
+    "metadata": medallion_schemas.SILVER_METADATA,
+    "features": medallion_schemas.SILVER_FEATURES,
+    "predictions": medallion_schemas.GOLD_PREDICTIONS,
+    "quarantine": medallion_schemas.SILVER_QUARANTINE,
 }
-SILVER_COMBINED = T.StructType(
-    [
-        T.StructField(part, schemas.to_spark_schema(_SILVER_ARROW[part]), True)
-        for part in SILVER_PARTS
-    ]
+ANALYZED_COMBINED = T.StructType(
+    [T.StructField(part, schemas.to_spark_schema(_ARROW[part]), True) for part in ANALYZED_PARTS]
 )
-"""Intermediate schema of `to_silver`: one struct column per silver table; each row holds either
-``metadata`` and ``features`` or ``quarantine`` (every image is decoded once)."""
+"""Intermediate schema of `to_analyzed`: one struct column per output table; each row holds
+either ``metadata``, ``features`` and ``predictions`` or ``quarantine`` (one pass per image)."""
+LISTING = schemas.to_spark_schema(rules.LISTING_SCHEMA)
 
 
 def _model_path(model: Any) -> str | None:
@@ -55,7 +55,7 @@ def _model_path(model: Any) -> str | None:
 
 
 def _now(value: dt.datetime | None) -> dt.datetime:
-    return value if value is not None else lake.utc_now()
+    return value if value is not None else identity.utc_now()
 
 
 def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
@@ -67,7 +67,7 @@ def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
         for batch in batches:
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             batch = batch.set_column(batch.schema.get_field_index("path"), "path", paths)
-            yield lake.bronze_batch(batch, ingestion_batch_id, ingested_at)
+            yield medallion.bronze_batch(batch, ingestion_batch_id, ingested_at)
 
     return fn
 
@@ -83,13 +83,61 @@ def to_bronze(
     )
 
 
-def silver_rows(model_path: str | None, processed_at: dt.datetime, threads: int | None) -> ArrowMap:
-    """``mapInArrow`` function: bronze batches -> `SILVER_COMBINED` batches."""
+def listing_rows() -> ArrowMap:
+    """``mapInArrow`` function: ``binaryFile`` listing batches (``path``, ``modificationTime``,
+    ``length``) -> rows of the rules' ``listing`` view (`rules.LISTING_SCHEMA`)."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
+            ids = identity.identify_paths(paths)
+            yield pa.RecordBatch.from_arrays(
+                [
+                    paths,
+                    ids.column("image_id"),
+                    batch.column("length").cast(pa.int64()),
+                    batch.column("modificationTime").cast(medallion_schemas.TS),
+                    pa.nulls(batch.num_rows, pa.string()),
+                ],
+                schema=rules.LISTING_SCHEMA,
+            )
+
+    return fn
+
+
+def to_listing(binary_files: DataFrame) -> DataFrame:
+    """The ``listing`` view of the rules from a ``binaryFile`` DataFrame (content not read)."""
+    return binary_files.select("path", "modificationTime", "length").mapInArrow(
+        listing_rows(), LISTING
+    )
+
+
+def listing_quarantine_rows(ingestion_batch_id: str, quarantined_at: dt.datetime) -> ArrowMap:
+    """``mapInArrow`` function: held listing rows (``image_id``, ``file_path``, ``reason``) ->
+    ``silver.quarantine`` rows (stage ``listing``)."""
+
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield medallion.listing_quarantine_batch(
+                batch.column("file_path"),
+                batch.column("reason"),
+                ingestion_batch_id,
+                quarantined_at,
+                image_ids=batch.column("image_id"),
+            )
+
+    return fn
+
+
+def analyzed_rows(
+    model_path: str | None, processed_at: dt.datetime, threads: int | None
+) -> ArrowMap:
+    """``mapInArrow`` function: bronze batches -> `ANALYZED_COMBINED` batches."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = model_for(model_path)
         for batch in batches:
-            parts = lake.silver_batch(
+            parts = medallion.analyze_batch(
                 batch, model=model, processed_at=processed_at, threads=threads
             )
             yield _combine(parts)
@@ -97,16 +145,17 @@ def silver_rows(model_path: str | None, processed_at: dt.datetime, threads: int 
     return fn
 
 
-def _combine(parts: lake.SilverBatches) -> pa.RecordBatch:
-    """One batch with a struct column per silver table: the good rows first (``metadata`` and
-    ``features`` set), then the quarantined rows (``quarantine`` set); the rest is NULL."""
+def _combine(parts: medallion.AnalyzedBatches) -> pa.RecordBatch:
+    """One batch with a struct column per table: the good rows first (``metadata``, ``features``
+    and ``predictions`` set), then the quarantined rows (``quarantine`` set); the rest is NULL."""
     n_good, n_bad = parts.metadata.num_rows, parts.quarantine.num_rows
     columns = [
         _padded(parts.metadata, 0, n_bad),
         _padded(parts.features, 0, n_bad),
+        _padded(parts.predictions, 0, n_bad),
         _padded(parts.quarantine, n_good, 0),
     ]
-    return pa.RecordBatch.from_arrays(columns, names=list(SILVER_PARTS))
+    return pa.RecordBatch.from_arrays(columns, names=list(ANALYZED_PARTS))
 
 
 def _padded(batch: pa.RecordBatch, before: int, after: int) -> pa.StructArray:
@@ -121,21 +170,56 @@ def _padded(batch: pa.RecordBatch, before: int, after: int) -> pa.StructArray:
 
 
 def _unwrap(part: str) -> ArrowMap:
-    """``mapInArrow`` function: the struct column ``part`` of `SILVER_COMBINED` as a table batch."""
+    """``mapInArrow`` function: the struct column ``part`` of `ANALYZED_COMBINED` as a batch."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             struct = batch.column(part)
             yield pa.RecordBatch.from_arrays(
-                [struct.field(i) for i in range(struct.type.num_fields)],
-                schema=_SILVER_ARROW[part],
+                [struct.field(i) for i in range(struct.type.num_fields)], schema=_ARROW[part]
             )
 
     return fn
 
 
+class AnalyzedFrames(NamedTuple):
+    """Output of `to_analyzed`: one DataFrame per table the analysis pass writes."""
+
+    metadata: DataFrame  # schemas.SILVER_METADATA
+    features: DataFrame  # schemas.SILVER_FEATURES
+    predictions: DataFrame  # schemas.GOLD_PREDICTIONS
+    quarantine: DataFrame  # schemas.SILVER_QUARANTINE
+
+
+def to_analyzed(
+    bronze: DataFrame,
+    model: Any = None,
+    processed_at: dt.datetime | None = None,
+    threads: int | None = None,
+    persist: bool = True,
+) -> AnalyzedFrames:
+    """Decode, validate and score bronze rows (columns `medallion.BRONZE_ANALYZE_COLUMNS`) with
+    one pass of the Rust core per image.
+
+    The combined result is persisted (it holds no image bytes) and split into the four tables,
+    each in its exact schema, so no later action runs the images through the network again. Call
+    ``spark.catalog.clearCache()`` once the frames are written.
+    """
+    fn = analyzed_rows(_model_path(model), _now(processed_at), threads)
+    combined = bronze.select(*medallion.BRONZE_ANALYZE_COLUMNS).mapInArrow(fn, ANALYZED_COMBINED)
+    if persist:
+        combined = combined.persist()
+    frames = {
+        part: combined.where(F.col(part).isNotNull()).mapInArrow(
+            _unwrap(part), schemas.to_spark_schema(_ARROW[part])
+        )
+        for part in ANALYZED_PARTS
+    }
+    return AnalyzedFrames(**frames)
+
+
 class SilverFrames(NamedTuple):
-    """Output of `to_silver`: one DataFrame per silver table."""
+    """The silver part of `to_analyzed`: one DataFrame per silver table."""
 
     metadata: DataFrame  # schemas.SILVER_METADATA
     features: DataFrame  # schemas.SILVER_FEATURES
@@ -149,26 +233,12 @@ def to_silver(
     threads: int | None = None,
     persist: bool = True,
 ) -> SilverFrames:
-    """Decode and validate bronze rows (schema `schemas.BRONZE`) with the Rust core.
-
-    Every image is decoded once: the combined result is persisted (it holds no image bytes) and
-    split into the three silver tables, each in its exact schema. Unpersist ``metadata``'s parent
-    with `SilverFrames` going out of use, or call ``spark.catalog.clearCache()``.
-    """
-    fn = silver_rows(_model_path(model), _now(processed_at), threads)
-    combined = bronze.select(*schemas.BRONZE.fieldNames()).mapInArrow(fn, SILVER_COMBINED)
-    if persist:
-        combined = combined.persist()
-    frames = {
-        part: combined.where(F.col(part).isNotNull()).mapInArrow(
-            _unwrap(part), schemas.to_spark_schema(_SILVER_ARROW[part])
-        )
-        for part in SILVER_PARTS
-    }
-    return SilverFrames(**frames)
+    """The silver tables of `to_analyzed` (metadata, features, quarantine)."""
+    frames = to_analyzed(bronze, model, processed_at, threads, persist)
+    return SilverFrames(frames.metadata, frames.features, frames.quarantine)
 
 
-GOLD_INPUT_COLUMNS = ("image_id", "label", "dataset_split", "content_sha256", "content")
+GOLD_INPUT_COLUMNS = medallion.GOLD_INPUT_COLUMNS
 
 
 def gold_input(bronze: DataFrame, silver_metadata: DataFrame) -> DataFrame:
@@ -186,7 +256,7 @@ def gold_rows(model_path: str | None, predicted_at: dt.datetime, threads: int | 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = model_for(model_path)
         for batch in batches:
-            yield lake.gold_predictions_batch(
+            yield medallion.gold_predictions_batch(
                 batch, model=model, predicted_at=predicted_at, threads=threads
             )
 
@@ -205,15 +275,21 @@ def to_gold_predictions(
     return scoring_input.select(*GOLD_INPUT_COLUMNS).mapInArrow(fn, schemas.GOLD_PREDICTIONS)
 
 
+def to_arrow(df: DataFrame, arrow_schema: pa.Schema | None = None) -> pa.Table:
+    """Collect a DataFrame to the driver as an Arrow table (``toArrow`` on Spark >= 4.0)."""
+    if hasattr(df, "toArrow"):
+        table = df.toArrow()
+    else:  # Spark 3.5
+        table = pa.Table.from_batches(df._collect_as_arrow(), arrow_schema)
+    return table if arrow_schema is None else table.select(arrow_schema.names).cast(arrow_schema)
+
+
 def model_performance(
     predictions: DataFrame, model: Any = None, evaluated_at: dt.datetime | None = None
 ) -> pa.RecordBatch:
     """``gold.model_performance`` rows of a predictions DataFrame, computed on the driver (one
-    small row per prediction) by the local pipeline's `cxrlake.lakehouse.transforms`."""
-    selected = predictions.select(*schemas.GOLD_PREDICTIONS.fieldNames())
-    if hasattr(selected, "toArrow"):  # Spark >= 4.0
-        table = selected.toArrow()
-    else:  # Spark 3.5
-        table = pa.Table.from_batches(selected._collect_as_arrow(), lake_schemas.GOLD_PREDICTIONS)
+    small row per prediction) by `cxrlake.medallion.metrics.model_performance`."""
+    columns = [c for c in rules.EVALUATION_COLUMNS if c != "content_sha256"]
+    table = to_arrow(predictions.select(*columns))
     threshold = model_for(_model_path(model)).threshold
-    return lake.model_performance(table, threshold=threshold, evaluated_at=_now(evaluated_at))
+    return metrics.model_performance(table, threshold=threshold, evaluated_at=_now(evaluated_at))

@@ -1,0 +1,382 @@
+"""Batch transforms: pyarrow batches in, rows of the medallion tables out (Arrow column ops).
+
+Both engines call these on the rows their rules selected: the local engine on batches streamed
+from Delta, the Spark engine inside ``mapInArrow``. No I/O here except what the Rust core does;
+bytes and timestamps come in as arguments, so the same input gives the same rows on a laptop and
+on a cluster.
+
+- `bronze_batch`: ``binaryFile``-shaped rows -> ``bronze.kaggle_xray_metadata`` rows.
+- `analyze_batch`: bronze rows -> silver metadata, silver features, gold predictions and
+  quarantine rows, from one decode and one forward pass per image (`analysis.analyze`).
+- `listing_quarantine_batch`: listing rejections -> quarantine rows.
+
+The quarantine rule: a row is quarantined with the core's error string as reason when the core
+cannot decode it, with ``no image dimensions returned`` when it has no size, and with
+``image WxH smaller than 64 px minimum side`` when a side is below
+`schemas.QUARANTINE_MIN_SIDE_PX`; every other row is good.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from cxrlake.medallion import identity, schemas
+from cxrlake.medallion.analysis import analyze
+
+STATS_FEATURE_TAG = "cxrlake-image-stats:1"
+"""``feature_extraction_model`` of feature vectors built from image statistics (model without an
+embedding output): ``[mean / 255, std / 255, quality_score]``."""
+
+
+def _table(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    return pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+
+
+def _batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
+    table = table.select(schema.names).cast(schema)
+    combined = table.combine_chunks().to_batches()
+    return combined[0] if combined else pa.RecordBatch.from_pylist([], schema=schema)
+
+
+def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
+    return pa.array([value] * n, type_) if value is not None else pa.nulls(n, type_)
+
+
+def load_model(model: Any) -> Any:
+    """``model`` as a `cxrlake.Model` (a path or None loads it; None = the shipped model)."""
+    import cxrlake
+
+    return model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+
+
+def feature_tag(model: Any) -> str:
+    """``feature_extraction_model`` of the vectors ``model`` gives: ``<name>:<version>`` for its
+    embedding, `STATS_FEATURE_TAG` when it has none."""
+    return f"{model.name}:{model.version}" if model.has_embedding else STATS_FEATURE_TAG
+
+
+def bronze_batch(
+    batch: pa.RecordBatch | pa.Table,
+    ingestion_batch_id: str,
+    ingested_at: dt.datetime | None = None,
+) -> pa.RecordBatch:
+    """Turn a ``binaryFile``-shaped batch into ``bronze.kaggle_xray_metadata`` rows.
+
+    ``batch`` columns: ``path`` string, ``modificationTime`` timestamp, ``length`` int64,
+    ``content`` binary (Spark's ``binaryFile`` source has exactly these). Returns one row per input
+    row in `schemas.BRONZE_METADATA` (image identity from the path, sha256 of ``content``).
+    ``ingested_at`` defaults to now (UTC).
+    """
+    ingested_at = identity.to_utc(ingested_at) or identity.utc_now()
+    table = _table(batch)
+    n = table.num_rows
+    ids = identity.identify_paths(table.column("path"))
+    contents = table.column("content")
+    shas = pa.array(
+        [None if c is None else identity.sha256_hex(c) for c in contents.to_pylist()], pa.string()
+    )
+    mtime = table.column("modificationTime")
+    if mtime.type.tz is None:
+        mtime = pc.assume_timezone(mtime, "UTC")
+    out = pa.table(
+        {
+            "image_id": ids.column("image_id"),
+            "filename": ids.column("filename"),
+            "category": ids.column("category"),
+            "dataset_split": ids.column("dataset_split"),
+            "file_path": table.column("path"),
+            "file_size_bytes": table.column("length"),
+            "ingested_at": _const(ingested_at, n, schemas.TS),
+            "ingestion_batch_id": _const(ingestion_batch_id, n, pa.string()),
+            "content_sha256": shas,
+            "source_modified_at": mtime.cast(schemas.TS),
+            "content": contents,
+        }
+    )
+    return _batch(out, schemas.BRONZE_METADATA)
+
+
+def quarantine_reasons(analysis: pa.RecordBatch | pa.Table) -> pa.ChunkedArray:
+    """The quarantine rule over `analysis.analyze` output: the reason per row, NULL when good."""
+    t = _table(analysis)
+    width, height = t.column("width"), t.column("height")
+    side = schemas.QUARANTINE_MIN_SIDE_PX
+    too_small = pc.binary_join_element_wise(
+        "image ",
+        pc.cast(width, pa.string()),
+        "x",
+        pc.cast(height, pa.string()),
+        f" smaller than {side} px minimum side",
+        "",
+    )
+    no_size = pc.or_(pc.is_null(width), pc.is_null(height))
+    small = pc.fill_null(pc.less(pc.min_element_wise(width, height), side), False)
+    reason = pc.if_else(
+        no_size,
+        pa.scalar("no image dimensions returned"),
+        pc.if_else(small, too_small, pa.scalar(None, pa.string())),
+    )
+    return pc.coalesce(t.column("error"), reason)
+
+
+def quarantine_reason(error: str | None, width: int | None, height: int | None) -> str | None:
+    """The quarantine rule for one image (see module docstring); None when the image is good."""
+    batch = pa.table(
+        {
+            "width": pa.array([width], pa.int32()),
+            "height": pa.array([height], pa.int32()),
+            "error": pa.array([error], pa.string()),
+        }
+    )
+    return quarantine_reasons(batch)[0].as_py()
+
+
+class AnalyzedBatches(NamedTuple):
+    """Output of `analyze_batch`: rows for four tables. Every input row is either good (one row in
+    ``metadata``, ``features`` and ``predictions``) or bad (one row in ``quarantine``)."""
+
+    metadata: pa.RecordBatch  # schemas.SILVER_METADATA
+    features: pa.RecordBatch  # schemas.SILVER_FEATURES
+    predictions: pa.RecordBatch  # schemas.GOLD_PREDICTIONS
+    quarantine: pa.RecordBatch  # schemas.SILVER_QUARANTINE
+
+
+BRONZE_ANALYZE_COLUMNS = (
+    "image_id",
+    "filename",
+    "category",
+    "dataset_split",
+    "file_path",
+    "file_size_bytes",
+    "ingestion_batch_id",
+    "content_sha256",
+    "content",
+)
+"""Bronze columns `analyze_batch` needs."""
+
+
+def _labels(category: pa.ChunkedArray | pa.Array) -> pa.Array:
+    return pc.cast(pc.index_in(category, pa.array(schemas.LABEL_NAMES)), pa.int32())
+
+
+def _stats_vectors(t: pa.Table) -> pa.Array:
+    stacked = np.column_stack(
+        [
+            t.column("mean_pixel_value").to_numpy(zero_copy_only=False) / 255.0,
+            t.column("std_pixel_value").to_numpy(zero_copy_only=False) / 255.0,
+            t.column("quality_score").to_numpy(zero_copy_only=False),
+        ]
+    ).ravel()
+    fixed = pa.FixedSizeListArray.from_arrays(pa.array(stacked, pa.float64()), 3)
+    return fixed.cast(pa.list_(pa.float64()))
+
+
+def analyze_batch(
+    bronze: pa.RecordBatch | pa.Table,
+    model: Any = None,
+    processed_at: dt.datetime | None = None,
+    threads: int | None = None,
+) -> AnalyzedBatches:
+    """Decode, validate and score bronze rows in one pass; split them into table rows.
+
+    ``bronze``: rows with `BRONZE_ANALYZE_COLUMNS` (``content`` holds the image bytes).
+    ``model``: a `cxrlake.Model`, a path or None (shipped model): its embedding is the feature
+    vector (image statistics when it has none) and its probability the prediction, from the same
+    forward pass. ``processed_at`` (default now) stamps every row.
+    """
+    processed_at = identity.to_utc(processed_at) or identity.utc_now()
+    model = load_model(model)
+    src = _table(bronze).select(list(BRONZE_ANALYZE_COLUMNS))
+    if src.num_rows:
+        result = pa.Table.from_batches([analyze(src.column("content"), model, threads)])
+    else:
+        from cxrlake.medallion.analysis import ANALYSIS_SCHEMA
+
+        result = ANALYSIS_SCHEMA.empty_table()
+    reasons = quarantine_reasons(result)
+    good = pc.is_null(reasons)
+    bad = pc.invert(good)
+    joined = src.drop_columns(["content"])
+    for name in result.column_names:
+        joined = joined.append_column("a_" + name, result.column(name))
+    joined = joined.append_column("reason", reasons)
+    ok, ko = joined.filter(good), joined.filter(bad)
+    n_ok, n_ko = ok.num_rows, ko.num_rows
+    ts = _const(processed_at, n_ok, schemas.TS)
+    label = _labels(ok.column("category"))
+
+    metadata = pa.table(
+        {
+            "image_id": ok.column("image_id"),
+            "label": label,
+            "label_name": ok.column("category"),
+            "dataset_split": ok.column("dataset_split"),
+            "file_path": ok.column("file_path"),
+            "image_width": ok.column("a_width"),
+            "image_height": ok.column("a_height"),
+            "quality_score": ok.column("a_quality_score"),
+            "processed_at": ts,
+            "source_batch_id": ok.column("ingestion_batch_id"),
+            "filename": ok.column("filename"),
+            "content_sha256": ok.column("content_sha256"),
+            "file_size_bytes": ok.column("file_size_bytes"),
+        }
+    )
+    renamed = ok.rename_columns([c.removeprefix("a_") for c in ok.column_names])
+    vectors = ok.column("a_embedding") if model.has_embedding else _stats_vectors(renamed)
+    features = pa.table(
+        {
+            "image_id": ok.column("image_id"),
+            "feature_vector": vectors,
+            "feature_extraction_model": _const(feature_tag(model), n_ok, pa.string()),
+            "mean_pixel_value": ok.column("a_mean_pixel_value"),
+            "std_pixel_value": ok.column("a_std_pixel_value"),
+            "extracted_at": ts,
+            "content_sha256": ok.column("content_sha256"),
+        }
+    )
+    prob = ok.column("a_probability")
+    pred_label = ok.column("a_predicted_label")
+    pids = [
+        identity.prediction_id(i, n, v, s)
+        for i, n, v, s in zip(
+            ok.column("image_id").to_pylist(),
+            ok.column("a_model_name").to_pylist(),
+            ok.column("a_model_version").to_pylist(),
+            ok.column("content_sha256").to_pylist(),
+            strict=True,
+        )
+    ]
+    predictions = pa.table(
+        {
+            "prediction_id": pa.array(pids, pa.string()),
+            "image_id": ok.column("image_id"),
+            "predicted_label": pred_label,
+            "prediction_probability": prob,
+            "confidence_score": pc.max_element_wise(prob, pc.subtract(1.0, prob)),
+            "true_label": label,
+            "is_correct": pc.equal(pred_label, label),
+            "model_name": ok.column("a_model_name"),
+            "model_version": ok.column("a_model_version"),
+            "predicted_at": ts,
+            "prediction_date": _const(processed_at.date(), n_ok, pa.date32()),
+            "dataset_split": ok.column("dataset_split"),
+            "content_sha256": ok.column("content_sha256"),
+            "heatmap": ok.column("a_heatmap").cast(schemas.HEATMAP),
+        }
+    )
+    quarantine = pa.table(
+        {
+            "image_id": ko.column("image_id"),
+            "filename": ko.column("filename"),
+            "file_path": ko.column("file_path"),
+            "dataset_split": ko.column("dataset_split"),
+            "category": ko.column("category"),
+            "file_size_bytes": ko.column("file_size_bytes"),
+            "content_sha256": ko.column("content_sha256"),
+            "stage": _const("silver", n_ko, pa.string()),
+            "reason": ko.column("reason"),
+            "source_batch_id": ko.column("ingestion_batch_id"),
+            "quarantined_at": _const(processed_at, n_ko, schemas.TS),
+        }
+    )
+    return AnalyzedBatches(
+        _batch(metadata, schemas.SILVER_METADATA),
+        _batch(features, schemas.SILVER_FEATURES),
+        _batch(predictions, schemas.GOLD_PREDICTIONS),
+        _batch(quarantine, schemas.SILVER_QUARANTINE),
+    )
+
+
+class SilverBatches(NamedTuple):
+    """The silver part of `analyze_batch`: rows for the three silver tables."""
+
+    metadata: pa.RecordBatch  # schemas.SILVER_METADATA
+    features: pa.RecordBatch  # schemas.SILVER_FEATURES
+    quarantine: pa.RecordBatch  # schemas.SILVER_QUARANTINE
+
+
+def silver_batch(
+    bronze: pa.RecordBatch | pa.Table,
+    model: Any = None,
+    processed_at: dt.datetime | None = None,
+    threads: int | None = None,
+) -> SilverBatches:
+    """The silver rows of `analyze_batch` (metadata, features, quarantine)."""
+    out = analyze_batch(bronze, model=model, processed_at=processed_at, threads=threads)
+    return SilverBatches(out.metadata, out.features, out.quarantine)
+
+
+def listing_quarantine_batch(
+    paths: Sequence[str] | pa.Array,
+    reasons: Sequence[str] | pa.Array,
+    ingestion_batch_id: str,
+    quarantined_at: dt.datetime | None = None,
+    image_ids: Sequence[str] | pa.Array | None = None,
+) -> pa.RecordBatch:
+    """Quarantine rows (stage ``listing``) for entries that are not ingested: not a regular file,
+    unreadable, or an identity collision. ``image_ids`` overrides the id derived from the path."""
+    quarantined_at = identity.to_utc(quarantined_at) or identity.utc_now()
+    paths = pa.array(paths, pa.string())
+    n = len(paths)
+    ids = identity.identify_paths(paths)
+    table = pa.table(
+        {
+            "image_id": ids.column("image_id")
+            if image_ids is None
+            else pa.array(image_ids, pa.string()),
+            "filename": ids.column("filename"),
+            "file_path": paths,
+            "dataset_split": ids.column("dataset_split"),
+            "category": ids.column("category"),
+            "file_size_bytes": pa.nulls(n, pa.int64()),
+            "content_sha256": pa.nulls(n, pa.string()),
+            "stage": _const("listing", n, pa.string()),
+            "reason": pa.array(reasons, pa.string()),
+            "source_batch_id": _const(ingestion_batch_id, n, pa.string()),
+            "quarantined_at": _const(quarantined_at, n, schemas.TS),
+        }
+    )
+    return _batch(table, schemas.SILVER_QUARANTINE)
+
+
+GOLD_INPUT_COLUMNS = ("image_id", "label", "dataset_split", "content_sha256", "content")
+"""Columns `gold_predictions_batch` needs."""
+
+
+def gold_predictions_batch(
+    batch: pa.RecordBatch | pa.Table,
+    model: Any = None,
+    predicted_at: dt.datetime | None = None,
+    threads: int | None = None,
+) -> pa.RecordBatch:
+    """Score images and return ``gold.pneumonia_predictions`` rows (same pass as
+    `analyze_batch`). ``batch`` columns: `GOLD_INPUT_COLUMNS`; rows the core cannot score are
+    dropped (the quarantine rule holds them)."""
+    t = _table(batch)
+    labels = t.column("label")
+    names = pa.array(schemas.LABEL_NAMES)
+    category = pc.take(names, pc.cast(labels, pa.int64()))
+    n = t.num_rows
+    bronze = pa.table(
+        {
+            "image_id": t.column("image_id"),
+            "filename": pa.nulls(n, pa.string()),
+            "category": category,
+            "dataset_split": t.column("dataset_split"),
+            "file_path": pa.nulls(n, pa.string()),
+            "file_size_bytes": pa.nulls(n, pa.int64()),
+            "ingestion_batch_id": pa.nulls(n, pa.string()),
+            "content_sha256": t.column("content_sha256"),
+            "content": t.column("content"),
+        }
+    )
+    return analyze_batch(
+        bronze, model=model, processed_at=predicted_at, threads=threads
+    ).predictions
