@@ -256,3 +256,55 @@ def test_predict_threshold_column_types(site_lake):
     batch = cxrlake.predict([str(next(site.glob("*/*.jpeg")))], threshold=0.3)
     assert batch.schema.field("threshold").type == pa.float64()
     assert batch.schema.field("threshold_source").type == pa.string()
+
+
+def _write_verdicts(lake: Path, rows: list[dict]) -> None:
+    from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.review.tables import HISTORY
+
+    Lakehouse(lake).append(HISTORY, pa.Table.from_pylist(rows, schema=HISTORY.arrow_schema))
+
+
+def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
+    import datetime as dt
+
+    site = _site_folder(tmp_path / "data", fullres_paths, per_class=35)
+    lake = tmp_path / "lake"
+    _pipeline(lake, site)
+    capsys.readouterr()
+    from cxrlake.lakehouse.schemas import BRONZE
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    bronze = Lakehouse(lake).read(BRONZE, columns=["image_id", "category"]).to_pylist()
+    now = dt.datetime.now(dt.timezone.utc)
+
+    def verdict(row: dict, label: str) -> dict:
+        return {
+            "image_id": row["image_id"],
+            "label": ("NORMAL", "PNEUMONIA").index(label),
+            "label_name": label,
+            "source": "radiologist_1",
+            "feedback_id": "f" * 32,
+            "valid_from": now,
+            "valid_to": None,
+            "is_current": True,
+        }
+
+    base = ["calibrate", "--lakehouse", str(lake), "--site", "site_a", "--labels", "verdicts"]
+    # Verdicts agreeing with the folders: the reviewed films are the site's films.
+    _write_verdicts(lake, [verdict(r, r["category"]) for r in bronze])
+    assert cli_main([*base, "--json", "--dry-run"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["label_source"] == "verdicts" and result["n_normal"] == 35
+    # One verdict contradicting its folder: refused, naming the problem.
+    flipped = bronze[0]
+    other = "NORMAL" if flipped["category"] == "PNEUMONIA" else "PNEUMONIA"
+    later = now + dt.timedelta(seconds=1)
+    _write_verdicts(lake, [{**verdict(flipped, other), "valid_from": later}])
+    table = DeltaTable(str(lake / "healthcare_catalog_dev" / "silver" / "label_history"))
+    table.update(
+        predicate=f"image_id = '{flipped['image_id']}' AND label_name = '{flipped['category']}'",
+        updates={"is_current": "false"},
+    )
+    assert cli_main(base) == 1
+    assert "contradicts their folder" in capsys.readouterr().err
