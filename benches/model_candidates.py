@@ -61,6 +61,13 @@ def main() -> int:
     parser.add_argument("--fullres", required=True, help="full-resolution films (speed)")
     parser.add_argument("--candidate", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--note", action="append", default=[], metavar="NAME=TEXT")
+    parser.add_argument(
+        "--speed-only",
+        action="append",
+        default=[],
+        metavar="NAME=PATH",
+        help="also time this file and count its distinct probabilities (no shifted AUC)",
+    )
     parser.add_argument("--tta", action="append", default=[], metavar="NAME")
     parser.add_argument("--ensemble", action="append", default=[], metavar="NAME,NAME")
     parser.add_argument("--shipped", required=True, help="name of the shipped candidate")
@@ -76,7 +83,8 @@ def main() -> int:
     paths = sorted(
         str(p) for p in Path(args.fullres).rglob("*") if p.suffix.lower() in (".jpeg", ".jpg")
     )
-    models = {name: cxrlake.Model(path) for name, path in files.items()}
+    speed_only = dict(item.split("=", 1) for item in args.speed_only)
+    models = {name: cxrlake.Model(path) for name, path in {**files, **speed_only}.items()}
 
     def summary(name: str, aucs: dict[str, float], rate: float, size_mb: float, note: str):
         values = list(aucs.values())
@@ -99,7 +107,7 @@ def main() -> int:
         }
 
     # Speed first, interleaved, before the long AUC scoring heats nothing else up.
-    rates = {name: 0.0 for name in files}
+    rates = {name: 0.0 for name in models}
     for _ in range(args.rounds):
         for name, model in models.items():
             rates[name] = max(rates[name], predict_rate(paths, [model], 1))
@@ -165,6 +173,10 @@ def main() -> int:
         "command": "python benches/model_candidates.py (see the run's price.json)",
         "candidates": candidates,
         "fullres_images": len(paths),
+        "speed_only": [
+            {"name": name, "images_per_second": rates[name], "distinct_fullres": distinct[name]}
+            for name in speed_only
+        ],
     }
     text = json.dumps(result, indent=2)
     if args.json:

@@ -343,6 +343,11 @@ def _candidates_section(summary: dict) -> str:
     price = summary.get("price")
     if not price:
         return ""
+    speed_only = "".join(
+        f" {c['name']}: {c['images_per_second']:.0f} img/s, {c['distinct_fullres']} distinct "
+        "probabilities."
+        for c in price.get("speed_only", [])
+    )
     rows = "\n".join(
         f"| {c['name']} | {c['shifted_mean_auc']:.4f} | {c['shifted_worst_auc']:.4f} "
         f"| {c['outside_augmentation_auc']:.4f} "
@@ -366,7 +371,8 @@ the conditions it never saw a kind of (gain, histogram equalisation, JPEG compre
 | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |
 {rows}
 
-Distinct probabilities among the 200 full-resolution films: {price["distinct_fullres"]}.
+Distinct probabilities among the {price["fullres_images"]} full-resolution films: \
+{price["distinct_fullres"]}.{speed_only}
 
 """
 

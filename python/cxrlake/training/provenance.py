@@ -84,3 +84,31 @@ def seen_in_development(
         (sha is not None and content_key(sha) in keys) or patient_key(cat, name) in keys
         for cat, name, sha in zip(categories, filenames, content_sha256s, strict=True)
     ]
+
+
+def development_share(rows, model_path: str | None = None) -> dict[str, tuple[int, int]]:
+    """Per ``dataset_split``: (films from the development set, films), from an Arrow table with
+    ``dataset_split``, ``label_name`` (or ``category``), ``filename`` and ``content_sha256``."""
+    names = rows.column_names
+    category = rows.column("label_name" if "label_name" in names else "category").to_pylist()
+    seen = seen_in_development(
+        category,
+        rows.column("filename").to_pylist(),
+        rows.column("content_sha256").to_pylist(),
+        model_path,
+    )
+    share: dict[str, tuple[int, int]] = {}
+    for split, dev in zip(rows.column("dataset_split").to_pylist(), seen, strict=True):
+        n_dev, n = share.get(split, (0, 0))
+        share[split] = (n_dev + int(dev), n + 1)
+    return share
+
+
+def evaluation_caveat(share: dict[str, tuple[int, int]], split: str) -> str:
+    """``""`` for a split of unseen films, else a note that its figures are no evaluation."""
+    n_dev, n = share.get(split, (0, 0))
+    if n_dev == 0:
+        return ""
+    if n_dev == n:
+        return "training-set figures (every film is from the model's development set)"
+    return f"{n_dev} of {n} films are from the model's development set: not an evaluation"
