@@ -59,4 +59,4 @@ wheel_path = jobs.create_sql_functions(
     engineers_group=engineers_group,
     sql_dir=sql_dir,
 )
-print(f"{names.model_name('predict_image')} and {names.table('bronze.predict')} use {wheel_path}")
+print(f"{names.catalog}.{names.models}.predict_image and {names.catalog}.{names.bronze}.predict use {wheel_path}")

@@ -14,6 +14,10 @@ OPTIMIZE ${catalog}.${silver_schema}.image_features;
 OPTIMIZE ${catalog}.${silver_schema}.quarantine;
 OPTIMIZE ${catalog}.${gold_schema}.pneumonia_predictions;
 OPTIMIZE ${catalog}.${gold_schema}.model_performance;
+OPTIMIZE ${catalog}.${gold_schema}.site_thresholds;
+OPTIMIZE ${catalog}.${gold_schema}.prediction_feedback;
+OPTIMIZE ${catalog}.${silver_schema}.label_history;
+OPTIMIZE ${catalog}.${gold_schema}.review_agreement;
 
 VACUUM ${catalog}.${bronze_schema}.kaggle_xray_metadata RETAIN ${retain_hours} HOURS;
 VACUUM ${catalog}.${silver_schema}.xray_metadata RETAIN ${retain_hours} HOURS;
@@ -21,3 +25,7 @@ VACUUM ${catalog}.${silver_schema}.image_features RETAIN ${retain_hours} HOURS;
 VACUUM ${catalog}.${silver_schema}.quarantine RETAIN ${retain_hours} HOURS;
 VACUUM ${catalog}.${gold_schema}.pneumonia_predictions RETAIN ${retain_hours} HOURS;
 VACUUM ${catalog}.${gold_schema}.model_performance RETAIN ${retain_hours} HOURS;
+VACUUM ${catalog}.${gold_schema}.site_thresholds RETAIN ${retain_hours} HOURS;
+VACUUM ${catalog}.${gold_schema}.prediction_feedback RETAIN ${retain_hours} HOURS;
+VACUUM ${catalog}.${silver_schema}.label_history RETAIN ${retain_hours} HOURS;
+VACUUM ${catalog}.${gold_schema}.review_agreement RETAIN ${retain_hours} HOURS;

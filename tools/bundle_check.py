@@ -28,6 +28,7 @@ extension is built)::
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import glob
 import json
@@ -40,6 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import yaml
 
 ROOT_FILE = "databricks.yml"
@@ -326,11 +332,6 @@ def check_paths(bundle: Bundle) -> list[str]:
                 problems.append(f"{label}: file not found")
         elif p.kind == "dashboard":
             problems.extend(f"{label}: {msg}" for msg in check_dashboard(target))
-        elif p.kind == "wheel_library" and not any(target.parent == d for d in dist_dirs):
-            problems.append(
-                f"{label}: not in the dist/ directory of a whl artifact "
-                f"({', '.join(str(d) for d in dist_dirs) or 'no artifacts'})"
-            )
     return problems
 
 
@@ -412,10 +413,480 @@ def semantic_errors(document: dict[str, Any], config: dict[str, Any], target: st
             len(parts) < 4 or parts[2] not in (resources.get(parts[1]) or {})
         ):
             problems.append(f"{where}: ${{{ref}}} names no resource of this bundle")
+    problems.extend(check_required_variables(config, target)[0])
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks for failures the CLI only reports at deploy or run time (or never).
+
+PRINCIPAL_KEYS = ("principal", "group_name", "user_name", "service_principal_name")
+# A principal must be a variable (the user's choice) or the deploying user.
+PRINCIPAL_REF = re.compile(r"\$\{(?:var\.([\w-]+)|workspace\.current_user\.userName)\}")
+CURRENT_USER = "${workspace.current_user.userName}"
+# Flags naming the platform a wheel is built for, and writing it to a given folder.
+TARGET_FLAGS = re.compile(r"(?:^|\s)(?:--target|--plat-name|--platform)[\s=]+(\S+)")
+OUT_FLAGS = re.compile(r"(?:^|\s)(?:--out|-o|--outdir|--dist-dir|-d)[\s=]+(\S+)")
+CLEAN = re.compile(r"(?:^|[\s;&(])rm\s+-(?:rf|fr|r)\s+(\S+)")
+# What Databricks Runtime provides without a library (import names). Conservative: only the
+# packages every runtime ships; the ML runtime adds the deep-learning stack and MLflow.
+# https://docs.databricks.com/aws/en/release-notes/runtime/ (system environment, Python libraries)
+RUNTIME_MODULES = {"pyspark", "py4j", "pandas", "numpy", "pyarrow", "PIL", "IPython"}
+ML_RUNTIME_MODULES = RUNTIME_MODULES | {"torch", "torchvision", "mlflow", "sklearn"}
+# Import name -> distributions that provide it, where the two names differ.
+MODULE_DISTRIBUTIONS = {
+    "PIL": {"pillow"},
+    "yaml": {"pyyaml"},
+    "sklearn": {"scikit-learn"},
+    "mlflow": {"mlflow", "mlflow-skinny"},
+}
+
+
+def _normalize(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _requirement_name(requirement: str) -> str:
+    return _normalize(re.split(r"[\s<>=!~;\[(@]", requirement.strip(), maxsplit=1)[0])
+
+
+def check_principals(document: dict[str, Any]) -> list[str]:
+    """Every grant, permission and run_as principal is a variable (or the deploying user), and a
+    variable used as a principal has no literal value in any target: a group named in the
+    configuration may not exist in the workspace, and a grant to a missing principal fails the
+    deploy."""
+    problems = []
+    principal_vars: dict[str, str] = {}
+    for where, value in _walk(document):
+        key = where.rsplit(".", 1)[-1]
+        if key not in PRINCIPAL_KEYS or not isinstance(value, str):
+            continue
+        if not ("grants[" in where or "permissions[" in where or "run_as." in where):
+            continue
+        m = PRINCIPAL_REF.fullmatch(value)
+        if not m:
+            problems.append(
+                f"{where} = {value!r}: principals must be variables (${{var.<name>}}), "
+                "not names that may not exist in the workspace"
+            )
+        elif m.group(1):
+            principal_vars.setdefault(m.group(1), where)
+    targets = document.get("targets") or {}
+    for name, where in sorted(principal_vars.items()):
+        for target in targets:
+            spec = (target_config(document, target).get("variables") or {}).get(name) or {}
+            value = spec.get("default")
+            if value is not None and value != CURRENT_USER:
+                problems.append(
+                    f"{target}: variable {name!r} (a principal, {where}) has the literal value "
+                    f"{value!r}; leave it required (documented --var) or use {CURRENT_USER}"
+                )
+    return problems
+
+
+def check_required_variables(config: dict[str, Any], target: str) -> tuple[list[str], list[str]]:
+    """(problems, required): a variable without a value in ``target`` must say in its
+    description how to set it (``--var``); the CLI then stops with a message naming it."""
+    problems, required = [], []
     for name, spec in (config.get("variables") or {}).items():
         spec = spec or {}
-        if "default" not in spec and "lookup" not in spec:
-            problems.append(f"variables.{name}: no value for target {target!r}")
+        if "default" in spec or "lookup" in spec:
+            continue
+        if "--var" in str(spec.get("description", "")):
+            required.append(name)
+        else:
+            problems.append(
+                f"variables.{name}: no value for target {target!r} and its description does not "
+                "say how to set it (--var name=value)"
+            )
+    return problems, required
+
+
+def check_artifacts(bundle: Bundle, config: dict[str, Any]) -> list[str]:
+    """A whl artifact names its target platform, builds into a folder it empties first, uploads
+    only that folder, and every wheel library of a job lies in it."""
+    problems = []
+    artifact_dirs: list[Path] = []
+    for name, spec in (config.get("artifacts") or {}).items():
+        spec = spec or {}
+        if spec.get("type") != "whl":
+            continue
+        build = " ".join(str(spec.get("build", "")).split())
+        base = (bundle.root_dir / str(spec.get("path", "."))).resolve()
+        label = f"artifacts.{name}"
+        if not TARGET_FLAGS.search(build):
+            problems.append(
+                f"{label}.build names no target platform (--target <triple>): the wheel is built "
+                "for whatever machine deploys (a Mac or ARM laptop builds one the clusters cannot "
+                "install)"
+            )
+        out = OUT_FLAGS.search(build)
+        cleaned = {(base / c).resolve() for c in CLEAN.findall(build)}
+        if not out:
+            problems.append(f"{label}.build names no output folder (--out <dir>)")
+            continue
+        out_dir = (base / out.group(1)).resolve()
+        if out_dir not in cleaned:
+            problems.append(
+                f"{label}.build does not empty {out.group(1)!r} before building (rm -rf): a stale "
+                "wheel of the same version may be uploaded instead"
+            )
+        files = spec.get("files") or []
+        if not files:
+            problems.append(
+                f"{label}.files is not set: the CLI then uploads every {base / 'dist'}/*.whl"
+            )
+        for i, f in enumerate(files):
+            source = (bundle.root_dir / str((f or {}).get("source", ""))).resolve()
+            if source.parent != out_dir:
+                problems.append(f"{label}.files[{i}].source {source} is not in {out_dir}")
+        artifact_dirs.append(out_dir)
+    for job_key, job in ((config.get("resources") or {}).get("jobs") or {}).items():
+        for where, value in _walk(job):
+            if isinstance(value, str) and re.search(r"libraries\[\d+\]\.whl$", where):
+                if value.startswith("/") or "${" in value:
+                    continue
+                resources_dir = bundle.root_dir / "resources"
+                path = (resources_dir / value).resolve()
+                if path.parent not in artifact_dirs:
+                    problems.append(
+                        f"resources.jobs.{job_key}.{where} = {value!r}: not in the output folder "
+                        f"of a whl artifact ({', '.join(map(str, artifact_dirs)) or 'none'})"
+                    )
+    return problems
+
+
+def _strings(tree: ast.AST) -> Iterator[str]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.value
+
+
+def _literal_name_pattern(names: set[str]) -> re.Pattern[str] | None:
+    if not names:
+        return None
+    alternatives = "|".join(sorted(map(re.escape, names)))
+    # `bronze.table`, `x.bronze.table`, `/Volumes/c/bronze/v`: a schema in a qualified name
+    return re.compile(
+        rf"(?<![\w$]){{0}}(?:\b({alternatives})\s*\.\s*[A-Za-z_`]|/({alternatives})/)"
+    )
+
+
+def _sql_code(text: str) -> str:
+    """SQL text without comments and string literals (table names are what is left)."""
+    text = re.sub(r"--[^\n]*|/\*.*?\*/", " ", text, flags=re.S)
+    text = re.sub(r"\$\$.*?\$\$", " ", text, flags=re.S)
+    return re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)
+
+
+def _job_files(bundle: Bundle, config: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(job key, file) for every notebook and Python file a job runs."""
+    out = []
+    for job_key, job in ((config.get("resources") or {}).get("jobs") or {}).items():
+        for task in job.get("tasks") or []:
+            rel = (task.get("notebook_task") or {}).get("notebook_path") or (
+                task.get("spark_python_task") or {}
+            ).get("python_file")
+            if not rel or rel.startswith("/") or "${" in rel:
+                continue
+            path = (bundle.root_dir / "resources" / rel).resolve()
+            if not path.suffix:
+                path = path.with_suffix(".py")
+            if path.is_file():
+                out.append((job_key, path))
+    return out
+
+
+def check_literal_names(bundle: Bundle, config: dict[str, Any]) -> list[str]:
+    """No job parameter, job code, synced SQL file or dashboard query names a bundle-managed
+    schema by a literal: development mode deploys it as ``dev_<user>_<name>``, so only
+    ``${resources.schemas.<key>.name}`` (passed as a parameter) names it right in every target."""
+    resources = config.get("resources") or {}
+    schemas = {str(s.get("name")) for s in (resources.get("schemas") or {}).values() if s}
+    pattern = _literal_name_pattern(schemas)
+    if pattern is None:
+        return []
+    problems = []
+    hint = "use the deployed name (${resources.schemas.<key>.name}, passed as a job parameter)"
+    for job_key, job in (resources.get("jobs") or {}).items():
+        for where, value in _walk(job):
+            if not isinstance(value, str) or "parameters" not in where:
+                continue
+            if pattern.search(re.sub(r"\$\{[^}]*\}", "X", value)):
+                problems.append(f"resources.jobs.{job_key}.{where} = {value!r}: {hint}")
+    for job_key, path in _job_files(bundle, config):
+        text = path.read_text(encoding="utf-8")
+        code = "\n".join(line for line in text.splitlines() if not line.startswith("# MAGIC"))
+        try:
+            tree = ast.parse(code)
+        except SyntaxError as e:
+            problems.append(f"{path.name} (job {job_key}): not valid Python: {e}")
+            continue
+        for value in _strings(tree):
+            m = pattern.search(value)
+            if m:
+                problems.append(
+                    f"{path.name} (job {job_key}): {value!r} names {m.group(0)!r}; {hint}"
+                )
+    for sync in (config.get("sync") or {}).get("paths") or []:
+        base = (bundle.root_dir / str(sync)).resolve()
+        for sql in sorted(base.rglob("*.sql")) if base.is_dir() else []:
+            code = _sql_code(sql.read_text(encoding="utf-8"))
+            for m in pattern.finditer(code):
+                problems.append(
+                    f"{sql.relative_to(bundle.root_dir.parent)}: {m.group(0).strip()!r} names a "
+                    "bundle-managed schema by a literal; use a ${<key>_schema} parameter"
+                )
+    for key, dash in (resources.get("dashboards") or {}).items():
+        problems.extend(_dashboard_literal_names(bundle, key, dash or {}, schemas))
+    return problems
+
+
+def _dashboard_literal_names(
+    bundle: Bundle, key: str, dash: dict[str, Any], schemas: set[str]
+) -> list[str]:
+    import sqlglot
+    from sqlglot import exp
+
+    file = dash.get("file_path")
+    if not file or "${" in str(file):
+        return []
+    path = (bundle.root_dir / "resources" / file).resolve()
+    if not path.is_file():
+        return []
+    try:
+        datasets = json.loads(path.read_text(encoding="utf-8")).get("datasets", [])
+    except json.JSONDecodeError:
+        return []  # reported by check_dashboard
+    problems = []
+    unqualified = False
+    for d in datasets:
+        query = "".join(d.get("queryLines", [])) or d.get("query", "")
+        try:
+            tree = sqlglot.parse_one(query, read="databricks")
+        except sqlglot.errors.ParseError as e:
+            problems.append(f"dashboard {key}: dataset {d.get('name')!r} does not parse: {e}")
+            continue
+        ctes = {c.alias_or_name for c in tree.find_all(exp.CTE)}
+        for table in tree.find_all(exp.Table):
+            if table.db in schemas:
+                problems.append(
+                    f"dashboard {key}: dataset {d.get('name')!r} names {table.sql()!r}; leave "
+                    "tables unqualified and set dataset_schema: ${resources.schemas.<key>.name}"
+                )
+            elif not table.db and table.name not in ctes:
+                unqualified = True
+    if unqualified and "${resources.schemas." not in str(dash.get("dataset_schema", "")):
+        problems.append(
+            f"dashboard {key}: datasets name unqualified tables but dataset_schema is not "
+            "${resources.schemas.<key>.name}"
+        )
+    return problems
+
+
+def _package_layout(project_dir: Path) -> tuple[Path, list[str]]:
+    """(python source root, runtime requirements) of the project a whl artifact builds."""
+    data = tomllib.loads((project_dir / "pyproject.toml").read_text(encoding="utf-8"))
+    source = (data.get("tool", {}).get("maturin", {}) or {}).get("python-source", "")
+    if not source and (project_dir / "src").is_dir():
+        source = "src"
+    return (project_dir / source).resolve(), list(data.get("project", {}).get("dependencies", []))
+
+
+def _import_nodes(node: ast.AST) -> Iterator[tuple[str, list[str]]]:
+    """(module, imported names) of the import statements directly in ``node``'s body (not in
+    nested functions), skipping ``if TYPE_CHECKING`` blocks."""
+    stack = list(ast.iter_child_nodes(node))
+    while stack:
+        child = stack.pop()
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)):
+            if isinstance(child, ast.ClassDef):
+                stack.extend(n for n in child.body if not isinstance(n, ast.FunctionDef))
+            continue
+        if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+            continue
+        if isinstance(child, ast.Import):
+            for alias in child.names:
+                yield alias.name, []
+        elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+            yield child.module, [a.name for a in child.names]
+        stack.extend(ast.iter_child_nodes(child))
+
+
+def _called_names(node: ast.AST) -> set[str]:
+    """Names ``node``'s own code calls or passes on (callbacks), not counting the bodies of the
+    functions it defines (they run only when called themselves)."""
+    names = set()
+    stack = list(ast.iter_child_nodes(node))
+    while stack:
+        child = stack.pop()
+        if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            stack.extend(child.decorator_list)
+            continue
+        if isinstance(child, ast.Call):
+            func = child.func
+            if isinstance(func, ast.Name):
+                names.add(func.id)
+            elif isinstance(func, ast.Attribute):
+                names.add(func.attr)
+        elif isinstance(child, ast.Name):
+            names.add(child.id)
+        stack.extend(ast.iter_child_nodes(child))
+    return names
+
+
+def _functions(tree: ast.AST) -> dict[str, list[ast.AST]]:
+    """Function and method definitions of a module by name (nested ones included)."""
+    out: dict[str, list[ast.AST]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out.setdefault(node.name, []).append(node)
+    return out
+
+
+def _module_file(source_root: Path, module: str) -> Path | None:
+    base = source_root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _parse(file: Path) -> ast.AST:
+    text = file.read_text(encoding="utf-8")
+    if text.startswith(NOTEBOOK_HEADER):
+        text = "\n".join(line for line in text.splitlines() if not line.startswith("# MAGIC"))
+    return ast.parse(text)
+
+
+def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str, str]:
+    """Top-level third-party modules a job file imports when it runs: its own imports, the
+    module-level imports of every module of the project's package (``package``) it loads, and
+    the imports inside the package functions it can call (a static call graph by name, so a lazy
+    ``import deltalake`` in a function the job never reaches does not count). Returns
+    {module: the file importing it}."""
+    found: dict[str, str] = {}
+    trees: dict[Path, ast.AST] = {}
+    functions: dict[Path, dict[str, list[ast.AST]]] = {}
+    loaded: list[Path] = []  # modules imported (their module-level code runs)
+    reached: set[tuple[Path, str]] = set()  # (module, function name) that can run
+    todo: list[tuple[Path, ast.AST]] = []  # code bodies to scan: module bodies, functions
+
+    def tree(file: Path) -> ast.AST:
+        if file not in trees:
+            trees[file] = _parse(file)
+        return trees[file]
+
+    def defs(file: Path) -> dict[str, list[ast.AST]]:
+        if file not in functions:
+            functions[file] = _functions(tree(file))
+        return functions[file]
+
+    def load(module: str, names: list[str]) -> list[Path]:
+        files = []
+        for candidate in [module] + [f"{module}.{n}" for n in names]:
+            parts = candidate.split(".")
+            for i in range(1, len(parts) + 1):  # parents' __init__ run first
+                file = _module_file(source_root, ".".join(parts[:i]))
+                if file is not None and file not in files:
+                    files.append(file)
+        for file in files:
+            if file not in loaded:
+                loaded.append(file)
+                todo.append((file, tree(file)))
+        return files
+
+    def scan(file: Path, body: ast.AST, visible: list[Path]) -> None:
+        for module, names in _import_nodes(body):
+            top = module.split(".")[0]
+            if top == package:
+                visible.extend(f for f in load(module, names) if f not in visible)
+            elif top not in sys.stdlib_module_names and top != "__future__":
+                found.setdefault(top, file.name)
+        for name in _called_names(body):
+            for module_file in [file, *visible]:
+                if module_file == path:
+                    continue
+                for fn in defs(module_file).get(name, []):
+                    if (module_file, f"{name}:{fn.lineno}") not in reached:
+                        reached.add((module_file, f"{name}:{fn.lineno}"))
+                        todo.append((module_file, fn))
+
+    visible_of: dict[Path, list[Path]] = {}
+    todo.append((path, tree(path)))
+    while todo:
+        file, body = todo.pop(0)
+        visible = visible_of.setdefault(file, [])
+        scan(file, body, visible)
+    return found
+
+
+def check_job_imports(bundle: Bundle, config: dict[str, Any]) -> list[str]:
+    """Every third-party package a job's code imports (notebook and, transitively, the bundle's
+    own wheel package) is installed on the job's compute: by the runtime, by the wheel's runtime
+    dependencies, or by a ``pypi`` library / environment dependency of the task."""
+    problems = []
+    wheels = []
+    for spec in (config.get("artifacts") or {}).values():
+        spec = spec or {}
+        project = (bundle.root_dir / str(spec.get("path", "."))).resolve()
+        if spec.get("type") == "whl" and (project / "pyproject.toml").is_file():
+            wheels.append(_package_layout(project))
+    resources = config.get("resources") or {}
+    for job_key, job in (resources.get("jobs") or {}).items():
+        clusters = {
+            c.get("job_cluster_key"): c.get("new_cluster") or {}
+            for c in job.get("job_clusters") or []
+        }
+        environments = {
+            e.get("environment_key"): (e.get("spec") or {}).get("dependencies") or []
+            for e in job.get("environments") or []
+        }
+        for task in job.get("tasks") or []:
+            rel = (task.get("notebook_task") or {}).get("notebook_path") or (
+                task.get("spark_python_task") or {}
+            ).get("python_file")
+            if not rel or rel.startswith("/") or "${" in rel:
+                continue
+            path = (bundle.root_dir / "resources" / rel).resolve()
+            if not path.suffix:
+                path = path.with_suffix(".py")
+            if not path.is_file():
+                continue
+            cluster = clusters.get(task.get("job_cluster_key")) or task.get("new_cluster") or {}
+            version = str(cluster.get("spark_version", ""))
+            provided = set(ML_RUNTIME_MODULES if "-ml-" in version else RUNTIME_MODULES)
+            installed: set[str] = set()
+            has_wheel = False
+            for lib in task.get("libraries") or []:
+                if "whl" in lib:
+                    has_wheel = True
+                if "pypi" in lib:
+                    installed.add(_requirement_name(str(lib["pypi"].get("package", ""))))
+            for dep in environments.get(task.get("environment_key"), []):
+                if str(dep).endswith(".whl"):
+                    has_wheel = True
+                else:
+                    installed.add(_requirement_name(str(dep)))
+            packages = set()
+            for source_root, requirements in wheels if has_wheel else []:
+                packages.update(
+                    p.name for p in source_root.iterdir() if (p / "__init__.py").is_file()
+                )
+                installed.update(_requirement_name(r) for r in requirements)
+            for package in sorted(packages) or [None]:
+                root = wheels[0][0] if wheels else path.parent
+                found = third_party_imports(path, root, package or "")
+                for module, where in sorted(found.items()):
+                    if module in provided or module in packages:
+                        continue
+                    dists = MODULE_DISTRIBUTIONS.get(module, {_normalize(module)})
+                    if not dists & installed:
+                        problems.append(
+                            f"job {job_key}, task {task.get('task_key')}: {where} imports "
+                            f"{module!r}, which neither runtime {version or '?'} nor the task's "
+                            "libraries install (add a pypi library or a wheel dependency)"
+                        )
     return problems
 
 
@@ -432,6 +903,7 @@ def validate(
     validator = validator_cls(schema)
     problems = [f"raw document: {e}" for e in schema_errors(validator, bundle.document)]
     problems.extend(check_paths(bundle))
+    problems.extend(check_principals(bundle.document))
     resolved = {}
     for target in targets:
         try:
@@ -444,7 +916,12 @@ def validate(
             problems.append(f"{target}: {e}")
             continue
         problems.extend(f"{target}: {e}" for e in schema_errors(validator, interpolated))
+        # the same file problem is reported once, not once per target
+        problems.extend(check_artifacts(bundle, interpolated))
+        problems.extend(check_literal_names(bundle, interpolated))
+        problems.extend(check_job_imports(bundle, interpolated))
         resolved[target] = interpolated
+    problems = list(dict.fromkeys(problems))
     if problems:
         raise BundleError("\n".join(problems))
     return resolved
@@ -465,7 +942,9 @@ def main(argv: list[str] | None = None) -> int:
     for target, config in resolved.items():
         counts = {k: len(v) for k, v in (config.get("resources") or {}).items()}
         summary = ", ".join(f"{n} {k}" for k, n in sorted(counts.items()))
-        print(f"{target}: ok ({summary})")
+        required = check_required_variables(config, target)[1]
+        needs = f"; set at deploy: {', '.join(sorted(required))}" if required else ""
+        print(f"{target}: ok ({summary}){needs}")
     return 0
 
 

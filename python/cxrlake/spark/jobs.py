@@ -37,6 +37,7 @@ TABLES_SQL = (
     "10_bronze_tables.sql",
     "11_silver_tables.sql",
     "12_gold_tables.sql",
+    "13_review_tables.sql",
     "20_dataset_summary_view.sql",
 )
 """Files `create_tables` runs, in order. Not 00_catalog.sql (a metastore admin runs it) nor
@@ -193,8 +194,12 @@ def register_state(spark: Any, tables: Mapping[str, Any], model: Any) -> None:
 
 def _arrow_frame(spark: Any, table: Any) -> Any:
     """A DataFrame of a small Arrow table (driver side)."""
+    import pyarrow as pa
+
     from cxrlake.spark.schemas import to_spark_schema
 
+    if isinstance(table, pa.RecordBatch):
+        table = pa.Table.from_batches([table])
     schema = to_spark_schema(table.schema)
     try:
         return spark.createDataFrame(table, schema=schema)  # Spark >= 4.0 takes Arrow
