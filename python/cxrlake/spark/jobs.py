@@ -265,10 +265,12 @@ def decide_analysis(
     model: Any,
     model_path: str | None = None,
     now: dt.datetime | None = None,
+    threshold: Any = None,
 ) -> dict[str, TableChange]:
     """Silver and gold stage of the rules: every image not in its end state for ``model`` is
     decoded and scored once (`transforms.to_analyzed`, persisted); returns the rows to MERGE into
-    silver, features, predictions and quarantine and the image ids each table loses."""
+    silver, features, predictions and quarantine and the image ids each table loses.
+    ``threshold``: a site's `cxrlake.calibration.SiteThreshold` deciding the labels."""
     from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS
     from cxrlake.spark.transforms import to_analyzed
 
@@ -278,7 +280,7 @@ def decide_analysis(
     rows = bronze.join(todo, ["image_id", "content_sha256"], "left_semi").dropDuplicates(
         ["image_id", "content_sha256"]
     )
-    parts = to_analyzed(rows, model=model_path, processed_at=now)._asdict()
+    parts = to_analyzed(rows, model=model_path, processed_at=now, threshold=threshold)._asdict()
     changes = {view: TableChange() for view in rules.VIEWS}
     for view in rules.ANALYZE_UPSERTS:
         deleted = parts[rules.ANALYZE_DELETES[view]].select("image_id")
@@ -287,7 +289,11 @@ def decide_analysis(
 
 
 def decide_performance(
-    spark: Any, tables: Mapping[str, Any], model: Any, now: dt.datetime | None = None
+    spark: Any,
+    tables: Mapping[str, Any],
+    model: Any,
+    now: dt.datetime | None = None,
+    threshold: Any = None,
 ) -> dict[str, TableChange]:
     """Performance stage of the rules: metrics of ``model`` over the predictions of the current
     bytes of images in silver (computed on the driver by `cxrlake.medallion.metrics`); returns
@@ -298,7 +304,9 @@ def decide_performance(
     register_state(spark, tables, model)
     evaluated = to_arrow(spark.sql(rules.EVALUATION_INPUT))
     rows = metrics.model_performance(
-        evaluated, threshold=model.threshold, evaluated_at=now or dt.datetime.now(dt.timezone.utc)
+        evaluated,
+        threshold=threshold.threshold if threshold else model.threshold,
+        evaluated_at=now or dt.datetime.now(dt.timezone.utc),
     )
     _arrow_frame(spark, rows).createOrReplaceTempView("evaluations")
     return {"performance": TableChange(upserts=spark.sql(rules.PERFORMANCE_INSERTS))}
@@ -427,23 +435,37 @@ def transform_silver(
     return apply_changes(spark, catalog, changes)
 
 
-def predict_gold(spark: Any, catalog: str | Deployment, model: str | None = None) -> dict[str, Any]:
+def predict_gold(
+    spark: Any, catalog: str | Deployment, model: str | None = None, site: str | None = None
+) -> dict[str, Any]:
     """Gold for ``model``: finish the analysis pass for this model version (images silver holds
     without its prediction are scored once, embedding and probability together), then append the
     ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
-    deterministic evaluation_id, so an unchanged run writes nothing)."""
+    deterministic evaluation_id, so an unchanged run writes nothing). ``site``: labels are decided
+    by that site's latest threshold for this model version in ``gold.site_thresholds`` (the
+    model's own when none is stored); every prediction records which one decided."""
+    from cxrlake.calibration import spark_site_threshold
     from cxrlake.spark.udfs import configure_session, model_for
 
     configure_session(spark)
     loaded = model_for(model)
+    threshold = None
+    if site:
+        table = table_name(catalog, lake_schemas.SITE_THRESHOLDS)
+        threshold = spark_site_threshold(spark, table, site, loaded)
     counts = apply_changes(
-        spark, catalog, decide_analysis(spark, catalog_tables(spark, catalog), loaded, model)
+        spark,
+        catalog,
+        decide_analysis(spark, catalog_tables(spark, catalog), loaded, model, threshold=threshold),
     )
     counts.update(
         apply_changes(
-            spark, catalog, decide_performance(spark, catalog_tables(spark, catalog), loaded)
+            spark,
+            catalog,
+            decide_performance(spark, catalog_tables(spark, catalog), loaded, threshold=threshold),
         )
     )
+    counts["threshold_source"] = threshold.source if threshold else "model"
     return counts
 
 

@@ -1,0 +1,267 @@
+"""One scenario through both engines of the medallion: the local engine (delta-rs + DuckDB) and the
+Spark engine (PySpark local), over real images. After every step each table holds the same rows
+in both (keys and values; timestamps, batch ids and bronze bytes aside: bronze compares hashes).
+
+Delta's Spark jars cannot be installed here, so the Spark side keeps its tables as Arrow tables:
+each stage's decision (`cxrlake.spark.jobs.decide_*`: rows to MERGE, rows to update, image ids to
+delete) is collected and applied by `_apply` below, the way `apply_changes` writes it with
+MERGE/DELETE on Databricks. The local engine writes real Delta tables.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from deltalake import DeltaTable
+
+import cxrlake
+from cxrlake.lakehouse.pipeline import run_pipeline
+from cxrlake.medallion import rules
+
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:PySpark does not yet fully support pandas >= 3.0.0:FutureWarning"
+)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from pyspark.sql import SparkSession
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    session = (
+        SparkSession.builder.master("local[2]")
+        .appName("cxrlake-parity")
+        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.default.parallelism", "2")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
+        .getOrCreate()
+    )
+    yield session
+    session.stop()
+
+
+def _images(folder: Path, start: int, count: int) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix == ".jpeg")[start : start + count]
+
+
+class SparkState:
+    """The Spark engine's tables, as Arrow tables, written by applying its decisions."""
+
+    def __init__(self, spark, model_path: str | None):
+        self.spark = spark
+        self.model_path = model_path
+        self.tables = {view: spec.arrow_schema.empty_table() for view, spec in rules.VIEWS.items()}
+        self.runs = 0
+
+    def frames(self) -> dict:
+        from cxrlake.spark.jobs import _arrow_frame
+
+        return {view: _arrow_frame(self.spark, t) for view, t in self.tables.items()}
+
+    def run(self, source: Path, model_path: str | None) -> dict[str, dict[str, int]]:
+        """One run: bronze, silver+gold, performance; returns rows upserted/updated/deleted."""
+        from cxrlake.spark import jobs
+        from cxrlake.spark.udfs import model_for
+
+        self.runs += 1
+        model = model_for(model_path)
+        now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=self.runs)
+        counts: dict[str, dict[str, int]] = {}
+        batch = f"spark-run-{self.runs}"
+        for decide in (
+            lambda: jobs.decide_bronze(self.spark, self.frames(), str(source), model, batch, now),
+            lambda: jobs.decide_analysis(self.spark, self.frames(), model, model_path, now),
+            lambda: jobs.decide_performance(self.spark, self.frames(), model, now),
+        ):
+            for view, n in _apply(self.tables, decide()).items():
+                total = counts.setdefault(view, {"upserted": 0, "updated": 0, "deleted": 0})
+                for k, v in n.items():
+                    total[k] += v
+            self.spark.catalog.clearCache()
+        return counts
+
+
+def _keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Array:
+    cols = [table.column(k).cast(pa.string()) for k in keys]
+    return cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\x1f")
+
+
+def _apply(tables: dict[str, pa.Table], changes: dict) -> dict[str, dict[str, int]]:
+    """Apply one stage's decision to the Arrow tables as `jobs.apply_changes` does on Delta:
+    MERGE the upserts on the keys (insert-only for bronze and performance), update bronze stats,
+    delete image ids."""
+    from cxrlake.spark.jobs import BRONZE_STAT_COLUMNS
+    from cxrlake.spark.transforms import to_arrow
+
+    done = {}
+    collected = {
+        view: (
+            None if c.upserts is None else to_arrow(c.upserts, rules.VIEWS[view].arrow_schema),
+            None if c.updates is None else to_arrow(c.updates),
+            None if c.deletes is None else to_arrow(c.deletes),
+        )
+        for view, c in changes.items()
+    }
+    for view, (upserts, updates, deletes) in collected.items():
+        spec = rules.VIEWS[view]
+        table = tables[view]
+        n = {"upserted": 0, "updated": 0, "deleted": 0}
+        if upserts is not None and upserts.num_rows:
+            present = pc.is_in(_keys(upserts, spec.keys), _keys(table, spec.keys))
+            if view in ("bronze", "performance"):
+                upserts = upserts.filter(pc.invert(present))
+            else:
+                table = table.filter(
+                    pc.invert(pc.is_in(_keys(table, spec.keys), _keys(upserts, spec.keys)))
+                )
+            n["upserted"] = upserts.num_rows
+            table = pa.concat_tables([table, upserts.cast(table.schema)])
+        if updates is not None and updates.num_rows:
+            rows = table.to_pylist()
+            new = {(u["image_id"], u["content_sha256"]): u for u in updates.to_pylist()}
+            for r in rows:
+                u = new.get((r["image_id"], r["content_sha256"]))
+                if u is not None:
+                    r.update({c: u[c] for c in BRONZE_STAT_COLUMNS})
+                    n["updated"] += 1
+            table = pa.Table.from_pylist(rows, schema=table.schema)
+        if deletes is not None and deletes.num_rows:
+            gone = pc.is_in(table.column("image_id"), deletes.column("image_id"))
+            n["deleted"] = pc.sum(gone).as_py() or 0
+            table = table.filter(pc.invert(gone))
+        tables[view] = table
+        done[view] = n
+    return done
+
+
+def _comparable(table: pa.Table) -> list[str]:
+    """Rows as sorted JSON, without run-dependent columns; floats to 6 decimals (the engines
+    batch images differently, which may move the last bits of a network output)."""
+    keep = [
+        f.name
+        for f in table.schema
+        if not pa.types.is_timestamp(f.type)
+        and not pa.types.is_date(f.type)
+        and not f.name.endswith("batch_id")
+        and f.name != "content"
+    ]
+
+    def rounded(v):
+        if isinstance(v, float):
+            return round(v, 6)
+        if isinstance(v, list):
+            return [rounded(x) for x in v]
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        return v
+
+    return sorted(
+        json.dumps({k: rounded(v) for k, v in r.items()}, sort_keys=True)
+        for r in table.select(keep).to_pylist()
+    )
+
+
+def _local_tables(lakehouse: Path) -> dict[str, pa.Table]:
+    return {
+        view: DeltaTable(spec.path(lakehouse, "dev")).to_pyarrow_table()
+        for view, spec in rules.VIEWS.items()
+    }
+
+
+def _assert_same(step: str, local: dict[str, pa.Table], spark: dict[str, pa.Table]) -> None:
+    for view in rules.VIEWS:
+        got, want = _comparable(spark[view]), _comparable(local[view])
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        assert not missing and not extra, (
+            f"after {step}: {view} differs; only local: {missing[:2]}, only Spark: {extra[:2]}"
+        )
+        assert got == want, f"after {step}: {view} has duplicate rows"
+
+
+def _ids(table: pa.Table, filename: str) -> set[str]:
+    return set(table.filter(pc.equal(table.column("filename"), filename))["image_id"].to_pylist())
+
+
+def test_both_engines_hold_the_same_rows_after_every_step(
+    spark, tmp_path, shared_data, tiny_model_path
+):
+    train = shared_data / "chest_xray" / "train"
+    src = tmp_path / "landing"
+    for label in ("NORMAL", "PNEUMONIA"):
+        (src / "train" / label).mkdir(parents=True)
+        for p in _images(train / label, 0, 3):
+            shutil.copyfile(p, src / "train" / label / p.name)
+    (src / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"\xff\xd8\xff\xe0" + bytes(300))
+    lakehouse = tmp_path / "lakehouse"
+    engine = SparkState(spark, None)
+    when = [1_800_000_000]
+
+    def touch(path: Path) -> None:
+        # a distinct modification time at millisecond precision (Hadoop's listing granularity)
+        when[0] += 60
+        os.utime(path, (when[0], when[0]))
+
+    def step(name: str, model_path: str | None = None) -> dict:
+        summary = run_pipeline([src], lakehouse, model=model_path, progress=False)
+        counts = engine.run(src, model_path)
+        local = _local_tables(lakehouse)
+        _assert_same(name, local, engine.tables)
+        return {"local": summary, "spark": counts, "tables": local}
+
+    first = step("first load")
+    assert first["tables"]["silver"].num_rows == 6
+    assert first["tables"]["quarantine"]["filename"].to_pylist() == ["broken.jpeg"]
+
+    again = step("re-run")
+    assert set(again["local"].new_rows.values()) == {0}
+    assert not any(sum(c.values()) for c in again["spark"].values())
+
+    for label in ("NORMAL", "PNEUMONIA"):
+        for p in _images(train / label, 50, 5):
+            shutil.copyfile(p, src / "train" / label / p.name)
+    added = step("ten new images")
+    assert added["tables"]["predictions"].num_rows == 16
+    assert added["spark"]["predictions"]["upserted"] == 10
+
+    replaced = src / "train" / "PNEUMONIA" / _images(train / "PNEUMONIA", 0, 1)[0].name
+    shutil.copyfile(_images(train / "PNEUMONIA", 80, 1)[0], replaced)
+    touch(replaced)
+    new_bytes = step("file replaced by new bytes")
+    bronze = new_bytes["tables"]["bronze"]
+    assert len(_ids(bronze, replaced.name)) == 1
+    assert pc.sum(pc.equal(bronze["filename"], replaced.name)).as_py() == 2
+
+    corrupt = src / "train" / "NORMAL" / _images(train / "NORMAL", 1, 1)[0].name
+    corrupt.write_bytes(corrupt.read_bytes()[:500])
+    touch(corrupt)
+    bad = step("file replaced by a corrupt one")
+    (bad_id,) = _ids(bad["tables"]["bronze"], corrupt.name)
+    for view in ("silver", "features", "predictions"):
+        assert bad_id not in bad["tables"][view]["image_id"].to_pylist(), view
+    assert bad_id in bad["tables"]["quarantine"]["image_id"].to_pylist()
+
+    moved = src / "train" / "NORMAL" / _images(train / "NORMAL", 2, 1)[0].name
+    moved.rename(src / "train" / "PNEUMONIA" / moved.name)
+    relabelled = step("file moved to the other class folder")
+    silver = relabelled["tables"]["silver"]
+    labels = silver.filter(pc.equal(silver["filename"], moved.name))["label_name"].to_pylist()
+    assert "PNEUMONIA" in labels
+
+    tiny = cxrlake.Model(tiny_model_path)
+    upgraded = step("new model version", tiny_model_path)
+    preds = upgraded["tables"]["predictions"]
+    assert pc.sum(pc.equal(preds["model_version"], tiny.version)).as_py() == silver.num_rows
+    features = upgraded["tables"]["features"]
+    assert set(features["feature_extraction_model"].to_pylist()) == {f"{tiny.name}:{tiny.version}"}
+    assert tiny.version in upgraded["tables"]["performance"]["model_version"].to_pylist()
