@@ -3,6 +3,7 @@
 - `roc_auc`: area under the ROC curve, None when only one class is present.
 - `choose_threshold`, `binary_metrics`: the decision-threshold rule and the full metric set used
   by training and the model card.
+- `agreement_metrics`, `cohen_kappa`: model-radiologist agreement (``gold.review_agreement``).
 - `model_performance`: the ``gold.model_performance`` rows of a set of predictions, one per
   (model, version, labelled split), with a deterministic ``evaluation_id``. Both engines call it on
   the rows the evaluation rule (`cxrlake.medallion.rules.EVALUATION_INPUT`) selects.
@@ -219,3 +220,108 @@ def model_performance(
             )
     rows.sort(key=lambda r: (r["model_name"], r["model_version"], r["dataset_split"]))
     return pa.RecordBatch.from_pylist(rows, schema=schemas.GOLD_PERFORMANCE)
+
+
+# ---------------------------------------------------------------- model-radiologist agreement
+# Over the review tables (gold.prediction_feedback, silver.label_history; schemas in
+# `cxrlake.review.tables`). Rows of ``gold.review_agreement``; the review app computes them
+# locally and on Databricks with this one function.
+
+
+def cohen_kappa(a: Sequence[int], b: Sequence[int]) -> float | None:
+    """Cohen's kappa of two raters over binary labels; None when undefined (no items, or a
+    chance agreement of 1)."""
+    n = len(a)
+    if n == 0:
+        return None
+    observed = sum(1 for x, y in zip(a, b, strict=True) if x == y) / n
+    pa1 = sum(a) / n
+    pb1 = sum(b) / n
+    expected = pa1 * pb1 + (1 - pa1) * (1 - pb1)
+    if expected >= 1.0:
+        return None
+    return (observed - expected) / (1.0 - expected)
+
+
+def latest_verdicts(feedback: Sequence[dict]) -> dict[tuple[str, str], dict]:
+    """The verdict that counts per (prediction_id, radiologist_id): the latest one (by
+    feedback_timestamp, then feedback_id)."""
+    latest: dict[tuple[str, str], dict] = {}
+    for row in sorted(feedback, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
+        latest[(row["prediction_id"], row["radiologist_id"])] = dict(row)
+    return latest
+
+
+def agreement_metrics(
+    predictions: Sequence[dict],
+    feedback: Sequence[dict],
+    current: dict[str, dict],
+    evaluated_at: dt.datetime,
+) -> list[dict]:
+    """``gold.review_agreement`` rows: one per (model_name, model_version) with verdicts.
+
+    ``predictions``: current gold rows (prediction_id, image_id, predicted_label, model_name,
+    model_version); ``feedback``: gold.prediction_feedback rows; ``current``: image_id -> the
+    current silver.label_history row (label, label_name, source). Over the latest verdict per
+    (prediction, reviewer): agreement rate = decisive verdicts (agree / disagree) whose label is
+    the model's / decisive verdicts; Cohen's kappa of model vs radiologist labels; accuracy of the
+    model against the current labels (folder labels with corrections applied); images whose
+    current label comes from a radiologist; per-reviewer counts (agree, disagree, uncertain,
+    differs_from_current_label). ``evaluation_id`` is deterministic per (model, verdict set).
+    """
+    names = list(schemas.LABEL_NAMES)
+    preds = {p["prediction_id"]: p for p in predictions}
+    latest = [v for v in latest_verdicts(feedback).values() if v["prediction_id"] in preds]
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for v in latest:
+        p = preds[v["prediction_id"]]
+        groups.setdefault((p["model_name"], p["model_version"]), []).append(v)
+    rows = []
+    for (name, version), verdicts in sorted(groups.items()):
+        model_labels: list[int] = []
+        reader_labels: list[int] = []
+        per_reviewer: dict[str, dict[str, int]] = {}
+        for v in verdicts:
+            p = preds[v["prediction_id"]]
+            counts = per_reviewer.setdefault(
+                v["radiologist_id"],
+                {"agree": 0, "disagree": 0, "uncertain": 0, "differs_from_current_label": 0},
+            )
+            counts[v["feedback_type"]] += 1
+            if v.get("correct_label") in names:
+                model_labels.append(int(p["predicted_label"]))
+                reader_labels.append(names.index(v["correct_label"]))
+                cur = current.get(p["image_id"])
+                if cur is not None and cur["label_name"] != v["correct_label"]:
+                    counts["differs_from_current_label"] += 1
+        agree = sum(1 for x, y in zip(model_labels, reader_labels, strict=True) if x == y)
+        own = [
+            p for p in preds.values() if (p["model_name"], p["model_version"]) == (name, version)
+        ]
+        labelled = [p for p in own if p["image_id"] in current]
+        correct = sum(
+            1 for p in labelled if current[p["image_id"]]["label"] == p["predicted_label"]
+        )
+        corrected = sum(1 for p in labelled if current[p["image_id"]]["source"] != "folder")
+        fingerprint = hashlib.sha256(
+            "\n".join(sorted(v["feedback_id"] for v in verdicts)).encode()
+        ).hexdigest()
+        rows.append(
+            {
+                "evaluation_id": hashlib.sha256(
+                    "\x1f".join((name, version, fingerprint)).encode()
+                ).hexdigest()[:32],
+                "model_name": name,
+                "model_version": version,
+                "reviewed_predictions": len({v["prediction_id"] for v in verdicts}),
+                "verdicts": len(verdicts),
+                "agreement_rate": agree / len(model_labels) if model_labels else None,
+                "cohen_kappa": cohen_kappa(model_labels, reader_labels),
+                "accuracy_current_labels": correct / len(labelled) if labelled else None,
+                "labels_corrected": corrected,
+                "per_reviewer": json.dumps(per_reviewer, sort_keys=True),
+                "evaluated_at": evaluated_at,
+                "feedback_fingerprint": fingerprint,
+            }
+        )
+    return rows

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from cxrlake.lakehouse.schemas import TableSpec
+from cxrlake.medallion.metrics import latest_verdicts  # noqa: F401 - re-export
 
 TS = pa.timestamp("us", tz="UTC")
 LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
@@ -207,14 +208,6 @@ def feedback_row(fields: Mapping[str, Any], reviewer: str, at: dt.datetime) -> d
         "comments": fields["comments"],
         "feedback_timestamp": at,
     }
-
-
-def latest_verdicts(feedback: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict]:
-    """The verdict that counts per (prediction_id, radiologist_id): the latest one."""
-    latest: dict[tuple[str, str], dict] = {}
-    for row in sorted(feedback, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
-        latest[(row["prediction_id"], row["radiologist_id"])] = dict(row)
-    return latest
 
 
 @dataclass
