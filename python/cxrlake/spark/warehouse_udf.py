@@ -3,8 +3,9 @@
 ``sql/30_predict_function.sql`` creates the function with ``PARAMETER STYLE PANDAS`` and
 ``HANDLER 'predict_handler'``, the cxrlake wheel as its ``ENVIRONMENT`` dependency. UC Python UDFs
 run in an isolated sandbox without file-system access, so the function scores image *bytes*
-(kept in ``bronze.kaggle_xray_metadata.content``); the SQL function ``bronze.predict(path)``
-looks the bytes up by path. No pyspark here: the sandbox has pandas and the wheel only.
+(kept in ``bronze.kaggle_xray_metadata.content``); the SQL table function ``bronze.predict(path)``
+scores the latest bytes of one path. No pyspark here, nor the local engine's packages: the
+sandbox has pandas and the wheel with its runtime dependencies (pyarrow, numpy, onnxruntime).
 """
 
 from __future__ import annotations
