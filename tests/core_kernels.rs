@@ -51,7 +51,7 @@ fn decode_batch_reports_one_error_per_bad_row() {
     assert!(errors.is_null(0));
     assert!(width.value(0) > 0);
     assert_eq!(errors.value(1), "truncated JPEG");
-    assert_eq!(errors.value(2), format!("empty file: {}", paths[2]));
+    assert_eq!(errors.value(2), format!("empty image data: {}", paths[2]));
     assert_eq!(errors.value(3), "not an image (unknown format)");
     assert_eq!(errors.value(4), format!("file not found: {}", paths[4]));
     assert_eq!(errors.value(5), format!("not a regular file: {}", paths[5]));

@@ -396,7 +396,7 @@ fn oversized_and_empty_files_are_refused_by_size() {
     assert!(peak < 4096, "the oversized file was read ({peak} bytes)");
     assert_eq!(
         read_error(&sandbox, &empty),
-        format!("empty file: {}", empty.display())
+        format!("empty image data: {}", empty.display())
     );
 }
 
@@ -512,4 +512,80 @@ fn png_with_a_ragged_palette_is_an_error_not_a_panic() {
     let batch = cxrlake::core::decode_batch(&column, &Default::default()).unwrap();
     let errors = batch.column_by_name("error").unwrap();
     assert!(errors.is_valid(0) && errors.is_null(1));
+}
+
+#[test]
+fn an_empty_root_list_or_an_empty_root_is_refused_never_allow_all() {
+    let no_roots: [&str; 0] = [];
+    for error in [
+        Sandbox::with_roots(no_roots).unwrap_err(),
+        Sandbox::with_roots([""]).unwrap_err(),
+        Sandbox::with_roots(["", ""]).unwrap_err(),
+        Sandbox::resolve(Some(&[])).unwrap_err(),
+        Sandbox::resolve(Some(&[String::new()])).unwrap_err(),
+    ] {
+        let message = error.to_string();
+        assert!(
+            message.contains("no sandbox roots") || message.contains("empty path"),
+            "{message}"
+        );
+    }
+    // One empty root among good ones is still refused: it is a typo, not a wildcard.
+    let (_dir, root) = sandbox_layout("empty-root");
+    assert!(Sandbox::with_roots([root.to_str().unwrap(), ""]).is_err());
+}
+
+#[test]
+fn outside_the_roots_every_kind_of_path_gets_the_same_answer() {
+    let (dir, root) = sandbox_layout("oracle");
+    let sandbox = Sandbox::with_roots([&root]).unwrap();
+    let outside_file = dir.path().join("outside.png");
+    let outside_dir = dir.path().join("outside-dir");
+    std::fs::create_dir(&outside_dir).unwrap();
+    // Symlinks inside the root pointing at: an existing file, a missing file, a path below a
+    // regular file ("not a directory"), a directory, a missing folder, a loop pair.
+    let targets = [
+        ("to-file", outside_file.clone()),
+        ("to-missing", dir.path().join("missing.png")),
+        ("to-below-file", outside_file.join("x.png")),
+        ("to-dir", outside_dir.clone()),
+        ("to-missing-dir", dir.path().join("gone/deeper/x.png")),
+        ("loop-a", root.join("loop-b")),
+        ("loop-b", root.join("loop-a")),
+    ];
+    for (name, target) in &targets {
+        std::os::unix::fs::symlink(target, root.join(name)).unwrap();
+    }
+    let mut probes: Vec<PathBuf> = vec![
+        outside_file.clone(),
+        outside_file.join("x.png"),
+        outside_dir.clone(),
+        dir.path().join("missing.png"),
+        root.join("../outside.png"),
+        root.join("sub/../../outside-dir"),
+        root.join("to-missing-dir/../x.png"),
+        PathBuf::from("/dev/null"),
+        PathBuf::from("/proc/self/root/etc/passwd"),
+    ];
+    probes.extend(
+        targets
+            .iter()
+            .filter(|(name, _)| !name.starts_with("loop"))
+            .map(|(name, _)| root.join(name)),
+    );
+    for probe in &probes {
+        assert_eq!(
+            read_error(&sandbox, probe),
+            format!("outside sandbox roots: {}", probe.display()),
+            "{}",
+            probe.display()
+        );
+    }
+    // Inside the root, a dangling link is reported as missing, as before.
+    std::os::unix::fs::symlink(root.join("nothing.png"), root.join("dangling-inside")).unwrap();
+    let dangling = root.join("dangling-inside");
+    assert_eq!(
+        read_error(&sandbox, &dangling),
+        format!("file not found: {}", dangling.display())
+    );
 }

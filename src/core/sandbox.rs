@@ -88,7 +88,7 @@ impl Sandbox {
     /// Reads the whole file at `path` after the sandbox, file-type and size checks.
     ///
     /// Errors name the path: `file not found: …`, `outside sandbox roots: …`,
-    /// `not a regular file: …`, `file exceeds 64 MiB limit: …`, `empty file: …`.
+    /// `not a regular file: …`, `file exceeds 64 MiB limit: …`, `empty image data: …` (the words the decoder uses for empty bytes).
     pub fn read(&self, path: &str, limits: &Limits) -> RowResult<Vec<u8>> {
         // Messages show the path escaped and shortened; the file system sees the raw path.
         self.read_unescaped(path, limits).map_err(|error| {
@@ -132,7 +132,7 @@ impl Sandbox {
             .check_encoded_size(size, "file")
             .map_err(|e| RowError::new(format!("{e}: {path}")))?;
         if size == 0 {
-            return Err(RowError::new(format!("empty file: {path}")));
+            return Err(RowError::new(format!("empty image data: {path}")));
         }
         let mut bytes = Vec::with_capacity(size as usize);
         // `take` guards against a file that grows between the size check and the read.
@@ -144,7 +144,7 @@ impl Sandbox {
             .check_encoded_size(bytes.len() as u64, "file")
             .map_err(|e| RowError::new(format!("{e}: {path}")))?;
         if bytes.is_empty() {
-            return Err(RowError::new(format!("empty file: {path}")));
+            return Err(RowError::new(format!("empty image data: {path}")));
         }
         Ok(bytes)
     }
