@@ -18,7 +18,9 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.pneumonia_predictions (
   prediction_date DATE COMMENT 'predicted_at as a date (UTC)',
   dataset_split STRING COMMENT 'train, val, test or fullres',
   content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes',
-  heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major, 0..1); NULL when the model has none'
+  heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major, 0..1); NULL when the model has none',
+  decision_threshold DOUBLE COMMENT 'The threshold that decided predicted_label',
+  threshold_source STRING COMMENT 'model (ONNX metadata) or site:<site_id>:v<version> (site_thresholds)'
 )
 USING DELTA
 CLUSTER BY (image_id)
@@ -49,6 +51,35 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.model_performance (
 USING DELTA
 CLUSTER BY (evaluation_id)
 COMMENT 'Model performance per labelled split, one row per distinct prediction set'
+TBLPROPERTIES (
+  'delta.enableChangeDataFeed' = 'true',
+  'delta.deletedFileRetentionDuration' = 'interval 7 days',
+  'delta.logRetentionDuration' = 'interval 30 days'
+);
+
+CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.site_thresholds (
+  site_id STRING NOT NULL COMMENT 'Site id (cxrlake calibrate --site)',
+  version INT NOT NULL COMMENT '1, 2, ... per (site, model name, model version); the latest is in force',
+  model_name STRING NOT NULL COMMENT 'Model the threshold was calibrated for',
+  model_version STRING NOT NULL COMMENT 'Model version the threshold was calibrated for',
+  threshold DOUBLE NOT NULL COMMENT 'predicted_label = probability >= threshold',
+  target_sensitivity DOUBLE COMMENT 'Sensitivity the threshold was chosen for',
+  sensitivity DOUBLE COMMENT 'Sensitivity on the site films',
+  sensitivity_ci_low DOUBLE COMMENT '95% Wilson interval, low',
+  sensitivity_ci_high DOUBLE COMMENT '95% Wilson interval, high',
+  specificity DOUBLE COMMENT 'Specificity on the site films',
+  specificity_ci_low DOUBLE COMMENT '95% Wilson interval, low',
+  specificity_ci_high DOUBLE COMMENT '95% Wilson interval, high',
+  n_pneumonia BIGINT COMMENT 'PNEUMONIA films used',
+  n_normal BIGINT COMMENT 'NORMAL films used',
+  label_source STRING COMMENT 'folder or verdicts',
+  selection STRING COMMENT 'JSON: which bronze films make up the site',
+  calibration_id STRING COMMENT 'sha256 of model, target, films and labels',
+  calibrated_at TIMESTAMP COMMENT 'When this version was written (UTC)'
+)
+USING DELTA
+CLUSTER BY (site_id, model_name, model_version, version)
+COMMENT 'Per-site operating points (cxrlake calibrate), append-only, versioned'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',
   'delta.deletedFileRetentionDuration' = 'interval 7 days',

@@ -34,36 +34,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxrlake.medallion import schemas
+
 #: z for a two-sided 95 % interval.
 Z95 = 1.959963984540054
 DEFAULT_MIN_PER_CLASS = 30
 DEFAULT_HALF_WIDTH = 0.025
-LABEL_NAMES = ("NORMAL", "PNEUMONIA")
-TS = pa.timestamp("us", tz="UTC")
+LABEL_NAMES = schemas.LABEL_NAMES
 
-SITE_THRESHOLDS_SCHEMA = pa.schema(
-    [
-        pa.field("site_id", pa.string(), nullable=False),
-        pa.field("version", pa.int32(), nullable=False),  # 1, 2, ... per (site, model)
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("threshold", pa.float64(), nullable=False),  # predicted = probability >= this
-        pa.field("target_sensitivity", pa.float64()),
-        pa.field("sensitivity", pa.float64()),
-        pa.field("sensitivity_ci_low", pa.float64()),
-        pa.field("sensitivity_ci_high", pa.float64()),
-        pa.field("specificity", pa.float64()),
-        pa.field("specificity_ci_low", pa.float64()),
-        pa.field("specificity_ci_high", pa.float64()),
-        pa.field("n_pneumonia", pa.int64()),
-        pa.field("n_normal", pa.int64()),
-        pa.field("label_source", pa.string()),  # folder / verdicts
-        pa.field("selection", pa.string()),  # JSON: which bronze films make up the site
-        pa.field("calibration_id", pa.string()),  # sha256 of model, target, films and labels
-        pa.field("calibrated_at", TS),
-    ]
-)
-"""``gold.site_thresholds``: append-only, one row per calibration of a site for a model version."""
+SITE_THRESHOLDS_SCHEMA = schemas.GOLD_SITE_THRESHOLDS
+"""``gold.site_thresholds`` (defined with the other tables in `cxrlake.medallion.schemas`)."""
 
 
 class CalibrationError(ValueError):
@@ -88,14 +68,7 @@ class SiteThreshold:
 
 def site_thresholds_spec():
     """The `TableSpec` of ``gold.site_thresholds`` (keys: site, model, version)."""
-    from cxrlake.lakehouse.schemas import TableSpec
-
-    return TableSpec(
-        "gold",
-        "site_thresholds",
-        SITE_THRESHOLDS_SCHEMA,
-        ("site_id", "model_name", "model_version", "version"),
-    )
+    return schemas.SITE_THRESHOLDS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +253,6 @@ def validate_site_id(site_id: str) -> str:
 
 
 def _latest_bronze(lake, columns: list[str], splits: list[str] | None) -> pa.Table:
-    from cxrlake.lakehouse import schemas
 
     wanted = sorted({*columns, "image_id", "ingested_at"})
     bronze = lake.read(schemas.BRONZE, columns=wanted)
@@ -385,6 +357,37 @@ def _calibration_id(model_name: str, model_version: str, target: float, films: p
     return digest.hexdigest()
 
 
+def versions_of(rows: pa.Table, site_id: str, model_name: str, model_version: str) -> pa.Table:
+    """The rows of ``gold.site_thresholds`` (any engine's read of it) for one site and model
+    version, oldest first."""
+    mask = pc.and_(
+        pc.and_(pc.equal(rows["site_id"], site_id), pc.equal(rows["model_name"], model_name)),
+        pc.equal(rows["model_version"], model_version),
+    )
+    return rows.filter(mask).sort_by("version")
+
+
+def latest_site_threshold(
+    rows: pa.Table, site_id: str, model_name: str, model_version: str
+) -> SiteThreshold | None:
+    """The threshold in force: the highest version for (site, model name, model version).
+
+    The one rule both engines apply (locally on the Delta table, on Databricks on
+    ``spark.table(...)``); None when the site has no calibration for that model version.
+    """
+    versions = versions_of(rows, validate_site_id(site_id), model_name, model_version)
+    if versions.num_rows == 0:
+        return None
+    row = versions.slice(versions.num_rows - 1).to_pylist()[0]
+    return SiteThreshold(
+        site_id=row["site_id"],
+        version=int(row["version"]),
+        threshold=float(row["threshold"]),
+        model_name=row["model_name"],
+        model_version=row["model_version"],
+    )
+
+
 def stored_versions(lake, site_id: str, model_name: str, model_version: str) -> pa.Table:
     """Every stored version of a site's threshold for one model, oldest first."""
     from deltalake import DeltaTable
@@ -392,12 +395,8 @@ def stored_versions(lake, site_id: str, model_name: str, model_version: str) -> 
     spec = site_thresholds_spec()
     if not DeltaTable.is_deltatable(lake.path(spec)):
         return SITE_THRESHOLDS_SCHEMA.empty_table()
-    table = DeltaTable(lake.path(spec)).to_pyarrow_table()
-    mask = pc.and_(
-        pc.and_(pc.equal(table["site_id"], site_id), pc.equal(table["model_name"], model_name)),
-        pc.equal(table["model_version"], model_version),
-    )
-    return table.filter(mask).sort_by("version")
+    rows = DeltaTable(lake.path(spec)).to_pyarrow_table()
+    return versions_of(rows, site_id, model_name, model_version)
 
 
 def site_threshold(
@@ -411,25 +410,40 @@ def site_threshold(
     from cxrlake.lakehouse.storage import Lakehouse
 
     model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
-    versions = stored_versions(
-        Lakehouse(lakehouse, env), validate_site_id(site_id), model.name, model.version
-    )
-    if versions.num_rows == 0:
+    lake = Lakehouse(lakehouse, env)
+    versions = stored_versions(lake, validate_site_id(site_id), model.name, model.version)
+    return latest_site_threshold(versions, site_id, model.name, model.version)
+
+
+def spark_site_threshold(spark: Any, table: str, site_id: str, model: Any = None):
+    """`latest_site_threshold` over the Unity Catalog table ``table``
+    (``<catalog>.<gold schema>.site_thresholds``) for the Databricks jobs; None when absent."""
+    import cxrlake
+
+    model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+    if not spark.catalog.tableExists(table):
         return None
-    row = versions.slice(versions.num_rows - 1).to_pylist()[0]
-    return SiteThreshold(
-        site_id=row["site_id"],
-        version=int(row["version"]),
-        threshold=float(row["threshold"]),
-        model_name=row["model_name"],
-        model_version=row["model_version"],
+    frame = spark.table(table).where(
+        (spark_col("site_id") == validate_site_id(site_id))
+        & (spark_col("model_name") == model.name)
+        & (spark_col("model_version") == model.version)
     )
+    rows = pa.Table.from_pylist(
+        [r.asDict() for r in frame.collect()], schema=SITE_THRESHOLDS_SCHEMA
+    )
+    return latest_site_threshold(rows, site_id, model.name, model.version)
+
+
+def spark_col(name: str) -> Any:
+    """``pyspark.sql.functions.col`` (pyspark imported only on Databricks paths)."""
+    from pyspark.sql import functions as F
+
+    return F.col(name)
 
 
 def _ensure_table(lake) -> None:
     from deltalake import DeltaTable
 
-    from cxrlake.lakehouse import schemas
     from cxrlake.lakehouse.storage import commit_properties
 
     spec = site_thresholds_spec()

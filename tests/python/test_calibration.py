@@ -248,7 +248,9 @@ def test_calibrate_refuses_contradicting_and_missing_labels(tmp_path, fullres_pa
     assert "refused" in err and "filed under both NORMAL and PNEUMONIA" in err
     assert cli_main([*base, "--split", "elsewhere"]) == 1
     assert "no labelled films" in capsys.readouterr().err
-    assert not (tmp_path / "lake" / "healthcare_catalog_dev" / "gold" / "site_thresholds").exists()
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    assert Lakehouse(tmp_path / "lake").count(calibration.site_thresholds_spec()) == 0
 
 
 def test_predict_threshold_column_types(site_lake):
@@ -308,3 +310,36 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
     )
     assert cli_main(base) == 1
     assert "contradicts their folder" in capsys.readouterr().err
+
+
+def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
+    from cxrlake.lakehouse.pipeline import run_pipeline
+    from cxrlake.lakehouse.schemas import PREDICTIONS
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    lake, site = site_lake
+    stored = calibration.site_threshold(lake, "site_a")
+    if stored is None:
+        calibration.calibrate_site(lake, "site_a", splits=["site_a"])
+        stored = calibration.site_threshold(lake, "site_a")
+    # The module's lakehouse was scored before any calibration: the model decided.
+    before = Lakehouse(lake).read(PREDICTIONS)
+    assert set(before["threshold_source"].to_pylist()) == {"model"}
+    assert set(before["decision_threshold"].to_pylist()) == {cxrlake.Model().threshold}
+    # A new lakehouse run for the site: its threshold decides and is recorded on every row.
+    other = tmp_path / "lake"
+    calibration_rows = DeltaTable(
+        str(lake / "healthcare_catalog_dev" / "gold" / "site_thresholds")
+    ).to_pyarrow_table()
+    Lakehouse(other).create_all()
+    Lakehouse(other).append(calibration.site_thresholds_spec(), calibration_rows)
+    summary = run_pipeline([site], other, site="site_a", progress=False)
+    assert summary.threshold_source == stored.source
+    gold = Lakehouse(other).read(PREDICTIONS)
+    assert set(gold["threshold_source"].to_pylist()) == {stored.source}
+    probs = np.array(gold["prediction_probability"].to_pylist())
+    expected = [int(p >= stored.threshold) for p in probs]
+    assert gold["predicted_label"].to_pylist() == expected
+    # Every film here is a development film of the shipped model: the summary says so.
+    assert summary.development_films == {"site_a": [80, 80]}
+    assert "training-set figures" in summary.format()

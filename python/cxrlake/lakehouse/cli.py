@@ -63,6 +63,11 @@ def register(subparsers: Any) -> None:
     )
     run.add_argument("--model", help="ONNX model path (default: the shipped model)")
     run.add_argument(
+        "--site",
+        help="decide labels with this site's threshold from gold.site_thresholds "
+        "(cxrlake calibrate; the model's own threshold when none is stored)",
+    )
+    run.add_argument(
         "--batch-size", type=_positive_int, default=64, help="images per batch (default 64)"
     )
     run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: all)")
@@ -146,6 +151,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             threads=args.threads,
             progress=False if args.no_progress else None,
+            site=args.site,
         )
     except _model_errors() as e:
         return _fail(str(e), EXIT_MODEL)

@@ -84,6 +84,12 @@ class RunSummary:
     """Whole quarantine table: count per reason."""
     metrics: list[dict[str, Any]] = field(default_factory=list)
     """Latest gold.model_performance row per split for the run's model."""
+    threshold: float | None = None
+    threshold_source: str = "model"
+    """The threshold that decided this run's labels: ``model`` or ``site:<id>:v<n>``."""
+    development_films: dict[str, list[int]] = field(default_factory=dict)
+    """Per labelled split: [films from the model's development set, films] (see
+    `cxrlake.training.provenance`); figures on such films are no evaluation."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``cxrlake pipeline run --json``)."""
@@ -99,7 +105,9 @@ class RunSummary:
         lines = [
             f"cxrlake pipeline run {self.run_id}",
             f"  lakehouse: {p(schemas.catalog_path(self.lakehouse, self.env))}",
-            f"  model:     {p(self.model_name)} {p(self.model_version)}",
+            f"  model:     {p(self.model_name)} {p(self.model_version)}, threshold "
+            f"{self.threshold if self.threshold is not None else float('nan'):.4f} "
+            f"({p(self.threshold_source)})",
             f"  files:     {self.files_listed} listed, "
             f"{self.files_skipped_unchanged} unchanged since last run",
             "  stages:    "
@@ -133,12 +141,23 @@ class RunSummary:
                 f"    {'split':<22} {'n':>6} {'acc':>6} {'prec':>6} {'recall':>6} "
                 f"{'f1':>6} {'auc':>6}"
             )
+            from cxrlake.training.provenance import evaluation_caveat
+
+            share = {k: tuple(v) for k, v in self.development_films.items()}
             for m in self.metrics:
                 auc = "-" if m["auc_roc"] is None else f"{m['auc_roc']:.3f}"
                 lines.append(
                     f"    {p(m['dataset_split']):<22} {m['total_samples']:>6} "
                     f"{m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
                     f"{m['f1_score']:>6.3f} {auc:>6}"
+                )
+                caveat = evaluation_caveat(share, m["dataset_split"])
+                if caveat:
+                    lines.append(f"      ^ {caveat}")
+            if any(n_dev for n_dev, _ in share.values()):
+                lines.append(
+                    "    (figures on the model's own development films measure fit, not accuracy "
+                    "on new films: the model card holds the validation and shift analysis)"
                 )
         return "\n".join(lines)
 
@@ -177,11 +196,16 @@ class Pipeline:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         progress: bool | None = None,
+        site: str | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.lh = Lakehouse(lakehouse, env)
         self.model = transforms.load_model(model)
+        # The site's calibrated threshold for this model version, if one is stored.
+        from cxrlake.calibration import site_threshold
+
+        self.threshold = site_threshold(lakehouse, site, self.model, env) if site else None
         self.batch_size = batch_size
         self.threads = threads
         self.progress = progress
@@ -410,7 +434,9 @@ class Pipeline:
         }
         with _progress(todo.num_rows, "silver+gold", self.progress) as bar:
             for batch in self._bronze_contents(todo):
-                out = transforms.analyze_batch(batch, model=self.model, threads=self.threads)
+                out = transforms.analyze_batch(
+                    batch, model=self.model, threads=self.threads, threshold=self.threshold
+                )
                 parts = out._asdict()
                 for view, part in rules.ANALYZE_UPSERTS.items():
                     self._upsert(rules.VIEWS[view], parts[part], _STAGE_OF[view])
@@ -431,9 +457,8 @@ class Pipeline:
             columns={"predictions": rules.EVALUATION_COLUMNS},
         )
         evaluated = self._rule(rules.EVALUATION_INPUT)
-        self._sql.register(
-            "evaluations", metrics.model_performance(evaluated, threshold=self.model.threshold)
-        )
+        threshold = self.threshold.threshold if self.threshold else self.model.threshold
+        self._sql.register("evaluations", metrics.model_performance(evaluated, threshold=threshold))
         self._insert(PERFORMANCE, self._rule(rules.PERFORMANCE_INSERTS))
 
     # ---------------------------------------------------------------- summary
@@ -468,6 +493,21 @@ class Pipeline:
             | {"confusion_matrix": json.loads(latest[s]["confusion_matrix"])}
             for s in sorted(latest)
         ]
+        from cxrlake.training.provenance import development_share
+
+        films = self.lh.read(
+            schemas.SILVER, ["dataset_split", "label_name", "filename", "content_sha256"]
+        )
+        films = films.filter(pc.is_valid(films["label_name"]))
+        share = development_share(films, self.model.path)
+        self.summary.development_films = {k: list(v) for k, v in sorted(share.items())}
+        if self.threshold is not None:
+            self.summary.threshold, self.summary.threshold_source = (
+                self.threshold.threshold,
+                self.threshold.source,
+            )
+        else:
+            self.summary.threshold = self.model.threshold
         return self.summary
 
     def timed(self, stage: str, fn: Any, *args: Any) -> None:
@@ -487,6 +527,7 @@ def run_pipeline(
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     progress: bool | None = None,
+    site: str | None = None,
 ) -> RunSummary:
     """Run bronze -> silver -> gold on image folders; return the run summary.
 
@@ -495,14 +536,16 @@ def run_pipeline(
     ``sample_per_label``: ingest at most N files per (split, label), a deterministic sample.
     ``model``: `cxrlake.Model`, path or None (= `cxrlake.default_model_path()`).
     ``batch_size``: images per batch and per commit. ``progress``: show tqdm bars (None = when
-    stderr is a terminal). Waits for any other run on the same lakehouse to finish first.
+    stderr is a terminal). ``site``: decide labels with that site's threshold in
+    ``gold.site_thresholds`` for this model version (``cxrlake calibrate``), the model's own when
+    none is stored. Waits for any other run on the same lakehouse to finish first.
     """
     if not sources:
         raise ValueError("at least one source folder is required")
     for source in sources:
         if not os.path.isdir(source):
             raise FileNotFoundError(f"source is not a directory: {source}")
-    pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress)
+    pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress, site)
     with LakehouseLock(pipeline.lh.root, pipeline.lh.env):
         pipeline.lh.create_all()
         pipeline.lh.record_sources(sources)

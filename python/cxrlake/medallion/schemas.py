@@ -135,6 +135,10 @@ GOLD_PREDICTIONS = pa.schema(
         pa.field("content_sha256", pa.string()),
         # class-activation heatmap of the same forward pass; NULL when the model has none
         pa.field("heatmap", HEATMAP),
+        # the threshold that decided predicted_label, and where it came from: "model" (the ONNX
+        # metadata cxrlake.threshold) or "site:<site_id>:v<version>" (gold.site_thresholds)
+        pa.field("decision_threshold", pa.float64()),
+        pa.field("threshold_source", pa.string()),
     ]
 )
 """``gold.pneumonia_predictions``: one row per (image_id, model_name, model_version), MERGEd on
@@ -162,6 +166,32 @@ GOLD_PERFORMANCE = pa.schema(
 )
 """``gold.model_performance``: one row per labelled split and distinct prediction set;
 ``evaluation_id`` is deterministic, so an unchanged run writes nothing."""
+
+
+GOLD_SITE_THRESHOLDS = pa.schema(
+    [
+        pa.field("site_id", pa.string(), nullable=False),
+        pa.field("version", pa.int32(), nullable=False),  # 1, 2, ... per (site, model)
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("threshold", pa.float64(), nullable=False),  # predicted = probability >= this
+        pa.field("target_sensitivity", pa.float64()),
+        pa.field("sensitivity", pa.float64()),
+        pa.field("sensitivity_ci_low", pa.float64()),  # 95 % Wilson interval
+        pa.field("sensitivity_ci_high", pa.float64()),
+        pa.field("specificity", pa.float64()),
+        pa.field("specificity_ci_low", pa.float64()),
+        pa.field("specificity_ci_high", pa.float64()),
+        pa.field("n_pneumonia", pa.int64()),
+        pa.field("n_normal", pa.int64()),
+        pa.field("label_source", pa.string()),  # folder / verdicts
+        pa.field("selection", pa.string()),  # JSON: which bronze films make up the site
+        pa.field("calibration_id", pa.string()),  # sha256 of model, target, films and labels
+        pa.field("calibrated_at", TS),
+    ]
+)
+"""``gold.site_thresholds``: append-only, one row per calibration of a site for a model version
+(``cxrlake calibrate``); the latest version of (site, model name, model version) is in force."""
 
 
 @dataclass(frozen=True)
@@ -194,8 +224,22 @@ PREDICTIONS = TableSpec(
     "gold", "pneumonia_predictions", GOLD_PREDICTIONS, ("image_id", "model_name", "model_version")
 )
 PERFORMANCE = TableSpec("gold", "model_performance", GOLD_PERFORMANCE, ("evaluation_id",))
+SITE_THRESHOLDS = TableSpec(
+    "gold",
+    "site_thresholds",
+    GOLD_SITE_THRESHOLDS,
+    ("site_id", "model_name", "model_version", "version"),
+)
 
-TABLES: tuple[TableSpec, ...] = (BRONZE, SILVER, FEATURES, QUARANTINE, PREDICTIONS, PERFORMANCE)
+TABLES: tuple[TableSpec, ...] = (
+    BRONZE,
+    SILVER,
+    FEATURES,
+    QUARANTINE,
+    PREDICTIONS,
+    PERFORMANCE,
+    SITE_THRESHOLDS,
+)
 """Every Delta table of the lakehouse, in pipeline order."""
 
 DATASET_SUMMARY_VIEW = "gold.dataset_summary"

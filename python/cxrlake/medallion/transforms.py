@@ -182,13 +182,17 @@ def analyze_batch(
     model: Any = None,
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
+    threshold: Any = None,
 ) -> AnalyzedBatches:
     """Decode, validate and score bronze rows in one pass; split them into table rows.
 
     ``bronze``: rows with `BRONZE_ANALYZE_COLUMNS` (``content`` holds the image bytes).
     ``model``: a `cxrlake.Model`, a path or None (shipped model): its embedding is the feature
     vector (image statistics when it has none) and its probability the prediction, from the same
-    forward pass. ``processed_at`` (default now) stamps every row.
+    forward pass. ``processed_at`` (default now) stamps every row. ``threshold``: a site's
+    `cxrlake.calibration.SiteThreshold` deciding ``predicted_label`` instead of the model's own
+    threshold; each prediction records the deciding one (``decision_threshold``,
+    ``threshold_source``).
     """
     processed_at = identity.to_utc(processed_at) or identity.utc_now()
     model = load_model(model)
@@ -243,6 +247,20 @@ def analyze_batch(
     )
     prob = ok.column("a_probability")
     pred_label = ok.column("a_predicted_label")
+    decision, source = model.threshold, "model"
+    if threshold is not None:
+        from cxrlake.calibration import SiteThreshold
+
+        if not isinstance(threshold, SiteThreshold) or (
+            threshold.model_name,
+            threshold.model_version,
+        ) != (model.name, model.version):
+            raise ValueError(
+                f"threshold must be a SiteThreshold of model {model.name} {model.version}, "
+                f"got {threshold!r}"
+            )
+        decision, source = threshold.threshold, threshold.source
+        pred_label = pc.cast(pc.greater_equal(prob, decision), pa.int32())
     pids = [
         identity.prediction_id(i, n, v, s)
         for i, n, v, s in zip(
@@ -269,6 +287,8 @@ def analyze_batch(
             "dataset_split": ok.column("dataset_split"),
             "content_sha256": ok.column("content_sha256"),
             "heatmap": ok.column("a_heatmap").cast(schemas.HEATMAP),
+            "decision_threshold": _const(float(decision), n_ok, pa.float64()),
+            "threshold_source": _const(source, n_ok, pa.string()),
         }
     )
     quarantine = pa.table(
@@ -355,10 +375,11 @@ def gold_predictions_batch(
     model: Any = None,
     predicted_at: dt.datetime | None = None,
     threads: int | None = None,
+    threshold: Any = None,
 ) -> pa.RecordBatch:
     """Score images and return ``gold.pneumonia_predictions`` rows (same pass as
-    `analyze_batch`). ``batch`` columns: `GOLD_INPUT_COLUMNS`; rows the core cannot score are
-    dropped (the quarantine rule holds them)."""
+    `analyze_batch`, same ``threshold``). ``batch`` columns: `GOLD_INPUT_COLUMNS`; rows the core
+    cannot score are dropped (the quarantine rule holds them)."""
     t = _table(batch)
     labels = t.column("label")
     names = pa.array(schemas.LABEL_NAMES)
@@ -378,5 +399,5 @@ def gold_predictions_batch(
         }
     )
     return analyze_batch(
-        bronze, model=model, processed_at=predicted_at, threads=threads
+        bronze, model=model, processed_at=predicted_at, threads=threads, threshold=threshold
     ).predictions

@@ -130,15 +130,19 @@ def listing_quarantine_rows(ingestion_batch_id: str, quarantined_at: dt.datetime
 
 
 def analyzed_rows(
-    model_path: str | None, processed_at: dt.datetime, threads: int | None
+    model_path: str | None,
+    processed_at: dt.datetime,
+    threads: int | None,
+    threshold: Any = None,
 ) -> ArrowMap:
-    """``mapInArrow`` function: bronze batches -> `ANALYZED_COMBINED` batches."""
+    """``mapInArrow`` function: bronze batches -> `ANALYZED_COMBINED` batches (labels decided by
+    ``threshold``, a `cxrlake.calibration.SiteThreshold`, when given)."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = model_for(model_path)
         for batch in batches:
             parts = medallion.analyze_batch(
-                batch, model=model, processed_at=processed_at, threads=threads
+                batch, model=model, processed_at=processed_at, threads=threads, threshold=threshold
             )
             yield _combine(parts)
 
@@ -197,6 +201,7 @@ def to_analyzed(
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
     persist: bool = True,
+    threshold: Any = None,
 ) -> AnalyzedFrames:
     """Decode, validate and score bronze rows (columns `medallion.BRONZE_ANALYZE_COLUMNS`) with
     one pass of the Rust core per image.
@@ -205,7 +210,7 @@ def to_analyzed(
     each in its exact schema, so no later action runs the images through the network again. Call
     ``spark.catalog.clearCache()`` once the frames are written.
     """
-    fn = analyzed_rows(_model_path(model), _now(processed_at), threads)
+    fn = analyzed_rows(_model_path(model), _now(processed_at), threads, threshold)
     combined = bronze.select(*medallion.BRONZE_ANALYZE_COLUMNS).mapInArrow(fn, ANALYZED_COMBINED)
     if persist:
         combined = combined.persist()
@@ -250,14 +255,19 @@ def gold_input(bronze: DataFrame, silver_metadata: DataFrame) -> DataFrame:
     return s.join(b, ["image_id", "content_sha256"], "inner").select(*GOLD_INPUT_COLUMNS)
 
 
-def gold_rows(model_path: str | None, predicted_at: dt.datetime, threads: int | None) -> ArrowMap:
+def gold_rows(
+    model_path: str | None,
+    predicted_at: dt.datetime,
+    threads: int | None,
+    threshold: Any = None,
+) -> ArrowMap:
     """``mapInArrow`` function: scoring batches -> ``gold.pneumonia_predictions`` batches."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = model_for(model_path)
         for batch in batches:
             yield medallion.gold_predictions_batch(
-                batch, model=model, predicted_at=predicted_at, threads=threads
+                batch, model=model, predicted_at=predicted_at, threads=threads, threshold=threshold
             )
 
     return fn
@@ -268,10 +278,12 @@ def to_gold_predictions(
     model: Any = None,
     predicted_at: dt.datetime | None = None,
     threads: int | None = None,
+    threshold: Any = None,
 ) -> DataFrame:
     """Predictions (schema `schemas.GOLD_PREDICTIONS`) of rows with ``image_id``, ``label``,
-    ``dataset_split``, ``content_sha256`` and ``content`` (see `gold_input`)."""
-    fn = gold_rows(_model_path(model), _now(predicted_at), threads)
+    ``dataset_split``, ``content_sha256`` and ``content`` (see `gold_input`); ``threshold``: a
+    site's `cxrlake.calibration.SiteThreshold` (`cxrlake.calibration.spark_site_threshold`)."""
+    fn = gold_rows(_model_path(model), _now(predicted_at), threads, threshold)
     return scoring_input.select(*GOLD_INPUT_COLUMNS).mapInArrow(fn, schemas.GOLD_PREDICTIONS)
 
 
@@ -285,11 +297,14 @@ def to_arrow(df: DataFrame, arrow_schema: pa.Schema | None = None) -> pa.Table:
 
 
 def model_performance(
-    predictions: DataFrame, model: Any = None, evaluated_at: dt.datetime | None = None
+    predictions: DataFrame,
+    model: Any = None,
+    evaluated_at: dt.datetime | None = None,
+    threshold: Any = None,
 ) -> pa.RecordBatch:
     """``gold.model_performance`` rows of a predictions DataFrame, computed on the driver (one
     small row per prediction) by `cxrlake.medallion.metrics.model_performance`."""
     columns = [c for c in rules.EVALUATION_COLUMNS if c != "content_sha256"]
     table = to_arrow(predictions.select(*columns))
-    threshold = model_for(_model_path(model)).threshold
-    return metrics.model_performance(table, threshold=threshold, evaluated_at=_now(evaluated_at))
+    decision = threshold.threshold if threshold else model_for(_model_path(model)).threshold
+    return metrics.model_performance(table, threshold=decision, evaluated_at=_now(evaluated_at))
