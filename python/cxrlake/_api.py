@@ -1,4 +1,4 @@
-"""The public kernels: decode, preprocess, features, predict (Arrow in, Arrow out).
+"""The public kernels: decode, preprocess, features, predict, analyze, explain (Arrow in/out).
 
 ``images`` is a ``pyarrow.Array`` / ``ChunkedArray`` of binary (image bytes) or string (file
 paths) in any layout (plain, large, view), or a Python sequence of ``str`` / ``os.PathLike`` /
@@ -29,7 +29,7 @@ from cxrlake import _internal
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.model import Model, resolve_model_path
 
-__all__ = ["decode", "features", "predict", "preprocess"]
+__all__ = ["analyze", "decode", "explain", "features", "predict", "preprocess"]
 
 ImagesLike = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
 ModelLike = Model | str | os.PathLike[str] | None
@@ -206,3 +206,79 @@ def predict(
         decision = resolve_threshold(threshold)  # a bad threshold fails before any decoding
     batch = _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
     return batch if threshold is None else apply_threshold(batch, decision)
+
+
+def analyze(
+    images: ImagesLike,
+    model: ModelLike = None,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+    heatmap: bool = True,
+) -> pa.RecordBatch:
+    """Everything the lakehouse stores about an image, from one decode and one forward pass.
+
+    Columns: ``width int32``, ``height int32`` (full resolution, upright), ``mean_pixel_value
+    double``, ``std_pixel_value double``, ``quality_score double``, ``embedding list<double>``,
+    ``probability double``, ``predicted_label int32``, ``label_name string``, ``model_name
+    string``, ``model_version string``, ``heatmap struct<rows int32, cols int32, values
+    list<float32>>`` and ``error string``.
+
+    Each image is decoded once, as :func:`predict` decodes it (JPEGs DCT-scaled to no less than
+    twice the model input), so ``probability`` equals :func:`predict`'s and the embedding comes
+    from the same forward pass. The statistics are measured on that decoded image (see
+    docs/architecture.md for how far they are from :func:`features`' full-resolution ones).
+    ``heatmap`` is the model's class-activation map (``head_bias + mean(values) = logit``),
+    row-major from the top-left of the upright image; NULL when the model has no ``heatmap``
+    output or ``heatmap=False``.
+    """
+    array = _as_arrow(images)
+    path = resolve_model_path(model)
+    return _internal.analyze(
+        array,
+        path,
+        heatmap=bool(heatmap),
+        **_options(threads, roots, max_pixels, max_file_bytes),
+    )
+
+
+def explain(
+    images: ImagesLike,
+    model: ModelLike = None,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+    overlay_size: int | None = None,
+) -> pa.RecordBatch:
+    """Where the model looked: the class-activation map of each image, and optionally an overlay.
+
+    Columns: ``heatmap struct<rows int32, cols int32, values list<float32>>`` (row-major from the
+    top-left of the upright image, each value a cell's contribution to the logit, so
+    ``head_bias + mean(values) = logit``), ``heatmap_scale double`` (largest ``|value|``: the ends
+    of the overlay's colour scale), ``probability double``, ``predicted_label int32``, ``overlay
+    binary`` (PNG when ``overlay_size`` is given, else NULL), ``model_name string``,
+    ``model_version string``, ``error string``.
+
+    ``overlay_size`` (16..4096): the overlay shows the upright image with its longer side that many
+    pixels, the map upsampled over it (red: towards label 1, blue: towards label 0, stronger where
+    ``|value|`` is larger) and the colour scale at its right. Raises
+    :class:`~cxrlake.exceptions.ModelError` when the model has no ``heatmap`` output.
+    """
+    if overlay_size is not None and (
+        isinstance(overlay_size, bool) or not isinstance(overlay_size, int) or overlay_size < 1
+    ):
+        raise InvalidArgumentError(
+            f"overlay_size must be a positive integer or None, got {overlay_size!r}"
+        )
+    array = _as_arrow(images)
+    path = resolve_model_path(model)
+    return _internal.explain(
+        array,
+        path,
+        overlay_size=overlay_size,
+        **_options(threads, roots, max_pixels, max_file_bytes),
+    )

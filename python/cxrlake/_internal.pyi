@@ -51,3 +51,23 @@ def predict(
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
 ) -> pa.RecordBatch: ...
+def analyze(
+    images: pa.Array,
+    model_path: str | PathLike[str],
+    *,
+    threads: int | None = None,
+    roots: list[str] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+    heatmap: bool = True,
+) -> pa.RecordBatch: ...
+def explain(
+    images: pa.Array,
+    model_path: str | PathLike[str],
+    *,
+    threads: int | None = None,
+    roots: list[str] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+    overlay_size: int | None = None,
+) -> pa.RecordBatch: ...

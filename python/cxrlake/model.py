@@ -99,6 +99,8 @@ class Model:
     - ``mean``, ``std``: per-channel normalisation, ``x = (pixel / 255 - mean) / std``
     - ``labels``: names of label 0 and 1, e.g. ``("NORMAL", "PNEUMONIA")``
     - ``has_embedding``, ``embedding_dim``: whether the model exposes its penultimate layer
+    - ``has_heatmap``: whether the model has a ``heatmap`` output (class-activation map)
+    - ``head_bias``: ``cxrlake.head_bias`` (``logit = head_bias + mean(heatmap)``) or None
 
     Raises :class:`~cxrlake.exceptions.ModelError` when the file is missing or invalid.
     """
@@ -115,6 +117,8 @@ class Model:
         self.mean: tuple[float, ...] = tuple(info["mean"])
         self.std: tuple[float, ...] = tuple(info["std"])
         self.embedding_dim: int | None = info["embedding_dim"]
+        self.has_heatmap: bool = bool(info["has_heatmap"])
+        self.head_bias: float | None = info["head_bias"]
 
     @property
     def has_embedding(self) -> bool:

@@ -18,9 +18,12 @@ pub mod threads;
 pub use decode::{decode_gray, Decoded, GrayImage};
 pub use error::{CoreError, RowError, RowResult};
 pub use input::{ImageColumn, ImageRef};
-pub use kernels::{decode_batch, features_batch, predict_batch, preprocess_batch, KernelOptions};
+pub use kernels::{
+    analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
+    KernelOptions,
+};
 pub use limits::Limits;
-pub use model::{init_runtime, ModelInfo, PneumoniaModel};
+pub use model::{init_runtime, ModelInfo, Outputs, PneumoniaModel};
 pub use preprocess::Preprocessing;
 pub use quality::{measure_quality, ImageQuality};
 pub use sandbox::Sandbox;

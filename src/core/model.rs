@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 
 use ort::environment::Environment;
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{OutputSelector, RunOptions, Session};
 use ort::value::TensorRef;
 
 use crate::core::error::CoreError;
@@ -27,6 +27,10 @@ pub const INPUT_NAME: &str = "input";
 pub const PROBABILITY_NAME: &str = "probability";
 /// Name of the optional embedding output, per the model contract.
 pub const EMBEDDING_NAME: &str = "embedding";
+/// Name of the optional class-activation map output, per the model contract.
+pub const HEATMAP_NAME: &str = "heatmap";
+/// Metadata key of the head's bias: `logit = head_bias + mean(heatmap)`.
+pub const HEAD_BIAS_KEY: &str = "cxrlake.head_bias";
 
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
@@ -89,12 +93,52 @@ pub struct ModelInfo {
     pub preprocessing: Preprocessing,
     /// Length of the `embedding` output, when the model has one.
     pub embedding_dim: Option<usize>,
+    /// Whether the model has a `heatmap` output (`[N, Hf, Wf]` class-activation map).
+    pub has_heatmap: bool,
+    /// `cxrlake.head_bias`: the head's bias, so that `logit = head_bias + mean(heatmap)`.
+    pub head_bias: Option<f64>,
 }
 
 /// A loaded model: its metadata and an ONNX Runtime session (one run at a time).
 pub struct PneumoniaModel {
     info: ModelInfo,
     session: Mutex<Session>,
+}
+
+/// Which optional outputs an inference run should compute and return (the probability always is).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outputs {
+    /// The `embedding` output, when the model has one.
+    pub embedding: bool,
+    /// The `heatmap` output, when the model has one.
+    pub heatmap: bool,
+}
+
+impl Outputs {
+    /// The probability only.
+    pub const PROBABILITY: Self = Self {
+        embedding: false,
+        heatmap: false,
+    };
+}
+
+/// Class-activation maps of one inference run: `n` grids of `rows x cols`, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmaps {
+    /// Grid rows (Hf).
+    pub rows: usize,
+    /// Grid columns (Wf).
+    pub cols: usize,
+    /// `[n, rows, cols]` row-major values (logit contributions per cell).
+    pub values: Vec<f32>,
+}
+
+impl Heatmaps {
+    /// The grid of image `k`.
+    pub fn grid(&self, k: usize) -> &[f32] {
+        let cells = self.rows * self.cols;
+        &self.values[k * cells..(k + 1) * cells]
+    }
 }
 
 /// Outputs of one inference run over `n` images.
@@ -104,6 +148,8 @@ pub struct InferenceOutput {
     pub probabilities: Vec<f32>,
     /// `[n, D]` row-major embeddings, when requested and available.
     pub embeddings: Option<Vec<f32>>,
+    /// Class-activation maps, when requested and available.
+    pub heatmaps: Option<Heatmaps>,
 }
 
 struct SessionCache {
@@ -179,19 +225,23 @@ impl PneumoniaModel {
     }
 
     /// Runs the model on `n` images whose tensors are concatenated in `tensors`
-    /// (`n * C * H * W` floats). Returns one probability per image, and the embeddings when
-    /// `with_embedding` and the model has them.
+    /// (`n * C * H * W` floats). Returns one probability per image, plus the embeddings and
+    /// heatmaps that `want` asks for and the model has. Outputs not asked for are not computed
+    /// (ONNX Runtime prunes their branch of the graph).
     pub fn infer(
         &self,
         tensors: &[f32],
         n: usize,
-        with_embedding: bool,
+        want: Outputs,
     ) -> Result<InferenceOutput, String> {
         let prep = &self.info.preprocessing;
+        let embedding = want.embedding && self.info.embedding_dim.is_some();
+        let heatmap = want.heatmap && self.info.has_heatmap;
         if n == 0 {
             return Ok(InferenceOutput {
                 probabilities: Vec::new(),
-                embeddings: with_embedding.then(Vec::new),
+                embeddings: embedding.then(Vec::new),
+                heatmaps: None,
             });
         }
         if tensors.len() != n * prep.tensor_len() {
@@ -203,9 +253,19 @@ impl PneumoniaModel {
         }
         let shape = [n, prep.channels, prep.height as usize, prep.width as usize];
         let input = TensorRef::from_array_view((shape, tensors)).map_err(|e| e.to_string())?;
+        let mut selector = OutputSelector::no_default().with(PROBABILITY_NAME);
+        if embedding {
+            selector = selector.with(EMBEDDING_NAME);
+        }
+        if heatmap {
+            selector = selector.with(HEATMAP_NAME);
+        }
+        let run_options = RunOptions::new()
+            .map_err(|e| format!("inference failed: {e}"))?
+            .with_outputs(selector);
         let mut session = self.session.lock().unwrap_or_else(|p| p.into_inner());
         let outputs = session
-            .run(ort::inputs![INPUT_NAME => input])
+            .run_with_options(ort::inputs![INPUT_NAME => input], &run_options)
             .map_err(|e| format!("inference failed: {e}"))?;
         let (_, probabilities) = outputs[PROBABILITY_NAME]
             .try_extract_tensor::<f32>()
@@ -217,7 +277,7 @@ impl PneumoniaModel {
             ));
         }
         let probabilities = probabilities.to_vec();
-        let embeddings = match (with_embedding, self.info.embedding_dim) {
+        let embeddings = match (embedding, self.info.embedding_dim) {
             (true, Some(dim)) => {
                 let (_, values) = outputs[EMBEDDING_NAME]
                     .try_extract_tensor::<f32>()
@@ -232,9 +292,36 @@ impl PneumoniaModel {
             }
             _ => None,
         };
+        let heatmaps = if heatmap {
+            let (shape, values) = outputs[HEATMAP_NAME]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| format!("inference failed: heatmap output: {e}"))?;
+            // [N, Hf, Wf] or [N, 1, Hf, Wf]: the grid is the last two dimensions.
+            let dims: Vec<i64> = shape.iter().copied().collect();
+            let grid = match dims.as_slice() {
+                [first, rest @ ..] if *first as usize == n && rest.len() >= 2 => {
+                    let rows = rest[rest.len() - 2] as usize;
+                    let cols = rest[rest.len() - 1] as usize;
+                    (rows * cols * n == values.len() && rows > 0 && cols > 0)
+                        .then_some((rows, cols))
+                }
+                _ => None,
+            };
+            let (rows, cols) = grid.ok_or_else(|| {
+                format!("model returned a heatmap of shape {dims:?} for {n} images, expected [N, Hf, Wf]")
+            })?;
+            Some(Heatmaps {
+                rows,
+                cols,
+                values: values.to_vec(),
+            })
+        } else {
+            None
+        };
         Ok(InferenceOutput {
             probabilities,
             embeddings,
+            heatmaps,
         })
     }
 }
@@ -268,6 +355,7 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
         Some(d) if d > 0 => Some(d as usize),
         Some(_) => return Err(fail("has an embedding output without a fixed size".into())),
     };
+    let has_heatmap = session.outputs().iter().any(|o| o.name() == HEATMAP_NAME);
     let metadata = session
         .metadata()
         .map_err(|e| fail(format!("has unreadable metadata: {e}")))?;
@@ -317,6 +405,13 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
             )));
         }
     }
+    let head_bias = match metadata.custom(HEAD_BIAS_KEY) {
+        None => None,
+        Some(text) => match text.trim().parse::<f64>() {
+            Ok(bias) if bias.is_finite() => Some(bias),
+            _ => return Err(fail(format!("has a non-numeric {HEAD_BIAS_KEY} {text:?}"))),
+        },
+    };
     let preprocessing = Preprocessing::new(
         parse_u32("cxrlake.input_width")?,
         parse_u32("cxrlake.input_height")?,
@@ -333,5 +428,7 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
         labels,
         preprocessing,
         embedding_dim,
+        has_heatmap,
+        head_bias,
     })
 }

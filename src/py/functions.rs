@@ -8,7 +8,9 @@ use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::core::kernels::{decode_batch, features_batch, predict_batch, preprocess_batch};
+use crate::core::kernels::{
+    analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
+};
 use crate::core::{init_runtime as core_init_runtime, ImageColumn, KernelOptions, PneumoniaModel};
 use crate::py::error::to_py_err;
 
@@ -58,6 +60,8 @@ pub fn model_info<'py>(
     dict.set_item("mean", prep.mean.clone())?;
     dict.set_item("std", prep.std.clone())?;
     dict.set_item("embedding_dim", info.embedding_dim)?;
+    dict.set_item("has_heatmap", info.has_heatmap)?;
+    dict.set_item("head_bias", info.head_bias)?;
     Ok(dict)
 }
 
@@ -159,6 +163,57 @@ pub fn predict<'py>(
         .detach(|| {
             let model = PneumoniaModel::load(&model_path, options.threads)?;
             predict_batch(&column, &model, &options)
+        })
+        .map_err(to_py_err)?;
+    batch.to_pyarrow(py)
+}
+
+/// Statistics, embedding, prediction and heatmap from one decode and one forward pass; returns a
+/// pyarrow RecordBatch (see docs/architecture.md).
+#[pyfunction]
+#[pyo3(signature = (images, model_path, *, threads=None, roots=None, max_pixels=None, max_file_bytes=None, heatmap=true))]
+#[allow(clippy::too_many_arguments)]
+pub fn analyze<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    model_path: PathBuf,
+    threads: Option<usize>,
+    roots: Option<Vec<String>>,
+    max_pixels: Option<u64>,
+    max_file_bytes: Option<u64>,
+    heatmap: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let column = image_column(images)?;
+    let options = options(threads, roots, max_pixels, max_file_bytes)?;
+    let batch = py
+        .detach(|| {
+            let model = PneumoniaModel::load(&model_path, options.threads)?;
+            analyze_batch(&column, &model, &options, heatmap)
+        })
+        .map_err(to_py_err)?;
+    batch.to_pyarrow(py)
+}
+
+/// Class-activation maps and, with `overlay_size`, overlay PNGs; returns a pyarrow RecordBatch.
+#[pyfunction]
+#[pyo3(signature = (images, model_path, *, threads=None, roots=None, max_pixels=None, max_file_bytes=None, overlay_size=None))]
+#[allow(clippy::too_many_arguments)]
+pub fn explain<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    model_path: PathBuf,
+    threads: Option<usize>,
+    roots: Option<Vec<String>>,
+    max_pixels: Option<u64>,
+    max_file_bytes: Option<u64>,
+    overlay_size: Option<u32>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let column = image_column(images)?;
+    let options = options(threads, roots, max_pixels, max_file_bytes)?;
+    let batch = py
+        .detach(|| {
+            let model = PneumoniaModel::load(&model_path, options.threads)?;
+            explain_batch(&column, &model, &options, overlay_size)
         })
         .map_err(to_py_err)?;
     batch.to_pyarrow(py)
