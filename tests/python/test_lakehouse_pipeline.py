@@ -340,16 +340,12 @@ def test_images_move_in_batches_of_at_most_batch_size(source, tmp_path):
     """Bounded memory: every Delta commit of image rows holds at most `batch_size` images."""
     lakehouse = tmp_path / "lh"
     run_pipeline([source], lakehouse, batch_size=4, progress=False)
-    for spec, metric in (
-        (schemas.BRONZE, "num_added_rows"),
-        (schemas.SILVER, "num_source_rows"),
-        (schemas.FEATURES, "num_source_rows"),
-        (schemas.PREDICTIONS, "num_source_rows"),
-    ):
+    metric = {"WRITE": "num_added_rows", "MERGE": "num_source_rows"}
+    for spec in (schemas.BRONZE, schemas.SILVER, schemas.FEATURES, schemas.PREDICTIONS):
         sizes = [
-            h["operationMetrics"][metric]
+            h["operationMetrics"][metric[h["operation"]]]
             for h in table(lakehouse, spec).history()
-            if h["operation"] in ("WRITE", "MERGE")
+            if h["operation"] in metric
         ]
         assert sum(sizes) == table(lakehouse, spec).count(), spec.qualified_name
         assert max(sizes) == 4 and len(sizes) >= GOOD // 4, (spec.qualified_name, sizes)
@@ -382,3 +378,151 @@ def test_a_corrupt_image_quarantines_only_itself_not_its_batch_neighbours(corrup
     out = transforms.silver_batch(transforms.bronze_batch(binary_file, "b"), threads=1)
     assert out.quarantine.column("filename").to_pylist() == ["corrupt.jpeg"]
     assert out.metadata.column("filename").to_pylist() == names
+
+
+# ---------------------------------------------------------------- hardening
+
+
+def _small_source(root: Path, normal: int = 3, pneumonia: int = 2) -> Path:
+    _copy(TRAIN / "NORMAL", root / "train" / "NORMAL", _images(TRAIN / "NORMAL", 0, normal))
+    _copy(
+        TRAIN / "PNEUMONIA",
+        root / "train" / "PNEUMONIA",
+        _images(TRAIN / "PNEUMONIA", 0, pneumonia),
+    )
+    return root
+
+
+def _ids_of(lakehouse: Path, spec: schemas.TableSpec) -> set[str]:
+    return {r["image_id"] for r in rows(lakehouse, spec)}
+
+
+def test_a_file_name_that_is_not_utf8_is_quarantined_and_the_rest_ingested(tmp_path):
+    src = _small_source(tmp_path / "src")
+    bad = os.fsencode(src / "train" / "NORMAL") + b"/img3\xff.jpeg"
+    with open(bad, "wb") as f:
+        f.write((TRAIN / "NORMAL" / _images(TRAIN / "NORMAL", 0, 1)[0]).read_bytes())
+    summary = run_pipeline([src], tmp_path / "lh", progress=False)
+    assert summary.total_rows["silver.xray_metadata"] == 5
+    (held,) = rows(tmp_path / "lh", schemas.QUARANTINE)
+    assert (held["stage"], held["reason"]) == ("listing", "file name is not valid UTF-8")
+    assert held["file_path"].endswith("img3\\udcff.jpeg")
+    assert "file name is not valid UTF-8" in summary.format()
+
+
+def test_identity_collisions_are_quarantined_naming_both_files(tmp_path):
+    src = tmp_path / "src"
+    a, b = _images(TRAIN / "NORMAL", 0, 2)
+    for site, name in (("site1", a), ("site2", b)):
+        (src / site / "train" / "NORMAL").mkdir(parents=True)
+        shutil.copyfile(TRAIN / "NORMAL" / name, src / site / "train" / "NORMAL" / "img1.jpeg")
+    for split, name in (("train-1", a), ("train_1", b)):
+        _copy(TRAIN / "NORMAL", src / split / "NORMAL", [name])
+        (src / split / "NORMAL" / name).rename(src / split / "NORMAL" / "img2.jpeg")
+    _copy(TRAIN / "PNEUMONIA", src / "train" / "PNEUMONIA", _images(TRAIN / "PNEUMONIA", 0, 1))
+    lakehouse = tmp_path / "lh"
+    summary = run_pipeline([src], lakehouse, progress=False)
+    held = rows(lakehouse, schemas.QUARANTINE)
+    assert len(held) == 2 and summary.collisions == 2
+    for r in held:
+        assert r["stage"] == "listing" and r["reason"].startswith("identity collision: ")
+        twins = sorted(str(p) for p in src.rglob(r["filename"]))
+        assert len(twins) == 2 and all(t in r["reason"] for t in twins), r["reason"]
+    assert "identity collisions: 2" in summary.format()
+    assert len(rows(lakehouse, schemas.SILVER)) == 1
+    assert not _ids_of(lakehouse, schemas.BRONZE) & {r["image_id"] for r in held}
+    # removing one file of a pair ends the collision: the other is ingested, the hold released
+    (src / "site2" / "train" / "NORMAL" / "img1.jpeg").unlink()
+    run_pipeline([src], lakehouse, progress=False)
+    assert [r["filename"] for r in rows(lakehouse, schemas.QUARANTINE)] == ["img2.jpeg"]
+    assert "img1.jpeg" in {r["filename"] for r in rows(lakehouse, schemas.SILVER)}
+
+
+def test_a_good_file_turned_corrupt_leaves_silver_and_gold_and_the_evaluation(tmp_path):
+    src = _small_source(tmp_path / "src")
+    lakehouse = tmp_path / "lh"
+    run_pipeline([src], lakehouse, progress=False)
+    victim = src / "train" / "NORMAL" / _images(TRAIN / "NORMAL", 0, 1)[0]
+    victim.write_bytes(victim.read_bytes()[:400])
+    summary = run_pipeline([src], lakehouse, progress=False)
+    (bad_id,) = {r["image_id"] for r in rows(lakehouse, schemas.QUARANTINE)}
+    for spec in (schemas.SILVER, schemas.FEATURES, schemas.PREDICTIONS):
+        assert bad_id not in _ids_of(lakehouse, spec), spec.qualified_name
+        assert summary.deleted_rows[spec.qualified_name] == 1
+    latest = max(rows(lakehouse, schemas.PERFORMANCE), key=lambda r: r["evaluated_at"])
+    assert latest["total_samples"] == 4
+
+
+def test_touched_unchanged_files_are_read_once_then_skipped(tmp_path):
+    src = _small_source(tmp_path / "src")
+    lakehouse = tmp_path / "lh"
+    run_pipeline([src], lakehouse, progress=False)
+    before = snapshot(lakehouse)
+    for p in src.rglob("*.jpeg"):
+        os.utime(p, (1_900_000_000, 1_900_000_000))
+    touched = run_pipeline([src], lakehouse, progress=False)
+    assert touched.files_skipped_unchanged == 0
+    assert touched.updated_rows["bronze.kaggle_xray_metadata"] == 5
+    assert set(touched.new_rows.values()) == {0}
+    assert snapshot(lakehouse) == before
+    again = run_pipeline([src], lakehouse, progress=False)
+    assert again.files_skipped_unchanged == 5
+
+
+def test_summary_escapes_control_characters_of_file_names(tmp_path):
+    src = _small_source(tmp_path / "src", 1, 1)
+    forged = "x.jpeg\n    [silver] forged.jpeg: all good\x1b[2J"
+    (src / "train" / "NORMAL" / forged).write_bytes(b"not an image")
+    summary = run_pipeline([src], tmp_path / "lh", progress=False)
+    text = summary.format()
+    assert not any(line.lstrip().startswith("[silver] forged") for line in text.splitlines())
+    assert "\x1b" not in text and "x.jpeg\\n    [silver] forged.jpeg" in text
+    assert "time" not in summary.stage_seconds and set(summary.stage_seconds) == {
+        "listing",
+        "bronze",
+        "silver+gold",
+        "performance",
+    }
+
+
+KILL_RUNNER = """
+import sys
+from cxrlake.lakehouse.pipeline import run_pipeline
+run_pipeline([sys.argv[1]], sys.argv[2], batch_size=64, progress=False)
+"""
+
+
+def test_kill_9_at_every_commit_boundary_then_rerun_equals_a_clean_run(tmp_path):
+    """A run that flips one file good -> corrupt and one corrupt -> good and adds one, killed
+    right after each of its commits (fault-injection point in storage); the next run must end
+    with exactly the rows of an uninterrupted run."""
+    from cxrlake.lakehouse import storage
+
+    src = _small_source(tmp_path / "src")
+    broken = src / "train" / "PNEUMONIA" / "broken.jpeg"
+    broken.write_bytes(b"\xff\xd8\xff\xe0" + bytes(200))
+    base = tmp_path / "base"
+    run_pipeline([src], base, progress=False)
+    good = src / "train" / "NORMAL" / _images(TRAIN / "NORMAL", 0, 1)[0]
+    good.write_bytes(good.read_bytes()[:300])
+    shutil.copyfile(TRAIN / "PNEUMONIA" / _images(TRAIN / "PNEUMONIA", 5, 1)[0], broken)
+    _copy(TRAIN / "NORMAL", src / "train" / "NORMAL", _images(TRAIN / "NORMAL", 9, 1))
+    clean = tmp_path / "clean"
+    shutil.copytree(base, clean)
+    start = storage.commits_made()
+    run_pipeline([src], clean, progress=False)
+    commits = storage.commits_made() - start
+    assert commits >= 8  # bronze, silver/features/predictions/quarantine writes and deletes
+    for k in range(1, commits + 1):
+        lakehouse = tmp_path / f"killed-{k}"
+        shutil.copytree(base, lakehouse)
+        env = dict(os.environ, CXRLAKE_NUM_THREADS="1", CXRLAKE_FAULT_KILL_AFTER_COMMIT=str(k))
+        proc = subprocess.run(
+            [sys.executable, "-c", KILL_RUNNER, str(src), str(lakehouse)],
+            env=env,
+            capture_output=True,
+        )
+        assert proc.returncode == -signal.SIGKILL, (k, proc.stderr.decode()[-2000:])
+        run_pipeline([src], lakehouse, progress=False)
+        assert_same_rows(lakehouse, clean)
+        shutil.rmtree(lakehouse)

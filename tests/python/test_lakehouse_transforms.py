@@ -227,3 +227,33 @@ def test_table_specs_cover_the_issue_columns():
     )
     with pytest.raises(ValueError, match="invalid env"):
         schemas.catalog_path("/lh", "../prod")
+
+
+def test_reading_refuses_a_file_swapped_after_listing(tmp_path):
+    root = tmp_path / "src" / "train" / "NORMAL"
+    root.mkdir(parents=True)
+    (root / "a.jpeg").write_bytes(b"listed bytes")
+    (root / "b.jpeg").write_bytes(b"listed bytes too")
+    outside = tmp_path / "outside.jpeg"
+    outside.write_bytes(b"secret bytes")
+    a, b = sorted(
+        (i for i in listing.walk(tmp_path / "src") if isinstance(i, listing.SourceFile)),
+        key=lambda f: f.path,
+    )
+    assert listing.read_source_file(a) == b"listed bytes"
+    os.unlink(a.path)
+    os.symlink(outside, a.path)  # swapped for a symlink to a file outside the source
+    with pytest.raises(OSError, match="replaced by a symlink after listing"):
+        listing.read_source_file(a)
+    (root / "new.tmp").write_bytes(b"another file")
+    os.replace(root / "new.tmp", b.path)  # a different file (inode) at the listed path
+    with pytest.raises(OSError, match="replaced by another file after listing"):
+        listing.read_source_file(b)
+
+
+def test_printable_escapes_control_characters_and_undecodable_bytes():
+    from cxrlake.medallion.identity import printable
+
+    assert printable("a\nb\r\x1b[2J\u2028c") == "a\\nb\\r\\x1b[2J\\u2028c"
+    assert printable(os.fsdecode(b"img\xff.jpeg")) == "img\\udcff.jpeg"
+    assert printable("Überweisung é.jpeg") == "Überweisung é.jpeg"

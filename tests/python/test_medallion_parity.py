@@ -39,7 +39,7 @@ def spark():
     session = (
         SparkSession.builder.master("local[2]")
         .appName("cxrlake-parity")
-        .config("spark.sql.shuffle.partitions", "2")
+        .config("spark.sql.shuffle.partitions", "1")
         .config("spark.default.parallelism", "2")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
