@@ -1,21 +1,28 @@
 """The ``cxrlake`` command line.
 
 ``cxrlake predict`` lives here; other modules add their subcommands through a
-``register(subparsers)`` function (see ``SUBCOMMAND_MODULES``).
+``register(subparsers)`` function (see ``SUBCOMMAND_MODULES``). Handlers take the parsed
+arguments and return an exit code, or raise: `main` is the one place that turns an exception into
+a one-line message ``cxrlake <command>: error: ...`` and an exit code (see ``EPILOG``).
+Every command gets ``--version``, ``--debug`` (show the trace of a failure) and, for options
+with a default, ``(default: ...)`` in its help.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from pathlib import Path
+import time
+import traceback
+from collections.abc import Sequence
+from typing import TextIO
 
-__all__ = ["main", "build_parser", "iter_image_paths"]
+__all__ = ["CommandError", "main", "build_parser", "positive_int"]
 
 #: Modules that contribute subcommands with ``register(subparsers)``; skipped only when absent.
 SUBCOMMAND_MODULES = [
@@ -25,41 +32,37 @@ SUBCOMMAND_MODULES = [
     "cxrlake.review.cli",
 ]
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 EXIT_OK = 0
+EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_MODEL = 3
+EXIT_INTERRUPTED = 130
 #: Images scored per call to the Rust kernel (bounds memory; output streams after each chunk).
 PREDICT_CHUNK = 256
 
 EPILOG = """\
 exit codes:
-  0  the command ran (rows may still carry per-image errors)
-  2  usage error (bad arguments)
-  3  model missing or invalid, or ONNX Runtime unavailable
-"""
+  0    success (predict: rows may still carry per-image errors)
+  1    failure (message on stderr: missing input, lakehouse or SQL error, disk full ...)
+  2    usage error (bad arguments or environment variables)
+  3    model missing or invalid, or ONNX Runtime unavailable
+  130  interrupted (Ctrl-C)
+add --debug to see the full trace of a failure."""
 
 
-class UsageError(Exception):
+class CommandError(Exception):
+    """A failure a command reports as one line; ``exit_code`` defaults to 1."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class UsageError(CommandError):
     """A command-line usage problem reported with exit code 2."""
 
-
-def iter_image_paths(inputs: Sequence[str]) -> Iterator[str]:
-    """Files named explicitly (any extension) and, for directories, every .jpeg/.jpg/.png below
-    them (recursive, sorted, case-insensitive suffix). Missing paths are yielded as given so the
-    kernel reports ``file not found``."""
-    for item in inputs:
-        path = Path(item)
-        if path.is_dir():
-            found = [
-                p
-                for p in path.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
-            ]
-            for p in sorted(found):
-                yield str(p)
-        else:
-            yield item
+    def __init__(self, message: str) -> None:
+        super().__init__(message, EXIT_USAGE)
 
 
 def positive_int(text: str) -> int:
@@ -73,6 +76,52 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type for counts that may be zero (number of examples ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+# ------------------------------------------------------------------ progress
+class Progress:
+    """Progress of long work on stderr: a redrawn bar on a terminal, plain log lines otherwise
+    (at most one every ``log_every`` seconds, plus the last), so job logs show it too."""
+
+    def __init__(
+        self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = self.stream.isatty()
+        self.log_every = 10.0
+        self._last = 0.0
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / self.total)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            now = time.monotonic()
+            if self.done >= self.total or now - self._last >= self.log_every:
+                self._last = now
+                self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
+        self.stream.flush()
+
+
+# ------------------------------------------------------------------ predict
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -80,52 +129,121 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Score JPEG/PNG chest X-rays for pneumonia and print one record per image with "
             "path, probability, predicted_label (0/1), label_name and error (null when fine). "
-            "Directories are searched recursively for .jpeg/.jpg/.png files; files named "
-            "explicitly are always scored."
+            "Folders are searched recursively for .jpeg/.jpg/.png files (other files are "
+            "skipped and counted); files named explicitly are always scored. A summary "
+            "'scored N, M errors, K skipped' and progress go to stderr. Exits 1 when a named "
+            "path does not exist or no image could be scored."
         ),
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or directories")
-    parser.add_argument("--model", help="ONNX model file (default: the model shipped in the wheel)")
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument(
+        "--model", help="ONNX model file (default: the model shipped in the package)"
+    )
     parser.add_argument(
         "--threads",
         type=positive_int,
-        help="worker threads (default: CXRLAKE_NUM_THREADS or CPUs)",
+        help="worker threads (default: CXRLAKE_NUM_THREADS, else the number of CPUs)",
     )
+    parser.add_argument("--format", choices=["jsonl", "csv"], default="jsonl", help="output format")
     parser.add_argument(
-        "--format", choices=["jsonl", "csv"], default="jsonl", help="output format (default jsonl)"
+        "--no-progress", action="store_true", help="do not report progress on stderr"
     )
     parser.set_defaults(handler=_run_predict)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
     import cxrlake
-    from cxrlake.exceptions import ModelError, RuntimeLibraryError
+    from cxrlake.files import select_images, skip_summary
 
-    try:
-        model = cxrlake.Model(args.model)
-    except (ModelError, RuntimeLibraryError) as error:
-        print(f"cxrlake predict: {error}", file=sys.stderr)
-        return EXIT_MODEL
-    paths = list(iter_image_paths(args.paths))
+    model = cxrlake.Model(args.model)
+    selection = select_images(args.paths)
+    paths = selection.images
     fields = ["path", "probability", "predicted_label", "label_name", "error"]
     out = sys.stdout
     writer = csv.DictWriter(out, fieldnames=fields) if args.format == "csv" else None
     if writer is not None:
         writer.writeheader()
+    progress = Progress(len(paths), "cxrlake predict", enabled=not args.no_progress)
+    scored = errors = 0
     for start in range(0, len(paths), PREDICT_CHUNK):
         chunk = paths[start : start + PREDICT_CHUNK]
         batch = cxrlake.predict(chunk, model=model, threads=args.threads)
         columns = {name: batch.column(name).to_pylist() for name in fields[1:]}
         for i, path in enumerate(chunk):
             record = {"path": path, **{name: columns[name][i] for name in fields[1:]}}
+            if record["error"] is None:
+                scored += 1
+            else:
+                errors += 1
             if writer is not None:
                 writer.writerow({k: "" if v is None else v for k, v in record.items()})
             else:
                 out.write(json.dumps(record) + "\n")
         out.flush()
+        progress.update(len(chunk))
+    skipped = len(selection.skipped)
+    print(f"scored {scored}, {errors} errors, {skipped} skipped", file=sys.stderr)
+    if skipped:
+        print(skip_summary(selection.skipped), file=sys.stderr)
+    if selection.missing:
+        shown = ", ".join(selection.missing[:3]) + (", ..." if len(selection.missing) > 3 else "")
+        raise CommandError(f"not found: {shown}")
+    if scored == 0:
+        if not paths:
+            raise CommandError(f"no images found in {', '.join(args.paths)}")
+        raise CommandError("no image could be scored (see the error column)")
     return EXIT_OK
+
+
+# ------------------------------------------------------------------ parser
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("cxrlake")
+    except Exception:  # a source checkout without metadata
+        import cxrlake
+
+        return str(cxrlake.__version__)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-line descriptions; keeps text that has its own line breaks (the epilog)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _finish(parser: argparse.ArgumentParser, version: str, top: bool = False) -> None:
+    """Give ``parser`` and its subcommands the shared options, epilog and help defaults."""
+    parser.formatter_class = _HelpFormatter
+    if parser.epilog is None:
+        parser.epilog = EPILOG
+    options = {s for action in parser._actions for s in action.option_strings}
+    if "--version" not in options:
+        parser.add_argument(
+            "--version", action="version", version=f"cxrlake {version}", help="print the version"
+        )
+    if "--debug" not in options:
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            # Only the top level sets the default: a subcommand's default would override it.
+            default=False if top else argparse.SUPPRESS,
+            help="show the full trace when a command fails",
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _finish(sub, version)
+            continue
+        if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+            continue
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in action.help:
+            continue
+        action.help += " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,8 +251,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cxrlake",
         description="Chest X-ray lakehouse: decode, score and curate chest radiographs.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_predict(subparsers)
@@ -146,7 +262,53 @@ def build_parser() -> argparse.ArgumentParser:
                 continue
             raise
         module.register(subparsers)
+    _finish(parser, _version(), top=True)
     return parser
+
+
+# ------------------------------------------------------------------ errors
+def _command_name(args: argparse.Namespace) -> str:
+    """``predict``, ``pipeline run`` ...: the words the user typed to pick the handler."""
+    words = [args.command] if getattr(args, "command", None) else []
+    words += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
+    return " ".join(str(w) for w in words)
+
+
+def _one_line(text: str) -> str:
+    """The first meaningful line of an error message (engines append context and hints)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def describe_error(error: BaseException) -> tuple[str, int]:
+    """The one-line message and exit code for an exception escaping a command handler."""
+    from cxrlake.exceptions import (
+        CxrlakeError,
+        InvalidArgumentError,
+        ModelError,
+        RuntimeLibraryError,
+    )
+
+    if isinstance(error, CommandError):
+        return _one_line(str(error)), error.exit_code
+    if isinstance(error, (ModelError, RuntimeLibraryError)):
+        return _one_line(str(error)), EXIT_MODEL
+    if isinstance(error, InvalidArgumentError):
+        return _one_line(str(error)), EXIT_USAGE
+    if isinstance(error, CxrlakeError):
+        return _one_line(str(error)), EXIT_FAILURE
+    if isinstance(error, OSError):
+        reason = error.strerror or _one_line(str(error)) or type(error).__name__
+        where = error.filename
+        if where is None and error.args and not error.strerror:
+            return _one_line(str(error)), EXIT_FAILURE
+        return (f"{where}: {reason}" if where else reason), EXIT_FAILURE
+    module = type(error).__module__ or ""
+    if module.split(".")[0] in ("duckdb", "_duckdb", "deltalake", "_internal", "pyarrow"):
+        return _one_line(str(error)), EXIT_FAILURE
+    text = _one_line(str(error))
+    name = type(error).__name__
+    return (f"{name}: {text}" if text else name), EXIT_FAILURE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,16 +319,42 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    command = _command_name(args)
     try:
         return int(handler(args) or 0)
-    except UsageError as error:
-        print(f"cxrlake {args.command}: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return EXIT_OK
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"\ncxrlake {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # the one place failures become messages
+        message, code = describe_error(error)
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        _print_error(command, message)
+        return code
+
+
+def _print_error(command: str, message: str) -> None:
+    with contextlib.suppress(Exception):  # a closed or full stdout must not hide the message
+        sys.stdout.flush()
+    print(f"cxrlake {command}: error: {message}", file=sys.stderr)
+
+
+def report_error(command: str, error: BaseException | str, exit_code: int | None = None) -> int:
+    """Print ``cxrlake <command>: error: ...`` for an error a handler catches itself; return
+    the exit code (the one `main` would use for that exception, unless given)."""
+    if isinstance(error, BaseException):
+        message, code = describe_error(error)
+    else:
+        message, code = _one_line(error), EXIT_FAILURE
+    _print_error(command, message)
+    return code if exit_code is None else exit_code
 
 
 if __name__ == "__main__":

@@ -1,19 +1,21 @@
-"""Lakehouse subcommands of the ``cxrlake`` CLI: ``pipeline run``, ``sql``, ``report``
-and ``maintain``.
+"""Lakehouse subcommands of the ``cxrlake`` CLI: ``pipeline run``, ``sql``, ``report`` and
+``maintain``.
 
 `register` adds them to the main parser's subparsers; each sets ``handler`` (args -> exit code).
-Exit codes: 0 success, 1 failure (message on stderr: missing lakehouse, SQL error ...), 2 bad
-arguments, 3 model missing or invalid / ONNX Runtime unavailable.
+Handlers raise on failure; `cxrlake.cli.main` prints the one-line message and picks the exit
+code (1 failure, 2 bad arguments, 3 model missing or invalid / ONNX Runtime unavailable).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 from typing import Any
 
+from cxrlake.cli import CommandError, non_negative_int
 from cxrlake.cli import positive_int as _positive_int
 
 
@@ -32,20 +34,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         required=True,
         help="root folder of the Delta tables (<lakehouse>/healthcare_catalog_<env>/...)",
     )
-    p.add_argument("--env", type=_env, default="dev", help="environment (default: dev)")
+    p.add_argument("--env", type=_env, default="dev", help="environment")
 
 
 def register(subparsers: Any) -> None:
     """Add ``pipeline``, ``sql``, ``report`` and ``maintain`` to an argparse subparsers object."""
     pipeline = subparsers.add_parser(
-        "pipeline", help="local bronze -> silver -> gold pipeline on Delta tables"
+        "pipeline",
+        help="local bronze -> silver -> gold pipeline on Delta tables",
+        description="The local medallion pipeline on Delta tables (see `pipeline run --help`).",
     )
-    pipeline_sub = pipeline.add_subparsers(dest="pipeline_command", required=True)
+    pipeline_sub = pipeline.add_subparsers(
+        dest="pipeline_command", required=True, metavar="COMMAND"
+    )
     run = pipeline_sub.add_parser(
         "run",
         help="ingest image folders and update every table (incremental, idempotent)",
         description="Ingest image folders into bronze, decode into silver, score into gold. "
-        "Re-running only processes new or changed files; a killed run is resumed by the next.",
+        "Re-running only processes new or changed files; a killed run is resumed by the next. "
+        "Fails without creating anything when a source holds no image file.",
     )
     run.add_argument(
         "--source",
@@ -59,7 +66,8 @@ def register(subparsers: Any) -> None:
         "--sample-per-label",
         type=_positive_int,
         metavar="N",
-        help="ingest a deterministic sample of at most N images per (split, label)",
+        help="ingest a deterministic sample of at most N images per (split, label) "
+        "(default: every image)",
     )
     run.add_argument("--model", help="ONNX model path (default: the shipped model)")
     run.add_argument(
@@ -67,94 +75,122 @@ def register(subparsers: Any) -> None:
         help="decide labels with this site's threshold from gold.site_thresholds "
         "(cxrlake calibrate; the model's own threshold when none is stored)",
     )
-    run.add_argument(
-        "--batch-size", type=_positive_int, default=64, help="images per batch (default 64)"
-    )
-    run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: all)")
-    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    run.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
+    run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: every CPU)")
+    run.add_argument("--no-progress", action="store_true", help="hide progress output")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(handler=_pipeline_run)
 
     sql = subparsers.add_parser(
         "sql",
-        help="query the lakehouse with DuckDB (predict(), quality_score() ... available)",
-        description="Tables are views named <schema>.<table>, e.g. gold.pneumonia_predictions. "
-        "SQL functions: predict(path), predict_label(path), quality_score(path), "
-        "image_error(path).",
+        help="query the lakehouse with SQL (DuckDB; the Databricks table and function names)",
+        description="Run SQL over the lakehouse: a query argument, -f FILE, standard input, "
+        "or, with none of these on a terminal, an interactive shell. Several statements "
+        "separated by ';' run in order and each result is printed. Tables: "
+        "healthcare_catalog_<env>.<schema>.<table> or <schema>.<table>; SHOW TABLES lists "
+        "them. Functions: predict(path) (a STRUCT as on Spark), features(path), "
+        "quality_score(path), image_error(path), and *_bytes twins for BLOB input. File "
+        "access from SQL is off; the functions read only the sandbox roots. Write results "
+        "to a file with --out.",
     )
     _common(sql)
-    sql.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    sql.add_argument(
+        "--format", choices=("table", "csv", "json", "jsonl"), default="table", help="output"
+    )
     sql.add_argument("--model", help="ONNX model for predict() (default: the shipped model)")
     sql.add_argument(
         "--allowed-root",
         action="append",
         metavar="DIR",
-        help="folder predict(path) may read from (repeatable; default: env "
+        help="folder the SQL functions may read images from (repeatable; default: env "
         "CXRLAKE_ALLOWED_ROOTS, else the lakehouse and the pipeline's source folders)",
     )
-    sql.add_argument("query", help="one SQL statement")
+    sql.add_argument(
+        "-f", "--file", metavar="FILE", help="read the SQL from FILE ('-': standard input)"
+    )
+    sql.add_argument(
+        "--out", metavar="FILE", help="write the results to FILE instead of standard output"
+    )
+    sql.add_argument("query", nargs="?", help="SQL statement(s), separated by ';'")
     sql.set_defaults(handler=_sql)
 
-    report = subparsers.add_parser("report", help="write the self-contained HTML report")
+    report = subparsers.add_parser(
+        "report",
+        help="write the self-contained HTML report",
+        description="Write one HTML file (no external assets) with class balance, quality, "
+        "model performance, calibration, quarantine and the data attribution. Example "
+        "thumbnails of patient images are included only with --thumbnails.",
+    )
     _common(report)
-    report.add_argument("--out", default="report.html", help="output file (default report.html)")
+    report.add_argument("--out", default="report.html", help="output file")
     report.add_argument(
-        "--examples", type=int, default=8, help="example images to show (default 8)"
+        "--examples",
+        type=non_negative_int,
+        default=8,
+        help="example predictions to list (0 = none)",
+    )
+    report.add_argument(
+        "--thumbnails",
+        action="store_true",
+        help="embed downscaled example images (patient images: keep the file internal)",
+    )
+    report.add_argument(
+        "--attribution",
+        action="append",
+        metavar="FILE",
+        help="text or HTML file with the data set's attribution (repeatable; default: "
+        "ATTRIBUTION files in or above the source folders)",
     )
     report.set_defaults(handler=_report)
 
     maintain = subparsers.add_parser(
-        "maintain", help="OPTIMIZE (compact), Z-order on image_id and VACUUM every table"
+        "maintain",
+        help="OPTIMIZE (compact), Z-order on image_id and VACUUM every table",
+        description="Compact small files, Z-order on image_id and VACUUM files older than the "
+        "retention, under the lakehouse lock. --dry-run changes nothing and lists the files "
+        "VACUUM would delete and the tables OPTIMIZE would rewrite.",
     )
     _common(maintain)
     maintain.add_argument(
         "--retention-hours",
         type=int,
         default=168,
-        help="VACUUM retention in hours, at least 168 (default 168)",
+        help="VACUUM retention in hours, at least 168",
     )
     maintain.add_argument(
-        "--dry-run", action="store_true", help="only list files VACUUM would delete"
+        "--dry-run", action="store_true", help="change nothing; list what would be removed"
     )
     maintain.add_argument("--no-zorder", action="store_true", help="compact only")
     maintain.set_defaults(handler=_maintain)
 
 
-EXIT_FAILURE = 1
-EXIT_MODEL = 3
-
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> int:
-    print(f"cxrlake: error: {message}", file=sys.stderr)
-    return code
-
-
-def _model_errors() -> tuple[type[Exception], ...]:
-    from cxrlake.exceptions import ModelError, RuntimeLibraryError
-
-    return (ModelError, RuntimeLibraryError)
+def _existing_lakehouse(path: str) -> None:
+    """Refuse a ``--lakehouse`` that is a file (before anything is created under it)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"--lakehouse {path}: not a directory")
 
 
 def _pipeline_run(args: argparse.Namespace) -> int:
+    from cxrlake.files import select_images
     from cxrlake.lakehouse.pipeline import run_pipeline
 
+    _existing_lakehouse(args.lakehouse)
     for source in args.source:
         if not os.path.isdir(source):
-            return _fail(f"--source {source}: not a directory")
-    try:
-        summary = run_pipeline(
-            args.source,
-            args.lakehouse,
-            args.env,
-            sample_per_label=args.sample_per_label,
-            model=args.model,
-            batch_size=args.batch_size,
-            threads=args.threads,
-            progress=False if args.no_progress else None,
-            site=args.site,
-        )
-    except _model_errors() as e:
-        return _fail(str(e), EXIT_MODEL)
+            raise CommandError(f"--source {source}: not a directory")
+        if not select_images([source]).images:
+            raise CommandError(f"--source {source}: no image files (.jpeg/.jpg/.png) found")
+    summary = run_pipeline(
+        args.source,
+        args.lakehouse,
+        args.env,
+        sample_per_label=args.sample_per_label,
+        model=args.model,
+        batch_size=args.batch_size,
+        threads=args.threads,
+        progress=False if args.no_progress else None,
+        site=args.site,
+    )
     if args.json:
         print(json.dumps(summary.to_dict(), default=str, indent=2))
     else:
@@ -162,28 +198,125 @@ def _pipeline_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_sql(args: argparse.Namespace) -> str | None:
+    """The SQL text from the argument, -f FILE or standard input; None for the shell."""
+    if args.query is not None and args.file is not None:
+        raise CommandError("give the SQL either as an argument or with -f, not both", 2)
+    if args.file == "-":
+        return sys.stdin.read()
+    if args.file is not None:
+        try:
+            with open(args.file, encoding="utf-8") as f:
+                return f.read()
+        except OSError as e:
+            raise CommandError(f"-f {args.file}: {e.strerror or e}") from None
+    if args.query is not None:
+        return args.query
+    if not sys.stdin.isatty():
+        return sys.stdin.read()
+    return None
+
+
 def _sql(args: argparse.Namespace) -> int:
-    import duckdb
+    from cxrlake.lakehouse.sql import connect
 
-    from cxrlake.lakehouse.sql import format_result, query
-
+    _existing_lakehouse(args.lakehouse)
+    text = _read_sql(args)
+    if text is not None and not text.strip():
+        raise CommandError("no SQL given", 2)
+    con = connect(args.lakehouse, args.env, args.model, roots=args.allowed_root)
     try:
-        result = query(args.lakehouse, args.query, args.env, args.model, args.allowed_root)
-    except (duckdb.Error, FileNotFoundError) as e:
-        return _fail(str(e))
-    except _model_errors() as e:
-        return _fail(str(e), EXIT_MODEL)
-    print(format_result(result, args.format))
+        if text is None:
+            return _shell(con, args)
+        if args.out:
+            import io
+
+            from cxrlake.files import write_text_atomically
+
+            buffer = io.StringIO()
+            _print_results(con, text, args.format, buffer)
+            write_text_atomically(args.out, buffer.getvalue())
+        else:
+            _print_results(con, text, args.format, sys.stdout)
+    finally:
+        con.close()
     return 0
+
+
+def _print_results(con: Any, text: str, fmt: str, out: Any) -> None:
+    from cxrlake.lakehouse.sql import (
+        SANDBOX_HINT,
+        format_result,
+        mentions_sandbox_refusal,
+        run_script,
+    )
+
+    hinted = False
+    first = True
+    for _, result in run_script(con, text):
+        if result is None:
+            continue
+        if not first and fmt == "table":
+            out.write("\n")
+        first = False
+        out.write(format_result(result, fmt) + "\n")
+        out.flush()
+        if not hinted and mentions_sandbox_refusal(result):
+            print(SANDBOX_HINT, file=sys.stderr)
+            hinted = True
+
+
+def _shell(con: Any, args: argparse.Namespace) -> int:
+    """A small interactive shell: statements end with ';', .quit or Ctrl-D leaves."""
+    from cxrlake.cli import report_error
+
+    with contextlib.suppress(ImportError):
+        import readline  # noqa: F401 - line editing and history for input()
+    print(
+        f"cxrlake sql on {os.path.abspath(args.lakehouse)} (env {args.env}). End statements "
+        "with ';'. .tables lists the tables, .quit leaves.",
+        file=sys.stderr,
+    )
+    buffer: list[str] = []
+    while True:
+        try:
+            line = input("cxrlake> " if not buffer else "     ...> ")
+        except EOFError:
+            print(file=sys.stderr)
+            return 0
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+            buffer = []
+            continue
+        stripped = line.strip()
+        if not buffer and stripped in (".quit", ".exit", "exit", "quit"):
+            return 0
+        if not buffer and stripped == ".tables":
+            line, stripped = "SHOW TABLES;", "SHOW TABLES;"
+        buffer.append(line)
+        if not stripped.endswith(";"):
+            continue
+        text, buffer = "\n".join(buffer), []
+        try:
+            _print_results(con, text, args.format, sys.stdout)
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+        except Exception as error:
+            report_error("sql", error)
 
 
 def _report(args: argparse.Namespace) -> int:
     from cxrlake.lakehouse.report import write_report
 
-    try:
-        path = write_report(args.lakehouse, args.out, args.env, args.examples)
-    except FileNotFoundError as e:
-        return _fail(str(e))
+    _existing_lakehouse(args.lakehouse)
+    path = write_report(
+        args.lakehouse,
+        args.out,
+        args.env,
+        args.examples,
+        thumbnails=args.thumbnails,
+        attribution_files=args.attribution,
+    )
     print(f"report written to {os.path.abspath(path)}")
     return 0
 
@@ -191,6 +324,7 @@ def _report(args: argparse.Namespace) -> int:
 def _maintain(args: argparse.Namespace) -> int:
     from cxrlake.lakehouse.maintain import format_results, maintain
 
+    _existing_lakehouse(args.lakehouse)
     try:
         results = maintain(
             args.lakehouse,
@@ -200,6 +334,6 @@ def _maintain(args: argparse.Namespace) -> int:
             zorder=not args.no_zorder,
         )
     except ValueError as e:
-        return _fail(str(e))
+        raise CommandError(str(e)) from None
     print(format_results(results))
     return 0

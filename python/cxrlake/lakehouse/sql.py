@@ -1,25 +1,43 @@
-"""DuckDB over the lakehouse's Delta tables, with the Rust UDFs as SQL functions.
+"""DuckDB over the lakehouse's Delta tables, with the Rust kernels as SQL functions.
 
-DuckDB's own ``delta`` extension downloads itself at run time, so tables are read through delta-rs
-instead: each table's current snapshot becomes a pyarrow dataset (projection and filter pushdown),
-exposed as a view ``<schema>.<table>`` (``bronze.kaggle_xray_metadata``,
-``gold.pneumonia_predictions`` ...). The connection is a read snapshot: reopen it to see later
-commits.
+The same SQL runs here and on Databricks: every Delta table under
+``<lakehouse>/healthcare_catalog_<env>/<schema>/<table>`` is a view with its Unity Catalog name,
+``healthcare_catalog_<env>.<schema>.<table>``, and (the catalog being the current one)
+``<schema>.<table>``. ``SHOW TABLES [IN schema]`` lists those tables.
 
-SQL functions (Arrow-vectorised; DuckDB hands them up to 2048 rows at a time; a NULL or unreadable
-image gives NULL). Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes
-(BLOB, e.g. ``bronze.kaggle_xray_metadata.content``):
+Tables are read by DuckDB's own parquet reader from each table's current Delta snapshot (the file
+list comes from delta-rs; DuckDB's ``delta`` extension would download itself at run time).
+Parquet files written by MERGE hold ``string_view`` columns and files rewritten by compaction
+plain ``string``; DuckDB reads both as VARCHAR, so filters compare the same on every file. The
+connection is a read snapshot: reopen it to see later commits.
 
-- ``predict(path) -> DOUBLE``: P(PNEUMONIA) from the default (or given) model.
-- ``predict_label(path) -> INTEGER``: 0 = NORMAL, 1 = PNEUMONIA (model threshold).
-- ``quality_score(path) -> DOUBLE``: image quality score, 0..1.
-- ``image_error(path) -> VARCHAR``: why an image cannot be read, NULL when it can.
+The connection is locked down: external file access is off (``read_text``, ``read_blob``,
+``COPY ... TO``, ``ATTACH``, ``INSTALL`` all fail) except the tables' own folders, Python
+replacement scans are off, and the configuration is locked. The only way SQL reads an image file
+is through the functions below, which go through the core's sandbox (``roots``).
+
+SQL functions (Arrow-vectorised; a NULL or unreadable image gives NULL fields and an ``error``).
+Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLOB, e.g.
+``bronze.kaggle_xray_metadata.content``):
+
+- ``predict(path)`` -> STRUCT(probability DOUBLE, predicted_label INTEGER, label_name VARCHAR,
+  model_name VARCHAR, model_version VARCHAR, error VARCHAR): the struct the Spark ``predict``
+  and the Databricks SQL functions return. Also as ``healthcare_catalog_<env>.bronze.predict``
+  and ``healthcare_catalog_<env>.models.predict_image`` (bytes), the Databricks names.
+- ``features(path)`` -> STRUCT(width, height, mean_pixel_value, std_pixel_value, quality_score,
+  embedding DOUBLE[], error): as the Spark ``features``.
+- ``quality_score(path) -> DOUBLE``: image quality score, 0..1 (no model needed).
+- ``image_error(path) -> VARCHAR``: why the pipeline would quarantine the image (the same rule
+  and words as ``silver.quarantine.reason``), NULL when it is usable.
 """
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
@@ -27,10 +45,23 @@ import pyarrow as pa
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse
 
-OUTPUT_FORMATS = ("table", "csv", "json")
-
+OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 
 ROOTS_ENV = "CXRLAKE_ALLOWED_ROOTS"
+
+SANDBOX_HINT = (
+    "hint: SQL functions read only the lakehouse and its source folders; allow another folder "
+    "with --allowed-root DIR (repeatable) or env CXRLAKE_ALLOWED_ROOTS"
+)
+
+_SHOW_TABLES = re.compile(
+    r"^(?:\s|--[^\n]*\n|/\*.*?\*/)*SHOW\s+TABLES(?:\s+(?:IN|FROM)\s+([\w.`\"]+))?\s*;?\s*$",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+class LakehouseNotFoundError(FileNotFoundError):
+    """The lakehouse folder holds no catalog for this environment."""
 
 
 def default_roots(lh: Lakehouse) -> list[str] | None:
@@ -40,54 +71,157 @@ def default_roots(lh: Lakehouse) -> list[str] | None:
     lakehouse root plus every source folder a pipeline run has read from, so ``predict(path)``
     reads the lakehouse's own images and nothing else.
     """
-    if os.environ.get(ROOTS_ENV):
+    if ROOTS_ENV in os.environ:
         return None
     return [lh.root, *(s for s in lh.recorded_sources() if os.path.isdir(s))]
 
 
-def _register_udfs(con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None) -> None:
+def catalog_name(env: str) -> str:
+    """``healthcare_catalog_<env>``: the Unity Catalog catalog of one environment."""
+    return os.path.basename(schemas.catalog_path("/", env))
+
+
+# ------------------------------------------------------------------ functions
+def _struct_of(batch: pa.RecordBatch, names: list[str]) -> pa.StructArray:
+    return pa.StructArray.from_arrays([batch.column(n) for n in names], names=names)
+
+
+def _register_udfs(
+    con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None, catalog: str
+) -> None:
     import cxrlake
+    from cxrlake.spark.udfs import FEATURES_RESULT, PREDICT_RESULT
 
     model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+    # A misconfigured sandbox (an empty or missing root) fails here, not at the first row.
+    cxrlake.decode(pa.array([], pa.string()), roots=roots)
+    predict_fields = [f.name for f in PREDICT_RESULT]
+    feature_fields = [f.name for f in FEATURES_RESULT]
 
-    def column(fn: Any, name: str):
-        def udf(images: pa.Array) -> pa.Array:
-            return fn(images, model=model, roots=roots).column(name)
+    def predict(images: pa.Array) -> pa.Array:
+        return _struct_of(cxrlake.predict(images, model=model, roots=roots), predict_fields)
 
-        return udf
+    def features(images: pa.Array) -> pa.Array:
+        batch = cxrlake.features(images, model=model, roots=roots, embedding=model.has_embedding)
+        return _struct_of(batch, feature_fields)
 
-    # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
+    def quality_score(images: pa.Array) -> pa.Array:
+        return cxrlake.features(images, embedding=False, roots=roots).column("quality_score")
+
+    def image_error(images: pa.Array) -> pa.Array:
+        from cxrlake.medallion.transforms import quarantine_reasons
+
+        reasons = quarantine_reasons(cxrlake.decode(images, roots=roots))
+        return reasons.combine_chunks() if isinstance(reasons, pa.ChunkedArray) else reasons
+
     functions = [
-        ("predict", cxrlake.predict, "probability", "DOUBLE"),
-        ("predict_label", cxrlake.predict, "predicted_label", "INTEGER"),
-        ("quality_score", _quality, "quality_score", "DOUBLE"),
-        ("image_error", _decode, "error", "VARCHAR"),
+        ("predict", predict, _duck_type(PREDICT_RESULT)),
+        ("features", features, _duck_type(FEATURES_RESULT)),
+        ("quality_score", quality_score, "DOUBLE"),
+        ("image_error", image_error, "VARCHAR"),
     ]
-    for name, fn, col, return_type in functions:
+    # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
+    for name, fn, return_type in functions:
         for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
             con.create_function(
                 name + suffix,
-                column(fn, col),
+                fn,
                 [arg_type],
                 return_type,
                 type="arrow",
                 # rows the core cannot read come back NULL (SPECIAL lets a UDF return NULLs)
                 null_handling="special",
             )
+    # The Databricks names (sql/30_predict_function.sql): bronze.predict(path) and
+    # models.predict_image(content), so queries written for a SQL warehouse run unchanged.
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.models")
+    con.execute(f"CREATE SCHEMA IF NOT EXISTS {catalog}.bronze")
+    con.execute(f"CREATE MACRO {catalog}.bronze.predict(path) AS predict(path)")
+    con.execute(f"CREATE MACRO {catalog}.models.predict_image(content) AS predict_bytes(content)")
 
 
-def _quality(images: pa.Array, model: Any, roots: list[str] | None) -> pa.RecordBatch:
-    import cxrlake
+def _duck_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_struct(arrow_type):
+        inner = ", ".join(f"{f.name} {_duck_type(f.type)}" for f in arrow_type)
+        return f"STRUCT({inner})"
+    if pa.types.is_list(arrow_type):
+        return f"{_duck_type(arrow_type.value_type)}[]"
+    simple = {
+        pa.float64(): "DOUBLE",
+        pa.int32(): "INTEGER",
+        pa.int64(): "BIGINT",
+        pa.string(): "VARCHAR",
+        pa.bool_(): "BOOLEAN",
+    }
+    return simple[arrow_type]
 
-    return cxrlake.features(images, model=model, embedding=False, roots=roots)
+
+# ------------------------------------------------------------------ tables
+def delta_tables(lh: Lakehouse) -> list[tuple[str, str, str]]:
+    """``(schema, table, folder)`` of every Delta table in the catalog, sorted."""
+    found = []
+    for schema_name in sorted(os.listdir(lh.catalog)):
+        schema_dir = os.path.join(lh.catalog, schema_name)
+        if schema_name.startswith((".", "_")) or not os.path.isdir(schema_dir):
+            continue
+        for table_name in sorted(os.listdir(schema_dir)):
+            folder = os.path.join(schema_dir, table_name)
+            if os.path.isdir(os.path.join(folder, "_delta_log")):
+                found.append((schema_name, table_name, folder))
+    return found
 
 
-def _decode(images: pa.Array, model: Any, roots: list[str] | None) -> pa.RecordBatch:
-    import cxrlake
+def _local_path(uri: str) -> str:
+    parsed = urlparse(uri)
+    return unquote(parsed.path) if parsed.scheme == "file" else uri
 
-    return cxrlake.decode(images, roots=roots)
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
+def _create_table_view(
+    con: duckdb.DuckDBPyConnection, catalog: str, schema_name: str, name: str, folder: str
+) -> str | None:
+    """Create ``catalog.schema.name`` over the table's snapshot; return the folder DuckDB must
+    be allowed to read (None when the rows were copied in)."""
+    from deltalake import DeltaTable
+
+    table = DeltaTable(folder)
+    qualified = f'{catalog}."{schema_name}"."{name}"'
+    features = set(table.protocol().reader_features or ())
+    files = [_local_path(u) for u in table.file_uris()]
+    plain = not (features & {"deletionVectors", "columnMapping"}) and not (
+        table.metadata().partition_columns
+    )
+    if plain and files:
+        listed = ", ".join(_quote(f) for f in files)
+        con.execute(
+            f"CREATE VIEW {qualified} AS SELECT * FROM read_parquet([{listed}], "
+            "union_by_name = true)"
+        )
+        return folder
+    # No file yet, or a layout only delta-rs can read: copy the rows in (small tables in
+    # practice: an empty table, or one written by another engine).
+    data = table.to_pyarrow_table() if files else pa.schema(table.schema().to_arrow()).empty_table()
+    data = _plain_strings(data)
+    con.register("__cxrlake_copy", data)
+    try:
+        con.execute(f"CREATE TABLE {qualified} AS SELECT * FROM __cxrlake_copy")
+    finally:
+        con.unregister("__cxrlake_copy")
+    return None
+
+
+def _plain_strings(data: pa.Table) -> pa.Table:
+    fields = [
+        pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type)
+        for f in data.schema
+    ]
+    return data.cast(pa.schema(fields))
+
+
+# ------------------------------------------------------------------ connection
 def connect(
     lakehouse: str | os.PathLike,
     env: str = "dev",
@@ -95,39 +229,137 @@ def connect(
     udfs: bool = True,
     roots: list[str] | None = None,
 ) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with every existing table as ``<schema>.<table>`` view.
+    """A locked-down in-memory DuckDB connection over the lakehouse (see the module docstring).
 
-    Also defines the view ``gold.dataset_summary`` (when silver exists) and, with ``udfs``, the
-    SQL functions listed in the module docstring (``model``: `cxrlake.Model`, path or None).
-    ``roots``: folders the functions may read paths from (default: `default_roots`); a path
-    elsewhere gives NULL (``image_error`` says ``outside sandbox roots``).
-    Close it when done (``con.close()`` or ``with``).
+    Every Delta table is a view ``healthcare_catalog_<env>.<schema>.<table>`` (also reachable as
+    ``<schema>.<table>``); ``gold.dataset_summary`` is defined when silver exists. With
+    ``udfs``, the SQL functions of the module docstring (``model``: `cxrlake.Model`, path or
+    None). ``roots``: folders the functions may read paths from (default: `default_roots`); a
+    path elsewhere gives ``outside sandbox roots: <path>``. Raises `LakehouseNotFoundError`
+    when there is no catalog. Close it when done (``con.close()`` or ``with``).
     """
     lh = Lakehouse(lakehouse, env)
     if not os.path.isdir(lh.catalog):
-        raise FileNotFoundError(
+        if os.path.exists(lh.root) and not os.path.isdir(lh.root):
+            raise LakehouseNotFoundError(f"lakehouse {lh.root} is not a directory")
+        raise LakehouseNotFoundError(
             f"no lakehouse at {lh.catalog}: run `cxrlake pipeline run --lakehouse {lh.root}` first"
         )
+    catalog = catalog_name(env)
     con = duckdb.connect()
     try:
-        for schema_name in ("bronze", "silver", "gold"):
-            con.execute(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
-        for spec in schemas.TABLES:
-            if not lh.exists(spec):
-                continue
-            source = f"__delta_{spec.schema_name}_{spec.name}"
-            con.register(source, lh.dataset(spec))
-            con.execute(f"CREATE VIEW {spec.qualified_name} AS SELECT * FROM {source}")
+        con.execute(f"ATTACH ':memory:' AS {catalog}")
+        con.execute(f"USE {catalog}")
+        readable = []
+        for schema_name, name, folder in delta_tables(lh):
+            con.execute(f'CREATE SCHEMA IF NOT EXISTS {catalog}."{schema_name}"')
+            folder = _create_table_view(con, catalog, schema_name, name, folder)
+            if folder is not None:
+                readable.append(folder + os.sep)
         if lh.exists(schemas.SILVER):
+            con.execute("CREATE SCHEMA IF NOT EXISTS gold")
             con.execute(
                 f"CREATE VIEW {schemas.DATASET_SUMMARY_VIEW} AS {schemas.DATASET_SUMMARY_SQL}"
             )
         if udfs:
-            _register_udfs(con, model, default_roots(lh) if roots is None else roots)
+            _register_udfs(con, model, default_roots(lh) if roots is None else roots, catalog)
+        _lock_down(con, readable)
     except BaseException:
         con.close()
         raise
     return con
+
+
+def _lock_down(con: duckdb.DuckDBPyConnection, readable: list[str]) -> None:
+    """External access off except the tables' folders; configuration locked."""
+    con.execute("SET python_enable_replacements = false")
+    con.execute("SET allowed_directories = ?", [readable])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET lock_configuration = true")
+
+
+# ------------------------------------------------------------------ statements
+def split_statements(sql: str) -> list[str]:
+    """The statements of a script, in order: split at ``;`` outside quotes and comments.
+
+    Done here rather than by DuckDB's parser so that statements DuckDB does not know, such as
+    Databricks' ``SHOW TABLES IN gold``, can be answered by `execute`.
+    """
+    statements, current, i, n = [], [], 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c in "'\"`":
+            end = i + 1
+            while end < n:
+                if sql[end] == c:
+                    if end + 1 < n and sql[end + 1] == c:  # doubled quote
+                        end += 2
+                        continue
+                    break
+                end += 1
+            current.append(sql[i : end + 1])
+            i = end + 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            end = n if end < 0 else end
+            current.append(sql[i:end])
+            i = end
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            end = n if end < 0 else end + 2
+            current.append(sql[i:end])
+            i = end
+        elif c == ";":
+            statements.append("".join(current))
+            current, i = [], i + 1
+        else:
+            current.append(c)
+            i += 1
+    statements.append("".join(current))
+    return [s.strip() for s in statements if _has_code(s)]
+
+
+def _has_code(statement: str) -> bool:
+    """Whether a statement holds more than whitespace and comments."""
+    text = re.sub(r"/\*.*?\*/", " ", statement, flags=re.DOTALL)
+    text = re.sub(r"--[^\n]*", " ", text)
+    return bool(text.strip())
+
+
+def _show_tables(con: duckdb.DuckDBPyConnection, schema_name: str | None) -> pa.Table:
+    """``SHOW TABLES [IN schema]`` as on Databricks: database, tableName, isTemporary."""
+    catalog = con.execute("SELECT current_database()").fetchall()[0][0]
+    if schema_name and "." in schema_name:
+        catalog, schema_name = schema_name.split(".", 1)
+    params: list[Any] = [catalog]
+    where = ""
+    if schema_name:
+        where = " AND schema_name = ?"
+        params.append(schema_name.strip('`"'))
+    sql = (
+        "SELECT schema_name AS database, table_name AS tableName, false AS isTemporary FROM ("
+        "SELECT database_name, schema_name, view_name AS table_name FROM duckdb_views() "
+        "WHERE NOT internal UNION ALL SELECT database_name, schema_name, table_name "
+        "FROM duckdb_tables()) WHERE database_name = ?" + where + " ORDER BY 1, 2"
+    )
+    return con.sql(sql, params=params).to_arrow_table()
+
+
+def execute(con: duckdb.DuckDBPyConnection, statement: str) -> pa.Table | None:
+    """Run one statement; its result as Arrow, or None for a statement without rows."""
+    show = _SHOW_TABLES.match(statement)
+    if show:
+        return _show_tables(con, show.group(1))
+    relation = con.sql(statement)
+    return None if relation is None else relation.to_arrow_table()
+
+
+def run_script(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple[str, pa.Table | None]]:
+    """Run every statement of ``sql`` in order; yield ``(statement, result)`` as each ends."""
+    for statement in split_statements(sql):
+        yield statement, execute(con, statement)
 
 
 def query(
@@ -137,16 +369,19 @@ def query(
     model: Any = None,
     roots: list[str] | None = None,
 ) -> pa.Table:
-    """Run one SQL statement over the lakehouse and return the result as an Arrow table."""
+    """Run SQL over the lakehouse and return the last statement's result as an Arrow table."""
     con = connect(lakehouse, env, model, roots=roots)
     try:
-        return con.sql(sql).to_arrow_table()
+        results = [result for _, result in run_script(con, sql)]
+        last = results[-1] if results else None
+        return last if last is not None else pa.table({})
     finally:
         con.close()
 
 
+# ------------------------------------------------------------------ output
 def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> str:
-    """Render a query result as an aligned text table, CSV or JSON lines."""
+    """Render a query result as an aligned text table, CSV, a JSON array or JSON lines."""
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     if fmt == "csv":
@@ -157,10 +392,13 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
         buf = io.BytesIO()
         pacsv.write_csv(_printable(table), buf)
         return buf.getvalue().decode("utf-8").rstrip("\n")
-    if fmt == "json":
+    if fmt in ("json", "jsonl"):
         import json
 
-        return "\n".join(json.dumps(row, default=str) for row in _printable(table).to_pylist())
+        rows = _printable(table).to_pylist()
+        if fmt == "json":
+            return json.dumps(rows, default=str, indent=1)
+        return "\n".join(json.dumps(row, default=str) for row in rows)
     names = table.column_names
     rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
@@ -169,6 +407,11 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
     out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)
+
+
+def mentions_sandbox_refusal(table: pa.Table) -> bool:
+    """Whether any text in the result says ``outside sandbox roots`` (to print `SANDBOX_HINT`)."""
+    return "outside sandbox roots" in str(_printable(table).to_pylist())
 
 
 def _printable(table: pa.Table) -> pa.Table:
@@ -191,6 +434,8 @@ def _cell(value: Any, max_width: int) -> str:
         text = f"<{len(value)} bytes>"
     elif isinstance(value, float):
         text = f"{value:.6g}"
+    elif isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {_cell(v, max_width)}" for k, v in value.items()) + "}"
     else:
         text = str(value)
     return text if len(text) <= max_width else text[: max_width - 3] + "..."

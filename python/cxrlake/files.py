@@ -1,0 +1,101 @@
+"""Which files count as images: the one filter used by ``cxrlake predict`` and the pipeline.
+
+A file is an image candidate when its name is not hidden (does not start with ``.``) and ends in
+one of `IMAGE_SUFFIXES` (case-insensitive). Everything else found in a folder is *skipped*:
+counted and reported, never scored, stored or quarantined. A file named explicitly by the user
+is always an image candidate, whatever its name: the core then says what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "FileSelection",
+    "is_image_name",
+    "select_images",
+    "skip_summary",
+    "write_text_atomically",
+]
+
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
+"""File name endings treated as images when found in a folder (compared lowercased)."""
+
+
+def is_image_name(name: str | os.PathLike) -> bool:
+    """Whether a file found in a folder is an image candidate (by its base name only)."""
+    base = os.path.basename(os.fspath(name))
+    return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
+
+
+@dataclass
+class FileSelection:
+    """Result of `select_images`: paths to score, files skipped, named paths that are missing."""
+
+    images: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+
+
+def select_images(inputs: Iterable[str | os.PathLike]) -> FileSelection:
+    """Expand files and folders into image paths.
+
+    Folders are walked recursively in sorted order (symlinked folders are not entered, hidden
+    folders are skipped); their files go through `is_image_name`. Files named explicitly are
+    kept whatever their name; named paths that do not exist are listed in ``missing`` (and kept
+    in ``images``, so the caller can report them row by row in input order).
+    """
+    selection = FileSelection()
+    for item in inputs:
+        path = os.fspath(item)
+        if os.path.isdir(path):
+            for folder, dirs, names in os.walk(path):
+                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+                for name in sorted(names):
+                    full = os.path.join(folder, name)
+                    if is_image_name(name):
+                        selection.images.append(full)
+                    else:
+                        selection.skipped.append(full)
+        else:
+            if not os.path.lexists(path):
+                selection.missing.append(path)
+            selection.images.append(path)
+    return selection
+
+
+def skip_summary(skipped: list[str], examples: int = 3) -> str:
+    """``skipped 2 files that are not images (.jpeg/.jpg/.png): a.txt, b.dcm`` ('' when none)."""
+    if not skipped:
+        return ""
+    names = ", ".join(os.path.basename(p) for p in skipped[:examples])
+    more = f" and {len(skipped) - examples} more" if len(skipped) > examples else ""
+    noun = "file" if len(skipped) == 1 else "files"
+    kinds = "/".join(IMAGE_SUFFIXES)
+    return f"skipped {len(skipped)} {noun} that are not images ({kinds}): {names}{more}"
+
+
+def write_text_atomically(path: str | os.PathLike, text: str) -> str:
+    """Write ``text`` to ``path`` in full or not at all: a temp file beside it, then a rename.
+
+    A path that exists and is not a regular file (``/dev/stdout``, a FIFO, a device) is written
+    directly: renaming over it would replace the device node itself. Returns the path.
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

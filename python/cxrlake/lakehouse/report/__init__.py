@@ -1,0 +1,71 @@
+"""Self-contained HTML report over the lakehouse (``cxrlake report``).
+
+One file, no external assets: charts are inline SVG. Sections: overview, class balance,
+quality-score histogram, per-split ROC curve + confusion matrix + metrics, calibration, example
+predictions, quarantine list, dataset summary, data attribution. Patient images are embedded
+only on request (``thumbnails=True``), and the top of the report says which it is.
+
+- `queries`: the data, as Arrow tables; `charts`: SVG charts and the PNG encoder;
+  `attribution`: where the data attribution comes from; `page`: the HTML.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cxrlake.lakehouse.report import attribution
+from cxrlake.lakehouse.report.charts import png_gray, thumbnail
+
+__all__ = ["build_report", "write_report", "png_gray", "thumbnail"]
+
+
+def build_report(
+    lakehouse: str | os.PathLike,
+    env: str = "dev",
+    examples: int = 8,
+    *,
+    thumbnails: bool = False,
+    attribution_files: list[str] | None = None,
+) -> str:
+    """The HTML report of one lakehouse catalog.
+
+    ``examples``: example predictions listed (>= 0); ``thumbnails``: embed downscaled images of
+    them; ``attribution_files``: text files citing the data (default: found next to the
+    sources, see `attribution`).
+    """
+    from cxrlake.lakehouse.report import page, queries
+    from cxrlake.lakehouse.sql import connect
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
+        raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
+    lh = Lakehouse(lakehouse, env)
+    con = connect(lakehouse, env, udfs=False)
+    try:
+        silver = queries.silver_images(con)
+        credit = attribution.resolve(
+            attribution_files,
+            lh.recorded_sources(),
+            (n for n in silver.column("filename").to_pylist()),
+        )
+        return page.build_page(con, lakehouse, env, examples, thumbnails, credit, silver)
+    finally:
+        con.close()
+
+
+def write_report(
+    lakehouse: str | os.PathLike,
+    out: str | os.PathLike,
+    env: str = "dev",
+    examples: int = 8,
+    *,
+    thumbnails: bool = False,
+    attribution_files: list[str] | None = None,
+) -> str:
+    """Write the HTML report to ``out`` (in full or not at all); return its path."""
+    text = build_report(
+        lakehouse, env, examples, thumbnails=thumbnails, attribution_files=attribution_files
+    )
+    from cxrlake.files import write_text_atomically
+
+    return write_text_atomically(out, text)

@@ -1,0 +1,290 @@
+"""The report's HTML page: sections built from `queries`, drawn with `charts`."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from cxrlake.lakehouse import schemas, transforms
+from cxrlake.lakehouse.report import attribution, charts, queries
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
+color:#222;padding:0 1em}
+h1{margin-bottom:0}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:3px 8px;
+text-align:right;font-size:13px}th{background:#f4f4f4}td.l,th.l{text-align:left}
+.muted{color:#777;font-size:13px}.grid{display:flex;flex-wrap:wrap;gap:16px}
+.card{border:1px solid #ddd;border-radius:4px;padding:8px;font-size:12px;width:180px}
+.card img{width:160px;height:auto;display:block;margin:auto;image-rendering:auto}
+.ok{color:#1a7f37}.bad{color:#cf222e}svg text{font-size:11px;font-family:inherit}
+.notice{border:1px solid #d4a72c;background:#fff8c5;padding:.5em 1em;border-radius:4px}
+"""
+
+NO_IMAGES_NOTICE = (
+    "This report contains no patient images: example predictions are listed by image id. "
+    "Add <code>--thumbnails</code> to embed downscaled images."
+)
+IMAGES_NOTICE = (
+    "This report embeds downscaled patient images (<code>--thumbnails</code>). Thumbnails are "
+    "160 pixels wide, without metadata, but text burned into an image stays legible: share "
+    "this file only where the images themselves may go."
+)
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], left: tuple[str, ...] = ()) -> str:
+    if not rows:
+        return '<p class="muted">(none)</p>'
+    head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            text = (
+                "NULL" if v is None else f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+            )
+            cells.append(f'<td class="{"l" if c in left else ""}">{text}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _confusion_html(cm: dict[str, Any]) -> str:
+    (tn, fp), (fn, tp) = cm["matrix"]
+    return (
+        "<table><tr><th>true \\ predicted</th><th>NORMAL</th><th>PNEUMONIA</th></tr>"
+        f'<tr><th class="l">NORMAL</th><td>{tn}</td><td>{fp}</td></tr>'
+        f'<tr><th class="l">PNEUMONIA</th><td>{fn}</td><td>{tp}</td></tr></table>'
+    )
+
+
+def build_page(
+    con: Any,
+    lakehouse: str | os.PathLike,
+    env: str,
+    examples: int,
+    thumbnails: bool,
+    credit: attribution.Attribution,
+    silver: pa.Table,
+) -> str:
+    """The whole HTML document."""
+    out: list[str] = []
+    now = transforms.utc_now().strftime("%Y-%m-%d %H:%M UTC")
+    catalog = schemas.catalog_path(os.path.abspath(os.fspath(lakehouse)), env)
+    out.append(f"<h1>cxrlake report</h1><p class='muted'>{html.escape(catalog)} · {now}</p>")
+    out.append(f"<p class='notice'>{IMAGES_NOTICE if thumbnails else NO_IMAGES_NOTICE}</p>")
+
+    counts = queries.table_counts(con).to_pylist()
+    out.append("<h2 id='overview'>Overview</h2>" + _table(counts, ["table", "rows"], ("table",)))
+
+    images = silver.to_pylist()
+    out.append("<h2 id='class-balance'>Class balance</h2>")
+    splits = sorted({r["dataset_split"] for r in images if r["dataset_split"] is not None})
+    names = ["NORMAL", "PNEUMONIA"]
+    if any(r["label_name"] is None for r in images):
+        names.append("UNLABELLED")
+    series = {
+        n: [
+            sum(
+                1
+                for r in images
+                if r["dataset_split"] == s and (r["label_name"] or "UNLABELLED") == n
+            )
+            for s in splits
+        ]
+        for n in names
+    }
+    out.append(charts.bar_chart(splits, series, "Images per split and label (silver)"))
+
+    out.append("<h2 id='quality'>Quality-score histogram</h2>")
+    out.append(
+        charts.histogram(
+            [r["quality_score"] for r in images if r["quality_score"] is not None],
+            "Quality score distribution (silver)",
+        )
+    )
+
+    out.append("<h2 id='performance'>Model performance</h2>")
+    perf = queries.latest_performance(con).to_pylist()
+    out.append(
+        _table(
+            perf,
+            [
+                "model_name",
+                "model_version",
+                "dataset_split",
+                "total_samples",
+                "accuracy",
+                "precision",
+                "recall",
+                "f1_score",
+                "auc_roc",
+                "evaluated_at",
+            ],
+            ("model_name", "model_version", "dataset_split", "evaluated_at"),
+        )
+    )
+    preds = queries.predictions(con).to_pylist()
+    calib_lines = []
+    palette = ["#e34a33", "#2b8cbe", "#31a354", "#756bb1", "#636363"]
+    for i, row in enumerate(perf):
+        part = [
+            r
+            for r in preds
+            if r["dataset_split"] == row["dataset_split"]
+            and r["model_name"] == row["model_name"]
+            and r["model_version"] == row["model_version"]
+            and r["true_label"] is not None
+        ]
+        y = np.array([r["true_label"] == 1 for r in part], dtype=bool)
+        p = np.array([r["prediction_probability"] for r in part], dtype=float)
+        title = f"{row['dataset_split']} ({row['model_name']} {row['model_version']})"
+        auc = "n/a" if row["auc_roc"] is None else f"{row['auc_roc']:.3f}"
+        out.append(f"<h3>Split {html.escape(title)}</h3><div class='grid'>")
+        out.append(
+            charts.unit_plot(
+                f"ROC {title}, AUC {auc}",
+                "false positive rate",
+                "true positive rate",
+                [(charts.roc_points(y, p), "#e34a33", "")],
+            )
+        )
+        out.append(
+            "<div><p>Confusion matrix (threshold "
+            f"{row['threshold'] if row['threshold'] is not None else 'n/a'})</p>"
+            + _confusion_html(json.loads(row["confusion_matrix"]))
+            + "</div></div>"
+        )
+        if len(p):
+            calib_lines.append((charts.calibration_points(y, p), palette[i % len(palette)], "o"))
+    out.append("<h2 id='calibration'>Calibration</h2>")
+    if calib_lines:
+        legend = ", ".join(
+            f"<span style='color:{c}'>{html.escape(r['dataset_split'])}</span>"
+            for r, (_, c, _) in zip(perf, calib_lines, strict=False)
+        )
+        out.append(
+            charts.unit_plot(
+                "Reliability diagram",
+                "mean predicted P(PNEUMONIA)",
+                "observed PNEUMONIA rate",
+                calib_lines,
+            )
+            + f"<p class='muted'>10 equal-width bins; splits: {legend}</p>"
+        )
+    else:
+        out.append('<p class="muted">(no labelled predictions)</p>')
+
+    out.append("<h2 id='examples'>Example predictions</h2>")
+    out.append(_examples(con, preds, examples, thumbnails))
+
+    try:  # radiologist review (cxrlake.review), when that package is present
+        from cxrlake.review.report import review_section
+    except ImportError:
+        review_section = None
+    if review_section is not None:
+        out.append(review_section(lakehouse, env))
+
+    out.append("<h2 id='quarantine'>Quarantine</h2>")
+    out.append(
+        _table(
+            queries.quarantine(con).to_pylist(),
+            ["image_id", "stage", "reason", "quarantined_at"],
+            ("image_id", "stage", "reason", "quarantined_at"),
+        )
+    )
+
+    out.append("<h2 id='dataset-summary'>Dataset summary</h2>")
+    summary = queries.dataset_summary(con).to_pylist()
+    if summary:
+        out.append(_table(summary, list(summary[0].keys()), ("dataset_split", "label_name")))
+    else:
+        out.append('<p class="muted">(empty)</p>')
+
+    out.append(
+        "<h2 id='attribution'>Data attribution</h2>"
+        f"{credit.html}<p class='muted'>Attribution {html.escape(credit.source)}.</p>"
+    )
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cxrlake report</title><style>{CSS}</style></head><body>"
+        + "\n".join(out)
+        + "</body></html>\n"
+    )
+
+
+def _pick(preds: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Up to ``n`` predictions: the most confident per (true label, correct) in turn."""
+    picked: list[dict[str, Any]] = []
+    keyed = sorted(preds, key=lambda r: (-r["confidence_score"], r["image_id"]))
+    buckets: dict[tuple, list] = {}
+    for r in keyed:
+        buckets.setdefault((r["true_label"], r["is_correct"]), []).append(r)
+    while len(picked) < n and any(buckets.values()):
+        for key in sorted(buckets, key=str):
+            if buckets[key] and len(picked) < n:
+                picked.append(buckets[key].pop(0))
+    return picked
+
+
+def _verdict(r: dict[str, Any]) -> tuple[str, str, str]:
+    truth = "unlabelled" if r["true_label"] is None else schemas.LABEL_NAMES[r["true_label"]]
+    predicted = schemas.LABEL_NAMES[r["predicted_label"]]
+    verdict = (
+        ""
+        if r["is_correct"] is None
+        else "<span class='ok'>correct</span>"
+        if r["is_correct"]
+        else "<span class='bad'>wrong</span>"
+    )
+    return truth, predicted, verdict
+
+
+def _examples(con: Any, preds: list[dict[str, Any]], n: int, thumbnails: bool) -> str:
+    if not preds or n <= 0:
+        return '<p class="muted">(none)</p>'
+    picked = _pick(preds, n)
+    if not thumbnails:
+        rows = []
+        for r in picked:
+            truth, predicted, verdict = _verdict(r)
+            rows.append(
+                f"<tr><td class='l'>{html.escape(r['image_id'])}</td>"
+                f"<td class='l'>{html.escape(r['dataset_split'] or '')}</td><td class='l'>"
+                f"{truth}</td><td class='l'>{predicted} {verdict}</td>"
+                f"<td>{r['prediction_probability']:.3f}</td></tr>"
+            )
+        return (
+            "<table><tr><th class='l'>image_id</th><th class='l'>split</th><th class='l'>true"
+            "</th><th class='l'>predicted</th><th>P(PNEUMONIA)</th></tr>"
+            + "".join(rows)
+            + "</table>"
+        )
+    import cxrlake
+
+    wanted = [(r["image_id"], r["content_sha256"]) for r in picked]
+    content = queries.image_bytes(con, wanted)
+    keys = [k for k in wanted if k in content]
+    decoded = cxrlake.decode([content[k] for k in keys]).to_pylist()
+    cards = []
+    for key, dec in zip(keys, decoded, strict=True):
+        r = next(p for p in picked if (p["image_id"], p["content_sha256"]) == key)
+        if dec["error"] or not dec["pixels"]:
+            continue
+        thumb = charts.thumbnail(dec["pixels"], dec["width"], dec["height"])
+        b64 = base64.b64encode(charts.png_gray(thumb)).decode("ascii")
+        truth, predicted, verdict = _verdict(r)
+        cards.append(
+            f"<div class='card'><img alt='{html.escape(r['image_id'])}' "
+            f"src='data:image/png;base64,{b64}'>"
+            f"<div>split {html.escape(r['dataset_split'] or '')}</div>"
+            f"<div>true: {truth} · predicted: {predicted} {verdict}</div>"
+            f"<div>P(PNEUMONIA) = {r['prediction_probability']:.3f}</div></div>"
+        )
+    return "<div class='grid'>" + "".join(cards) + "</div>"
