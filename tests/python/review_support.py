@@ -34,23 +34,29 @@ def build_lakehouse(shared_data: Path, root: Path) -> tuple[Path, Path]:
 
 
 def ensure_heatmap(lakehouse: Path) -> None:
+    """At least one prediction with a heatmap and one without: the model's own maps when it
+    writes them (one is then removed), else a synthetic 5x5 map on the first row."""
     from deltalake import DeltaTable, write_deltalake
 
     from cxrlake.lakehouse import schemas
 
     path = schemas.PREDICTIONS.path(lakehouse)
     table = DeltaTable(path).to_pyarrow_table()
-    if "heatmap" in table.schema.names and table.column("heatmap").null_count < table.num_rows:
-        return
     heat_type = pa.struct(
         [("rows", pa.int32()), ("cols", pa.int32()), ("values", pa.list_(pa.float32()))]
     )
-    rows, cols = 5, 5
-    values = [float((r - 2) ** 2 + (c - 1) ** 2 <= 2) for r in range(rows) for c in range(cols)]
-    heat = [None] * table.num_rows
-    heat[0] = {"rows": rows, "cols": cols, "values": values}
     if "heatmap" in table.schema.names:
+        heat = table.column("heatmap").to_pylist()
+        heat_type = table.schema.field("heatmap").type
         table = table.drop_columns(["heatmap"])
+    else:
+        heat = [None] * table.num_rows
+    if all(h is None for h in heat):
+        rows, cols = 5, 5
+        values = [float((r - 2) ** 2 + (c - 1) ** 2 <= 2) for r in range(rows) for c in range(cols)]
+        heat[0] = {"rows": rows, "cols": cols, "values": values}
+    if all(h is not None for h in heat):
+        heat[-1] = None
     table = table.append_column("heatmap", pa.array(heat, heat_type))
     write_deltalake(path, table, mode="overwrite", schema_mode="overwrite")
 

@@ -150,7 +150,10 @@ def _gold_views() -> dict[str, list[str]]:
 
 
 def test_dashboard_datasets_query_existing_gold_tables_and_columns():
+    from cxrlake.review.tables import REVIEW_TABLES
+
     tables = {spec.qualified_name: spec.arrow_schema.names for spec in schemas.TABLES}
+    tables.update({spec.qualified_name: spec.arrow_schema.names for spec in REVIEW_TABLES})
     tables.update(_gold_views())
     for dataset in _dashboard()["datasets"]:
         query = sqlglot.parse_one("".join(dataset["queryLines"]), read="databricks")

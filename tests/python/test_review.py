@@ -446,3 +446,65 @@ def test_warehouse_statements_parse_and_bind_values_as_parameters():
     ]
     with pytest.raises(SqlParameterError):
         WarehouseNames("healthcare_catalog_dev; DROP TABLE x")
+
+
+def _correct_one(app):
+    """Post a correction on a case whose prediction, folder and current labels agree."""
+    item = next(
+        i
+        for i in app.get("/api/worklist")[1]["items"]
+        if i["predicted_label"] == i["folder_label"] == i["current_label"]
+    )
+    other = "NORMAL" if item["folder_label"] == "PNEUMONIA" else "PNEUMONIA"
+    status, _ = app.post(
+        "/api/feedback", _verdict(item["prediction_id"], "disagree", correct_label=other)
+    )
+    assert status == 201
+    return item, other
+
+
+def test_training_uses_current_labels_and_counts_the_differences(built, app):
+    from cxrlake.medallion.identity import identify
+    from cxrlake.review.labels import apply_current_labels
+    from cxrlake.training.data import list_labelled_images
+
+    lakehouse, source = built
+    item, other = _correct_one(app)
+    records = list_labelled_images(source)
+    relabelled, changed = apply_current_labels(records, lakehouse)
+    current = {h["image_id"]: h for h in app.store.label_history() if h["is_current"]}
+    differ = [r for r in records if current[identify(r.path).image_id]["label"] != r.label]
+    assert changed == len(differ) >= 1
+    by_path = {r.path: r.label for r in relabelled}
+    target = next(r for r in records if identify(r.path).image_id == item["image_id"])
+    assert by_path[target.path] == tables.LABEL_NAMES.index(other) != target.label
+    assert [r.path for r in relabelled] == [r.path for r in records]
+
+
+def test_html_report_shows_the_agreement(built, app):
+    from cxrlake.lakehouse.report import build_report
+
+    pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
+    assert app.post("/api/feedback", _verdict(pid))[0] == 201
+    text = build_report(built[0])
+    section = text.split("id='review'", 1)[1].split("<h2", 1)[0]
+    assert "Radiologist review" in text and "dr.alice" in section
+    row = app.store.compute_agreement()[0]
+    assert f"{row['agreement_rate']:.3f}" in section
+
+
+def test_train_labels_from_passes_the_corrections_and_says_how_many(built, app, capsys):
+    from cxrlake.cli import build_parser
+    from cxrlake.review.cli import _with_current_labels
+
+    lakehouse, source = built
+    _correct_one(app)
+    args = build_parser().parse_args(
+        ["train", "--data", str(source), "--labels-from", str(lakehouse)]
+    )
+    assert args.labels_from == str(lakehouse)
+    seen = _with_current_labels(lambda a: a.label_overrides)(args)
+    out = capsys.readouterr().out
+    m = re.search(r"(\d+) of (\d+) differ from the folder labels", out)
+    assert m and int(m.group(1)) == len(seen) >= 1 and int(m.group(2)) == 8
+    assert all(Path(p).is_file() for p in seen)

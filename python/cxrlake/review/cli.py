@@ -24,6 +24,46 @@ def register(subparsers: Any) -> None:
     p.add_argument("--reviewer", help="reviewer id recorded with each verdict (default: OS user)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p.set_defaults(handler=_review)
+    train = getattr(subparsers, "choices", {}).get("train")
+    if train is not None:
+        _add_labels_from(train)
+
+
+def _add_labels_from(train: argparse.ArgumentParser) -> None:
+    """``cxrlake train --labels-from LAKEHOUSE``: train on the current labels (folder labels
+    with the radiologists' corrections from silver.label_history) and say how many differ. The
+    corrected labels reach the training run as ``args.label_overrides`` (path -> label)."""
+    train.add_argument(
+        "--labels-from",
+        metavar="LAKEHOUSE",
+        help="train on the current labels: folder labels with the radiologists' corrections "
+        "from LAKEHOUSE's silver.label_history (cxrlake review); prints how many differ",
+    )
+    for key in ("handler", "func"):
+        inner = train.get_default(key)
+        if inner is not None:
+            train.set_defaults(**{key: _with_current_labels(inner)})
+
+
+def _with_current_labels(inner: Any) -> Any:
+    def run(args: argparse.Namespace) -> Any:
+        if getattr(args, "labels_from", None):
+            from pathlib import Path
+
+            from cxrlake.review.labels import label_overrides
+
+            if not args.data:
+                raise SystemExit("cxrlake train: --labels-from needs --data")
+            overrides, total = label_overrides(Path(args.data).resolve(), args.labels_from)
+            print(
+                f"cxrlake train: current labels from {args.labels_from}: "
+                f"{len(overrides)} of {total} differ from the folder labels",
+                flush=True,
+            )
+            args.label_overrides = overrides
+        return inner(args)
+
+    return run
 
 
 def _review(args: argparse.Namespace) -> int:

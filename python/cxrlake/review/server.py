@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import os
 import secrets
 import sys
 import threading
@@ -59,7 +60,10 @@ class ReviewApp:
         self.store = store
         self.reviewer = reviewer
         self.trust_proxy_headers = trust_proxy_headers
-        self.secret = secrets.token_bytes(32)
+        # CSRF key: per process, or shared by every instance of a scaled-out app through
+        # CXRLAKE_REVIEW_SECRET (tokens are then valid on any instance)
+        shared = os.environ.get("CXRLAKE_REVIEW_SECRET", "")
+        self.secret = shared.encode("utf-8") if shared else secrets.token_bytes(32)
         self.lock = threading.Lock()
 
     def reviewer_of(self, headers: Any) -> str:

@@ -112,6 +112,8 @@ def run(args: argparse.Namespace) -> int:
             target_sensitivity=args.target_sensitivity,
             seed=args.seed,
             limit=args.limit,
+            # `--labels-from` (added by cxrlake.review.cli): radiologist-corrected labels
+            label_overrides=getattr(args, "label_overrides", None) or {},
             pretrained=not args.no_pretrained,
             threads=args.threads,
             model_version=args.model_version,

@@ -25,6 +25,9 @@ class TrainConfig:
     target_sensitivity: float = 0.98
     seed: int = 42
     limit: int | None = None  # per class, for quick runs/tests
+    # path -> label for files whose current label differs from their folder (radiologist
+    # corrections from silver.label_history, `cxrlake train --labels-from`)
+    label_overrides: dict = field(default_factory=dict)
     pretrained: bool = True
     threads: int = 2
     model_name: str = MODEL_NAME

@@ -16,7 +16,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,8 @@ def log(message: str) -> None:
 def load_split(cfg: TrainConfig) -> tuple[list, list]:
     """The patient-grouped (train, validation) records for ``cfg`` (optionally ``limit``-ed)."""
     records = data_mod.list_labelled_images(cfg.data)
+    if cfg.label_overrides:  # current labels: radiologist corrections (cxrlake.review.labels)
+        records = [replace(r, label=cfg.label_overrides.get(r.path, r.label)) for r in records]
     if cfg.limit:
         rng = random.Random(cfg.seed)
         limited = []

@@ -1,0 +1,64 @@
+"""Current labels for training: folder labels with the radiologists' corrections applied.
+
+`cxrlake train --labels-from LAKEHOUSE` relabels each training file whose image (same identity
+rule as the pipeline: `cxrlake.medallion.identity.identify`) has a current
+``silver.label_history`` row from a radiologist, and says how many labels differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from cxrlake.medallion.identity import identify
+
+
+def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -> dict[str, int]:
+    """image_id -> current label, for images whose current label comes from a radiologist."""
+    from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.review.tables import FOLDER_SOURCE, HISTORY
+
+    lh = Lakehouse(lakehouse, env)
+    if not os.path.isdir(lh.catalog):
+        raise FileNotFoundError(f"no lakehouse catalog at {lh.catalog}")
+    rows = lh.read(HISTORY, ["image_id", "label", "source", "is_current"]).to_pylist()
+    return {
+        r["image_id"]: int(r["label"])
+        for r in rows
+        if r["is_current"] and r["source"] != FOLDER_SOURCE and r["label"] is not None
+    }
+
+
+def apply_current_labels(
+    records: Sequence[Any], lakehouse: str | os.PathLike, env: str = "dev"
+) -> tuple[list[Any], int]:
+    """Records (dataclasses with ``path`` and ``label``) with the current labels; returns them
+    and how many labels differ from the folder ones."""
+    corrected = current_radiologist_labels(lakehouse, env)
+    out, changed = [], 0
+    for record in records:
+        label = corrected.get(identify(record.path).image_id)
+        if label is not None and label != record.label:
+            record = dataclasses.replace(record, label=label)
+            changed += 1
+        out.append(record)
+    return out, changed
+
+
+def label_overrides(
+    data: str | os.PathLike, lakehouse: str | os.PathLike, env: str = "dev"
+) -> tuple[dict[str, int], int]:
+    """For the training folder ``data``: path -> current label of every file whose current
+    label differs from its folder label, and the number of files."""
+    from cxrlake.training.data import list_labelled_images
+
+    records = list_labelled_images(data)
+    relabelled, _ = apply_current_labels(records, lakehouse, env)
+    changed = {
+        new.path: new.label
+        for old, new in zip(records, relabelled, strict=True)
+        if new.label != old.label
+    }
+    return changed, len(records)
