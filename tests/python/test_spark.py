@@ -264,14 +264,15 @@ def test_warehouse_udf_handler_scores_bytes_and_flags_missing_ones():
 
     images = sorted((TRAIN / "PNEUMONIA").iterdir())[:3]
     contents = pd.Series([images[0].read_bytes(), None, images[1].read_bytes()], index=[7, 8, 9])
-    (frame,) = list(warehouse_udf.predict_handler(iter([(contents,)])))
-    assert list(frame.columns) == PREDICT_RESULT.names
-    assert list(frame.index) == [7, 8, 9]
-    assert frame.loc[8, "error"] == warehouse_udf.NOT_INGESTED
-    assert pd.isna(frame.loc[8, "probability"])
+    (series,) = list(warehouse_udf.predict_handler(iter([(contents,)])))
+    # the documented form: one pandas Series per batch, a STRUCT value (dict) per row
+    assert isinstance(series, pd.Series) and list(series.index) == [7, 8, 9]
+    assert all(list(v) == PREDICT_RESULT.names for v in series)
+    assert series[8]["error"] == warehouse_udf.NOT_INGESTED and series[8]["probability"] is None
     want = cxrlake.predict([str(images[0]), str(images[1])]).to_pylist()
-    assert frame.loc[7, "probability"] == pytest.approx(want[0]["probability"], abs=1e-6)
-    assert frame.loc[9, "predicted_label"] == want[1]["predicted_label"]
+    assert series[7]["probability"] == pytest.approx(want[0]["probability"], abs=1e-6)
+    assert series[9]["predicted_label"] == want[1]["predicted_label"]
+    assert isinstance(series[9]["predicted_label"], int)
 
 
 def test_local_path_turns_spark_uris_into_paths():

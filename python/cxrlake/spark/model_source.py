@@ -154,8 +154,12 @@ def resolve_champion(
         if not candidates:
             raise FileNotFoundError(f"{model_name} version {version.version} holds no .onnx file")
         stamped = stamp_identity(candidates[0].read_bytes(), model_name, str(version.version))
-    dest = Path(dest_dir)
-    dest.mkdir(parents=True, exist_ok=True)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        # tensors a model keeps in external data files are found next to it, by file name
+        for extra in candidates[0].parent.iterdir():
+            if extra.is_file() and extra.suffix not in (".onnx", ".yaml", ".json", ".txt", ".py"):
+                shutil.copyfile(extra, dest / extra.name)
     target = dest / f"{model_name.rsplit('.', 1)[-1]}-v{version.version}.onnx"
     partial = target.with_name(target.name + ".partial")
     partial.write_bytes(stamped)

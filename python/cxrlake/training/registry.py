@@ -105,6 +105,8 @@ def log_and_register(
             name="model",
             registered_model_name=name,
             signature=model_signature(run_dir / "model.onnx"),
+            # one self-contained file (a few MB): what gold copies to the workers' volume
+            save_as_external_data=False,
         )
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
