@@ -242,6 +242,65 @@ TABLES: tuple[TableSpec, ...] = (
 )
 """Every Delta table of the lakehouse, in pipeline order."""
 
+# ---------------------------------------------------------------- review loop (cxrlake.review)
+GOLD_FEEDBACK = pa.schema(
+    [
+        pa.field("feedback_id", pa.string(), nullable=False),  # 32 hex digits (uuid4)
+        pa.field("prediction_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("radiologist_id", pa.string(), nullable=False),
+        pa.field("feedback_type", pa.string(), nullable=False),  # agree / disagree / uncertain
+        pa.field("correct_label", pa.string()),  # NORMAL / PNEUMONIA; NULL when uncertain
+        pa.field("confidence_level", pa.string()),  # low / medium / high
+        pa.field("comments", pa.string()),  # free text, at most 2000 characters
+        pa.field("feedback_timestamp", TS, nullable=False),
+    ]
+)
+"""``gold.prediction_feedback``: append-only radiologist verdicts; a changed verdict is a new
+row, the latest per (prediction_id, radiologist_id) counts."""
+
+SILVER_LABEL_HISTORY = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("label", pa.int32()),
+        pa.field("label_name", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # 'folder' or the radiologist id
+        pa.field("feedback_id", pa.string()),  # the verdict that set this label; NULL for folder
+        pa.field("valid_from", TS, nullable=False),
+        pa.field("valid_to", TS),  # NULL while current
+        pa.field("is_current", pa.bool_(), nullable=False),
+    ]
+)
+"""``silver.label_history``: SCD type 2 of every image's label, one row per (image_id,
+valid_from)."""
+
+GOLD_REVIEW_AGREEMENT = pa.schema(
+    [
+        pa.field("evaluation_id", pa.string(), nullable=False),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("reviewed_predictions", pa.int64()),
+        pa.field("verdicts", pa.int64()),  # latest verdicts (one per prediction and reviewer)
+        pa.field("agreement_rate", pa.float64()),  # model label == radiologist label
+        pa.field("cohen_kappa", pa.float64()),  # model vs radiologist, NULL when undefined
+        pa.field("accuracy_current_labels", pa.float64()),  # model vs current labels
+        pa.field("labels_corrected", pa.int64()),  # current label from a radiologist
+        pa.field("per_reviewer", pa.string()),  # JSON {reviewer: {agree, disagree, ...}}
+        pa.field("evaluated_at", TS),
+        pa.field("feedback_fingerprint", pa.string()),
+    ]
+)
+"""``gold.review_agreement``: `cxrlake.medallion.metrics.agreement_metrics` rows, one per model
+and distinct set of verdicts."""
+
+FEEDBACK = TableSpec("gold", "prediction_feedback", GOLD_FEEDBACK, ("feedback_id",))
+LABEL_HISTORY = TableSpec(
+    "silver", "label_history", SILVER_LABEL_HISTORY, ("image_id", "valid_from")
+)
+REVIEW_AGREEMENT = TableSpec("gold", "review_agreement", GOLD_REVIEW_AGREEMENT, ("evaluation_id",))
+REVIEW_TABLES: tuple[TableSpec, ...] = (FEEDBACK, LABEL_HISTORY, REVIEW_AGREEMENT)
+"""Tables of the review loop: written by the review app, not by the pipeline (not in `TABLES`)."""
+
 DATASET_SUMMARY_VIEW = "gold.dataset_summary"
 """View (DuckDB locally, SQL view on Databricks): counts by split and label plus the quality-score
 distribution of silver.xray_metadata and the quarantine count. SQL: `DATASET_SUMMARY_SQL`."""

@@ -20,13 +20,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
-
-from cxrlake.lakehouse.schemas import TableSpec
+from cxrlake.medallion import schemas
 from cxrlake.medallion.metrics import latest_verdicts  # noqa: F401 - re-export
+from cxrlake.medallion.schemas import TableSpec
 
-TS = pa.timestamp("us", tz="UTC")
-LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+LABEL_NAMES: tuple[str, ...] = schemas.LABEL_NAMES
 """Label names; the index is the integer label (as in the lakehouse)."""
 
 FEEDBACK_TYPES: tuple[str, ...] = ("agree", "disagree", "uncertain")
@@ -35,59 +33,14 @@ MAX_COMMENT_CHARS = 2000
 MAX_REVIEWER_CHARS = 200
 FOLDER_SOURCE = "folder"
 
-PREDICTION_FEEDBACK = pa.schema(
-    [
-        pa.field("feedback_id", pa.string(), nullable=False),  # 32 hex digits (uuid4)
-        pa.field("prediction_id", pa.string(), nullable=False),
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("radiologist_id", pa.string(), nullable=False),
-        pa.field("feedback_type", pa.string(), nullable=False),  # agree / disagree / uncertain
-        pa.field("correct_label", pa.string()),  # NORMAL / PNEUMONIA; NULL when uncertain
-        pa.field("confidence_level", pa.string()),  # low / medium / high
-        pa.field("comments", pa.string()),  # free text, at most MAX_COMMENT_CHARS
-        pa.field("feedback_timestamp", TS, nullable=False),
-    ]
-)
-"""``gold.prediction_feedback``: append-only; ``feedback_id`` identifies a row."""
-
-LABEL_HISTORY = pa.schema(
-    [
-        pa.field("image_id", pa.string(), nullable=False),
-        pa.field("label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("source", pa.string(), nullable=False),  # 'folder' or the radiologist id
-        pa.field("feedback_id", pa.string()),  # the verdict that set this label; NULL for folder
-        pa.field("valid_from", TS, nullable=False),
-        pa.field("valid_to", TS),  # NULL while current
-        pa.field("is_current", pa.bool_(), nullable=False),
-    ]
-)
-"""``silver.label_history``: SCD type 2, one row per (image_id, valid_from)."""
-
-REVIEW_AGREEMENT = pa.schema(
-    [
-        pa.field("evaluation_id", pa.string(), nullable=False),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("reviewed_predictions", pa.int64()),  # predictions with a decisive verdict
-        pa.field("verdicts", pa.int64()),  # latest verdicts (one per prediction and reviewer)
-        pa.field("agreement_rate", pa.float64()),  # model label == radiologist label
-        pa.field("cohen_kappa", pa.float64()),  # model vs radiologist, NULL when undefined
-        pa.field("accuracy_current_labels", pa.float64()),  # model vs current labels
-        pa.field("labels_corrected", pa.int64()),  # current label differs from the folder
-        pa.field("per_reviewer", pa.string()),  # JSON {reviewer: {agree, disagree, ...}}
-        pa.field("evaluated_at", TS),
-        pa.field("feedback_fingerprint", pa.string()),
-    ]
-)
-"""``gold.review_agreement``: agreement of the model with the radiologists, one row per model and
-distinct set of verdicts (deterministic ``evaluation_id``)."""
-
-
-FEEDBACK = TableSpec("gold", "prediction_feedback", PREDICTION_FEEDBACK, ("feedback_id",))
-HISTORY = TableSpec("silver", "label_history", LABEL_HISTORY, ("image_id", "valid_from"))
-AGREEMENT = TableSpec("gold", "review_agreement", REVIEW_AGREEMENT, ("evaluation_id",))
-REVIEW_TABLES: tuple[TableSpec, ...] = (FEEDBACK, HISTORY, AGREEMENT)
+# The schemas live with the other lakehouse tables (shared by both engines and sql/).
+PREDICTION_FEEDBACK = schemas.GOLD_FEEDBACK
+LABEL_HISTORY = schemas.SILVER_LABEL_HISTORY
+REVIEW_AGREEMENT = schemas.GOLD_REVIEW_AGREEMENT
+FEEDBACK = schemas.FEEDBACK
+HISTORY = schemas.LABEL_HISTORY
+AGREEMENT = schemas.REVIEW_AGREEMENT
+REVIEW_TABLES: tuple[TableSpec, ...] = schemas.REVIEW_TABLES
 EXTRA_PROPERTIES: dict[str, dict[str, str]] = {FEEDBACK.name: {"delta.appendOnly": "true"}}
 """Table properties beyond the lakehouse's: the feedback table refuses updates and deletes."""
 
