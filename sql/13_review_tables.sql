@@ -1,6 +1,6 @@
 -- Review loop: radiologist verdicts (gold.prediction_feedback, append-only), the label history
 -- (silver.label_history, SCD type 2) and the model-radiologist agreement figures
--- (gold.review_agreement). Columns exactly as python/cxrlake/review/tables.py (checked by tests).
+-- (gold.review_agreement). Columns exactly as python/cxrlake/medallion/schemas.py (checked by tests).
 -- Parameters: ${catalog}, ${silver_schema}, ${gold_schema} (the schema names the bundle deploys in
 -- this target). Liquid clustering on the row key (https://docs.databricks.com/aws/en/delta/clustering).
 
