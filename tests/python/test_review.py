@@ -508,3 +508,75 @@ def test_train_labels_from_passes_the_corrections_and_says_how_many(built, app, 
     m = re.search(r"(\d+) of (\d+) differ from the folder labels", out)
     assert m and int(m.group(1)) == len(seen) >= 1 and int(m.group(2)) == 8
     assert all(Path(p).is_file() for p in seen)
+
+
+def test_databricks_app_resource_matches_the_app_folder():
+    import ast
+
+    import yaml
+
+    resource = yaml.safe_load((REPO / "bundle" / "resources" / "review.app.yml").read_text())
+    app = resource["resources"]["apps"]["review"]
+    folder = (REPO / "bundle" / "resources" / app["source_code_path"]).resolve()
+    assert folder == REPO / "bundle" / "apps" / "review"
+    assert {"app.py", "app.yaml", "requirements.txt"} <= {p.name for p in folder.iterdir()}
+    names = {r["name"] for r in app["resources"]}
+    bound = {e["value_from"] for e in app["config"]["env"] if "value_from" in e}
+    local = yaml.safe_load((folder / "app.yaml").read_text())
+    assert bound <= names and {e["valueFrom"] for e in local["env"]} <= names
+    assert app["config"]["command"] == local["command"] == ["python", "app.py"]
+    env = {e["name"] for e in app["config"]["env"]}
+    assert {"DATABRICKS_WAREHOUSE_ID", "CXRLAKE_CATALOG", "CXRLAKE_GOLD_SCHEMA"} <= env
+    granted = {
+        r["uc_securable"]["securable_full_name"].rsplit(".", 1)[1]: r["uc_securable"]
+        for r in app["resources"]
+        if "uc_securable" in r
+    }
+    for spec in tables.REVIEW_TABLES:
+        assert granted[spec.name]["permission"] == "MODIFY", spec.name
+    tree = ast.parse((folder / "app.py").read_text())
+    imported = {
+        (node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert ("cxrlake.review.server", "make_server") in imported
+    assert ("cxrlake.review.warehouse", "WarehouseStore") in imported
+    requirements = (folder / "requirements.txt").read_text()
+    assert "databricks-sql-connector" in requirements
+
+
+def test_reviewer_identity_from_databricks_apps_headers_only_in_that_mode(built, app):
+    import urllib.error
+    import urllib.request
+
+    from cxrlake.review.server import make_server
+
+    server = make_server(app.store, "127.0.0.1", 0, trust_proxy_headers=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+
+        def session(headers):
+            req = urllib.request.Request(server.url + "api/session", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=30) as resp:
+                    return resp.status, json.loads(resp.read())
+            except urllib.error.HTTPError as e:
+                return e.code, json.loads(e.read())
+
+        status, body = session({"X-Forwarded-Email": "ana@hospital.example"})
+        assert status == 200 and body["reviewer"] == "ana@hospital.example"
+        status, body = session({"X-Forwarded-Preferred-Username": "ana"})
+        assert body["reviewer"] == "ana"
+        status, body = session({})
+        assert status == 401 and "no reviewer identity" in body["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+    # locally the headers are ignored: the reviewer stays the configured one
+    status, body, _ = app.request(
+        "GET", "/api/session", headers={"X-Forwarded-Email": "mallory@evil.example"}
+    )
+    assert body["reviewer"] == "dr.alice"
