@@ -16,8 +16,8 @@
 # MAGIC - `silver_schema`: the silver schema as deployed.
 # MAGIC - `gold_schema`: the gold schema as deployed.
 # MAGIC - `models_schema`: the models schema as deployed.
-# MAGIC - `site`: site id; labels are then decided by that site's latest threshold for this model version in `gold.site_thresholds` (written by `cxrlake calibrate`), and every prediction records it in `decision_threshold` / `threshold_source`; empty = the model's own threshold.
 # MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = `<catalog>.<models_schema>.pneumonia_classifier@champion` when it is registered (copied to the models libraries volume with its registry name and version in the metadata), else the model shipped in the wheel.
+# MAGIC - `site`: site id; labels are then decided by that site's latest threshold for this model version in `gold.site_thresholds` (written by `cxrlake calibrate`), and every prediction records it in `decision_threshold` / `threshold_source`; empty = the model's own threshold.
 
 # COMMAND ----------
 
