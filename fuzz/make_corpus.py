@@ -2,12 +2,13 @@
 
 Usage: python fuzz/make_corpus.py OUT_DIR
 
-Writes OUT_DIR/decode_jpeg/, OUT_DIR/decode_png/ and OUT_DIR/arrow_batch/. Everything is made by
-code (no image is copied from anywhere) and is deterministic, so the corpus is the same on every
-machine. Valid seeds cover the formats the decoder must accept (baseline/progressive JPEG, gray,
-RGB, CMYK, chroma subsampling, EXIF orientation; PNG of every colour type and bit depth, palette
-with tRNS, Adam7 interlacing); broken seeds cover what hostile folders contain (truncation, bad
-markers and CRCs, lying lengths, decompression-bomb headers, unsupported codings).
+Writes OUT_DIR/decode_jpeg/, OUT_DIR/decode_png/, OUT_DIR/arrow_batch/ and OUT_DIR/decode_dicom/.
+Everything is made by code (no image is copied from anywhere, except the DICOM seeds: pydicom's
+small test files, when pydicom is installed) and is deterministic, so the corpus is the same on
+every machine. Valid seeds cover the formats the decoder must accept (baseline/progressive JPEG,
+gray, RGB, CMYK, chroma subsampling, EXIF orientation; PNG of every colour type and bit depth,
+palette with tRNS, Adam7 interlacing); broken seeds cover what hostile folders contain
+(truncation, bad markers and CRCs, lying lengths, decompression-bomb headers, unsupported codings).
 
 The PNG writer is plain Python (zlib) because Pillow cannot write interlaced or 1/2/4-bit
 grayscale-with-filters PNGs; JPEGs come from Pillow (libjpeg) and are then mutated bytewise.
@@ -456,6 +457,30 @@ def arrow_batch_seeds(
             yield f"{name}_h{header}", bytes([header]) + ROW_SEPARATOR.join(rows)
 
 
+def dicom_seeds() -> Iterator[tuple[str, bytes]]:
+    """pydicom's small test files (every transfer syntax the core decodes, and the objects it
+    refuses), without their 132-byte preamble and prefix (the decode_dicom target adds them), plus
+    truncations and length corruptions. Empty when pydicom is not installed."""
+    try:
+        import pydicom
+    except ImportError:
+        return
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    rng = random.Random(14)
+    for path in sorted(folder.glob("*.dcm")):
+        data = path.read_bytes()
+        if len(data) > 65_536 or data[128:132] != b"DICM":
+            continue
+        body = data[132:]
+        yield path.stem, body
+        yield f"{path.stem}_cut", body[: len(body) * 2 // 3]
+        mutated = bytearray(body)
+        for _ in range(4):
+            at = rng.randrange(len(mutated))
+            mutated[at] = rng.randrange(256)
+        yield f"{path.stem}_mut", bytes(mutated)
+
+
 def main() -> int:
     if len(sys.argv) != 2:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
@@ -468,6 +493,9 @@ def main() -> int:
         "decode_png": pngs,
         "arrow_batch": dict(arrow_batch_seeds(jpegs, pngs)),
     }
+    dicoms = dict(dicom_seeds())
+    if dicoms:
+        targets["decode_dicom"] = dicoms
     for target, seeds in targets.items():
         folder = out / target
         folder.mkdir(parents=True, exist_ok=True)

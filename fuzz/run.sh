@@ -23,7 +23,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_jpeg decode_png arrow_batch)
+  targets=(decode_jpeg decode_png decode_dicom arrow_batch)
 fi
 timeout_s=${FUZZ_TIMEOUT:-20}
 rss_mb=${FUZZ_RSS_MB:-2048}

@@ -204,3 +204,149 @@ fn truncated_png_is_reported_as_truncated() {
     let err = decode_gray(&png[..png.len() / 2], &Limits::default(), None).unwrap_err();
     assert_eq!(err.0, "truncated PNG");
 }
+
+// ---------------------------------------------------------------------------------------------
+// DICOM, on files built here (the pydicom comparisons live in tests/python/test_dicom.py)
+
+/// One explicit VR little endian element; `long` VRs have a 4-byte length.
+fn dicom_element(group: u16, element: u16, vr: &[u8; 2], value: &[u8]) -> Vec<u8> {
+    let mut value = value.to_vec();
+    if value.len() % 2 == 1 {
+        value.push(if vr == b"UI" || vr == b"OB" { 0 } else { b' ' });
+    }
+    let mut out = Vec::new();
+    out.extend(group.to_le_bytes());
+    out.extend(element.to_le_bytes());
+    out.extend(vr);
+    if matches!(vr, b"OB" | b"OW" | b"SQ" | b"UN" | b"UT") {
+        out.extend([0, 0]);
+        out.extend((value.len() as u32).to_le_bytes());
+    } else {
+        out.extend((value.len() as u16).to_le_bytes());
+    }
+    out.extend(value);
+    out
+}
+
+/// A DICOM Part 10 file: preamble, meta group for `transfer_syntax`, then `dataset` elements.
+fn dicom_file(transfer_syntax: &str, dataset: &[Vec<u8>]) -> Vec<u8> {
+    let mut meta = Vec::new();
+    meta.extend(dicom_element(0x0002, 0x0001, b"OB", &[0, 1]));
+    meta.extend(dicom_element(
+        0x0002,
+        0x0002,
+        b"UI",
+        b"1.2.840.10008.5.1.4.1.1.1",
+    ));
+    meta.extend(dicom_element(0x0002, 0x0003, b"UI", b"1.2.3.4"));
+    meta.extend(dicom_element(
+        0x0002,
+        0x0010,
+        b"UI",
+        transfer_syntax.as_bytes(),
+    ));
+    meta.extend(dicom_element(0x0002, 0x0012, b"UI", b"1.2.3.5"));
+    let mut file = vec![0u8; 128];
+    file.extend(b"DICM");
+    file.extend(dicom_element(
+        0x0002,
+        0x0000,
+        b"UL",
+        &(meta.len() as u32).to_le_bytes(),
+    ));
+    file.extend(meta);
+    for element in dataset {
+        file.extend(element);
+    }
+    file
+}
+
+/// A 4x3 CR image, 12 of 16 bits, MONOCHROME1, rescaled and windowed.
+fn cr_dicom(values: &[u16], window: Option<(&str, &str)>) -> Vec<u8> {
+    let us = |v: u16| v.to_le_bytes().to_vec();
+    let mut dataset = vec![
+        dicom_element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1"),
+        dicom_element(0x0008, 0x0018, b"UI", b"1.2.3.4"),
+        dicom_element(0x0028, 0x0002, b"US", &us(1)),
+        dicom_element(0x0028, 0x0004, b"CS", b"MONOCHROME1"),
+        dicom_element(0x0028, 0x0010, b"US", &us(3)),
+        dicom_element(0x0028, 0x0011, b"US", &us(4)),
+        dicom_element(0x0028, 0x0100, b"US", &us(16)),
+        dicom_element(0x0028, 0x0101, b"US", &us(12)),
+        dicom_element(0x0028, 0x0102, b"US", &us(11)),
+        dicom_element(0x0028, 0x0103, b"US", &us(0)),
+    ];
+    if let Some((center, width)) = window {
+        dataset.push(dicom_element(0x0028, 0x1050, b"DS", center.as_bytes()));
+        dataset.push(dicom_element(0x0028, 0x1051, b"DS", width.as_bytes()));
+    }
+    dataset.push(dicom_element(0x0028, 0x1052, b"DS", b"-100"));
+    dataset.push(dicom_element(0x0028, 0x1053, b"DS", b"2"));
+    let pixels: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    dataset.push(dicom_element(0x7FE0, 0x0010, b"OW", &pixels));
+    dicom_file("1.2.840.10008.1.2.1", &dataset)
+}
+
+#[test]
+fn dicom_goes_through_rescale_window_and_monochrome1() {
+    // Stored values; the top nibble is overlay garbage that Bits Stored (12) masks away.
+    let stored: [u16; 12] = [
+        0, 50, 100, 1000, 1050, 1100, 2000, 3000, 4095, 0xF000, 0xF7FF, 7,
+    ];
+    let data = cr_dicom(&stored, Some(("2000", "4001")));
+    let decoded = decode_gray(&data, &Limits::default(), None).unwrap();
+    assert_eq!((decoded.image.width, decoded.image.height), (4, 3));
+    let expected: Vec<u8> = stored
+        .iter()
+        .map(|&s| {
+            let m = (s & 0x0FFF) as f64 * 2.0 - 100.0;
+            // PS3.3 C.11.2.1.2.1, c = 2000, w = 4001.
+            let (c, w) = (2000.0 - 0.5, 4000.0);
+            let level = if m <= c - w / 2.0 {
+                0.0
+            } else if m > c + w / 2.0 {
+                255.0
+            } else {
+                ((m - c) / w + 0.5) * 255.0
+            };
+            255 - (level + 0.5).floor() as u8
+        })
+        .collect();
+    assert_eq!(decoded.image.pixels, expected);
+    // Without a window, the frame's own range spans 0..255 (inverted: darkest value is white).
+    let full = decode_gray(&cr_dicom(&stored, None), &Limits::default(), None).unwrap();
+    assert_eq!(full.image.pixels[0], 255);
+    assert_eq!(full.image.pixels[8], 0);
+}
+
+#[test]
+fn dicom_errors_name_the_object_and_the_limit() {
+    let limits = Limits::default();
+    let no_pixels = dicom_file(
+        "1.2.840.10008.1.2.1",
+        &[dicom_element(
+            0x0008,
+            0x0016,
+            b"UI",
+            b"1.2.840.10008.5.1.4.1.1.481.5",
+        )],
+    );
+    assert_eq!(
+        decode_gray(&no_pixels, &limits, None).unwrap_err().0,
+        "DICOM file has no pixel data (SOP class RT Plan Storage (1.2.840.10008.5.1.4.1.1.481.5))"
+    );
+    let jpeg_ls = dicom_file("1.2.840.10008.1.2.4.80", &[]);
+    assert_eq!(
+        decode_gray(&jpeg_ls, &limits, None).unwrap_err().0,
+        "unsupported DICOM transfer syntax: JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80)"
+    );
+    let strict = Limits {
+        max_pixels: 10,
+        ..Limits::default()
+    };
+    let small = cr_dicom(&[0; 12], None);
+    assert_eq!(
+        decode_gray(&small, &strict, None).unwrap_err().0,
+        "image 4x3 exceeds 10 pixel limit"
+    );
+}

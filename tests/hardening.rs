@@ -589,3 +589,61 @@ fn outside_the_roots_every_kind_of_path_gets_the_same_answer() {
         format!("file not found: {}", dangling.display())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Memory per image: ancillary PNG chunks and DICOM element lengths
+
+/// A valid 256x256 gray PNG whose iCCP profile inflates to `inflated` bytes.
+fn png_iccp_bomb(inflated: usize) -> Vec<u8> {
+    use std::io::Write;
+    let mut zlib = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+    let block = vec![0u8; 1 << 20];
+    for _ in 0..inflated >> 20 {
+        zlib.write_all(&block).unwrap();
+    }
+    let mut iccp = b"bomb\0\0".to_vec();
+    iccp.extend(zlib.finish().unwrap());
+    let mut image = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    image.write_all(&vec![0u8; 256 * 257]).unwrap();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&256u32.to_be_bytes());
+    ihdr.extend_from_slice(&256u32.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(png_chunk(b"IHDR", &ihdr));
+    png.extend(png_chunk(b"iCCP", &iccp));
+    png.extend(png_chunk(b"IDAT", &image.finish().unwrap()));
+    png.extend(png_chunk(b"IEND", b""));
+    png
+}
+
+#[test]
+fn a_png_iccp_bomb_decodes_within_the_documented_bound() {
+    let bomb = png_iccp_bomb(256 << 20);
+    let (result, peak) = peak_allocation(|| decode_gray(&bomb, &Limits::default(), None));
+    let decoded = result.expect("the profile is skipped, the image decodes");
+    assert_eq!((decoded.image.width, decoded.image.height), (256, 256));
+    let bound = cxrlake::core::decode::png_memory_bound(bomb.len() as u64, 256, 256) as usize;
+    assert!(
+        peak <= bound,
+        "decoding allocated {peak} bytes, bound {bound}"
+    );
+}
+
+#[test]
+fn a_dicom_element_longer_than_the_file_is_refused_without_allocating() {
+    let mut file = vec![0u8; 128];
+    file.extend(b"DICM");
+    let ts = b"1.2.840.10008.1.2.1\0";
+    file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+    file.extend((ts.len() as u16).to_le_bytes());
+    file.extend(ts);
+    // (0009,0010) OB declaring 4 GiB - 16 bytes, in a file of 180 bytes.
+    file.extend([0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+    file.extend(0xFFFF_FFF0u32.to_le_bytes());
+    file.extend([0u8; 16]);
+    assert_refused_cheaply(
+        &file,
+        "truncated DICOM: element (0009,0010) declares 4294967280 bytes but only 16 remain",
+    );
+}

@@ -103,6 +103,9 @@ def _options(
             isinstance(value, bool) or not isinstance(value, int) or value < 1
         ):
             raise InvalidArgumentError(f"{name} must be a positive integer or None, got {value!r}")
+        if value is not None and value >= 2**64:
+            # The core takes 64-bit counts: refuse here rather than let pyo3 raise OverflowError.
+            raise InvalidArgumentError(f"{name} must be below 2**64, got {value}")
     if roots is None:
         root_list = None
     elif isinstance(roots, (str, os.PathLike)):

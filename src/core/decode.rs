@@ -1,4 +1,7 @@
-//! Decoding JPEG and PNG bytes to an upright 8-bit grayscale image.
+//! Decoding JPEG, PNG and DICOM bytes to an upright 8-bit grayscale image.
+//!
+//! DICOM files go through [`crate::core::dicom`] (modality LUT, VOI LUT or window, MONOCHROME1
+//! inversion); the rest of this module is about JPEG and PNG.
 //!
 //! Grayscale follows PIL `convert("L")`: ITU-R 601 luma `L = (19595 R + 38470 G + 7471 B + 2^15) >> 16`,
 //! alpha ignored (not composited), palette expanded first, CMYK converted to RGB as PIL does.
@@ -43,6 +46,8 @@ pub enum ImageFormat {
     Jpeg,
     /// PNG (1 to 16 bits, gray, RGB, palette, with or without alpha).
     Png,
+    /// DICOM Part 10 (`DICM` after the 128-byte preamble), whatever the file name.
+    Dicom,
 }
 
 /// Recognises the image format from magic bytes, or names the unsupported format found.
@@ -56,9 +61,10 @@ pub fn sniff_format(data: &[u8]) -> RowResult<ImageFormat> {
     if data.starts_with(b"\x89PNG\r\n\x1a\n") {
         return Ok(ImageFormat::Png);
     }
-    let unsupported = if data.len() >= 132 && &data[128..132] == b"DICM" {
-        Some("DICOM")
-    } else if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
+    if crate::core::dicom::is_dicom(data) {
+        return Ok(ImageFormat::Dicom);
+    }
+    let unsupported = if data.starts_with(b"GIF87a") || data.starts_with(b"GIF89a") {
         Some("GIF")
     } else if data.starts_with(b"BM") && data.len() >= 26 {
         Some("BMP")
@@ -75,7 +81,7 @@ pub fn sniff_format(data: &[u8]) -> RowResult<ImageFormat> {
     };
     Err(match unsupported {
         Some(name) => RowError::new(format!(
-            "unsupported image format: {name} (only JPEG and PNG are decoded)"
+            "unsupported image format: {name} (JPEG, PNG and DICOM are decoded)"
         )),
         None => RowError::new("not an image (unknown format)"),
     })
@@ -95,6 +101,7 @@ pub fn decode_gray(
     match sniff_format(data)? {
         ImageFormat::Jpeg => decode_jpeg(data, limits, min_size),
         ImageFormat::Png => decode_png(data, limits),
+        ImageFormat::Dicom => crate::core::dicom::decode_dicom(data, limits),
     }
 }
 
@@ -103,9 +110,26 @@ thread_local! {
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
 }
 
-/// Maximum number of progressive scans accepted (libjpeg-turbo's recommended guard against
-/// scan-bomb JPEGs that take minutes to decode).
+/// Maximum number of progressive scans accepted for any image (libjpeg-turbo's recommended guard
+/// against scan-bomb JPEGs).
 const JPEG_SCAN_LIMIT: u32 = 500;
+
+/// Progressive work budget: scans x pixels. Each scan costs up to one entropy-decoding pass over
+/// the image (a 100-megapixel progressive JPEG takes about 0.15 s per scan on one core), so the
+/// worst case is 16 scans of the largest allowed image, about 2.5 s. Ordinary progressive
+/// encoders write 10 scans or fewer.
+const JPEG_SCAN_PIXEL_BUDGET: u64 = 200_000_000;
+
+/// At least this many scans are always allowed, whatever the image size.
+const JPEG_MIN_SCAN_LIMIT: u32 = 16;
+
+/// The number of progressive scans allowed for a `width x height` JPEG:
+/// `clamp(2e8 / (width * height), 16, 500)`.
+pub fn jpeg_scan_limit(width: u64, height: u64) -> u32 {
+    let pixels = width.saturating_mul(height).max(1);
+    (JPEG_SCAN_PIXEL_BUDGET / pixels).clamp(JPEG_MIN_SCAN_LIMIT as u64, JPEG_SCAN_LIMIT as u64)
+        as u32
+}
 
 fn decode_jpeg(data: &[u8], limits: &Limits, min_size: Option<(u32, u32)>) -> RowResult<Decoded> {
     DECOMPRESSOR.with(|cell| {
@@ -135,10 +159,18 @@ fn decode_jpeg_with(
     limits: &Limits,
     min_size: Option<(u32, u32)>,
 ) -> RowResult<Decoded> {
+    if !has_frame_header(data) {
+        // TurboJPEG reads a missing frame header as garbage sizes ("integer value overflowed").
+        return Err(RowError::new("truncated JPEG"));
+    }
     let header = decompressor
         .read_header(data)
         .map_err(|e| jpeg_row_error(&e.to_string(), true))?;
     limits.check_dimensions(header.width as u64, header.height as u64)?;
+    let scan_limit = jpeg_scan_limit(header.width as u64, header.height as u64);
+    decompressor
+        .set_scan_limit(scan_limit)
+        .map_err(|e| RowError::new(format!("cannot configure JPEG decoder: {e}")))?;
     let markers = scan_jpeg_markers(data);
     let swaps_axes = markers.orientation >= 5;
 
@@ -181,6 +213,13 @@ fn decode_jpeg_with(
     };
     if let Err(e) = decompressor.decompress(data, image) {
         let message = e.to_string();
+        if message.contains("scans") && message.to_ascii_lowercase().contains("progressive") {
+            return Err(RowError::new(format!(
+                "JPEG has more than {scan_limit} progressive scans, the work limit for a {}x{} image \
+                 (2e8 pixel-scans, at least 16 scans)",
+                header.width, header.height
+            )));
+        }
         // Warnings that PIL also ignores leave a complete image behind.
         if !is_benign_jpeg_warning(&message) {
             return Err(jpeg_row_error(&message, false));
@@ -209,6 +248,37 @@ fn decode_jpeg_with(
         full_width,
         full_height,
     })
+}
+
+/// Whether the marker segments reach a frame header (SOFn) before the data ends.
+fn has_frame_header(data: &[u8]) -> bool {
+    let mut pos = 2usize;
+    while pos + 4 <= data.len() {
+        if data[pos] != 0xFF {
+            // Not a marker where one should be: let TurboJPEG name the corruption.
+            return true;
+        }
+        let marker = data[pos + 1];
+        if marker == 0xFF {
+            pos += 1;
+            continue;
+        }
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            pos += 2;
+            continue;
+        }
+        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
+            // The frame header must be complete: length, precision, height, width, components.
+            let length = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
+            return pos + 2 + length.max(8) <= data.len();
+        }
+        if marker == 0xD9 || marker == 0xDA {
+            return true;
+        }
+        let length = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
+        pos += 2 + length;
+    }
+    false
 }
 
 fn is_benign_jpeg_warning(message: &str) -> bool {
@@ -255,6 +325,24 @@ fn luma(r: u32, g: u32, b: u32) -> u8 {
     ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16) as u8
 }
 
+/// Bytes the png crate may allocate beyond the encoded size (one output row of up to 8 bytes per
+/// pixel for a 100,000-pixel-wide image, plus its inflate state).
+const PNG_DECODER_SLACK: usize = 1 << 20;
+
+/// Upper bound of the memory one PNG decode holds at once, in bytes, for `encoded` input bytes and
+/// a `width x height` header: the input, the png crate's chunk copies and row (at most
+/// `encoded + 1 MiB`), the unfiltering buffer (at most 8 bytes per pixel plus a byte per row, for
+/// interlaced 16-bit RGBA), the expanded output (at most 4 bytes per pixel after STRIP_16) and the
+/// gray result (1 byte per pixel): `2 * encoded + 13 * width * height + height + 1 MiB`.
+pub fn png_memory_bound(encoded: u64, width: u64, height: u64) -> u64 {
+    let pixels = width.saturating_mul(height);
+    encoded
+        .saturating_mul(2)
+        .saturating_add(pixels.saturating_mul(13))
+        .saturating_add(height)
+        .saturating_add(PNG_DECODER_SLACK as u64)
+}
+
 fn decode_png(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
     // IHDR is always the first chunk: check the pixel limit from it before the png crate sizes
     // anything, so every oversized PNG gets the same message as a JPEG (the crate's own memory
@@ -267,9 +355,13 @@ fn decode_png(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
         }
     }
     let mut decoder = png::Decoder::new(Cursor::new(data));
-    // Our own pixel limit is the real guard; this only lifts png's 64 MiB default for big images.
+    // Memory per PNG is bounded by png_memory_bound(): ancillary chunks are never inflated (iCCP
+    // and text chunks are skipped; an iCCP could otherwise inflate 1 MB into 1 GiB), and the png
+    // crate's own allocations (chunk copies, one output row) stay under the file size plus slack.
+    decoder.set_ignore_iccp_chunk(true);
+    decoder.set_ignore_text_chunk(true);
     decoder.set_limits(png::Limits {
-        bytes: (limits.max_pixels as usize).saturating_mul(8).max(64 << 20),
+        bytes: data.len().saturating_add(PNG_DECODER_SLACK),
     });
     decoder.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
     let mut reader = decoder.read_info().map_err(png_row_error)?;
@@ -298,6 +390,18 @@ fn decode_png(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
         .ok_or_else(|| RowError::new(format!("image {width}x{height} is too large to decode")))?;
     let mut buffer = vec![0u8; size];
     let frame = reader.next_frame(&mut buffer).map_err(png_row_error)?;
+    // An eXIf chunk may follow the image data (PIL applies it): read the chunks after IDAT. A
+    // damaged tail after a complete image is ignored, as PIL does.
+    let orientation = if orientation == 1 && reader.finish().is_ok() {
+        reader
+            .info()
+            .exif_metadata
+            .as_deref()
+            .map(orientation_from_tiff)
+            .unwrap_or(1)
+    } else {
+        orientation
+    };
     let line = frame.line_size;
     let samples = frame.color_type.samples();
     let mut pixels = Vec::with_capacity(width as usize * height as usize);
@@ -431,7 +535,8 @@ mod tests {
         assert!(sniff_format(b"GIF89a......").unwrap_err().0.contains("GIF"));
         let mut dicom = vec![0u8; 140];
         dicom[128..132].copy_from_slice(b"DICM");
-        assert!(sniff_format(&dicom).unwrap_err().0.contains("DICOM"));
+        assert_eq!(sniff_format(&dicom), Ok(ImageFormat::Dicom));
+        assert!(sniff_format(b"II*\0....").unwrap_err().0.contains("TIFF"));
     }
 
     #[test]

@@ -63,8 +63,8 @@ impl Limits {
         }
         if width.saturating_mul(height) > self.max_pixels {
             return Err(RowError::new(format!(
-                "image {width}x{height} exceeds {} megapixel limit",
-                format_scaled(self.max_pixels, 1_000_000)
+                "image {width}x{height} exceeds {} limit",
+                format_pixels(self.max_pixels)
             )));
         }
         Ok(())
@@ -74,11 +74,34 @@ impl Limits {
     pub fn check_encoded_size(&self, bytes: u64, what: &str) -> RowResult<()> {
         if bytes > self.max_file_bytes {
             return Err(RowError::new(format!(
-                "{what} exceeds {} MiB limit",
-                format_scaled(self.max_file_bytes, 1024 * 1024)
+                "{what} exceeds {} limit",
+                format_bytes(self.max_file_bytes)
             )));
         }
         Ok(())
+    }
+}
+
+/// A pixel count for messages: `100 megapixel`, `1.5 megapixel`, or `5000 pixel` below 0.001 MP.
+fn format_pixels(pixels: u64) -> String {
+    if pixels < 1_000 {
+        format!("{pixels} pixel")
+    } else {
+        format!("{} megapixel", format_scaled(pixels, 1_000_000))
+    }
+}
+
+/// A byte count for messages: `10 byte` below 1 KiB, `1.465 KiB` below 1 MiB, else `64 MiB`,
+/// `1.5 MiB`: never a figure that rounds to 0.
+fn format_bytes(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * 1024;
+    if bytes < KIB {
+        format!("{bytes} byte")
+    } else if bytes < MIB {
+        format!("{} KiB", format_scaled(bytes, KIB))
+    } else {
+        format!("{} MiB", format_scaled(bytes, MIB))
     }
 }
 
@@ -124,6 +147,38 @@ mod tests {
         assert_eq!(
             small.check_encoded_size(600_000, "file").unwrap_err().0,
             "file exceeds 0.5 MiB limit"
+        );
+    }
+
+    #[test]
+    fn tiny_limits_are_never_printed_as_zero() {
+        let tiny = Limits {
+            max_pixels: 10,
+            max_file_bytes: 10,
+        };
+        assert_eq!(
+            tiny.check_encoded_size(11, "file").unwrap_err().0,
+            "file exceeds 10 byte limit"
+        );
+        assert_eq!(
+            tiny.check_dimensions(4, 4).unwrap_err().0,
+            "image 4x4 exceeds 10 pixel limit"
+        );
+        let kib = Limits {
+            max_pixels: 1_000_000,
+            max_file_bytes: 3 * 1024,
+        };
+        assert_eq!(
+            kib.check_encoded_size(4000, "image").unwrap_err().0,
+            "image exceeds 3 KiB limit"
+        );
+        let odd = Limits {
+            max_pixels: 1_000_000,
+            max_file_bytes: 1500,
+        };
+        assert_eq!(
+            odd.check_encoded_size(4000, "image").unwrap_err().0,
+            "image exceeds 1.465 KiB limit"
         );
     }
 

@@ -2,6 +2,7 @@
 //! sessions, the path sandbox, limits and the Arrow batch kernels built from them.
 
 pub mod decode;
+pub mod dicom;
 pub mod error;
 pub mod exif;
 pub mod failpoint;

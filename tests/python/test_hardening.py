@@ -409,3 +409,134 @@ def test_spark_registration_rejects_bad_arguments_on_the_driver(kwargs, message)
 
     with pytest.raises(InvalidArgumentError, match=message):
         udfs.register(NoSpark(), **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Second pass: decoder memory and work bounds, messages, PNG orientation after the image data
+
+
+def png_iccp_bomb(inflated_bytes: int = 256 << 20, size: int = 256) -> bytes:
+    """A valid ``size x size`` gray PNG whose iCCP profile inflates to ``inflated_bytes``."""
+    packer = zlib.compressobj(9)
+    block = bytes(1 << 20)
+    profile = b"".join(packer.compress(block) for _ in range(inflated_bytes >> 20)) + packer.flush()
+    iccp = b"bomb\x00\x00" + profile  # name, NUL, compression method 0, zlib stream
+    ihdr = struct.pack(">IIBBBBB", size, size, 8, 0, 0, 0, 0)
+    idat = zlib.compress(bytes(size * (1 + size)))
+    return b"".join(
+        [
+            b"\x89PNG\r\n\x1a\n",
+            _chunk(b"IHDR", ihdr),
+            _chunk(b"iCCP", iccp),
+            _chunk(b"IDAT", idat),
+            _chunk(b"IEND", b""),
+        ]
+    )
+
+
+ICCP_BOMB_CHILD = """
+    import json, resource, sys
+    import cxrlake
+
+    bomb = bytes.fromhex(sys.stdin.read())
+    cxrlake.decode([bomb[:0] + {warm!r}], threads=8)  # warm up the 8-thread pool
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    batch = cxrlake.decode([bomb] * 8, threads=8)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({{"errors": batch.column("error").to_pylist(),
+                      "widths": batch.column("width").to_pylist(),
+                      "rss_growth_kib": after - before}}))
+"""
+
+
+def png_memory_bound(encoded: int, width: int, height: int) -> int:
+    """The per-image bound documented in docs/security.md (src/core/decode.rs png_memory_bound)."""
+    return 2 * encoded + 13 * width * height + height + (1 << 20)
+
+
+def test_png_iccp_bomb_stays_within_the_documented_bound_at_8_threads():
+    bomb = png_iccp_bomb()
+    assert len(bomb) < 1 << 20  # under a megabyte, inflating to 256 MiB
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(ICCP_BOMB_CHILD.format(warm=small_jpeg()))],
+        input=bomb.hex(),
+        capture_output=True,
+        text=True,
+        timeout=HANG_TIMEOUT_S,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    # The colour profile is not needed for grayscale: the image decodes, the profile is skipped.
+    assert result["errors"] == [None] * 8 and result["widths"] == [256] * 8
+    bound_kib = 8 * png_memory_bound(len(bomb), 256, 256) // 1024
+    # The old decoder inflated every profile: 8 x 256 MiB.
+    assert result["rss_growth_kib"] <= bound_kib, (result["rss_growth_kib"], bound_kib)
+
+
+def progressive_jpeg(size: int, scans: int) -> bytes:
+    """A progressive gray JPEG whose last scan is repeated until it has ``scans`` scans."""
+    buf = BytesIO()
+    Image.linear_gradient("L").resize((size, size)).save(buf, "JPEG", progressive=True)
+    data = buf.getvalue()
+    starts = [i for i in range(len(data) - 1) if data[i : i + 2] == b"\xff\xda"]
+    last_scan = data[starts[-1] : -2]  # SOS .. entropy data, without EOI
+    return data[:-2] + last_scan * max(scans - len(starts), 0) + b"\xff\xd9"
+
+
+def test_progressive_scan_budget_refuses_scan_bombs_with_a_clear_error():
+    # 2000x2000 is 4 megapixels: 2e8 / 4e6 = 50 scans allowed (the old fixed limit was 500).
+    bomb = progressive_jpeg(2000, 60)
+    ordinary = progressive_jpeg(2000, 0)  # the encoder's own scans (about 10)
+    batch = cxrlake.decode([bomb, ordinary], threads=1)
+    errors = batch.column("error").to_pylist()
+    assert errors[0] == (
+        "JPEG has more than 50 progressive scans, the work limit for a 2000x2000 image "
+        "(2e8 pixel-scans, at least 16 scans)"
+    )
+    assert errors[1] is None
+
+
+def test_huge_thread_counts_are_invalid_arguments_not_overflow_errors():
+    for threads in (2**64, 2**200):
+        with pytest.raises(InvalidArgumentError, match="threads"):
+            cxrlake.decode([small_jpeg()], threads=threads)
+    with pytest.raises(InvalidArgumentError, match="max_pixels"):
+        cxrlake.decode([small_jpeg()], max_pixels=2**64)
+
+
+def test_tiny_limits_are_printed_without_rounding_to_zero():
+    batch = cxrlake.decode([small_jpeg()], max_file_bytes=10)
+    assert batch.column("error").to_pylist() == ["image exceeds 10 byte limit"]
+    batch = cxrlake.decode([small_jpeg()], max_pixels=10)
+    assert batch.column("error").to_pylist() == ["image 32x24 exceeds 10 pixel limit"]
+
+
+@pytest.mark.parametrize("data", [b"\xff\xd8\xff", b"\xff\xd8\xff\xe0\x00\x10JFIF\x00"])
+def test_a_jpeg_cut_before_its_frame_header_is_truncated(data):
+    assert cxrlake.decode([data]).column("error").to_pylist() == ["truncated JPEG"]
+
+
+def png_with_exif_after_idat(orientation: int) -> bytes:
+    image = Image.linear_gradient("L").resize((40, 30))
+    buf = BytesIO()
+    image.save(buf, "PNG")
+    png = buf.getvalue()
+    # Big-endian TIFF, IFD0 at 8 with one entry: Orientation (0x0112), SHORT, count 1.
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08\x00\x01"
+    tiff += struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0) + b"\x00\x00\x00\x00"
+    iend = png.rindex(b"IEND") - 4
+    return png[:iend] + _chunk(b"eXIf", tiff) + png[iend:]
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_png_exif_after_the_image_data_is_applied_like_pil(orientation):
+    from PIL import ImageOps
+
+    data = png_with_exif_after_idat(orientation)
+    with Image.open(BytesIO(data)) as image:
+        image.load()
+        expected = ImageOps.exif_transpose(image).convert("L")
+    batch = cxrlake.decode([data])
+    assert batch.column("error").to_pylist() == [None]
+    assert (batch.column("width")[0].as_py(), batch.column("height")[0].as_py()) == expected.size
+    assert batch.column("pixels")[0].as_py() == expected.tobytes()

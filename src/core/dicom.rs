@@ -1,0 +1,723 @@
+//! DICOM Part 10 files to an upright 8-bit grayscale image: the first frame, through the modality
+//! LUT, the VOI LUT or window, and the MONOCHROME1 inversion.
+//!
+//! Parsing and pixel data decoding are dicom-rs (`dicom-object`, `dicom-pixeldata`); this module
+//! adds what a batch of untrusted files needs around them:
+//!
+//! - a structural pre-scan ([`check_structure`]) that refuses any element whose declared length
+//!   exceeds the bytes that follow it (dicom-rs allocates and zeroes a value's declared length
+//!   before reading it, so a 200-byte file could otherwise cost 4 GiB), inflating deflated data
+//!   sets under a cap first;
+//! - the pixel limit checked from Rows x Columns, and from the embedded JPEG / JPEG 2000 header,
+//!   before any pixel buffer is allocated;
+//! - one explicit 8-bit mapping, reproducible in numpy, so tests compare against pydicom exactly.
+//!
+//! The mapping of a stored value `s` (masked to Bits Stored, sign-extended when Pixel
+//! Representation is 1) to an output byte:
+//!
+//! 1. modality LUT: `m = s * RescaleSlope + RescaleIntercept` (1 and 0 when absent);
+//! 2. VOI: the first item of the VOI LUT Sequence when present (entries indexed by
+//!    `m - first mapped`, clamped, then scaled from the LUT's own minimum..maximum to 0..255);
+//!    otherwise the first Window Center / Width with its VOI LUT Function (LINEAR, LINEAR_EXACT,
+//!    SIGMOID as PS3.3 C.11.2.1.2 and C.11.2.1.3, output range 0..255); otherwise the full range of
+//!    the frame, `255 * (m - min) / (max - min)`;
+//! 3. rounding `floor(v + 0.5)`, clamped to 0..=255, then `255 - v` for MONOCHROME1.
+//!
+//! Color images (3 samples per pixel, RGB or YBR after decoding) become luma as PIL `convert("L")`.
+
+use std::io::Read;
+
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry, UidDictionary, VirtualVr};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::{tags, StandardDataDictionary, StandardSopClassDictionary};
+use dicom_encoding::TransferSyntaxIndex;
+use dicom_object::file::ReadPreamble;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::{PixelDecoder, VoiLutFunction};
+use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
+
+use crate::core::decode::{Decoded, GrayImage};
+use crate::core::error::{RowError, RowResult};
+use crate::core::limits::Limits;
+
+/// Whether `data` is a DICOM Part 10 file: a 128-byte preamble followed by `DICM`.
+pub fn is_dicom(data: &[u8]) -> bool {
+    data.len() >= 132 && &data[128..132] == b"DICM"
+}
+
+const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
+const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
+const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
+
+/// Transfer syntaxes decoded here, by UID, with the names used in error messages.
+const SUPPORTED_SYNTAXES: &[(&str, &str)] = &[
+    (IMPLICIT_VR_LE, "Implicit VR Little Endian"),
+    ("1.2.840.10008.1.2.1", "Explicit VR Little Endian"),
+    (
+        DEFLATED_EXPLICIT_VR_LE,
+        "Deflated Explicit VR Little Endian",
+    ),
+    (EXPLICIT_VR_BE, "Explicit VR Big Endian"),
+    ("1.2.840.10008.1.2.5", "RLE Lossless"),
+    ("1.2.840.10008.1.2.4.50", "JPEG Baseline"),
+    ("1.2.840.10008.1.2.4.51", "JPEG Extended"),
+    ("1.2.840.10008.1.2.4.57", "JPEG Lossless"),
+    ("1.2.840.10008.1.2.4.70", "JPEG Lossless SV1"),
+    ("1.2.840.10008.1.2.4.90", "JPEG 2000 Lossless"),
+    ("1.2.840.10008.1.2.4.91", "JPEG 2000"),
+];
+
+/// Decodes the first frame of a DICOM Part 10 file to 8-bit grayscale (see the module docs for
+/// the mapping). `limits.max_pixels` is checked from the header before pixels are allocated.
+pub fn decode_dicom(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
+    let object = parse(data, limits)?;
+    let ts_uid = object
+        .meta()
+        .transfer_syntax()
+        .trim_end_matches('\0')
+        .trim();
+    if !SUPPORTED_SYNTAXES.iter().any(|(uid, _)| *uid == ts_uid) {
+        return Err(RowError::new(format!(
+            "unsupported DICOM transfer syntax: {}",
+            syntax_name(ts_uid)
+        )));
+    }
+    let Some(pixel_data) = object.get(tags::PIXEL_DATA) else {
+        return Err(RowError::new(format!(
+            "DICOM file has no pixel data ({})",
+            sop_class_name(&object)
+        )));
+    };
+    let rows = int_attribute(&object, tags::ROWS, "Rows")?;
+    let cols = int_attribute(&object, tags::COLUMNS, "Columns")?;
+    limits.check_dimensions(cols as u64, rows as u64)?;
+    let samples = int_attribute(&object, tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    let bits_allocated = int_attribute(&object, tags::BITS_ALLOCATED, "BitsAllocated")?;
+    if samples != 1 && samples != 3 {
+        return Err(RowError::new(format!(
+            "unsupported DICOM image: {samples} samples per pixel (1 or 3 are decoded)"
+        )));
+    }
+    if bits_allocated != 8 && bits_allocated != 16 {
+        return Err(RowError::new(format!(
+            "unsupported DICOM image: {bits_allocated} bits allocated (8 or 16 are decoded)"
+        )));
+    }
+    let photometric = object
+        .get(tags::PHOTOMETRIC_INTERPRETATION)
+        .and_then(|e| e.to_str().ok())
+        .map(|t| t.trim_end_matches(['\0', ' ']).to_string())
+        .unwrap_or_default();
+    let known = match samples {
+        1 => ["MONOCHROME1", "MONOCHROME2"].contains(&photometric.as_str()),
+        _ => ["RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT"]
+            .contains(&photometric.as_str()),
+    };
+    if !known {
+        return Err(RowError::new(format!(
+            "unsupported DICOM photometric interpretation: {photometric:?} with {samples} samples per pixel"
+        )));
+    }
+    if let Some(fragments) = pixel_data.fragments() {
+        // The codec sizes its buffer from the embedded stream's own header, not from Rows and
+        // Columns: check that header too.
+        if let Some((width, height)) = fragments.first().and_then(|f| codestream_size(f)) {
+            limits.check_dimensions(width as u64, height as u64)?;
+        }
+    }
+
+    let frame = object.decode_pixel_data_frame(0).map_err(|e| {
+        let text = one_line(&e);
+        if text.contains("SamplePrecision(12)") {
+            // jpeg-decoder decodes 8-bit JPEG only.
+            RowError::new("unsupported DICOM image: JPEG with 12-bit samples (JPEG Extended)")
+        } else {
+            RowError::new(format!("corrupt DICOM pixel data: {text}"))
+        }
+    })?;
+    let (width, height) = (frame.columns(), frame.rows());
+    let pixels = if frame.samples_per_pixel() == 3 {
+        color_to_luma(&frame)?
+    } else {
+        gray_to_u8(&frame)?
+    };
+    Ok(Decoded {
+        image: GrayImage {
+            width,
+            height,
+            pixels,
+        },
+        full_width: width,
+        full_height: height,
+    })
+}
+
+/// Parses a DICOM file held in memory after [`check_structure`] has vetted its element lengths.
+fn parse(data: &[u8], limits: &Limits) -> RowResult<DefaultDicomObject> {
+    check_structure(data, limits)?;
+    OpenFileOptions::new()
+        .read_preamble(ReadPreamble::Always)
+        .from_reader(data)
+        .map_err(|e| RowError::new(format!("corrupt DICOM: {}", one_line(&e))))
+}
+
+fn one_line(error: &dyn std::error::Error) -> String {
+    // dicom-rs errors chain their causes; the innermost says what was wrong with the bytes.
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text.replace(['\n', '\r'], " ")
+}
+
+fn syntax_name(uid: &str) -> String {
+    if let Some((_, name)) = SUPPORTED_SYNTAXES.iter().find(|(u, _)| *u == uid) {
+        return format!("{name} ({uid})");
+    }
+    match TransferSyntaxRegistry.get(uid) {
+        Some(ts) => format!("{} ({uid})", ts.name()),
+        None => format!("unknown ({uid})"),
+    }
+}
+
+fn sop_class_name(object: &DefaultDicomObject) -> String {
+    let uid = object
+        .meta()
+        .media_storage_sop_class_uid
+        .trim_end_matches('\0')
+        .trim();
+    match StandardSopClassDictionary.by_uid(uid) {
+        Some(entry) => format!("SOP class {} ({uid})", entry.name),
+        None => format!("SOP class {uid}"),
+    }
+}
+
+fn int_attribute(object: &DefaultDicomObject, tag: Tag, name: &str) -> RowResult<u32> {
+    let element = object
+        .get(tag)
+        .ok_or_else(|| RowError::new(format!("DICOM image without {name}")))?;
+    element
+        .to_int::<u32>()
+        .map_err(|_| RowError::new(format!("corrupt DICOM: {name} is not a number")))
+}
+
+/// Width and height announced by an embedded JPEG (SOF) or JPEG 2000 (SIZ) codestream.
+pub fn codestream_size(fragment: &[u8]) -> Option<(u32, u32)> {
+    if fragment.starts_with(&[0xFF, 0xD8]) {
+        let mut pos = 2usize;
+        while pos + 4 <= fragment.len() {
+            if fragment[pos] != 0xFF {
+                return None;
+            }
+            let marker = fragment[pos + 1];
+            if marker == 0xFF {
+                pos += 1;
+                continue;
+            }
+            if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+                pos += 2;
+                continue;
+            }
+            let length = u16::from_be_bytes([fragment[pos + 2], fragment[pos + 3]]) as usize;
+            let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
+            if is_sof {
+                let h = fragment.get(pos + 5..pos + 7)?;
+                let w = fragment.get(pos + 7..pos + 9)?;
+                return Some((
+                    u16::from_be_bytes([w[0], w[1]]) as u32,
+                    u16::from_be_bytes([h[0], h[1]]) as u32,
+                ));
+            }
+            if marker == 0xDA || length < 2 {
+                return None;
+            }
+            pos += 2 + length;
+        }
+        return None;
+    }
+    // A raw J2K codestream starts with SOC + SIZ; a JP2 file wraps it in a `jp2c` box.
+    let start = if fragment.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
+        0
+    } else {
+        let window = &fragment[..fragment.len().min(4096)];
+        window
+            .windows(4)
+            .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?
+    };
+    let siz = fragment.get(start + 4..start + 24)?;
+    let be32 = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
+    // Lsiz(2) Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4)
+    let (xsiz, ysiz, xosiz, yosiz) = (be32(4), be32(8), be32(12), be32(16));
+    Some((xsiz.saturating_sub(xosiz), ysiz.saturating_sub(yosiz)))
+}
+
+/// Stored sample values of a single-sample frame, masked to Bits Stored and sign-extended.
+fn stored_values(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<i32>> {
+    let bits_stored = frame.bits_stored().clamp(1, 16) as u32;
+    let signed = frame.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
+    let count = frame.rows() as usize * frame.columns() as usize;
+    let data = frame.data();
+    let mask = if bits_stored >= 32 {
+        u32::MAX
+    } else {
+        (1u32 << bits_stored) - 1
+    };
+    let shift = 32 - bits_stored;
+    let convert = |raw: u32| -> i32 {
+        let v = raw & mask;
+        if signed {
+            ((v << shift) as i32) >> shift
+        } else {
+            v as i32
+        }
+    };
+    let values: Vec<i32> = match frame.bits_allocated() {
+        8 => data
+            .iter()
+            .take(count)
+            .map(|&b| convert(b as u32))
+            .collect(),
+        16 => data
+            .chunks_exact(2)
+            .take(count)
+            .map(|b| convert(u16::from_le_bytes([b[0], b[1]]) as u32))
+            .collect(),
+        other => {
+            return Err(RowError::new(format!(
+                "unsupported DICOM image: {other} bits allocated (8 or 16 are decoded)"
+            )))
+        }
+    };
+    if values.len() != count {
+        return Err(RowError::new(format!(
+            "truncated DICOM pixel data: {} of {count} pixels",
+            values.len()
+        )));
+    }
+    Ok(values)
+}
+
+/// How modality values become output bytes.
+enum Voi {
+    Lut {
+        first: i64,
+        entries: Vec<u16>,
+        low: f64,
+        high: f64,
+    },
+    Window {
+        center: f64,
+        width: f64,
+        function: VoiLutFunction,
+    },
+    FullRange {
+        low: f64,
+        high: f64,
+    },
+}
+
+impl Voi {
+    /// The output level (0.0 ..= 255.0, before rounding) of modality value `m`.
+    fn level(&self, m: f64) -> f64 {
+        match self {
+            Voi::Lut {
+                first,
+                entries,
+                low,
+                high,
+            } => {
+                let index = (m.floor() as i64 - first).clamp(0, entries.len() as i64 - 1);
+                let v = entries[index as usize] as f64;
+                if high > low {
+                    255.0 * (v - low) / (high - low)
+                } else {
+                    0.0
+                }
+            }
+            Voi::Window {
+                center,
+                width,
+                function,
+            } => window_level(m, *center, *width, *function),
+            Voi::FullRange { low, high } => {
+                if high > low {
+                    255.0 * (m - low) / (high - low)
+                } else {
+                    0.0
+                }
+            }
+        }
+    }
+}
+
+/// PS3.3 C.11.2.1.2 (LINEAR, LINEAR_EXACT) and C.11.2.1.3 (SIGMOID), output range 0..255.
+pub fn window_level(m: f64, center: f64, width: f64, function: VoiLutFunction) -> f64 {
+    match function {
+        VoiLutFunction::Linear => {
+            let (c, w) = (center - 0.5, width - 1.0);
+            if m <= c - w / 2.0 {
+                0.0
+            } else if m > c + w / 2.0 {
+                255.0
+            } else {
+                ((m - c) / w + 0.5) * 255.0
+            }
+        }
+        VoiLutFunction::LinearExact => {
+            if m <= center - width / 2.0 {
+                0.0
+            } else if m > center + width / 2.0 {
+                255.0
+            } else {
+                ((m - center) / width + 0.5) * 255.0
+            }
+        }
+        VoiLutFunction::Sigmoid => 255.0 / (1.0 + (-4.0 * (m - center) / width).exp()),
+    }
+}
+
+fn gray_to_u8(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<u8>> {
+    let values = stored_values(frame)?;
+    let (slope, intercept) = match frame.rescale() {
+        Ok(rescale) => rescale
+            .first()
+            .map(|r| (r.slope, r.intercept))
+            .unwrap_or((1.0, 0.0)),
+        Err(_) => (1.0, 0.0),
+    };
+    let (slope, intercept) = if slope.is_finite() && intercept.is_finite() && slope != 0.0 {
+        (slope, intercept)
+    } else {
+        (1.0, 0.0)
+    };
+    let modality = |s: i32| s as f64 * slope + intercept;
+    let (raw_min, raw_max) = values
+        .iter()
+        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+
+    let voi = choose_voi(frame, modality(raw_min), modality(raw_max));
+    let invert = matches!(
+        frame.photometric_interpretation(),
+        dicom_pixeldata::PhotometricInterpretation::Monochrome1
+    );
+    // Every pixel goes through a table over the stored values present: at most 65,536 entries.
+    let span = (raw_max as i64 - raw_min as i64 + 1) as usize;
+    let table: Vec<u8> = (0..span)
+        .map(|i| {
+            let level = voi.level(modality(raw_min + i as i32));
+            let byte = (level + 0.5).floor().clamp(0.0, 255.0) as u8;
+            if invert {
+                255 - byte
+            } else {
+                byte
+            }
+        })
+        .collect();
+    Ok(values
+        .iter()
+        .map(|&v| table[(v - raw_min) as usize])
+        .collect())
+}
+
+fn choose_voi(frame: &dicom_pixeldata::DecodedPixelData<'_>, m_a: f64, m_b: f64) -> Voi {
+    if let Ok(Some(luts)) = frame.voi_lut_sequence() {
+        if let Some(lut) = luts.first().filter(|l| !l.data.is_empty()) {
+            let low = *lut.data.iter().min().expect("non-empty") as f64;
+            let high = *lut.data.iter().max().expect("non-empty") as f64;
+            return Voi::Lut {
+                first: lut.min_pixel_value as i64,
+                entries: lut.data.clone(),
+                low,
+                high,
+            };
+        }
+    }
+    if let Ok(Some(windows)) = frame.window() {
+        if let Some(window) = windows.first() {
+            let function = frame
+                .voi_lut_function()
+                .ok()
+                .flatten()
+                .and_then(|f| f.first().copied())
+                .unwrap_or_default();
+            let usable = window.center.is_finite()
+                && window.width.is_finite()
+                && match function {
+                    VoiLutFunction::Linear => window.width >= 1.0,
+                    _ => window.width > 0.0,
+                };
+            if usable {
+                return Voi::Window {
+                    center: window.center,
+                    width: window.width,
+                    function,
+                };
+            }
+        }
+    }
+    Voi::FullRange {
+        low: m_a.min(m_b),
+        high: m_a.max(m_b),
+    }
+}
+
+/// 3-sample frames (already RGB after codec decoding, or native RGB / YBR_FULL) to luma.
+fn color_to_luma(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<u8>> {
+    use dicom_pixeldata::PhotometricInterpretation as Pi;
+    let count = frame.rows() as usize * frame.columns() as usize;
+    let bytes_per_sample = frame.bits_allocated().div_ceil(8) as usize;
+    let data = frame.data();
+    if data.len() < count * 3 * bytes_per_sample {
+        return Err(RowError::new("truncated DICOM pixel data"));
+    }
+    // High byte of 16-bit samples, as the JPEG/PNG decoders keep 8 bits.
+    let sample = |i: usize| -> u32 {
+        if bytes_per_sample == 2 {
+            data[2 * i + 1] as u32
+        } else {
+            data[i] as u32
+        }
+    };
+    let planar = frame.planar_configuration() == dicom_pixeldata::PlanarConfiguration::PixelFirst;
+    let at = |p: usize, c: usize| {
+        if planar {
+            sample(c * count + p)
+        } else {
+            sample(3 * p + c)
+        }
+    };
+    let ybr = matches!(
+        frame.photometric_interpretation(),
+        Pi::YbrFull | Pi::YbrFull422
+    );
+    Ok((0..count)
+        .map(|p| {
+            if ybr {
+                // Y is the luma already (PS3.3 C.7.6.3.1.2).
+                at(p, 0) as u8
+            } else {
+                ((at(p, 0) * 19595 + at(p, 1) * 38470 + at(p, 2) * 7471 + 0x8000) >> 16) as u8
+            }
+        })
+        .collect())
+}
+
+/// Refuses a DICOM file whose structure would make the parser allocate more than the file holds.
+///
+/// Walks the file meta group and the data set (inflated under a cap for the deflated syntax),
+/// descending into sequences and items, and checks every defined length against the bytes left.
+pub fn check_structure(data: &[u8], limits: &Limits) -> RowResult<()> {
+    if !is_dicom(data) {
+        return Err(RowError::new(
+            "not a DICOM file (no DICM prefix at byte 128)",
+        ));
+    }
+    let mut pos = 132usize;
+    let mut ts_uid = String::new();
+    // File meta information: group 0002, always explicit VR little endian.
+    while pos + 8 <= data.len() && u16::from_le_bytes([data[pos], data[pos + 1]]) == 0x0002 {
+        let header = read_header(data, pos, true, false)?;
+        let end = pos + header.header_len + header.length as usize;
+        if header.tag == Tag(0x0002, 0x0010) {
+            ts_uid = String::from_utf8_lossy(&data[pos + header.header_len..end])
+                .trim_end_matches(['\0', ' '])
+                .to_string();
+        }
+        pos = end;
+    }
+    if ts_uid.is_empty() {
+        return Err(RowError::new(
+            "corrupt DICOM: the file meta group has no transfer syntax",
+        ));
+    }
+    let body = &data[pos..];
+    if ts_uid == DEFLATED_EXPLICIT_VR_LE {
+        // The inflated data set holds at most the pixel data (4 bytes per pixel covers 3 samples
+        // of 8 bits or 2 of 16) plus the encoded file again for every other attribute.
+        let cap = limits
+            .max_pixels
+            .saturating_mul(4)
+            .saturating_add(limits.max_file_bytes);
+        let mut inflated = Vec::new();
+        flate2::read::DeflateDecoder::new(body)
+            .take(cap.saturating_add(1))
+            .read_to_end(&mut inflated)
+            .map_err(|e| RowError::new(format!("corrupt DICOM: deflated data set: {e}")))?;
+        if inflated.len() as u64 > cap {
+            return Err(RowError::new(format!(
+                "DICOM deflated data set inflates beyond {} MiB",
+                cap >> 20
+            )));
+        }
+        return walk_dataset(&inflated, true, false);
+    }
+    let explicit = ts_uid != IMPLICIT_VR_LE;
+    if explicit && body.len() >= 6 && VR::from_binary([body[4], body[5]]).is_none() {
+        // Some writers put an implicit VR data set under an explicit transfer syntax. pydicom
+        // guesses; dicom-rs reads the VR bytes as a length and allocates it: refuse by name.
+        return Err(RowError::new(
+            "corrupt DICOM: implicit VR data set under an explicit VR transfer syntax",
+        ));
+    }
+    walk_dataset(body, explicit, ts_uid == EXPLICIT_VR_BE)
+}
+
+const UNDEFINED: u32 = 0xFFFF_FFFF;
+
+struct ElementHeader {
+    tag: Tag,
+    vr: Option<VR>,
+    length: u32,
+    header_len: usize,
+}
+
+fn read_header(data: &[u8], pos: usize, explicit: bool, big: bool) -> RowResult<ElementHeader> {
+    let truncated = || RowError::new(format!("truncated DICOM element at byte {pos}"));
+    let bytes = data.get(pos..pos + 8).ok_or_else(truncated)?;
+    let u16_at = |b: &[u8]| {
+        if big {
+            u16::from_be_bytes([b[0], b[1]])
+        } else {
+            u16::from_le_bytes([b[0], b[1]])
+        }
+    };
+    let u32_at = |b: &[u8]| {
+        if big {
+            u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+        } else {
+            u32::from_le_bytes([b[0], b[1], b[2], b[3]])
+        }
+    };
+    let tag = Tag(u16_at(&bytes[0..2]), u16_at(&bytes[2..4]));
+    let (vr, length, header_len) = if tag.0 == 0xFFFE || !explicit {
+        let vr = if tag.0 == 0xFFFE {
+            None
+        } else {
+            match StandardDataDictionary.by_tag(tag).map(|e| e.vr()) {
+                Some(VirtualVr::Exact(VR::SQ)) => Some(VR::SQ),
+                _ => None,
+            }
+        };
+        (vr, u32_at(&bytes[4..8]), 8)
+    } else {
+        let vr = VR::from_binary([bytes[4], bytes[5]]);
+        let long = matches!(
+            vr,
+            Some(
+                VR::OB
+                    | VR::OD
+                    | VR::OF
+                    | VR::OL
+                    | VR::OV
+                    | VR::OW
+                    | VR::SQ
+                    | VR::UC
+                    | VR::UN
+                    | VR::UR
+                    | VR::UT
+                    | VR::SV
+                    | VR::UV
+            )
+        );
+        if long {
+            let len = data.get(pos + 8..pos + 12).ok_or_else(truncated)?;
+            (vr, u32_at(len), 12)
+        } else {
+            (vr, u16_at(&bytes[6..8]) as u32, 8)
+        }
+    };
+    let remaining = data.len() - (pos + header_len).min(data.len());
+    if length != UNDEFINED && length as usize > remaining {
+        return Err(RowError::new(format!(
+            "truncated DICOM: element ({:04X},{:04X}) declares {length} bytes but only {remaining} remain",
+            tag.0, tag.1
+        )));
+    }
+    Ok(ElementHeader {
+        tag,
+        vr,
+        length,
+        header_len,
+    })
+}
+
+fn walk_dataset(data: &[u8], explicit: bool, big: bool) -> RowResult<()> {
+    let mut pos = 0usize;
+    // Inside encapsulated pixel data, items hold codestream fragments, not elements.
+    let mut in_fragments = false;
+    while pos + 8 <= data.len() {
+        let header = read_header(data, pos, explicit, big)?;
+        pos += header.header_len;
+        let defined = header.length != UNDEFINED;
+        match (header.tag.0, header.tag.1) {
+            (0xFFFE, 0xE000) if in_fragments => {
+                if !defined {
+                    return Err(RowError::new(
+                        "corrupt DICOM: pixel data fragment of undefined length",
+                    ));
+                }
+                pos += header.length as usize;
+            }
+            (0xFFFE, 0xE0DD) => in_fragments = false,
+            // Sequence items and delimiters: their contents are elements, walked in place.
+            (0xFFFE, _) => {}
+            _ if !defined => {
+                in_fragments = header.tag == tags::PIXEL_DATA;
+            }
+            _ if header.vr == Some(VR::SQ) => {}
+            _ => pos += header.length as usize,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn linear_window_follows_ps3_3() {
+        // c = 2048, w = 4096: the ends map to 0 and 255, the centre to the middle.
+        let f = VoiLutFunction::Linear;
+        assert_eq!(window_level(0.0, 2048.0, 4096.0, f), 0.0);
+        assert_eq!(window_level(4095.0, 2048.0, 4096.0, f), 255.0);
+        assert!((window_level(2047.5, 2048.0, 4096.0, f) - 127.5).abs() < 1e-9);
+        // Width 1 is a threshold at c - 0.5.
+        assert_eq!(window_level(99.5, 100.0, 1.0, f), 0.0);
+        assert_eq!(window_level(99.6, 100.0, 1.0, f), 255.0);
+    }
+
+    #[test]
+    fn finds_codestream_sizes() {
+        let mut jpeg = vec![
+            0xFF, 0xD8, 0xFF, 0xC3, 0x00, 0x0B, 16, 0x01, 0x00, 0x02, 0x00, 1,
+        ];
+        jpeg.extend([0u8; 8]);
+        assert_eq!(codestream_size(&jpeg), Some((512, 256)));
+        let mut j2k = vec![0xFF, 0x4F, 0xFF, 0x51, 0x00, 0x29, 0x00, 0x00];
+        j2k.extend(1000u32.to_be_bytes());
+        j2k.extend(800u32.to_be_bytes());
+        j2k.extend(0u32.to_be_bytes());
+        j2k.extend(0u32.to_be_bytes());
+        assert_eq!(codestream_size(&j2k), Some((1000, 800)));
+    }
+
+    #[test]
+    fn refuses_a_length_beyond_the_file() {
+        let mut file = vec![0u8; 128];
+        file.extend(b"DICM");
+        let ts = b"1.2.840.10008.1.2.1\0";
+        file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
+        file.extend((ts.len() as u16).to_le_bytes());
+        file.extend(ts);
+        // (0009,0010) OB declaring 4 GiB - 2 in a file of 170 bytes.
+        file.extend([0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
+        file.extend(0xFFFF_FFFEu32.to_le_bytes());
+        file.extend([0u8; 16]);
+        let err = check_structure(&file, &Limits::default()).unwrap_err();
+        assert!(err.0.contains("declares 4294967294 bytes"), "{}", err.0);
+    }
+}
