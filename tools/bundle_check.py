@@ -568,9 +568,7 @@ def _literal_name_pattern(names: set[str]) -> re.Pattern[str] | None:
         return None
     alternatives = "|".join(sorted(map(re.escape, names)))
     # `bronze.table`, `x.bronze.table`, `/Volumes/c/bronze/v`: a schema in a qualified name
-    return re.compile(
-        rf"(?<![\w$]){{0}}(?:\b({alternatives})\s*\.\s*[A-Za-z_`]|/({alternatives})/)"
-    )
+    return re.compile(rf"\b({alternatives})\s*\.\s*[A-Za-z_`][\w`]*|/({alternatives})/")
 
 
 def _sql_code(text: str) -> str:

@@ -302,7 +302,7 @@ def test_checker_reports_literal_names_of_bundle_managed_schemas(tmp_path):
     dash_path.write_text(json.dumps(dash))
     problems = _problems(repo)
     assert "bronze_ingest.parameters" in problems and "/bronze/xray_images" in problems
-    assert "20_dataset_summary_view.sql: 'silver.x'" in problems
+    assert "20_dataset_summary_view.sql: 'silver.xray_metadata'" in problems
     assert "gold_predict.py (job gold_predict)" in problems
     assert "dataset 'performance' names 'gold.model_performance'" in problems
 
