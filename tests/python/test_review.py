@@ -210,15 +210,19 @@ def test_two_reviewers_at_once_lose_no_verdict(built, app):
         before = len(app.store.feedback())
         errors: list = []
 
-        def review(running, pid):
-            status, body = running.post("/api/feedback", _verdict(pid, "uncertain"))
+        def review(running, item):
+            # alice corrects every case, bob confirms the model: both change the label history
+            if running is app:
+                other = "NORMAL" if item["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
+                payload = _verdict(item["prediction_id"], "disagree", correct_label=other)
+            else:
+                payload = _verdict(item["prediction_id"], "agree")
+            status, body = running.post("/api/feedback", payload)
             if status != 201:
                 errors.append((status, body))
 
         threads = [
-            threading.Thread(target=review, args=(r, item["prediction_id"]))
-            for item in items
-            for r in (app, second)
+            threading.Thread(target=review, args=(r, item)) for item in items for r in (app, second)
         ]
         for t in threads:
             t.start()
@@ -230,8 +234,22 @@ def test_two_reviewers_at_once_lose_no_verdict(built, app):
         assert len({r["feedback_id"] for r in rows}) == len(rows)
         bob = [r for r in rows if r["radiologist_id"] == "dr.bob"]
         assert {r["prediction_id"] for r in bob} == {i["prediction_id"] for i in items}
-        current = [h for h in app.store.label_history() if h["is_current"]]
-        assert len(current) == len({h["image_id"] for h in current})
+        history = app.store.label_history()
+        current = {h["image_id"]: h for h in history if h["is_current"]}
+        assert sum(h["is_current"] for h in history) == len(current)
+        # per image: the current label is the one of the latest decisive verdict
+        for item in items:
+            decisive = [
+                r
+                for r in rows
+                if r["image_id"] == item["image_id"] and r["feedback_type"] != "uncertain"
+            ]
+            latest = max(decisive, key=lambda r: (r["feedback_timestamp"], r["feedback_id"]))
+            assert current[item["image_id"]]["label_name"] == latest["correct_label"]
+            # the history is a chain: each closed row ends where the next begins
+            chain = [h for h in history if h["image_id"] == item["image_id"]]
+            for a, b in zip(chain, chain[1:], strict=False):
+                assert a["valid_to"] == b["valid_from"]
     finally:
         second.close()
 
@@ -316,6 +334,26 @@ def test_label_history_changes_are_idempotent_and_replay_unapplied_verdicts():
     assert not again
 
 
+def test_a_confirming_verdict_before_a_correction_is_not_replayed_later():
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+
+    def verdict(n, who, kind, label, hours):
+        return {
+            "feedback_id": str(n) * 32,
+            "image_id": "img",
+            "radiologist_id": who,
+            "feedback_type": kind,
+            "correct_label": label,
+            "feedback_timestamp": t0 + dt.timedelta(hours=hours),
+        }
+
+    # bob confirms the folder label first (no history row of its own), alice corrects later
+    fb = [verdict(1, "bob", "agree", "NORMAL", 1), verdict(2, "alice", "disagree", "PNEUMONIA", 2)]
+    first = tables.label_history_changes([], {"img": 0}, fb, t0)
+    assert [r["label_name"] for r in first.insert] == ["NORMAL", "PNEUMONIA"]
+    assert not tables.label_history_changes(first.insert, {"img": 0}, fb, t0)
+
+
 def test_cohen_kappa_and_agreement_match_sklearn():
     from sklearn.metrics import cohen_kappa_score
 
@@ -338,11 +376,24 @@ def test_agreement_figures_are_computed_and_written_once(app):
     status, body = app.get("/api/agreement")
     assert status == 200 and body["rows"]
     row = body["rows"][0]
-    assert row["agreement_rate"] == pytest.approx(0.5)  # alice's latest decisive verdicts
+    # expected figures straight from the rows: the latest verdict per (prediction, reviewer)
+    predicted = {i["prediction_id"]: i["predicted_label"] for i in items}
+    latest = {}
+    for r in sorted(
+        app.store.feedback(), key=lambda r: (r["feedback_timestamp"], r["feedback_id"])
+    ):
+        latest[(r["prediction_id"], r["radiologist_id"])] = r
+    decisive = [r for r in latest.values() if r["correct_label"] is not None]
+    same = [r for r in decisive if r["correct_label"] == predicted[r["prediction_id"]]]
+    assert row["agreement_rate"] == pytest.approx(len(same) / len(decisive))
+    assert row["verdicts"] == len(latest)
     per = json.loads(row["per_reviewer"])
-    assert per["dr.alice"]["agree"] == 1 and per["dr.alice"]["disagree"] == 1
-    assert per["dr.bob"]["uncertain"] == len(items)
-    assert row["labels_corrected"] >= 1 and row["verdicts"] == 2 * len(items)
+    for who in {r["radiologist_id"] for r in latest.values()}:
+        mine = [r for r in latest.values() if r["radiologist_id"] == who]
+        for kind in ("agree", "disagree", "uncertain"):
+            assert per[who][kind] == sum(r["feedback_type"] == kind for r in mine), (who, kind)
+    assert per["dr.alice"]["agree"] >= 1 and per["dr.alice"]["disagree"] >= 1
+    assert row["labels_corrected"] >= 1
     status, first = app.post("/api/agreement", {})
     assert status == 200 and first["rows_written"] >= 1
     status, second = app.post("/api/agreement", {})

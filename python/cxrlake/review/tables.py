@@ -184,7 +184,8 @@ def label_history_changes(
 
     ``folder_labels``: image_id -> folder label (int; None when unlabelled). Images without any
     history row get a ``folder`` row (valid from ``now``). Decisive verdicts not yet applied
-    (their ``feedback_id`` is in no history row) are applied in time order: a label different
+    (their ``feedback_id`` is in no history row, and they are later than the image's last applied
+    verdict) are applied in time order: a label different
     from the current one closes the current row at the verdict's time and opens a new one.
     Deterministic and idempotent: applying the result and calling again gives no change.
     """
@@ -211,12 +212,24 @@ def label_history_changes(
             }
             current[image_id] = row
             inserts[(image_id, now)] = row
+    feedback = list(feedback)
+    # per image, the latest verdict already reflected in the history: verdicts up to it are done
+    # (one that confirmed the label in force left no row of its own)
+    watermark: dict[str, tuple] = {}
+    for f in feedback:
+        if f["feedback_id"] in applied:
+            key = (f["feedback_timestamp"], f["feedback_id"])
+            watermark[f["image_id"]] = max(watermark.get(f["image_id"], key), key)
     pending = [
         f
         for f in feedback
         if f["feedback_type"] in ("agree", "disagree")
         and f["feedback_id"] not in applied
         and f.get("correct_label") in LABEL_NAMES
+        and (
+            f["image_id"] not in watermark
+            or (f["feedback_timestamp"], f["feedback_id"]) > watermark[f["image_id"]]
+        )
     ]
     for f in sorted(pending, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
         label = LABEL_NAMES.index(f["correct_label"])
