@@ -19,7 +19,7 @@ PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 
 SCHEMA_KEYS = ("bronze", "silver", "gold", "models")
 """The schemas of the lakehouse, by the key the bundle gives them (resources.schemas.<key>)."""
-_PRINCIPAL = re.compile(r"[A-Za-z0-9_.@ -]{1,128}")
+_PRINCIPAL = re.compile(r"[A-Za-z0-9_.@+ -]{1,128}")
 _SCHEMA = re.compile(r"[a-z0-9_]{1,255}")
 
 # What each parameter may look like. Anything else is rejected, so substitution is safe.
