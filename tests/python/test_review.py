@@ -19,7 +19,7 @@ from deltalake import DeltaTable
 from review_support import Running, build_lakehouse
 
 from cxrlake.review import tables, worklist
-from cxrlake.review.tables import FEEDBACK
+from cxrlake.review.tables import FEEDBACK, HISTORY
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -631,3 +631,21 @@ def test_reviewer_identity_from_databricks_apps_headers_only_in_that_mode(built,
         "GET", "/api/session", headers={"X-Forwarded-Email": "mallory@evil.example"}
     )
     assert body["reviewer"] == "dr.alice"
+
+
+def test_maintain_compacts_the_review_tables_and_keeps_every_verdict(built, app):
+    from cxrlake.lakehouse.maintain import maintain
+
+    before = sorted(r["feedback_id"] for r in app.store.feedback())
+    history = len(app.store.label_history())
+    assert len(before) > 1
+    results = {r["table"]: r for r in maintain(built[0], zorder=False)}
+    done = results[FEEDBACK.qualified_name]
+    assert done["files_after"] <= done["files_before"]
+    assert HISTORY.qualified_name in results
+    assert sorted(r["feedback_id"] for r in app.store.feedback()) == before
+    assert len(app.store.label_history()) == history
+    assert (
+        DeltaTable(app.store.lh.path(FEEDBACK)).metadata().configuration["delta.appendOnly"]
+        == "true"
+    )
