@@ -46,7 +46,7 @@ def run_measured(argv: list[str]) -> tuple[float, float, str]:
 
 def pipeline(source: Path, lakehouse: Path) -> tuple[float, float, str]:
     return run_measured(
-        [*CLI, "pipeline", "run", str(source), "--lakehouse", str(lakehouse), "--no-progress"]
+        [*CLI, "pipeline", "run", "--source", str(source), "--lakehouse", str(lakehouse), "--no-progress"]
     )
 
 

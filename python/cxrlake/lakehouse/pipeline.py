@@ -341,8 +341,10 @@ class Pipeline:
                     }
                 )
                 incoming = transforms.bronze_batch(binary_files, self.run_id)
-                self._sql.register("incoming", incoming)
-                self._insert(BRONZE, self._rule(rules.BRONZE_INSERTS))
+                # the rules see the keys; the bytes stay in Arrow (no copy through DuckDB)
+                self._sql.register("incoming", incoming.drop_columns(["content"]))
+                new = _key(self._rule(rules.BRONZE_INSERTS))
+                self._insert(BRONZE, incoming.filter(pc.is_in(_key(incoming), new)))
                 stat_updates.append(self._rule(rules.BRONZE_STAT_UPDATES))
         if stat_updates:
             updates = pa.concat_tables(stat_updates)
@@ -423,9 +425,10 @@ class Pipeline:
             batch = batch.filter(mask)
             if not batch.num_rows:
                 continue
-            # one row per pair even if bronze holds a duplicate
-            first = pc.unique(_key(batch))
-            batch = batch.take(pc.index_in(first, _key(batch)))
+            keys = _key(batch)
+            first = pc.unique(keys)
+            if len(first) < batch.num_rows:  # one row per pair even if bronze holds a duplicate
+                batch = batch.take(pc.index_in(first, keys))
             emitted.update(first.to_pylist())
             pending.append(batch)
             pending_rows += batch.num_rows

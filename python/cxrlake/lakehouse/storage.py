@@ -91,6 +91,9 @@ class Lakehouse:
         self.root = os.path.abspath(os.fspath(root))
         self.env = schemas.validate_env(env)
         self.catalog = schemas.catalog_path(self.root, env)
+        # one DeltaTable per table, brought up to date before each use: loading a table's log
+        # from scratch for every read and write costs more than many small commits
+        self._tables: dict[str, DeltaTable] = {}
 
     def record_sources(self, sources: Iterable[str | os.PathLike]) -> list[str]:
         """Add source folders to ``<catalog>/_cxrlake_sources.json`` (call under the lock).
@@ -123,7 +126,7 @@ class Lakehouse:
 
     def exists(self, spec: TableSpec) -> bool:
         """Whether the table has a Delta log."""
-        return DeltaTable.is_deltatable(self.path(spec))
+        return spec.qualified_name in self._tables or DeltaTable.is_deltatable(self.path(spec))
 
     def create_all(self) -> None:
         """Create every missing table with its schema and `schemas.TABLE_PROPERTIES` (CDF on)."""
@@ -143,7 +146,12 @@ class Lakehouse:
 
     def table(self, spec: TableSpec) -> DeltaTable:
         """The current version of a table (raises if it does not exist)."""
-        return DeltaTable(self.path(spec))
+        table = self._tables.get(spec.qualified_name)
+        if table is None:
+            table = self._tables[spec.qualified_name] = DeltaTable(self.path(spec))
+        else:
+            table.update_incremental()
+        return table
 
     def dataset(self, spec: TableSpec) -> pads.Dataset:
         """A pyarrow dataset over the table's current files (projection and filter pushdown).
@@ -202,7 +210,7 @@ class Lakehouse:
         if data.num_rows == 0:
             return 0
         write_deltalake(
-            self.path(spec),
+            self.table(spec),
             data,
             mode="append",
             commit_properties=commit_properties(**meta),
