@@ -2,10 +2,12 @@
 
 - `register` (`cxrlake.spark.udfs`): ``predict`` / ``features`` SQL functions as Arrow-native UDFs
   (``arrow_udf`` on Spark >= 4.1, an iterator ``pandas_udf`` on Spark 3.5 / DBR 15.4 LTS).
-- `cxrlake.spark.transforms`: ``mapInArrow`` functions from a ``binaryFile`` DataFrame to the exact
-  bronze, silver and gold tables of the local pipeline (same code: `cxrlake.lakehouse.transforms`).
-- `cxrlake.spark.schemas`: Spark schemas derived from `cxrlake.lakehouse.schemas`.
-- `cxrlake.spark.jobs`: what the Databricks notebooks in ``jobs/`` call.
+- `cxrlake.spark.transforms`: ``mapInArrow`` functions from a ``binaryFile`` DataFrame to the
+  bronze, silver and gold tables (the engine-neutral batch code of `cxrlake.medallion.transforms`,
+  which the local engine runs too).
+- `cxrlake.spark.schemas`: Spark schemas derived from `cxrlake.medallion.schemas`.
+- `cxrlake.spark.jobs`: what the Databricks notebooks in ``jobs/`` call: the rules of
+  `cxrlake.medallion.rules` run by Spark SQL, applied to Delta with MERGE and DELETE.
 - `cxrlake.spark.sql_files`: the ``sql/`` files (render, split, run).
 - `cxrlake.spark.warehouse_udf`: the handler of the Unity Catalog batch Python UDF behind the SQL
   warehouse ``predict(path)`` (no pyspark needed there).
