@@ -649,3 +649,86 @@ def test_maintain_compacts_the_review_tables_and_keeps_every_verdict(built, app)
         DeltaTable(app.store.lh.path(FEEDBACK)).metadata().configuration["delta.appendOnly"]
         == "true"
     )
+
+
+class _DuckCursor:
+    """DB-API cursor of the SQL warehouse store over DuckDB: named markers ``:x`` become ``$x``
+    (DuckDB's spelling); the statements themselves run unchanged."""
+
+    def __init__(self, con):
+        self.cur = con.cursor()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.cur.close()
+
+    def execute(self, sql, params):
+        self.cur.execute(re.sub(r"(?<![:\w]):([a-z_]+)", r"$\1", sql), params or None)
+
+    @property
+    def description(self):
+        return self.cur.description
+
+    def fetchall(self):
+        return self.cur.fetchall()
+
+
+class _DuckConnection:
+    def __init__(self, con):
+        self.con = con
+
+    def cursor(self):
+        return _DuckCursor(self.con)
+
+
+def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
+    """The Databricks store's statements on a real SQL engine (DuckDB) holding a copy of the
+    lakehouse tables: same worklist as the local store, verdicts, SCD2 history, images."""
+    import duckdb
+
+    from cxrlake.lakehouse import schemas
+    from cxrlake.review.warehouse import WarehouseNames, WarehouseStore
+
+    con = duckdb.connect()
+    con.execute("ATTACH ':memory:' AS healthcare_catalog_dev")
+    for schema in ("bronze", "silver", "gold"):
+        con.execute(f"CREATE SCHEMA healthcare_catalog_dev.{schema}")
+    specs = [schemas.BRONZE, schemas.SILVER, schemas.PREDICTIONS, schemas.PERFORMANCE]
+    for spec in specs + list(tables.REVIEW_TABLES):
+        data = app.store.lh.read(spec) if spec in specs else spec.arrow_schema.empty_table()
+        con.register("src", data)
+        con.execute(
+            f"CREATE TABLE healthcare_catalog_dev.{spec.qualified_name} AS SELECT * FROM src"
+        )
+        con.unregister("src")
+    store = WarehouseStore(
+        WarehouseNames("healthcare_catalog_dev"), connect=lambda: _DuckConnection(con)
+    )
+    assert store.sync_history() == 8
+    local = worklist.build_worklist(app.store.predictions(), [], {}, "x")["items"]
+    remote = worklist.build_worklist(store.predictions(), [], {}, "x")["items"]
+    keys = ["prediction_id", "need", "threshold", "quality_score", "has_heatmap"]
+    assert [[i[k] for k in keys] for i in remote] == [[i[k] for k in keys] for i in local]
+
+    item = remote[0]
+    other = "NORMAL" if item["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
+    payload = _verdict(item["prediction_id"], "disagree", correct_label=other)
+    payload["feedback_id"] = "c" * 32
+    row, created = store.record_verdict(payload, "ana@hospital.example")
+    assert created and store.record_verdict(payload, "ana@hospital.example")[1] is False
+    assert len(store.feedback()) == 1
+    history = store.label_history(item["image_id"])
+    assert [(h["source"], h["is_current"]) for h in history] == [
+        ("folder", False),
+        ("ana@hospital.example", True),
+    ]
+    assert history[0]["valid_to"] == history[1]["valid_from"]
+    with pytest.raises(tables.ReviewError) as e:
+        store.record_verdict(_verdict("f" * 32), "ana@hospital.example")
+    assert e.value.status == 404 and len(store.feedback()) == 1
+    data, kind = store.image(item["image_id"])
+    assert kind == "image/jpeg" and data == app.store.image(item["image_id"])[0]
+    assert store.write_agreement() == 1
+    assert store.agreement()[0]["agreement_rate"] == 0.0

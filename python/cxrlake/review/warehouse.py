@@ -15,6 +15,7 @@ Delta concurrent-modification conflict with another instance.
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -99,7 +100,7 @@ USING (SELECT :image_id AS image_id, CAST(:label AS INT) AS label, :label_name A
               CAST(:valid_to AS TIMESTAMP) AS valid_to,
               CAST(:is_current AS BOOLEAN) AS is_current) AS s
 ON t.image_id = s.image_id AND t.valid_from = s.valid_from
-WHEN MATCHED THEN UPDATE SET t.valid_to = s.valid_to, t.is_current = s.is_current
+WHEN MATCHED THEN UPDATE SET valid_to = s.valid_to, is_current = s.is_current
 WHEN NOT MATCHED THEN INSERT *""",
         "insert_agreement": f"""
 INSERT INTO {n.agreement}
@@ -150,7 +151,9 @@ class WarehouseStore:
                 if cur.description is None:
                     return []
                 cols = [d[0] for d in cur.description]
-                return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+                return [
+                    {c: _utc(v) for c, v in zip(cols, row, strict=True)} for row in cur.fetchall()
+                ]
 
     def predictions(self) -> list[dict[str, Any]]:
         if self._heatmap is None:
@@ -242,6 +245,14 @@ class WarehouseStore:
             for row in rows:
                 self._query("insert_agreement", _params(row))
             return len(rows)
+
+
+def _utc(value: Any) -> Any:
+    """TIMESTAMP values come back naive (in the session time zone, UTC for the app): make them
+    timezone-aware so they compare with the app's own UTC timestamps."""
+    if isinstance(value, dt.datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value
 
 
 def _params(row: Mapping[str, Any]) -> dict[str, Any]:
