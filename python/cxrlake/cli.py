@@ -239,11 +239,13 @@ def _finish(parser: argparse.ArgumentParser, version: str, top: bool = False) ->
             for sub in action.choices.values():
                 _finish(sub, version)
             continue
-        if not action.option_strings or action.help in (None, argparse.SUPPRESS):
+        if not action.option_strings or action.help == argparse.SUPPRESS:
             continue
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in action.help:
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
             continue
-        action.help += " (default: %(default)s)"
+        action.help = (
+            f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,13 +17,24 @@ import pytest
 import cxrlake
 
 
-def run_cli(*args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, timeout: int = 600, env: dict | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "cxrlake.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], command: str) -> str:
+    """The single ``cxrlake <command>: error: ...`` line of a failed run (no traceback)."""
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if ": error: " in line]
+    assert len(lines) == 1 and lines[0].startswith(f"cxrlake {command}: error: "), result.stderr
+    return lines[0]
 
 
 def records(stdout: str) -> list[dict]:
@@ -63,9 +77,12 @@ def test_predict_reports_one_error_per_bad_file(mixed_dir: Path):
     errors = {name: row["error"] for name, row in by_name.items() if row["error"]}
     assert errors == {
         "corrupt.jpeg": "truncated JPEG",
-        "empty.jpg": f"empty file: {mixed_dir / 'empty.jpg'}",
+        "empty.jpg": f"empty image data: {mixed_dir / 'empty.jpg'}",
         "readme.png": "not an image (unknown format)",
     }
+    # The summary and what was skipped, on stderr (stdout stays machine-readable).
+    assert "scored 3, 3 errors, 1 skipped" in result.stderr
+    assert "notes.txt" in result.stderr
     for name, row in by_name.items():
         assert (row["probability"] is None) == (name in errors)
 
@@ -73,13 +90,33 @@ def test_predict_reports_one_error_per_bad_file(mixed_dir: Path):
 def test_explicit_files_are_scored_whatever_their_extension(mixed_dir: Path):
     missing = mixed_dir / "missing.jpeg"
     result = run_cli("predict", "--format", "csv", str(mixed_dir / "notes.txt"), str(missing))
-    assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert [r["error"] for r in rows] == [
         "not an image (unknown format)",
         f"file not found: {missing}",
     ]
     assert rows[0]["probability"] == ""
+    # A named path that does not exist fails the command, after every row is written.
+    assert result.returncode == 1
+    assert str(missing) in one_error_line(result, "predict")
+    assert "scored 0, 2 errors, 0 skipped" in result.stderr
+
+
+def test_nothing_to_score_is_a_failure(tmp_path: Path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("predict", str(empty))
+    assert result.returncode == 1 and result.stdout == ""
+    assert "no images found" in one_error_line(result, "predict")
+    assert "scored 0, 0 errors, 0 skipped" in result.stderr
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    for i in range(2):
+        (dicom / f"IM{i}.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    result = run_cli("predict", str(dicom))
+    assert result.returncode == 1
+    assert "scored 0, 0 errors, 2 skipped" in result.stderr
+    assert "skipped 2 files that are not images" in result.stderr
 
 
 def test_csv_output_has_the_documented_header(fullres_paths):
@@ -110,5 +147,86 @@ def test_usage_errors_exit_2(args):
 def test_help_documents_the_exit_codes():
     result = run_cli("predict", "--help")
     assert result.returncode == 0
-    for text in ("--model", "--threads", "--format", "exit codes", "3  model missing"):
+    for text in ("--model", "--threads", "--format", "exit codes", "model missing", "130"):
         assert text in result.stdout
+
+
+def _all_parsers():
+    import argparse
+
+    from cxrlake.cli import build_parser
+
+    pending = [("", build_parser())]
+    while pending:
+        name, parser = pending.pop()
+        yield name, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                pending += [(f"{name} {n}".strip(), p) for n, p in action.choices.items()]
+
+
+def test_every_command_has_version_debug_help_defaults_and_exit_codes():
+    import argparse
+
+    names = []
+    for name, parser in _all_parsers():
+        names.append(name)
+        options = {s for a in parser._actions for s in a.option_strings}
+        assert {"--version", "--debug", "--help"} <= options, name
+        assert parser.description or not name, f"{name} has no description"
+        assert "exit codes" in parser.format_help(), name
+        for action in parser._actions:
+            if not action.option_strings or action.help == argparse.SUPPRESS:
+                continue
+            if name.split(" ")[0] in ("", "predict", "sql", "report", "maintain", "pipeline"):
+                assert action.help, f"{name} {action.option_strings[0]} has no help"
+            if action.default not in (None, False, argparse.SUPPRESS):
+                assert "default" in action.help, f"{name} {action.option_strings[0]}"
+    assert {"predict", "sql", "report", "maintain", "pipeline run"} <= set(names)
+    for name in ("", "sql", "pipeline run"):
+        result = run_cli(*name.split(), "--version")
+        assert result.returncode == 0 and result.stdout.startswith("cxrlake "), name
+
+
+def test_bad_environment_variables_are_one_line(fullres_paths):
+    result = run_cli("predict", fullres_paths[0], env={"CXRLAKE_NUM_THREADS": "abc"})
+    assert result.returncode == 2
+    assert "CXRLAKE_NUM_THREADS" in one_error_line(result, "predict")
+    result = run_cli("predict", fullres_paths[0], env={"CXRLAKE_ALLOWED_ROOTS": ":"})
+    assert result.returncode == 1
+    assert "CXRLAKE_ALLOWED_ROOTS" in one_error_line(result, "predict")
+
+
+def test_debug_shows_the_trace(tmp_path: Path):
+    quiet = run_cli("sql", "--lakehouse", str(tmp_path), "SELECT 1")
+    assert quiet.returncode == 1 and "no lakehouse" in one_error_line(quiet, "sql")
+    for args in (["--debug", "sql"], ["sql", "--debug"]):
+        loud = run_cli(*args, "--lakehouse", str(tmp_path), "SELECT 1")
+        assert loud.returncode == 1
+        assert "Traceback" in loud.stderr and "cxrlake sql: error: no lakehouse" in loud.stderr
+
+
+def test_ctrl_c_exits_130_with_one_line(tmp_path: Path):
+    """SIGINT while the command waits (here: for SQL from a FIFO) ends it with 130."""
+    fifo = tmp_path / "wait.sql"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cxrlake.cli", "sql", "--lakehouse", str(tmp_path), "-f", str(fifo)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Wait until the command blocks opening the FIFO, i.e. Python's SIGINT handler is set.
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            wchan = Path(f"/proc/{proc.pid}/wchan").read_text()
+            if "fifo" in wchan or "pipe" in wchan:
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().endswith("cxrlake sql: interrupted")
