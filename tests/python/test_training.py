@@ -342,3 +342,11 @@ def test_development_films_are_recognised_by_bytes_or_patient(fullres_paths, tra
     assert provenance.seen_in_development(categories, names, shas, model_path=str(lone)) == [
         False
     ] * len(sample)
+
+
+def test_train_subcommand_reaches_its_handler():
+    from cxrlake.cli import build_parser
+
+    # cxrlake.cli.main dispatches on ``handler`` (other modules may wrap it).
+    args = build_parser().parse_args(["train", "--finalize-only", "--run-dir", "somewhere"])
+    assert callable(getattr(args, "handler", None))

@@ -88,7 +88,7 @@ def register(subparsers) -> None:
         description=__doc__,
     )
     add_arguments(parser)
-    parser.set_defaults(func=run)
+    parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
