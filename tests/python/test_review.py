@@ -732,3 +732,39 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
     assert kind == "image/jpeg" and data == app.store.image(item["image_id"])[0]
     assert store.write_agreement() == 1
     assert store.agreement()[0]["agreement_rate"] == 0.0
+
+
+def test_spark_engine_computes_the_same_agreement_figures(app):
+    """`cxrlake.spark.jobs.decide_review_agreement` on local PySpark over the same tables gives
+    the rows the review app computes (one rule, both engines)."""
+    from pyspark.sql import SparkSession
+
+    from cxrlake.spark.jobs import REVIEW_VIEWS, _arrow_frame, decide_review_agreement
+
+    _correct_one(app)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("cxrlake-review-tests")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    try:
+        frames = {}
+        for view, spec in REVIEW_VIEWS.items():
+            data = app.store.lh.read(spec)
+            if "heatmap" in data.schema.names:
+                data = data.drop_columns(["heatmap"])
+            frames[view] = _arrow_frame(spark, data)
+        when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        got = [r.asDict() for r in decide_review_agreement(spark, frames, now=when).collect()]
+        want = app.store.compute_agreement()
+        assert len(got) == len(want) == 1
+        for key in want[0]:
+            if key != "evaluated_at":
+                assert got[0][key] == pytest.approx(want[0][key]), key
+        assert want[0]["labels_corrected"] >= 1
+    finally:
+        spark.stop()

@@ -466,7 +466,69 @@ def predict_gold(
         )
     )
     counts["threshold_source"] = threshold.source if threshold else "model"
+    # model-radiologist agreement over the review app's verdicts (gold.review_agreement)
+    for key, value in review_agreement(spark, catalog).items():
+        counts[f"review_agreement_{key}"] = value
     return counts
+
+
+REVIEW_VIEWS: dict[str, TableSpec] = {
+    "predictions": lake_schemas.PREDICTIONS,
+    "silver": lake_schemas.SILVER,
+    "feedback": lake_schemas.FEEDBACK,
+    "label_history": lake_schemas.LABEL_HISTORY,
+}
+"""Tables the agreement figures read, by the name `decide_review_agreement` expects."""
+
+
+def decide_review_agreement(
+    spark: Any, tables: Mapping[str, Any], now: dt.datetime | None = None
+) -> Any:
+    """``gold.review_agreement`` rows (a DataFrame; None without verdicts) for the current
+    verdicts: `cxrlake.medallion.metrics.agreement_metrics`, the rule the review app runs, over
+    the current predictions (content hash = silver's), the feedback and the current labels.
+    Collected on the driver: one row per labelled prediction of a model with verdicts."""
+    import pyarrow as pa
+
+    from cxrlake.medallion.identity import utc_now
+    from cxrlake.medallion.metrics import agreement_metrics
+
+    feedback = [r.asDict() for r in tables["feedback"].collect()]
+    if not feedback:
+        return None
+    preds = (
+        tables["predictions"]
+        .join(tables["silver"].select("image_id", "content_sha256"), ["image_id", "content_sha256"])
+        .select("prediction_id", "image_id", "predicted_label", "model_name", "model_version")
+        .collect()
+    )
+    current = {
+        r["image_id"]: r.asDict()
+        for r in tables["label_history"]
+        .where("is_current")
+        .select("image_id", "label", "label_name", "source")
+        .collect()
+    }
+    rows = agreement_metrics([r.asDict() for r in preds], feedback, current, now or utc_now())
+    if not rows:
+        return None
+    return _arrow_frame(
+        spark, pa.Table.from_pylist(rows, schema=lake_schemas.GOLD_REVIEW_AGREEMENT)
+    )
+
+
+def review_agreement(spark: Any, catalog: str | Deployment) -> dict[str, int]:
+    """Append the agreement figures of verdict sets not evaluated yet to ``gold.review_agreement``
+    (insert-only MERGE on the deterministic evaluation_id: an unchanged set writes nothing)."""
+    names = {view: table_name(catalog, spec) for view, spec in REVIEW_VIEWS.items()}
+    if not spark.catalog.tableExists(names["feedback"]):
+        return {}  # review tables not created yet (setup job, sql/13_review_tables.sql)
+    tables = {view: spark.table(name) for view, name in names.items()}
+    rows = decide_review_agreement(spark, tables)
+    if rows is None:
+        return {}
+    target = table_name(catalog, lake_schemas.REVIEW_AGREEMENT)
+    return merge_into(rows, target, lake_schemas.REVIEW_AGREEMENT.keys, update=False)
 
 
 def _sql_dir(sql_dir: str | os.PathLike[str] | None) -> Path:
