@@ -180,6 +180,14 @@ def test_bad_verdicts_are_refused_with_a_message_and_write_nothing(app, payload,
         headers={"Content-Type": "application/json", "X-CSRF-Token": app.token, "Origin": app.url},
     )[:2]
     assert got == 400 and "not valid JSON" in body["error"]
+    got, body = app.request(
+        "POST",
+        "/api/feedback",
+        raw=b" " * (64 * 1024 + 1),
+        headers={"Content-Type": "application/json", "X-CSRF-Token": app.token, "Origin": app.url},
+    )[:2]
+    assert got == 413 and "request body over" in body["error"]
+    assert _feedback_version(app.store) == before
 
 
 def test_state_changing_requests_cannot_be_made_cross_site(app):

@@ -148,6 +148,7 @@ def test_review_three_cases_with_the_keyboard_then_reload(browser, app):
     assert "0 of 8 reviewed" in driver.find_element(By.ID, "progress-text").text
     _screens(driver, "worklist")
 
+    driver.execute_script("window.sameDocument = 'yes'")  # gone if the page reloads
     _keys(driver, Keys.ENTER)
     first = _case_loaded(driver)
     assert first == rows[0].get_attribute("data-prediction-id")
@@ -164,6 +165,8 @@ def test_review_three_cases_with_the_keyboard_then_reload(browser, app):
     ActionChains(driver).key_down(Keys.CONTROL).send_keys(Keys.ENTER).key_up(Keys.CONTROL).perform()
     _case_loaded(driver, third)
 
+    # three cases reviewed and the next one loaded, all without a page load
+    assert driver.execute_script("return window.sameDocument") == "yes"
     reviewed = {first: "agree", second: "disagree", third: "uncertain"}
     rows = {r["prediction_id"]: r for r in app.store.feedback()}
     assert {pid: r["feedback_type"] for pid, r in rows.items()} == reviewed

@@ -159,6 +159,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             self._post()
         except ReviewError as e:
+            self.close_connection = True  # the body may be unread: do not parse it as a request
             self._error(e.status, str(e))
         except Exception as e:  # noqa: BLE001
             sys.stderr.write(f"review: internal error on POST {self.path}: {e!r}\n")
