@@ -776,3 +776,19 @@ def test_spark_engine_computes_the_same_agreement_figures(app):
         assert want[0]["labels_corrected"] >= 1
     finally:
         spark.stop()
+
+
+def test_training_split_uses_the_label_overrides(built):
+    from cxrlake.training.config import TrainConfig
+    from cxrlake.training.data import list_labelled_images
+    from cxrlake.training.train import load_split
+
+    _, source = built
+    records = list_labelled_images(source)
+    flipped = {records[0].path: 1 - records[0].label}
+    cfg = TrainConfig(data=str(source), run_dir="unused", label_overrides=flipped)
+    train, val = load_split(cfg)
+    labels = {r.path: r.label for r in [*train, *val]}
+    assert len(labels) == len(records)
+    assert labels[records[0].path] == flipped[records[0].path]
+    assert all(labels[r.path] == r.label for r in records[1:])
