@@ -8,8 +8,10 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, BinaryArray, LargeStringArray, StringViewArray};
 use arrow::datatypes::{Float64Type, Int32Type};
 
-use cxrlake::core::kernels::{decode_batch, features_batch, predict_batch, preprocess_batch};
-use cxrlake::core::{ImageColumn, KernelOptions, PneumoniaModel, Sandbox};
+use cxrlake::core::kernels::{
+    analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
+};
+use cxrlake::core::{ImageColumn, KernelOptions, Outputs, PneumoniaModel, Sandbox};
 
 use common::*;
 
@@ -124,7 +126,7 @@ fn predict_matches_inference_on_preprocessed_tensors() {
     let (tensors, errors) = preprocess_batch(&column, &info.preprocessing, &options()).unwrap();
     assert!(errors.iter().all(Option::is_none));
     let reference = model
-        .infer(&tensors, paths.len(), false)
+        .infer(&tensors, paths.len(), Outputs::PROBABILITY)
         .unwrap()
         .probabilities;
 
@@ -271,4 +273,89 @@ mod tempdir {
             let _ = std::fs::remove_dir_all(&self.0);
         }
     }
+}
+
+#[test]
+fn analyze_scores_like_predict_with_embedding_and_exact_heatmap_from_one_pass() {
+    init_runtime();
+    let model = PneumoniaModel::load(&shipped_model(), 2).unwrap();
+    let info = model.info();
+    let dir = bad_inputs_dir();
+    let mut paths: Vec<String> = fullres_images()
+        .iter()
+        .step_by(25)
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    paths.push(
+        dir.path()
+            .join("truncated.jpeg")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    let column = ImageColumn::from_paths(&paths);
+    let analyzed = analyze_batch(&column, &model, &options(), true).unwrap();
+    let predicted = predict_batch(&column, &model, &options()).unwrap();
+    for name in ["probability", "predicted_label", "label_name", "error"] {
+        assert_eq!(
+            analyzed.column_by_name(name).unwrap().to_data(),
+            predicted.column_by_name(name).unwrap().to_data(),
+            "{name}"
+        );
+    }
+    let probability = analyzed
+        .column_by_name("probability")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let embedding = analyzed
+        .column_by_name("embedding")
+        .unwrap()
+        .as_list::<i32>();
+    let heatmap = analyzed.column_by_name("heatmap").unwrap().as_struct();
+    let rows = heatmap
+        .column_by_name("rows")
+        .unwrap()
+        .as_primitive::<Int32Type>();
+    let values = heatmap.column_by_name("values").unwrap().as_list::<i32>();
+    let last = paths.len() - 1;
+    assert!(heatmap.is_null(last) && embedding.is_null(last) && probability.is_null(last));
+    assert!(info.has_heatmap, "the shipped model has a heatmap output");
+    let bias = info
+        .head_bias
+        .expect("the shipped model records cxrlake.head_bias");
+    for row in 0..last {
+        assert_eq!(embedding.value(row).len(), info.embedding_dim.unwrap());
+        assert_eq!(rows.value(row), 5);
+        let grid = values.value(row);
+        let grid = grid.as_primitive::<arrow::datatypes::Float32Type>();
+        let mean = grid.values().iter().map(|&v| v as f64).sum::<f64>() / grid.len() as f64;
+        let p = probability.value(row);
+        if p > 1e-5 && p < 1.0 - 1e-5 {
+            let logit = (p / (1.0 - p)).ln();
+            assert!(
+                (bias + mean - logit).abs() < 0.02,
+                "row {row}: {bias} + {mean} vs {logit}"
+            );
+        }
+    }
+    let without = analyze_batch(&column, &model, &options(), false).unwrap();
+    assert_eq!(
+        without.column_by_name("heatmap").unwrap().null_count(),
+        paths.len()
+    );
+}
+
+#[test]
+fn explain_returns_maps_and_png_overlays() {
+    init_runtime();
+    let model = PneumoniaModel::load(&shipped_model(), 2).unwrap();
+    let path = fullres_images()[0].to_string_lossy().into_owned();
+    let column = ImageColumn::from_paths(std::slice::from_ref(&path));
+    let batch = explain_batch(&column, &model, &options(), Some(128)).unwrap();
+    let overlay = batch.column_by_name("overlay").unwrap().as_binary::<i32>();
+    let png = overlay.value(0);
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"));
+    let decoded = cxrlake::core::decode_gray(png, &Default::default(), None).unwrap();
+    assert!(decoded.image.width > 128 && decoded.image.height <= 128);
+    let err = explain_batch(&column, &model, &options(), Some(5)).unwrap_err();
+    assert!(err.to_string().contains("overlay_size"), "{err}");
 }

@@ -249,3 +249,70 @@ def test_explain_overlays_paths_and_bytes(sample_paths, tmp_path):
     assert cxrlake.explain([sample_paths[0]]).column("overlay").null_count == 1
     with pytest.raises(InvalidArgumentError, match="overlay_size"):
         cxrlake.explain([sample_paths[0]], overlay_size=8)
+
+
+@pytest.mark.filterwarnings(
+    "ignore:PySpark does not yet fully support pandas >= 3.0.0:FutureWarning"
+)
+def test_spark_sql_explain_and_analyze_equal_the_core(sample_paths, tmp_path):
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from cxrlake.spark import register
+
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("cxrlake-explain-tests")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
+        .getOrCreate()
+    )
+    register(spark, overlay_size=64)
+    images = sample_paths[:2] + [str(tmp_path / "missing.jpeg")]
+    spark.createDataFrame([(p,) for p in images], "path STRING").createOrReplaceTempView("paths")
+    rows = spark.sql(
+        "SELECT explain(path) AS e, analyze(path) AS a, explain(read_bytes) AS b FROM "
+        "(SELECT path, CAST(NULL AS BINARY) AS read_bytes FROM paths)"
+    ).collect()
+    core = cxrlake.explain(images, overlay_size=64).to_pylist()
+    analyzed = cxrlake.analyze(images).to_pylist()
+    for row, expected, expected_analyze in zip(rows, core, analyzed, strict=True):
+        got = row["e"].asDict(recursive=True)
+        assert got["error"] == expected["error"]
+        assert got["overlay"] == expected["overlay"]
+        if expected["heatmap"] is not None:
+            assert got["heatmap"]["values"] == pytest.approx(expected["heatmap"]["values"])
+            assert row["a"]["probability"] == expected_analyze["probability"]
+            assert row["a"]["heatmap"]["rows"] == 5
+        assert row["b"]["error"] == "null input"
+    with open(sample_paths[0], "rb") as file:
+        data = file.read()
+    spark.createDataFrame([(data,)], "content BINARY").createOrReplaceTempView("blobs")
+    by_bytes = spark.sql("SELECT explain(content) AS e FROM blobs").collect()[0]["e"]
+    assert by_bytes["heatmap"]["values"] == pytest.approx(core[0]["heatmap"]["values"])
+
+
+def test_duckdb_explain_on_paths_and_bytes(sample_paths):
+    import duckdb
+
+    from cxrlake.lakehouse.sql import _register_udfs
+
+    con = duckdb.connect()
+    _register_udfs(con, None, None, "memory")
+    with open(sample_paths[-1], "rb") as file:
+        data = file.read()
+    row = con.execute(
+        "SELECT explain(?) AS p, explain_bytes(?) AS b, explain_overlay(?, 96) AS o, "
+        "explain('/no/such.jpeg').error AS e",
+        [sample_paths[-1], data, sample_paths[-1]],
+    ).fetchone()
+    expected = cxrlake.explain([sample_paths[-1]], overlay_size=96).to_pylist()[0]
+    by_path, by_bytes, overlay, error = row
+    assert by_path["heatmap"]["values"] == pytest.approx(expected["heatmap"]["values"])
+    assert by_bytes["heatmap"] == by_path["heatmap"]
+    assert by_path["probability"] == expected["probability"]
+    assert bytes(overlay) == expected["overlay"]
+    assert error == "file not found: /no/such.jpeg"

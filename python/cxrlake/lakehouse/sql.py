@@ -26,6 +26,10 @@ Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLO
   and ``healthcare_catalog_<env>.models.predict_image`` (bytes), the Databricks names.
 - ``features(path)`` -> STRUCT(width, height, mean_pixel_value, std_pixel_value, quality_score,
   embedding DOUBLE[], error): as the Spark ``features``.
+- ``explain(path)`` -> STRUCT(heatmap STRUCT(rows, cols, values FLOAT[]), heatmap_scale,
+  probability, predicted_label, overlay BLOB, model_name, model_version, error): the model's
+  class-activation map, as the Spark ``explain``; ``overlay`` is NULL here, and
+  ``explain_overlay(path, size) -> BLOB`` returns the overlay PNG (longer side ``size`` pixels).
 - ``quality_score(path) -> DOUBLE``: image quality score, 0..1 (no model needed).
 - ``image_error(path) -> VARCHAR``: why the pipeline would quarantine the image (the same rule
   and words as ``silver.quarantine.reason``), NULL when it is usable.
@@ -90,7 +94,7 @@ def _register_udfs(
     con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None, catalog: str
 ) -> None:
     import cxrlake
-    from cxrlake.spark.udfs import FEATURES_RESULT, PREDICT_RESULT
+    from cxrlake.spark.udfs import EXPLAIN_RESULT, FEATURES_RESULT, PREDICT_RESULT
 
     model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
     # A misconfigured sandbox (an empty or missing root) fails here, not at the first row.
@@ -104,6 +108,16 @@ def _register_udfs(
     def features(images: pa.Array) -> pa.Array:
         batch = cxrlake.features(images, model=model, roots=roots, embedding=model.has_embedding)
         return _struct_of(batch, feature_fields)
+
+    explain_fields = [f.name for f in EXPLAIN_RESULT]
+
+    def explain(images: pa.Array) -> pa.Array:
+        return _struct_of(cxrlake.explain(images, model=model, roots=roots), explain_fields)
+
+    def explain_overlay(images: pa.Array, sizes: pa.Array) -> pa.Array:
+        size = next((s for s in sizes.to_pylist() if s is not None), None)
+        batch = cxrlake.explain(images, model=model, roots=roots, overlay_size=size or 256)
+        return batch.column("overlay")
 
     def quality_score(images: pa.Array) -> pa.Array:
         return cxrlake.features(images, embedding=False, roots=roots).column("quality_score")
@@ -120,6 +134,8 @@ def _register_udfs(
         ("quality_score", quality_score, "DOUBLE"),
         ("image_error", image_error, "VARCHAR"),
     ]
+    if model.has_heatmap:
+        functions.append(("explain", explain, _duck_type(EXPLAIN_RESULT)))
     # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
     for name, fn, return_type in functions:
         for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
@@ -130,6 +146,16 @@ def _register_udfs(
                 return_type,
                 type="arrow",
                 # rows the core cannot read come back NULL (SPECIAL lets a UDF return NULLs)
+                null_handling="special",
+            )
+    if model.has_heatmap:
+        for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
+            con.create_function(
+                "explain_overlay" + suffix,
+                explain_overlay,
+                [arg_type, "INTEGER"],
+                "BLOB",
+                type="arrow",
                 null_handling="special",
             )
     # The Databricks names (sql/30_predict_function.sql): bronze.predict(path) and
@@ -148,6 +174,8 @@ def _duck_type(arrow_type: pa.DataType) -> str:
         return f"{_duck_type(arrow_type.value_type)}[]"
     simple = {
         pa.float64(): "DOUBLE",
+        pa.float32(): "FLOAT",
+        pa.binary(): "BLOB",
         pa.int32(): "INTEGER",
         pa.int64(): "BIGINT",
         pa.string(): "VARCHAR",

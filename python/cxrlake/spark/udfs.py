@@ -1,9 +1,10 @@
-"""``predict`` and ``features`` as Spark SQL functions, Arrow-native, on the Rust core.
+"""``predict``, ``features``, ``analyze`` and ``explain`` as Spark SQL functions, on the Rust core.
 
     from cxrlake.spark import register
     register(spark)                      # shipped model; or register(spark, model="/Volumes/...")
     spark.sql("SELECT path, predict(path) FROM images")       # path STRING or content BINARY
     spark.sql("SELECT features(content).quality_score FROM images")
+    spark.sql("SELECT explain(content).heatmap FROM images")  # class-activation map
 
 Whole Arrow batches cross into the core (no per-row Python): ``arrow_udf`` on Spark >= 4.1; on
 Spark 3.5 / DBR 15.4 LTS an iterator ``pandas_udf`` (Arrow underneath, one conversion more).
@@ -48,6 +49,39 @@ FEATURES_RESULT = pa.struct(
     ]
 )
 """Struct returned by ``features``: the columns of `cxrlake.features`."""
+
+HEATMAP = pa.struct(
+    [
+        pa.field("rows", pa.int32()),
+        pa.field("cols", pa.int32()),
+        pa.field("values", pa.list_(pa.float32())),
+    ]
+)
+"""The class-activation map: ``rows x cols`` row-major values (logit contributions)."""
+
+ANALYZE_RESULT = pa.struct(
+    [
+        *list(FEATURES_RESULT)[:-1],
+        *list(PREDICT_RESULT)[:-1],
+        pa.field("heatmap", HEATMAP),
+        pa.field("error", pa.string()),
+    ]
+)
+"""Struct returned by ``analyze``: the columns of `cxrlake.analyze`."""
+
+EXPLAIN_RESULT = pa.struct(
+    [
+        pa.field("heatmap", HEATMAP),
+        pa.field("heatmap_scale", pa.float64()),
+        pa.field("probability", pa.float64()),
+        pa.field("predicted_label", pa.int32()),
+        pa.field("overlay", pa.binary()),
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("error", pa.string()),
+    ]
+)
+"""Struct returned by ``explain``: the columns of `cxrlake.explain`."""
 
 ARROW_RECORDS_PER_BATCH = 64
 """Images per Arrow batch sent to a Python worker (Spark's default, 10 000 rows, would be
@@ -119,6 +153,33 @@ def features_array(
     return _as_struct(batch, FEATURES_RESULT)
 
 
+def analyze_array(
+    values: pa.Array | pa.ChunkedArray, model_path: str | None, threads: int | None
+) -> pa.StructArray:
+    """`cxrlake.analyze` of one Arrow array of paths or image bytes: an `ANALYZE_RESULT` struct
+    per row (statistics, embedding, prediction and heatmap from one forward pass)."""
+    import cxrlake
+
+    batch = cxrlake.analyze(_images(values), model=model_for(model_path), threads=threads)
+    return _as_struct(batch, ANALYZE_RESULT)
+
+
+def explain_array(
+    values: pa.Array | pa.ChunkedArray,
+    model_path: str | None,
+    threads: int | None,
+    overlay_size: int | None = None,
+) -> pa.StructArray:
+    """`cxrlake.explain` of one Arrow array of paths or image bytes: an `EXPLAIN_RESULT` struct
+    per row (the map, and an overlay PNG when ``overlay_size`` is set)."""
+    import cxrlake
+
+    batch = cxrlake.explain(
+        _images(values), model=model_for(model_path), threads=threads, overlay_size=overlay_size
+    )
+    return _as_struct(batch, EXPLAIN_RESULT)
+
+
 def _pandas_to_arrow(series: Any) -> pa.Array:
     values = series.tolist()
     first = next((v for v in values if v is not None), None)
@@ -140,23 +201,37 @@ def arrow_udf_supported() -> bool:
     return hasattr(F, "arrow_udf")
 
 
+_KINDS = {
+    "predict": (predict_array, PREDICT_RESULT),
+    "features": (features_array, FEATURES_RESULT),
+    "analyze": (analyze_array, ANALYZE_RESULT),
+    "explain": (explain_array, EXPLAIN_RESULT),
+}
+
+
 def make_udf(
-    kind: Literal["predict", "features"],
+    kind: Literal["predict", "features", "analyze", "explain"],
     model: Any = None,
     threads: int | None = None,
     flavor: Literal["auto", "arrow", "pandas"] = "auto",
+    overlay_size: int | None = None,
 ) -> Any:
-    """A Spark UDF computing ``predict`` or ``features`` over a path or image-bytes column.
+    """A Spark UDF computing ``predict``, ``features``, ``analyze`` or ``explain`` over a path or
+    image-bytes column.
 
     ``model``: None (shipped model), a path readable on the executors, or a `cxrlake.Model`
     (its path is used). ``threads``: Rust threads per Python worker (None: environment
     ``CXRLAKE_NUM_THREADS`` / ``RAYON_NUM_THREADS`` / CPUs). ``flavor``: ``arrow`` (Spark >= 4.1),
-    ``pandas`` (Spark 3.5) or ``auto``.
+    ``pandas`` (Spark 3.5) or ``auto``. ``overlay_size`` (``explain`` only): overlay PNG side.
     """
     _check_arguments(kind=kind, threads=threads, flavor=flavor)
     model_path = _model_path(model)
-    compute = {"predict": predict_array, "features": features_array}[kind]
-    result = {"predict": PREDICT_RESULT, "features": FEATURES_RESULT}[kind]
+    compute, result = _KINDS[kind]
+    if kind == "explain":
+
+        def compute(values: Any, path: Any, n: Any) -> pa.StructArray:
+            return explain_array(values, path, n, overlay_size)
+
     ddl = _spark_ddl(result)
     if flavor == "auto":
         flavor = "arrow" if arrow_udf_supported() else "pandas"
@@ -190,18 +265,18 @@ def _check_arguments(**arguments: Any) -> None:
     from cxrlake.exceptions import InvalidArgumentError
 
     for key, value in arguments.items():
-        if key == "kind" and value not in ("predict", "features"):
-            raise InvalidArgumentError(f"kind must be 'predict' or 'features', got {value!r}")
+        if key == "kind" and value not in _KINDS:
+            raise InvalidArgumentError(f"kind must be one of {sorted(_KINDS)}, got {value!r}")
         if key == "flavor" and value not in ("auto", "arrow", "pandas"):
             raise InvalidArgumentError(
                 f"unknown UDF flavor {value!r}: use 'auto', 'arrow' or 'pandas'"
             )
         if (
-            key == "threads"
+            key in ("threads", "overlay_size")
             and value is not None
             and (isinstance(value, bool) or not isinstance(value, int) or value < 1)
         ):
-            raise InvalidArgumentError(f"threads must be a positive integer or None, got {value!r}")
+            raise InvalidArgumentError(f"{key} must be a positive integer or None, got {value!r}")
         if key.endswith("name") and not (isinstance(value, str) and _SQL_NAME.match(value)):
             raise InvalidArgumentError(
                 f"{key} must be a SQL identifier (letters, digits, _), got {value!r}"
@@ -228,20 +303,38 @@ def register(
     features_name: str = "features",
     threads: int | None = None,
     flavor: Literal["auto", "arrow", "pandas"] = "auto",
+    analyze_name: str = "analyze",
+    explain_name: str = "explain",
+    overlay_size: int | None = None,
 ) -> dict[str, Any]:
-    """Register ``predict`` and ``features`` as SQL functions of ``spark``; return the UDFs.
+    """Register ``predict``, ``features``, ``analyze`` and ``explain`` as SQL functions of
+    ``spark``; return the UDFs.
 
     ``predict(images)`` -> STRUCT<probability DOUBLE, predicted_label INT, label_name STRING,
     model_name STRING, model_version STRING, error STRING>; ``features(images)`` ->
     STRUCT<width INT, height INT, mean_pixel_value DOUBLE, std_pixel_value DOUBLE,
-    quality_score DOUBLE, embedding ARRAY<DOUBLE>, error STRING>. ``images`` is a STRING (path)
-    or BINARY (image bytes) column; a bad row gives NULLs and an ``error``, never a failed task.
-    See `make_udf` for ``model``, ``threads`` and ``flavor``.
+    quality_score DOUBLE, embedding ARRAY<DOUBLE>, error STRING>; ``analyze(images)`` -> both
+    plus ``heatmap STRUCT<rows INT, cols INT, values ARRAY<FLOAT>>`` from one forward pass;
+    ``explain(images)`` -> STRUCT<heatmap ..., heatmap_scale DOUBLE, probability DOUBLE,
+    predicted_label INT, overlay BINARY (PNG when ``overlay_size`` is set), model_name STRING,
+    model_version STRING, error STRING>. ``images`` is a STRING (path) or BINARY (image bytes)
+    column; a bad row gives NULLs and an ``error``, never a failed task. See `make_udf` for
+    ``model``, ``threads`` and ``flavor``.
     """
-    _check_arguments(name=name, features_name=features_name, threads=threads, flavor=flavor)
+    _check_arguments(
+        name=name,
+        features_name=features_name,
+        analyze_name=analyze_name,
+        explain_name=explain_name,
+        threads=threads,
+        flavor=flavor,
+        overlay_size=overlay_size,
+    )
     udfs = {
         name: make_udf("predict", model, threads, flavor),
         features_name: make_udf("features", model, threads, flavor),
+        analyze_name: make_udf("analyze", model, threads, flavor),
+        explain_name: make_udf("explain", model, threads, flavor, overlay_size),
     }
     for fn_name, udf in udfs.items():
         spark.udf.register(fn_name, udf)

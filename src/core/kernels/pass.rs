@@ -44,6 +44,9 @@ pub(crate) struct PassRow {
     pub picture: Option<GrayImage>,
 }
 
+/// Probability, embedding and heatmap of one scored row.
+type Scored = (f64, Option<Vec<f64>>, Option<Heatmap>);
+
 struct Prepared {
     width: u32,
     height: u32,
@@ -105,8 +108,7 @@ pub(crate) fn run_pass(
         |range, (mut tensors, prepared)| {
             let mut errors: Vec<Option<RowError>> =
                 prepared.iter().map(|r| r.as_ref().err().cloned()).collect();
-            let mut scored: Vec<Option<(f64, Option<Vec<f64>>, Option<Heatmap>)>> =
-                vec![None; prepared.len()];
+            let mut scored: Vec<Option<Scored>> = vec![None; prepared.len()];
             infer_and_scatter(
                 model,
                 &mut tensors,
