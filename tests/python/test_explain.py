@@ -316,3 +316,44 @@ def test_duckdb_explain_on_paths_and_bytes(sample_paths):
     assert by_path["probability"] == expected["probability"]
     assert bytes(overlay) == expected["overlay"]
     assert error == "file not found: /no/such.jpeg"
+
+
+def test_report_overlays_show_errors_and_keep_images_opt_in(fullres_paths):
+    import duckdb
+
+    from cxrlake.lakehouse.report.overlays import overlay_section, pick_examples
+
+    # Two NORMAL and two PNEUMONIA images with made-up verdicts: one of each is an error.
+    paths = fullres_paths[:2] + fullres_paths[-2:]
+    con = duckdb.connect()
+    con.execute("CREATE SCHEMA bronze")
+    con.execute(
+        "CREATE TABLE bronze.kaggle_xray_metadata(image_id VARCHAR, content_sha256 VARCHAR, "
+        "content BLOB)"
+    )
+    preds = []
+    for k, path in enumerate(paths):
+        with open(path, "rb") as file:
+            con.execute(
+                "INSERT INTO bronze.kaggle_xray_metadata VALUES (?, ?, ?)",
+                [f"img{k}", f"sha{k}", file.read()],
+            )
+        truth = 0 if k < 2 else 1
+        predicted = truth if k in (0, 3) else 1 - truth
+        preds.append(
+            {
+                "image_id": f"img{k}",
+                "content_sha256": f"sha{k}",
+                "true_label": truth,
+                "predicted_label": predicted,
+                "prediction_probability": 0.9 if predicted else 0.1,
+                "confidence_score": 0.9,
+            }
+        )
+    kinds = [kind for kind, _ in pick_examples(preds)]
+    assert kinds == ["false positive", "false negative", "true positive", "true negative"]
+    with_images = overlay_section(con, preds, thumbnails=True)
+    assert with_images.count("data:image/png;base64,") == 4
+    assert "false negative" in with_images and "#attribution" in with_images
+    without = overlay_section(con, preds, thumbnails=False)
+    assert "data:image" not in without and "img1" in without and "of 5x5" in without

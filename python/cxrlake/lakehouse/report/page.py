@@ -184,6 +184,10 @@ def build_page(
     out.append("<h2 id='examples'>Example predictions</h2>")
     out.append(_examples(con, preds, examples, thumbnails))
 
+    from cxrlake.lakehouse.report.overlays import overlay_section
+
+    out.append(overlay_section(con, preds, thumbnails))
+
     try:  # radiologist review (cxrlake.review), when that package is present
         from cxrlake.review.report import review_section
     except ImportError:

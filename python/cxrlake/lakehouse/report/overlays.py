@@ -1,0 +1,113 @@
+"""The report's "Where the model looked" section: class-activation overlays of example images.
+
+Examples are the most confident false positives and false negatives first, then the most
+confident correct predictions of each class. Each card shows the image with the model's map over
+it (`cxrlake.explain`: red pushes towards PNEUMONIA, blue towards NORMAL, colour scale at the
+right, its ends at ``± heatmap_scale`` logit units) and the hottest cell of the 5x5 grid.
+
+Overlays show the patient image, so they follow the report's ``thumbnails`` choice: without it
+the section lists the same examples by image id with their hottest cell, and no image.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from typing import Any
+
+import numpy as np
+
+from cxrlake.lakehouse import schemas
+from cxrlake.lakehouse.report import queries
+
+OVERLAY_SIZE = 200
+"""Longer side of an overlay, in pixels."""
+
+
+def pick_examples(preds: list[dict[str, Any]], per_kind: int = 2) -> list[tuple[str, dict]]:
+    """``(kind, prediction)`` pairs: the ``per_kind`` most confident false positives, false
+    negatives, true positives and true negatives, in that order (labelled predictions only)."""
+    kinds = {
+        "false positive": lambda r: r["true_label"] == 0 and r["predicted_label"] == 1,
+        "false negative": lambda r: r["true_label"] == 1 and r["predicted_label"] == 0,
+        "true positive": lambda r: r["true_label"] == 1 and r["predicted_label"] == 1,
+        "true negative": lambda r: r["true_label"] == 0 and r["predicted_label"] == 0,
+    }
+    ranked = sorted(
+        (r for r in preds if r.get("true_label") is not None),
+        key=lambda r: (-(r["confidence_score"] or 0.0), r["image_id"]),
+    )
+    picked = []
+    for kind, test in kinds.items():
+        picked += [(kind, r) for r in [r for r in ranked if test(r)][:per_kind]]
+    return picked
+
+
+def hottest_cell(heatmap: dict[str, Any] | None) -> str:
+    """``row r, col c of R x C`` (1-based, from the top-left of the upright image)."""
+    if not heatmap or not heatmap.get("values"):
+        return "no map"
+    grid = np.asarray(heatmap["values"], np.float64).reshape(heatmap["rows"], heatmap["cols"])
+    r, c = np.unravel_index(int(grid.argmax()), grid.shape)
+    return f"row {r + 1}, col {c + 1} of {grid.shape[0]}x{grid.shape[1]}"
+
+
+def overlay_section(con: Any, preds: list[dict[str, Any]], thumbnails: bool) -> str:
+    """The HTML of the section (heading included)."""
+    import cxrlake
+
+    out = ["<h2 id='overlays'>Where the model looked</h2>"]
+    model = cxrlake.Model()
+    if not model.has_heatmap:
+        out.append("<p class='muted'>(the model has no heatmap output)</p>")
+        return "\n".join(out)
+    picked = pick_examples(preds)
+    if not picked:
+        out.append("<p class='muted'>(no labelled predictions)</p>")
+        return "\n".join(out)
+    wanted = [(r["image_id"], r["content_sha256"]) for _, r in picked]
+    content = queries.image_bytes(con, wanted)
+    present = [(kind, r) for kind, r in picked if (r["image_id"], r["content_sha256"]) in content]
+    explained = cxrlake.explain(
+        [content[(r["image_id"], r["content_sha256"])] for _, r in present],
+        model,
+        overlay_size=OVERLAY_SIZE if thumbnails else None,
+    ).to_pylist()
+    out.append(
+        "<p class='muted'>Class-activation maps of the current model "
+        f"({html.escape(model.name)} {html.escape(model.version)}): each of the 5x5 cells is its "
+        "share of the logit (red towards PNEUMONIA, blue towards NORMAL). The grid is coarse: a "
+        "cell covers a fifth of the image in each direction. Images: see "
+        "<a href='#attribution'>Data attribution</a>.</p>"
+    )
+    if not thumbnails:
+        rows = [
+            f"<tr><td class='l'>{kind}</td><td class='l'>{html.escape(r['image_id'])}</td>"
+            f"<td class='l'>{schemas.LABEL_NAMES[r['true_label']]}</td>"
+            f"<td>{r['prediction_probability']:.3f}</td>"
+            f"<td class='l'>{hottest_cell(e['heatmap']) if not e['error'] else 'error'}</td></tr>"
+            for (kind, r), e in zip(present, explained, strict=True)
+        ]
+        out.append(
+            "<table><tr><th class='l'>example</th><th class='l'>image_id</th>"
+            "<th class='l'>true</th><th>P(PNEUMONIA)</th><th class='l'>hottest cell</th></tr>"
+            + "".join(rows)
+            + "</table><p class='muted'>Add <code>--thumbnails</code> to see the overlays.</p>"
+        )
+        return "\n".join(out)
+    cards = []
+    for (kind, r), e in zip(present, explained, strict=True):
+        if e["error"] or not e["overlay"]:
+            continue
+        b64 = base64.b64encode(e["overlay"]).decode("ascii")
+        css = "bad" if kind.startswith("false") else "ok"
+        cards.append(
+            f"<div class='card'><img alt='{html.escape(r['image_id'])}' "
+            f"src='data:image/png;base64,{b64}'>"
+            f"<div class='{css}'>{kind}</div>"
+            f"<div>P(PNEUMONIA) = {r['prediction_probability']:.3f}</div>"
+            f"<div>hottest: {hottest_cell(e['heatmap'])}</div>"
+            f"<div class='muted'>scale ±{e['heatmap_scale']:.2f} logit</div></div>"
+        )
+    out.append("<div class='grid'>" + "".join(cards) + "</div>")
+    return "\n".join(out)
