@@ -63,6 +63,14 @@ def test_worklist_is_ordered_by_need_filters_and_shows_progress(app):
         assert i["need"] == round(score, 4) and i["reasons"] == reasons
         assert 0 < i["threshold"] < 1 and 0 <= i["quality_score"] <= 1
     assert data["progress"]["total"] == 8
+    # the threshold shown is the one that decided the row (gold.decision_threshold)
+    from cxrlake.lakehouse import schemas
+
+    decided = {
+        r["prediction_id"]: r["decision_threshold"]
+        for r in app.store.lh.read(schemas.PREDICTIONS).to_pylist()
+    }
+    assert all(i["threshold"] == decided[i["prediction_id"]] for i in items)
     assert sum(i["has_heatmap"] for i in items) >= 1
     status, normal = app.get("/api/worklist?label=NORMAL")
     assert {i["folder_label"] for i in normal["items"]} == {"NORMAL"}

@@ -91,6 +91,7 @@ class ReviewApp:
             "predicted_label": tables.label_name_of(p.get("predicted_label")),
             "probability": p.get("prediction_probability"),
             "threshold": p.get("threshold"),
+            "threshold_source": p.get("threshold_source"),
             "model_name": p.get("model_name"),
             "model_version": p.get("model_version"),
             "quality_score": p.get("quality_score"),

@@ -143,10 +143,12 @@ class LocalStore:
 
     def predictions(self) -> list[dict[str, Any]]:
         """Current predictions (their content hash is silver's) with quality score, threshold
-        and, when the table has one, the heatmap."""
+        (the row's ``decision_threshold``, else the model's) and, when the table has one, the
+        heatmap."""
         table = self.lh.table(schemas.PREDICTIONS)
         names = set(table.schema().to_arrow().names)
-        columns = _PREDICTION_COLUMNS + (["heatmap"] if "heatmap" in names else [])
+        optional = ["heatmap", "decision_threshold", "threshold_source"]
+        columns = _PREDICTION_COLUMNS + [c for c in optional if c in names]
         preds = self.lh.read(schemas.PREDICTIONS, columns).to_pylist()
         silver = {
             r["image_id"]: r
@@ -161,7 +163,10 @@ class LocalStore:
             if s is None or s["content_sha256"] != p["content_sha256"]:
                 continue
             p["quality_score"] = s["quality_score"]
-            p["threshold"] = thresholds.get((p["model_name"], p["model_version"]))
+            # the threshold that decided this row (a site's, when calibrated), else the model's
+            p["threshold"] = p.get("decision_threshold")
+            if p["threshold"] is None:
+                p["threshold"] = thresholds.get((p["model_name"], p["model_version"]))
             if p["threshold"] is None:
                 p["threshold"] = self._model_threshold(p["model_name"], p["model_version"])
             out.append(p)

@@ -69,7 +69,7 @@ def statements(n: WarehouseNames, with_heatmap: bool = True) -> dict[str, str]:
         "predictions": f"""
 SELECT p.prediction_id, p.image_id, p.predicted_label, p.prediction_probability, p.true_label,
        p.model_name, p.model_version, p.dataset_split, p.content_sha256, s.quality_score,
-       t.threshold{heatmap}
+       coalesce(p.decision_threshold, t.threshold) AS threshold, p.threshold_source{heatmap}
 FROM {n.predictions} AS p
 JOIN {n.silver} AS s ON s.image_id = p.image_id AND s.content_sha256 = p.content_sha256
 LEFT JOIN (

@@ -166,7 +166,8 @@ async function loadCase(predictionId) {
   $("c-predicted").textContent = data.predicted_label;
   $("c-predicted").className = data.predicted_label === "PNEUMONIA" ? "pos" : "neg";
   $("c-probability").textContent = fmt(data.probability);
-  $("c-threshold").textContent = fmt(data.threshold);
+  $("c-threshold").textContent =
+    fmt(data.threshold) + (data.threshold_source ? ` (${data.threshold_source})` : "");
   $("c-model").textContent = `${data.model_name} ${data.model_version}`;
   $("c-quality").textContent = fmt(data.quality_score, 2);
   $("c-split").textContent = data.dataset_split;
