@@ -127,9 +127,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="score chest X-ray images for pneumonia",
         description=(
-            "Score JPEG/PNG chest X-rays for pneumonia and print one record per image with "
+            "Score JPEG/PNG/DICOM chest X-rays for pneumonia and print one record per image with "
             "path, probability, predicted_label (0/1), label_name and error (null when fine). "
-            "Folders are searched recursively for .jpeg/.jpg/.png files (other files are "
+            "Folders are searched recursively for .jpeg/.jpg/.png/.dcm/.dicom files (others are "
             "skipped and counted); files named explicitly are always scored. A summary "
             "'scored N, M errors, K skipped' and progress go to stderr. Exits 1 when a named "
             "path does not exist or no image could be scored."

@@ -21,8 +21,9 @@ __all__ = [
     "write_text_atomically",
 ]
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-"""File name endings treated as images when found in a folder (compared lowercased)."""
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+"""File name endings treated as images when found in a folder (compared lowercased): the
+formats the core decodes (it detects the format from the bytes, not from the name)."""
 
 
 def is_image_name(name: str | os.PathLike) -> bool:
@@ -68,14 +69,14 @@ def select_images(inputs: Iterable[str | os.PathLike]) -> FileSelection:
 
 
 def skip_summary(skipped: list[str], examples: int = 3) -> str:
-    """``skipped 2 files that are not images (.jpeg/.jpg/.png): a.txt, b.dcm`` ('' when none)."""
+    """``skipped 2 files that are not images (.jpeg/...): a.txt, b.doc`` ('' when none)."""
     if not skipped:
         return ""
     names = ", ".join(os.path.basename(p) for p in skipped[:examples])
     more = f" and {len(skipped) - examples} more" if len(skipped) > examples else ""
-    noun = "file" if len(skipped) == 1 else "files"
+    what = "file that is not an image" if len(skipped) == 1 else "files that are not images"
     kinds = "/".join(IMAGE_SUFFIXES)
-    return f"skipped {len(skipped)} {noun} that are not images ({kinds}): {names}{more}"
+    return f"skipped {len(skipped)} {what} ({kinds}): {names}{more}"
 
 
 def write_text_atomically(path: str | os.PathLike, text: str) -> str:

@@ -83,6 +83,7 @@ def test_predict_reports_one_error_per_bad_file(mixed_dir: Path):
     # The summary and what was skipped, on stderr (stdout stays machine-readable).
     assert "scored 3, 3 errors, 1 skipped" in result.stderr
     assert "notes.txt" in result.stderr
+    assert "cxrlake predict: 6/6" in result.stderr  # progress as log lines when not a terminal
     for name, row in by_name.items():
         assert (row["probability"] is None) == (name in errors)
 
@@ -109,14 +110,15 @@ def test_nothing_to_score_is_a_failure(tmp_path: Path):
     assert result.returncode == 1 and result.stdout == ""
     assert "no images found" in one_error_line(result, "predict")
     assert "scored 0, 0 errors, 0 skipped" in result.stderr
-    dicom = tmp_path / "dicom"
-    dicom.mkdir()
-    for i in range(2):
-        (dicom / f"IM{i}.dcm").write_bytes(b"\0" * 128 + b"DICM")
-    result = run_cli("predict", str(dicom))
+    others = tmp_path / "others"
+    others.mkdir()
+    (others / "notes.txt").write_text("x")
+    (others / "IM0.dcm").write_bytes(b"\0" * 128 + b"DICM")  # a DICOM file without a pixel
+    result = run_cli("predict", str(others))
     assert result.returncode == 1
-    assert "scored 0, 0 errors, 2 skipped" in result.stderr
-    assert "skipped 2 files that are not images" in result.stderr
+    assert "no image could be scored" in one_error_line(result, "predict")
+    assert "scored 0, 1 errors, 1 skipped" in result.stderr
+    assert "skipped 1 file that is not an image" in result.stderr
 
 
 def test_csv_output_has_the_documented_header(fullres_paths):
@@ -192,6 +194,9 @@ def test_bad_environment_variables_are_one_line(fullres_paths):
     result = run_cli("predict", fullres_paths[0], env={"CXRLAKE_NUM_THREADS": "abc"})
     assert result.returncode == 2
     assert "CXRLAKE_NUM_THREADS" in one_error_line(result, "predict")
+    result = run_cli("predict", fullres_paths[0], env={"CXRLAKE_MAX_PIXELS": "0"})
+    assert result.returncode == 2
+    assert "CXRLAKE_MAX_PIXELS" in one_error_line(result, "predict")
     result = run_cli("predict", fullres_paths[0], env={"CXRLAKE_ALLOWED_ROOTS": ":"})
     assert result.returncode == 1
     assert "CXRLAKE_ALLOWED_ROOTS" in one_error_line(result, "predict")

@@ -179,7 +179,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         if not os.path.isdir(source):
             raise CommandError(f"--source {source}: not a directory")
         if not select_images([source]).images:
-            raise CommandError(f"--source {source}: no image files (.jpeg/.jpg/.png) found")
+            raise CommandError(f"--source {source}: no image files found (see `predict --help`)")
     summary = run_pipeline(
         args.source,
         args.lakehouse,
