@@ -570,6 +570,8 @@ def test_train_labels_from_passes_the_corrections_and_says_how_many(built, app, 
         ["train", "--data", str(source), "--labels-from", str(lakehouse)]
     )
     assert args.labels_from == str(lakehouse)
+    handler = getattr(args, "handler", None) or args.func  # what `cxrlake train` runs
+    assert handler.__qualname__ == "_with_current_labels.<locals>.run"
     seen = _with_current_labels(lambda a: a.label_overrides)(args)
     out = capsys.readouterr().out
     m = re.search(r"(\d+) of (\d+) differ from the folder labels", out)
