@@ -75,18 +75,18 @@ def _ready(driver):
 
 
 def _case_loaded(driver, not_id=None):
+    """Wait until a case other than ``not_id`` is shown with its image; return its id."""
+
     def loaded(d):
         return d.execute_script(
-            "const img = document.getElementById('image');"
-            "return !document.getElementById('case-view').hidden && img.complete"
-            " && img.naturalWidth > 0 && location.hash.startsWith('#/case/')"
-            " && decodeURIComponent(location.hash.slice(7)) !== arguments[0]"
-            " && document.getElementById('c-image-id').textContent.length > 0",
+            "const id = document.body.dataset.case, img = document.getElementById('image');"
+            "return id && id !== arguments[0] && !document.getElementById('case-view').hidden"
+            " && img.complete && img.naturalWidth > 0"
+            " && decodeURIComponent(location.hash.slice(7)) === id ? id : null",
             not_id,
         )
 
-    _wait(driver, loaded)
-    return driver.execute_script("return decodeURIComponent(location.hash.slice(7))")
+    return _wait(driver, loaded)
 
 
 def _keys(driver, *keys):

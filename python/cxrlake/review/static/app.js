@@ -156,6 +156,7 @@ function openCase(predictionId) {
 }
 
 async function loadCase(predictionId) {
+  delete document.body.dataset.case; // set again once this case is shown with its image
   const data = await api("/api/case/" + encodeURIComponent(predictionId));
   state.caseId = predictionId;
   state.caseData = data;
@@ -185,8 +186,11 @@ async function loadCase(predictionId) {
   img.onload = () => {
     fitImage();
     drawHeatmap();
+    document.body.dataset.case = predictionId;
   };
-  img.src = "/api/image/" + encodeURIComponent(data.image_id);
+  const url = new URL("/api/image/" + encodeURIComponent(data.image_id), location.href).href;
+  if (img.src === url && img.complete && img.naturalWidth) img.onload(); // same image: no load event
+  else img.src = url;
   status("");
 }
 
