@@ -65,8 +65,7 @@ class WarehouseNames:
 def statements(n: WarehouseNames, with_heatmap: bool = True) -> dict[str, str]:
     """Every SQL statement the store runs (Databricks SQL; tests parse them with sqlglot)."""
     heatmap = ", p.heatmap" if with_heatmap else ""
-    return {
-        "predictions": f"""
+    predictions = f"""
 SELECT p.prediction_id, p.image_id, p.predicted_label, p.prediction_probability, p.true_label,
        p.model_name, p.model_version, p.dataset_split, p.content_sha256, s.quality_score,
        coalesce(p.decision_threshold, t.threshold) AS threshold, p.threshold_source{heatmap}
@@ -75,7 +74,10 @@ JOIN {n.silver} AS s ON s.image_id = p.image_id AND s.content_sha256 = p.content
 LEFT JOIN (
   SELECT model_name, model_version, max_by(threshold, evaluated_at) AS threshold
   FROM {n.performance} GROUP BY model_name, model_version
-) AS t ON t.model_name = p.model_name AND t.model_version = p.model_version""",
+) AS t ON t.model_name = p.model_name AND t.model_version = p.model_version"""
+    return {
+        "predictions": predictions,
+        "prediction": predictions + "\nWHERE p.prediction_id = :prediction_id",
         "folder_labels": f"SELECT image_id, label FROM {n.silver}",
         "feedback": f"SELECT * FROM {n.feedback}",
         "feedback_of": f"SELECT * FROM {n.feedback} WHERE prediction_id = :prediction_id",
@@ -166,7 +168,10 @@ class WarehouseStore:
         return self._query("predictions")
 
     def prediction(self, prediction_id: str) -> dict[str, Any] | None:
-        return next((p for p in self.predictions() if p["prediction_id"] == prediction_id), None)
+        if self._heatmap is None:
+            self.predictions()  # finds out whether the table has the heatmap column
+        rows = self._query("prediction", {"prediction_id": prediction_id})
+        return rows[0] if rows else None
 
     def folder_labels(self) -> dict[str, int | None]:
         return {r["image_id"]: r["label"] for r in self._query("folder_labels")}
