@@ -117,11 +117,13 @@ fn format_scaled(value: u64, unit: u64) -> String {
 
 fn env_u64(name: &str) -> Result<Option<u64>, CoreError> {
     match std::env::var(name) {
-        Ok(text) if !text.trim().is_empty() => text.trim().parse::<u64>().map(Some).map_err(|_| {
-            CoreError::InvalidArgument(format!(
+        // 0 is refused here too, so the message names the variable that holds it.
+        Ok(text) if !text.trim().is_empty() => match text.trim().parse::<u64>() {
+            Ok(value) if value > 0 => Ok(Some(value)),
+            _ => Err(CoreError::InvalidArgument(format!(
                 "environment variable {name}={text:?} is not a positive integer"
-            ))
-        }),
+            ))),
+        },
         _ => Ok(None),
     }
 }
