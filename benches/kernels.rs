@@ -1,5 +1,6 @@
 //! Criterion benches of the core kernels on real full-resolution chest X-rays:
-//! JPEG decode (full and DCT-scaled), resize, preprocess, quality features, batch decode.
+//! JPEG decode (full and DCT-scaled), resize, preprocess, quality features, batch decode, and with
+//! the shipped model: predict, analyze with and without the heatmap, explain, overlay rendering.
 //!
 //! `make bench-rust` (sets CXRLAKE_SHARED_DATA and ORT_DYLIB_PATH).
 
@@ -9,12 +10,15 @@ use std::path::{Path, PathBuf};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use cxrlake::core::decode::decode_gray;
-use cxrlake::core::kernels::{decode_batch, preprocess_batch};
+use cxrlake::core::kernels::overlay::render_png;
+use cxrlake::core::kernels::{
+    analyze_batch, decode_batch, explain_batch, predict_batch, preprocess_batch, Heatmap,
+};
 use cxrlake::core::limits::Limits;
 use cxrlake::core::preprocess::Preprocessing;
 use cxrlake::core::quality::measure_quality;
 use cxrlake::core::resize::resize_gray;
-use cxrlake::core::{ImageColumn, KernelOptions};
+use cxrlake::core::{init_runtime, ImageColumn, KernelOptions, PneumoniaModel};
 
 /// A few real images of different sizes (small, median, large), read into memory.
 fn sample_images() -> Vec<(String, Vec<u8>)> {
@@ -103,5 +107,54 @@ fn batches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, single_image, batches);
+fn model_kernels(c: &mut Criterion) {
+    init_runtime(None).expect("set ORT_DYLIB_PATH (make bench-rust does)");
+    let model_path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cxrlake/models/cxrlake_pneumonia.onnx");
+    let model = PneumoniaModel::load(&model_path, 2).unwrap();
+    let images: Vec<Vec<u8>> = sample_images().into_iter().map(|(_, d)| d).collect();
+    let batch: Vec<Vec<u8>> = images.iter().cycle().take(24).cloned().collect();
+    let column = ImageColumn::from_bytes(&batch);
+    let options = KernelOptions {
+        threads: 2,
+        ..KernelOptions::default()
+    };
+    let mut group = c.benchmark_group("model24");
+    group.throughput(Throughput::Elements(batch.len() as u64));
+    group.sample_size(10);
+    group.bench_function("predict", |b| {
+        b.iter(|| predict_batch(black_box(&column), &model, &options).unwrap())
+    });
+    for heatmap in [false, true] {
+        group.bench_function(BenchmarkId::new("analyze_heatmap", heatmap), |b| {
+            b.iter(|| analyze_batch(black_box(&column), &model, &options, heatmap).unwrap())
+        });
+    }
+    group.bench_function("explain", |b| {
+        b.iter(|| explain_batch(black_box(&column), &model, &options, None).unwrap())
+    });
+    group.bench_function("explain_overlay256", |b| {
+        b.iter(|| explain_batch(black_box(&column), &model, &options, Some(256)).unwrap())
+    });
+    group.finish();
+
+    let picture = decode_gray(&images[1], &Limits::default(), Some((128, 128)))
+        .unwrap()
+        .image;
+    let picture = cxrlake::core::GrayImage {
+        width: 256,
+        height: 256,
+        pixels: resize_gray(&picture, 256, 256),
+    };
+    let heatmap = Heatmap {
+        rows: 5,
+        cols: 5,
+        values: (0..25).map(|v| v as f32 - 12.0).collect(),
+    };
+    c.bench_function("overlay/render_png_256", |b| {
+        b.iter(|| render_png(black_box(&picture), &heatmap).unwrap())
+    });
+}
+
+criterion_group!(benches, single_image, batches, model_kernels);
 criterion_main!(benches);
