@@ -101,7 +101,8 @@ class LocalStore:
     engine = "local"
 
     def __init__(self, lakehouse: str | os.PathLike, env: str = "dev") -> None:
-        self.lh = Lakehouse(lakehouse, env)
+        self._where = (lakehouse, env)
+        self._per_thread = threading.local()
         if not self.lh.exists(schemas.PREDICTIONS):
             raise FileNotFoundError(
                 f"no gold.pneumonia_predictions under {self.lh.catalog}: "
@@ -111,6 +112,15 @@ class LocalStore:
         roots = [self.lh.root, *self.lh.recorded_sources()]
         self.roots = [os.path.realpath(r) for r in roots]
         self._threshold_cache: dict[tuple[str, str], float | None] = {}
+
+    @property
+    def lh(self) -> Lakehouse:
+        """This thread's `Lakehouse`: it caches DeltaTable objects, which the server's request
+        threads must not share."""
+        lh = getattr(self._per_thread, "lh", None)
+        if lh is None:
+            lh = self._per_thread.lh = Lakehouse(*self._where)
+        return lh
 
     # ------------------------------------------------------------------ reading
     def _ensure(self, spec: schemas.TableSpec) -> None:
