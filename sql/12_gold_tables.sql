@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.pneumonia_predictions (
   prediction_date DATE COMMENT 'predicted_at as a date (UTC)',
   dataset_split STRING COMMENT 'train, val, test or fullres',
   content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes',
-  heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major, 0..1); NULL when the model has none',
+  heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major logit contributions: cxrlake.head_bias + mean(values) = logit); NULL when the model has none',
   decision_threshold DOUBLE COMMENT 'The threshold that decided predicted_label',
   threshold_source STRING COMMENT 'model (ONNX metadata) or site:<site_id>:v<version> (site_thresholds)'
 )
