@@ -42,7 +42,7 @@ HEATMAP = pa.struct(
     [
         pa.field("rows", pa.int32()),
         pa.field("cols", pa.int32()),
-        pa.field("values", pa.list_(pa.float32())),  # row-major, rows * cols logit contributions (head_bias + mean = logit)
+        pa.field("values", pa.list_(pa.float32())),  # row-major logit contributions
     ]
 )
 """Type of ``gold.pneumonia_predictions.heatmap`` (as returned by `cxrlake.analyze`)."""
