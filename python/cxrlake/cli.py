@@ -282,8 +282,20 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
+#: Rust libraries (delta-rs, object_store) bury the OS error deep in their message: name it first.
+_OS_ERRORS = {28: "disk full", 30: "read-only file system", 13: "permission denied"}
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception escaping a command handler."""
+    message, code = _describe(error)
+    for number, words in _OS_ERRORS.items():
+        if f"(os error {number})" in message and not message.startswith(words):
+            message = f"{words}: {message}"
+    return message, code
+
+
+def _describe(error: BaseException) -> tuple[str, int]:
     from cxrlake.exceptions import (
         CxrlakeError,
         InvalidArgumentError,

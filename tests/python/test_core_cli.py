@@ -235,3 +235,19 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path: Path):
         proc.kill()
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().endswith("cxrlake sql: interrupted")
+
+
+def test_os_errors_buried_in_engine_messages_are_named_first():
+    from deltalake.exceptions import DeltaError
+
+    from cxrlake.cli import describe_error
+
+    engine = DeltaError(
+        "Failed to parse parquet: External: Generic LocalFileSystem error: Unable to copy data "
+        "to file: No space left on device (os error 28)\nat some/rust/frame.rs:1"
+    )
+    message, code = describe_error(engine)
+    assert message.startswith("disk full: Failed to parse parquet") and "\n" not in message
+    assert code == 1
+    message, code = describe_error(OSError(30, "Read-only file system", "/lh/_cxrlake.lock"))
+    assert message == "/lh/_cxrlake.lock: Read-only file system" and code == 1
