@@ -7,7 +7,9 @@ plus an ``error`` string. These exceptions are for whole-call failures only.
 - :class:`InvalidArgumentError`: an unusable argument (wrong Arrow type, bad thread count or limit).
 - :class:`ModelError`: the model file is missing or does not follow the ONNX model contract.
 - :class:`RuntimeLibraryError`: the ONNX Runtime shared library cannot be found or loaded.
-- :class:`SandboxError`: the sandbox roots are misconfigured (a root that does not exist).
+- :class:`SandboxError`: the sandbox roots are misconfigured: a root that does not exist, an
+  empty root (``''``, ``CXRLAKE_ALLOWED_ROOTS=:``) or an empty list of roots. An empty root is
+  never read as "allow every path".
 """
 
 from cxrlake._internal import (
