@@ -270,29 +270,33 @@ def test_spark_sql_explain_and_analyze_equal_the_core(sample_paths, tmp_path):
         .config("spark.sql.execution.arrow.maxRecordsPerBatch", "4")
         .getOrCreate()
     )
-    register(spark, overlay_size=64)
-    images = sample_paths[:2] + [str(tmp_path / "missing.jpeg")]
-    spark.createDataFrame([(p,) for p in images], "path STRING").createOrReplaceTempView("paths")
-    rows = spark.sql(
-        "SELECT explain(path) AS e, analyze(path) AS a, explain(read_bytes) AS b FROM "
-        "(SELECT path, CAST(NULL AS BINARY) AS read_bytes FROM paths)"
-    ).collect()
-    core = cxrlake.explain(images, overlay_size=64).to_pylist()
-    analyzed = cxrlake.analyze(images).to_pylist()
-    for row, expected, expected_analyze in zip(rows, core, analyzed, strict=True):
-        got = row["e"].asDict(recursive=True)
-        assert got["error"] == expected["error"]
-        assert got["overlay"] == expected["overlay"]
-        if expected["heatmap"] is not None:
-            assert got["heatmap"]["values"] == pytest.approx(expected["heatmap"]["values"])
-            assert row["a"]["probability"] == expected_analyze["probability"]
-            assert row["a"]["heatmap"]["rows"] == 5
-        assert row["b"]["error"] == "null input"
-    with open(sample_paths[0], "rb") as file:
-        data = file.read()
-    spark.createDataFrame([(data,)], "content BINARY").createOrReplaceTempView("blobs")
-    by_bytes = spark.sql("SELECT explain(content) AS e FROM blobs").collect()[0]["e"]
-    assert by_bytes["heatmap"]["values"] == pytest.approx(core[0]["heatmap"]["values"])
+    try:
+        register(spark, overlay_size=64)
+        images = sample_paths[:2] + [str(tmp_path / "missing.jpeg")]
+        frame = spark.createDataFrame([(p,) for p in images], "path STRING")
+        frame.createOrReplaceTempView("paths")
+        rows = spark.sql(
+            "SELECT explain(path) AS e, analyze(path) AS a, explain(read_bytes) AS b FROM "
+            "(SELECT path, CAST(NULL AS BINARY) AS read_bytes FROM paths)"
+        ).collect()
+        core = cxrlake.explain(images, overlay_size=64).to_pylist()
+        analyzed = cxrlake.analyze(images).to_pylist()
+        for row, expected, expected_analyze in zip(rows, core, analyzed, strict=True):
+            got = row["e"].asDict(recursive=True)
+            assert got["error"] == expected["error"]
+            assert got["overlay"] == expected["overlay"]
+            if expected["heatmap"] is not None:
+                assert got["heatmap"]["values"] == pytest.approx(expected["heatmap"]["values"])
+                assert row["a"]["probability"] == expected_analyze["probability"]
+                assert row["a"]["heatmap"]["rows"] == 5
+            assert row["b"]["error"] == "null input"
+        with open(sample_paths[0], "rb") as file:
+            data = file.read()
+        spark.createDataFrame([(data,)], "content BINARY").createOrReplaceTempView("blobs")
+        by_bytes = spark.sql("SELECT explain(content) AS e FROM blobs").collect()[0]["e"]
+        assert by_bytes["heatmap"]["values"] == pytest.approx(core[0]["heatmap"]["values"])
+    finally:
+        spark.stop()
 
 
 def test_duckdb_explain_on_paths_and_bytes(sample_paths):
