@@ -384,6 +384,8 @@ def test_cli_sql_errors_are_one_line(lakehouse, tmp_path):
     assert "not a directory" in _assert_one_line_error(
         _run("sql", "--lakehouse", str(afile), "SELECT 1"), "sql"
     )
+    blocked = _run("sql", "--lakehouse", str(lakehouse), "SELECT * FROM read_text('/etc/passwd')")
+    assert "--out FILE" in _assert_one_line_error(blocked, "sql")
     refused = _run("sql", "--lakehouse", str(lakehouse), "SELECT image_error('/etc/passwd') AS e")
     assert refused.returncode == 0 and "--allowed-root" in refused.stderr
 

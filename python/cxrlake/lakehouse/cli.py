@@ -253,7 +253,7 @@ def _print_results(con: Any, text: str, fmt: str, out: Any) -> None:
 
     hinted = False
     first = True
-    for _, result in run_script(con, text):
+    for _, result in _results(run_script(con, text)):
         if result is None:
             continue
         if not first and fmt == "table":
@@ -264,6 +264,25 @@ def _print_results(con: Any, text: str, fmt: str, out: Any) -> None:
         if not hinted and mentions_sandbox_refusal(result):
             print(SANDBOX_HINT, file=sys.stderr)
             hinted = True
+
+
+FILE_ACCESS_HINT = (
+    "SQL cannot read or write files here: images are read by predict(path), image_error(path) "
+    "... through the sandbox, and --out FILE writes the results"
+)
+
+
+def _results(statements: Any) -> Any:
+    """The statements' results; DuckDB's refusal of file access gets a hint on what to do."""
+    import duckdb
+
+    try:
+        yield from statements
+    except duckdb.Error as error:
+        if "disabled by configuration" not in str(error):
+            raise
+        first = str(error).splitlines()[0]
+        raise CommandError(f"{first} ({FILE_ACCESS_HINT})") from error
 
 
 def _shell(con: Any, args: argparse.Namespace) -> int:
