@@ -226,7 +226,8 @@ def decide_bronze(
     now = now or dt.datetime.now(dt.timezone.utc)
     register_state(spark, tables, model)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
-    to_listing(files.load(source_path)).createOrReplaceTempView("listing")
+    # materialised once: every listing rule reads it, and listing a volume is the slow part
+    _materialise(to_listing(files.load(source_path))).createOrReplaceTempView("listing")
     wanted = [r[0] for r in spark.sql(rules.BRONZE_TO_READ).select("file_path").collect()]
     changes = {view: TableChange() for view in rules.VIEWS}
     if wanted:
@@ -244,6 +245,14 @@ def decide_bronze(
         changes["bronze"] = TableChange(upserts=spark.sql(rules.BRONZE_INSERTS), updates=stats)
     changes.update(_decide_listing(spark, ingestion_batch_id, now))
     return changes
+
+
+def _materialise(df: Any) -> Any:
+    """``df`` computed once and kept (``localCheckpoint``; ``cache`` where unsupported)."""
+    try:
+        return df.localCheckpoint()
+    except Exception:  # noqa: BLE001 - e.g. a Spark Connect server without checkpoints
+        return df.cache()
 
 
 def _decide_listing(spark: Any, batch_id: str, now: dt.datetime) -> dict[str, TableChange]:
