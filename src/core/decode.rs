@@ -101,7 +101,7 @@ pub fn decode_gray(
     match sniff_format(data)? {
         ImageFormat::Jpeg => decode_jpeg(data, limits, min_size),
         ImageFormat::Png => decode_png(data, limits),
-        ImageFormat::Dicom => crate::core::dicom::decode_dicom(data, limits),
+        ImageFormat::Dicom => crate::core::dicom::decode_dicom(data, limits, min_size),
     }
 }
 

@@ -69,7 +69,15 @@ const SUPPORTED_SYNTAXES: &[(&str, &str)] = &[
 
 /// Decodes the first frame of a DICOM Part 10 file to 8-bit grayscale (see the module docs for
 /// the mapping). `limits.max_pixels` is checked from the header before pixels are allocated.
-pub fn decode_dicom(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
+///
+/// `min_size = Some((w, h))` lets a JPEG 2000 file decode at a reduced resolution level (1/2 to
+/// 1/32) as long as the image stays at least `2w x 2h`, like the JPEG DCT scaling; `None` decodes
+/// at full resolution.
+pub fn decode_dicom(
+    data: &[u8],
+    limits: &Limits,
+    min_size: Option<(u32, u32)>,
+) -> RowResult<Decoded> {
     let object = parse(data, limits)?;
     let ts_uid = object
         .meta()
@@ -126,6 +134,11 @@ pub fn decode_dicom(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
         }
     }
 
+    if let (Some(target), 1) = (min_size, samples) {
+        if let Some(decoded) = decode_j2k_reduced(&object, ts_uid, cols, rows, target) {
+            return Ok(decoded);
+        }
+    }
     let frame = object.decode_pixel_data_frame(0).map_err(|e| {
         let text = one_line(&e);
         if text.contains("SamplePrecision(12)") {
@@ -379,89 +392,232 @@ pub fn window_level(m: f64, center: f64, width: f64, function: VoiLutFunction) -
     }
 }
 
-fn gray_to_u8(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<u8>> {
-    let values = stored_values(frame)?;
-    let (slope, intercept) = match frame.rescale() {
-        Ok(rescale) => rescale
-            .first()
-            .map(|r| (r.slope, r.intercept))
-            .unwrap_or((1.0, 0.0)),
-        Err(_) => (1.0, 0.0),
-    };
-    let (slope, intercept) = if slope.is_finite() && intercept.is_finite() && slope != 0.0 {
+/// How stored values become output bytes: the modality rescale, the VOI step, the inversion.
+struct Mapping {
+    slope: f64,
+    intercept: f64,
+    /// First item of the VOI LUT Sequence: first mapped value and entries.
+    lut: Option<(i64, Vec<u16>)>,
+    /// First window: centre, width, function.
+    window: Option<(f64, f64, VoiLutFunction)>,
+    invert: bool,
+}
+
+fn usable_window(center: f64, width: f64, function: VoiLutFunction) -> bool {
+    center.is_finite()
+        && width.is_finite()
+        && match function {
+            VoiLutFunction::Linear => width >= 1.0,
+            _ => width > 0.0,
+        }
+}
+
+fn usable_rescale(slope: f64, intercept: f64) -> (f64, f64) {
+    if slope.is_finite() && intercept.is_finite() && slope != 0.0 {
         (slope, intercept)
     } else {
         (1.0, 0.0)
-    };
-    let modality = |s: i32| s as f64 * slope + intercept;
-    let (raw_min, raw_max) = values
-        .iter()
-        .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-
-    let voi = choose_voi(frame, modality(raw_min), modality(raw_max));
-    let invert = matches!(
-        frame.photometric_interpretation(),
-        dicom_pixeldata::PhotometricInterpretation::Monochrome1
-    );
-    // Every pixel goes through a table over the stored values present: at most 65,536 entries.
-    let span = (raw_max as i64 - raw_min as i64 + 1) as usize;
-    let table: Vec<u8> = (0..span)
-        .map(|i| {
-            let level = voi.level(modality(raw_min + i as i32));
-            let byte = (level + 0.5).floor().clamp(0.0, 255.0) as u8;
-            if invert {
-                255 - byte
-            } else {
-                byte
-            }
-        })
-        .collect();
-    Ok(values
-        .iter()
-        .map(|&v| table[(v - raw_min) as usize])
-        .collect())
+    }
 }
 
-fn choose_voi(frame: &dicom_pixeldata::DecodedPixelData<'_>, m_a: f64, m_b: f64) -> Voi {
-    if let Ok(Some(luts)) = frame.voi_lut_sequence() {
-        if let Some(lut) = luts.first().filter(|l| !l.data.is_empty()) {
-            let low = *lut.data.iter().min().expect("non-empty") as f64;
-            let high = *lut.data.iter().max().expect("non-empty") as f64;
+impl Mapping {
+    fn from_frame(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> Self {
+        let (slope, intercept) = match frame.rescale() {
+            Ok(rescale) => rescale
+                .first()
+                .map(|r| (r.slope, r.intercept))
+                .unwrap_or((1.0, 0.0)),
+            Err(_) => (1.0, 0.0),
+        };
+        let lut = match frame.voi_lut_sequence() {
+            Ok(Some(luts)) => luts
+                .first()
+                .filter(|l| !l.data.is_empty())
+                .map(|l| (l.min_pixel_value as i64, l.data.clone())),
+            _ => None,
+        };
+        let function = frame
+            .voi_lut_function()
+            .ok()
+            .flatten()
+            .and_then(|f| f.first().copied())
+            .unwrap_or_default();
+        let window = match frame.window() {
+            Ok(Some(windows)) => windows
+                .first()
+                .map(|w| (w.center, w.width, function))
+                .filter(|&(c, w, f)| usable_window(c, w, f)),
+            _ => None,
+        };
+        let (slope, intercept) = usable_rescale(slope, intercept);
+        Mapping {
+            slope,
+            intercept,
+            lut,
+            window,
+            invert: matches!(
+                frame.photometric_interpretation(),
+                dicom_pixeldata::PhotometricInterpretation::Monochrome1
+            ),
+        }
+    }
+
+    /// The same mapping read from the data set; `None` when it holds a VOI LUT Sequence (only
+    /// the full decoding path reads those).
+    fn from_object(object: &DefaultDicomObject) -> Option<Self> {
+        if object.get(tags::VOILUT_SEQUENCE).is_some() {
+            return None;
+        }
+        let float = |tag: Tag| object.get(tag).and_then(|e| e.to_float64().ok());
+        let first = |tag: Tag| {
+            object
+                .get(tag)
+                .and_then(|e| e.to_multi_float64().ok())
+                .and_then(|v| v.first().copied())
+        };
+        let text = |tag: Tag| {
+            object
+                .get(tag)
+                .and_then(|e| e.to_str().ok())
+                .map(|t| t.trim_end_matches(['\0', ' ']).to_string())
+                .unwrap_or_default()
+        };
+        let function = match text(tags::VOILUT_FUNCTION).as_str() {
+            "LINEAR_EXACT" => VoiLutFunction::LinearExact,
+            "SIGMOID" => VoiLutFunction::Sigmoid,
+            _ => VoiLutFunction::Linear,
+        };
+        let window = match (first(tags::WINDOW_CENTER), first(tags::WINDOW_WIDTH)) {
+            (Some(c), Some(w)) if usable_window(c, w, function) => Some((c, w, function)),
+            _ => None,
+        };
+        let (slope, intercept) = usable_rescale(
+            float(tags::RESCALE_SLOPE).unwrap_or(1.0),
+            float(tags::RESCALE_INTERCEPT).unwrap_or(0.0),
+        );
+        Some(Mapping {
+            slope,
+            intercept,
+            lut: None,
+            window,
+            invert: text(tags::PHOTOMETRIC_INTERPRETATION) == "MONOCHROME1",
+        })
+    }
+
+    fn voi(&self, m_a: f64, m_b: f64) -> Voi {
+        if let Some((first, entries)) = &self.lut {
+            let low = *entries.iter().min().expect("non-empty") as f64;
+            let high = *entries.iter().max().expect("non-empty") as f64;
             return Voi::Lut {
-                first: lut.min_pixel_value as i64,
-                entries: lut.data.clone(),
+                first: *first,
+                entries: entries.clone(),
                 low,
                 high,
             };
         }
-    }
-    if let Ok(Some(windows)) = frame.window() {
-        if let Some(window) = windows.first() {
-            let function = frame
-                .voi_lut_function()
-                .ok()
-                .flatten()
-                .and_then(|f| f.first().copied())
-                .unwrap_or_default();
-            let usable = window.center.is_finite()
-                && window.width.is_finite()
-                && match function {
-                    VoiLutFunction::Linear => window.width >= 1.0,
-                    _ => window.width > 0.0,
-                };
-            if usable {
-                return Voi::Window {
-                    center: window.center,
-                    width: window.width,
-                    function,
-                };
-            }
+        if let Some((center, width, function)) = self.window {
+            return Voi::Window {
+                center,
+                width,
+                function,
+            };
+        }
+        Voi::FullRange {
+            low: m_a.min(m_b),
+            high: m_a.max(m_b),
         }
     }
-    Voi::FullRange {
-        low: m_a.min(m_b),
-        high: m_a.max(m_b),
+
+    /// Maps stored values to output bytes through a table over the values present (at most
+    /// 65,536 entries for 16-bit samples).
+    fn apply(&self, values: &[i32]) -> Vec<u8> {
+        if values.is_empty() {
+            return Vec::new();
+        }
+        let modality = |s: i32| s as f64 * self.slope + self.intercept;
+        let (raw_min, raw_max) = values
+            .iter()
+            .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let voi = self.voi(modality(raw_min), modality(raw_max));
+        let byte = |s: i32| {
+            let byte = (voi.level(modality(s)) + 0.5).floor().clamp(0.0, 255.0) as u8;
+            if self.invert {
+                255 - byte
+            } else {
+                byte
+            }
+        };
+        let span = (raw_max as i64 - raw_min as i64 + 1) as usize;
+        if span > 1 << 16 {
+            // Wider than 16-bit samples (a JPEG 2000 codestream may declare up to 38 bits).
+            return values.iter().map(|&v| byte(v)).collect();
+        }
+        let table: Vec<u8> = (0..span)
+            .map(|i| byte((raw_min as i64 + i as i64) as i32))
+            .collect();
+        values
+            .iter()
+            .map(|&v| table[(v as i64 - raw_min as i64) as usize])
+            .collect()
     }
+}
+
+fn gray_to_u8(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<u8>> {
+    let values = stored_values(frame)?;
+    Ok(Mapping::from_frame(frame).apply(&values))
+}
+
+/// JPEG 2000 transfer syntaxes, whose codestream can be decoded at a lower resolution level.
+const J2K_SYNTAXES: [&str; 2] = ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"];
+
+/// Decodes a single-frame, single-sample JPEG 2000 file at the lowest resolution level that
+/// keeps it at least twice `target`; `None` when that is not possible (any other case, or a
+/// codestream OpenJPEG will not reduce), so the caller decodes at full resolution.
+fn decode_j2k_reduced(
+    object: &DefaultDicomObject,
+    ts_uid: &str,
+    cols: u32,
+    rows: u32,
+    target: (u32, u32),
+) -> Option<Decoded> {
+    if !J2K_SYNTAXES.contains(&ts_uid) {
+        return None;
+    }
+    let frames = object
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1);
+    if frames > 1 {
+        return None;
+    }
+    let (need_w, need_h) = (2 * target.0.max(1), 2 * target.1.max(1));
+    let reduce = (1..=5u32)
+        .rev()
+        .find(|&r| cols.div_ceil(1 << r) >= need_w && rows.div_ceil(1 << r) >= need_h)?;
+    let mapping = Mapping::from_object(object)?;
+    let fragments = object.get(tags::PIXEL_DATA)?.fragments()?;
+    let stream: Vec<u8> = fragments.iter().flatten().copied().collect();
+    let image =
+        jpeg2k::Image::from_bytes_with(&stream, jpeg2k::DecodeParameters::new().reduce(reduce))
+            .ok()?;
+    let component = image.components().first()?;
+    if component.precision() > 16 {
+        return None;
+    }
+    let (width, height) = (component.width(), component.height());
+    let data = component.data();
+    if width == 0 || height == 0 || data.len() != width as usize * height as usize {
+        return None;
+    }
+    Some(Decoded {
+        image: GrayImage {
+            width,
+            height,
+            pixels: mapping.apply(data),
+        },
+        full_width: cols,
+        full_height: rows,
+    })
 }
 
 /// 3-sample frames (already RGB after codec decoding, or native RGB / YBR_FULL) to luma.

@@ -430,3 +430,15 @@ def test_cross_check_against_pydicom_deid(name):
             kept = ours[tag].get("Value")
             original_value = element.to_json_dict(None, 0).get("Value")
             assert kept != original_value, f"{name}: {keyword} kept as is"
+
+
+def test_jpeg2000_decodes_at_a_reduced_resolution_for_the_model_input(tiny_model_path):
+    # For a small model input the JPEG 2000 film is decoded at 1/8 resolution (like the JPEG DCT
+    # scaling); the tensor stays within 1.5 gray levels (mean) of the full decode + resize.
+    model = cxrlake.Model(tiny_model_path)
+    files = [str(find("RG1_J2KR.dcm")), str(find("RG1_UNCR.dcm"))]
+    tensors, errors = cxrlake.preprocess(files, model=tiny_model_path, threads=2)
+    assert errors.null_count == 2
+    std = np.asarray(model.std, dtype=np.float32).reshape(-1, 1, 1)
+    levels = np.abs(tensors[0] - tensors[1]) * std * 255.0
+    assert levels.mean() <= 1.5, levels.mean()
