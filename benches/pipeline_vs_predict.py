@@ -5,8 +5,10 @@ Throughput (default): ``cxrlake pipeline run`` on a folder into a fresh lakehous
 as a ratio of predict's (1.0 = as fast; the pipeline also hashes, stores and validates).
 
 Memory (``--rss``): peak resident set size of a fresh pipeline run over a deterministic sample of
-``--sample`` images (every k-th file of the whole tree, so large and small images mix as in the
-full set) and over the whole tree; prints both peaks and the growth.
+``--sample`` images and over the whole tree; prints both peaks and the growth. Peak memory follows
+the largest images that share one batch, so the sample holds the ``--heavy`` largest files (the
+200 full-resolution ones in ../shared/data) plus every k-th other file: the growth then measures
+what scales with the number of images, not which batch happens to be the heaviest.
 
     python benches/pipeline_vs_predict.py --images ../shared/data/chest_xray_fullres
     nice python benches/pipeline_vs_predict.py --rss --images ../shared/data --sample 500
@@ -45,9 +47,8 @@ def run_measured(argv: list[str]) -> tuple[float, float, str]:
 
 
 def pipeline(source: Path, lakehouse: Path) -> tuple[float, float, str]:
-    return run_measured(
-        [*CLI, "pipeline", "run", "--source", str(source), "--lakehouse", str(lakehouse), "--no-progress"]
-    )
+    run = ["pipeline", "run", "--source", str(source), "--lakehouse", str(lakehouse)]
+    return run_measured([*CLI, *run, "--no-progress"])
 
 
 def throughput(images: Path, work: Path) -> None:
@@ -61,11 +62,17 @@ def throughput(images: Path, work: Path) -> None:
     print(f"pipeline throughput / predict throughput: {t_pred / t_pipe:.2f}x")
 
 
-def memory(images: Path, work: Path, sample: int) -> None:
+def memory(images: Path, work: Path, sample: int, heavy: int) -> None:
     files = sorted(p for p in images.rglob("*") if p.is_file() and not p.name.startswith("."))
-    step = max(1, len(files) // sample)
+    # the heaviest batches in both runs (peak RSS follows the largest images in one batch, not
+    # the image count): the `heavy` largest files, then every k-th of the others
+    by_size = sorted(files, key=lambda p: (-p.stat().st_size, p))
+    chosen = by_size[:heavy]
+    rest = sorted(by_size[heavy:])
+    step = max(1, len(rest) // max(1, sample - heavy))
+    chosen += rest[::step][: max(0, sample - heavy)]
     subset = work / "sample"
-    for p in files[::step][:sample]:
+    for p in chosen:
         target = subset / p.relative_to(images)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(p, target)
@@ -83,10 +90,13 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True, help="folder of images")
     parser.add_argument("--rss", action="store_true", help="measure peak RSS (sample vs all)")
     parser.add_argument("--sample", type=int, default=500, help="images in the small RSS run")
+    parser.add_argument(
+        "--heavy", type=int, default=200, help="largest files always in the small RSS run"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="cxrlake-bench-") as tmp:
         if args.rss:
-            memory(args.images.resolve(), Path(tmp), args.sample)
+            memory(args.images.resolve(), Path(tmp), args.sample, args.heavy)
         else:
             throughput(args.images.resolve(), Path(tmp))
 
