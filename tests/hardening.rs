@@ -390,7 +390,7 @@ fn oversized_and_empty_files_are_refused_by_size() {
         result
             .unwrap_err()
             .0
-            .starts_with("file exceeds 0.001 MiB limit"),
+            .starts_with("file exceeds 1 KiB limit"),
         "size limit named"
     );
     assert!(peak < 4096, "the oversized file was read ({peak} bytes)");
