@@ -262,8 +262,10 @@ def test_predict_threshold_column_types(site_lake):
 
 def _write_verdicts(lake: Path, rows: list[dict]) -> None:
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.review.store import LocalStore
     from cxrlake.review.tables import HISTORY
 
+    LocalStore(lake).ensure_tables()  # Lakehouse.append writes to existing tables only
     Lakehouse(lake).append(HISTORY, pa.Table.from_pylist(rows, schema=HISTORY.arrow_schema))
 
 

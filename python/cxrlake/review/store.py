@@ -123,6 +123,12 @@ class LocalStore:
         return lh
 
     # ------------------------------------------------------------------ reading
+    def ensure_tables(self) -> None:
+        """Create the review tables that do not exist yet (Change Data Feed on; the feedback
+        table append-only)."""
+        for spec in tables.REVIEW_TABLES:
+            self._ensure(spec)
+
     def _ensure(self, spec: schemas.TableSpec) -> None:
         if not self.lh.exists(spec):
             os.makedirs(self.lh.path(spec), exist_ok=True)
