@@ -64,14 +64,14 @@ lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
-	$(VENV)/bin/ruff check python tests benches fuzz
-	$(VENV)/bin/ruff format --check python tests benches fuzz
+	$(VENV)/bin/ruff check python tests benches fuzz tools
+	$(VENV)/bin/ruff format --check python tests benches fuzz tools
 
 fmt: setup ## Format Rust and Python sources
 	cargo fmt --all
 	cargo fmt --manifest-path fuzz/Cargo.toml
-	$(VENV)/bin/ruff format python tests benches fuzz
-	$(VENV)/bin/ruff check --fix python tests benches fuzz
+	$(VENV)/bin/ruff format python tests benches fuzz tools
+	$(VENV)/bin/ruff check --fix python tests benches fuzz tools
 
 bench: develop ## Side-by-side benchmark vs PIL+numpy+onnxruntime on the 200 full-res images (ratios, one run)
 	CXRLAKE_SHARED_DATA=$(DATA) $(PY) benches/side_by_side.py --images $(DATA)/chest_xray_fullres
