@@ -345,3 +345,9 @@ def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
     # Every film here is a development film of the shipped model: the summary says so.
     assert summary.development_films == {"site_a": [80, 80]}
     assert "training-set figures" in summary.format()
+
+
+def test_shipped_model_records_its_operating_point():
+    meta = read_metadata(cxrlake.default_model_path())
+    assert float(meta["cxrlake.temperature"]) > 0
+    assert "shift-averaged balanced accuracy" in meta["cxrlake.threshold_rule"]
