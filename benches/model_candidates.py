@@ -72,6 +72,19 @@ def main() -> int:
     parser.add_argument("--ensemble", action="append", default=[], metavar="NAME,NAME")
     parser.add_argument("--shipped", required=True, help="name of the shipped candidate")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--logits-npz",
+        action="append",
+        default=[],
+        metavar="NAME=NPZ",
+        help="saved shifted logits of a candidate (one array per condition name)",
+    )
+    parser.add_argument(
+        "--auc-from",
+        default=None,
+        help="an earlier result JSON: reuse its shifted AUCs of same-named candidates (speed is "
+        "always measured in this run)",
+    )
     parser.add_argument("--json", default=None)
     parser.add_argument("--merge", default=None, help="metrics.json to add the result to")
     args = parser.parse_args()
@@ -122,10 +135,25 @@ def main() -> int:
 
     candidates = []
     logits_cache: dict[str, dict[str, np.ndarray]] = {}
+    earlier = {}
+    if args.auc_from:
+        earlier = {
+            c["name"]: c["per_shift_auc"]
+            for c in json.loads(Path(args.auc_from).read_text())["candidates"]
+        }
+    for item in args.logits_npz:
+        name, path = item.split("=", 1)
+        saved = np.load(path)
+        logits_cache[name] = {n: saved[n] for n in SHIFTS}
+    needs_logits = set(args.tta) | {n for pair in args.ensemble for n in pair.split(",")}
+    needs_logits -= set(logits_cache)
     for name, path in files.items():
-        per = {n: model_logits(path, shifted_inputs(pixels, n)) for n in SHIFTS}
-        logits_cache[name] = per
-        aucs = {n: roc_auc(labels, z) for n, z in per.items()}
+        if name in earlier and name not in needs_logits:
+            aucs = earlier[name]
+        else:
+            per = {n: model_logits(path, shifted_inputs(pixels, n)) for n in SHIFTS}
+            logits_cache[name] = per
+            aucs = {n: roc_auc(labels, z) for n, z in per.items()}
         size_mb = Path(path).stat().st_size / 1e6
         candidates.append(summary(name, aucs, rates[name], size_mb, notes.get(name, "")))
     for name in args.tta:
