@@ -4,13 +4,21 @@ Rust Arrow kernels for decoding, quality features and ONNX pneumonia scoring, wr
 Python. Public API (see docs/architecture.md):
 
 - :func:`decode`, :func:`preprocess`, :func:`features`, :func:`predict`, :func:`analyze`,
-  :func:`explain`
+  :func:`explain`, :func:`render_overlay`
 - :class:`Model`, :func:`default_model_path`
 - :mod:`cxrlake.exceptions`
 """
 
 from cxrlake import exceptions
-from cxrlake._api import analyze, decode, explain, features, predict, preprocess
+from cxrlake._api import (
+    analyze,
+    decode,
+    explain,
+    features,
+    predict,
+    preprocess,
+    render_overlay,
+)
 from cxrlake._internal import __version__
 from cxrlake.model import Model, default_model_path
 
@@ -25,4 +33,5 @@ __all__ = [
     "features",
     "predict",
     "preprocess",
+    "render_overlay",
 ]

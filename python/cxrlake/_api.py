@@ -29,7 +29,7 @@ from cxrlake import _internal
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.model import Model, resolve_model_path
 
-__all__ = ["analyze", "decode", "explain", "features", "predict", "preprocess"]
+__all__ = ["analyze", "decode", "explain", "features", "predict", "preprocess", "render_overlay"]
 
 ImagesLike = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
 ModelLike = Model | str | os.PathLike[str] | None
@@ -284,4 +284,37 @@ def explain(
         path,
         overlay_size=overlay_size,
         **_options(threads, roots, max_pixels, max_file_bytes),
+    )
+
+
+def render_overlay(
+    image: str | bytes | os.PathLike[str],
+    heatmap: dict[str, Any],
+    size: int = 256,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> bytes:
+    """The overlay PNG of one image and a stored map (e.g. ``gold.pneumonia_predictions.heatmap``).
+
+    ``heatmap``: ``{"rows": R, "cols": C, "values": [...]}`` as :func:`analyze` and
+    :func:`explain` return it; the picture is drawn exactly as :func:`explain` draws its overlays
+    (longer side ``size`` pixels, 16..4096). Raises :class:`InvalidArgumentError` when the image
+    cannot be decoded (naming why) or the map does not match its shape.
+    """
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise InvalidArgumentError(f"size must be an integer, got {size!r}")
+    try:
+        rows, cols, values = int(heatmap["rows"]), int(heatmap["cols"]), list(heatmap["values"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArgumentError(
+            f"heatmap must be a mapping with rows, cols and values, got {heatmap!r:.80}"
+        ) from exc
+    decoded = decode([image], roots=roots, max_pixels=max_pixels, max_file_bytes=max_file_bytes)
+    row = decoded.to_pylist()[0]
+    if row["error"] is not None:
+        raise InvalidArgumentError(f"cannot draw an overlay: {row['error']}")
+    return _internal.overlay_png(
+        row["pixels"], row["width"], row["height"], rows, cols, values, size
     )

@@ -71,3 +71,12 @@ def explain(
     max_file_bytes: int | None = None,
     overlay_size: int | None = None,
 ) -> pa.RecordBatch: ...
+def overlay_png(
+    pixels: bytes,
+    width: int,
+    height: int,
+    rows: int,
+    cols: int,
+    values: list[float],
+    size: int,
+) -> bytes: ...

@@ -6,12 +6,16 @@ use arrow::array::{make_array, Array, ArrayData, StringArray};
 use arrow_pyarrow::{FromPyArrow, ToPyArrow};
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::kernels::{
     analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
 };
-use crate::core::{init_runtime as core_init_runtime, ImageColumn, KernelOptions, PneumoniaModel};
+use crate::core::kernels::{overlay, Heatmap};
+use crate::core::{
+    init_runtime as core_init_runtime, CoreError, GrayImage, ImageColumn, KernelOptions,
+    PneumoniaModel,
+};
 use crate::py::error::to_py_err;
 
 fn image_column(images: &Bound<'_, PyAny>) -> PyResult<ImageColumn> {
@@ -217,6 +221,38 @@ pub fn explain<'py>(
         })
         .map_err(to_py_err)?;
     batch.to_pyarrow(py)
+}
+
+/// Overlay PNG of an upright 8-bit grayscale image (`pixels`, row-major) and a stored heatmap.
+#[pyfunction]
+#[pyo3(signature = (pixels, width, height, rows, cols, values, size))]
+#[allow(clippy::too_many_arguments)]
+pub fn overlay_png<'py>(
+    py: Python<'py>,
+    pixels: &[u8],
+    width: u32,
+    height: u32,
+    rows: usize,
+    cols: usize,
+    values: Vec<f32>,
+    size: u32,
+) -> PyResult<Bound<'py, PyBytes>> {
+    if pixels.len() != width as usize * height as usize {
+        return Err(to_py_err(CoreError::InvalidArgument(format!(
+            "{} pixels for a {width}x{height} image",
+            pixels.len()
+        ))));
+    }
+    let image = GrayImage {
+        width,
+        height,
+        pixels: pixels.to_vec(),
+    };
+    let heatmap = Heatmap { rows, cols, values };
+    let png = py
+        .detach(|| overlay::overlay_png(&image, &heatmap, size))
+        .map_err(|e| to_py_err(CoreError::InvalidArgument(e)))?;
+    Ok(PyBytes::new(py, &png))
 }
 
 /// Number of worker threads a call with `threads` would use (argument, env, CPU count).

@@ -16,6 +16,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions::predict, m)?)?;
     m.add_function(wrap_pyfunction!(functions::analyze, m)?)?;
     m.add_function(wrap_pyfunction!(functions::explain, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::overlay_png, m)?)?;
     m.add_function(wrap_pyfunction!(functions::resolve_threads, m)?)?;
     m.add("CxrlakeError", py.get_type::<error::CxrlakeError>())?;
     m.add(

@@ -354,6 +354,11 @@ def test_report_overlays_show_errors_and_keep_images_opt_in(fullres_paths):
                 "confidence_score": 0.9,
             }
         )
+    # The true negative carries a stored map (made up: hottest at row 2, col 4): the report must
+    # draw that one, not recompute it.
+    stored = [0.0] * 25
+    stored[1 * 5 + 3] = 3.0
+    preds[0]["heatmap"] = {"rows": 5, "cols": 5, "values": stored}
     kinds = [kind for kind, _ in pick_examples(preds)]
     assert kinds == ["false positive", "false negative", "true positive", "true negative"]
     with_images = overlay_section(con, preds, thumbnails=True)
@@ -361,3 +366,15 @@ def test_report_overlays_show_errors_and_keep_images_opt_in(fullres_paths):
     assert "false negative" in with_images and "#attribution" in with_images
     without = overlay_section(con, preds, thumbnails=False)
     assert "data:image" not in without and "img1" in without and "of 5x5" in without
+    assert "row 2, col 4 of 5x5" in without and "row 2, col 4 of 5x5" in with_images
+
+
+def test_render_overlay_draws_a_stored_map(sample_paths, tmp_path):
+    explained = cxrlake.explain([sample_paths[-1]], overlay_size=120).to_pylist()[0]
+    png = cxrlake.render_overlay(sample_paths[-1], explained["heatmap"], 120)
+    drawn = Image.open(io.BytesIO(png))
+    assert drawn.size == Image.open(io.BytesIO(explained["overlay"])).size
+    with pytest.raises(InvalidArgumentError, match="holds 3 values"):
+        cxrlake.render_overlay(sample_paths[-1], {"rows": 5, "cols": 5, "values": [1, 2, 3]})
+    with pytest.raises(InvalidArgumentError, match="file not found"):
+        cxrlake.render_overlay(str(tmp_path / "gone.png"), explained["heatmap"])

@@ -8,6 +8,8 @@
 
 use crate::core::decode::GrayImage;
 use crate::core::kernels::columns::Heatmap;
+use crate::core::kernels::pass::fit;
+use crate::core::resize::resize_gray;
 
 /// Smallest and largest accepted overlay side, in pixels.
 pub const OVERLAY_SIDE_RANGE: std::ops::RangeInclusive<u32> = 16..=4096;
@@ -112,6 +114,38 @@ pub fn render_png(picture: &GrayImage, heatmap: &Heatmap) -> Result<Vec<u8>, Str
             .map_err(|e| format!("cannot encode overlay PNG: {e}"))?;
     }
     Ok(png)
+}
+
+/// The overlay PNG of an upright `image` and a stored `heatmap`, the image's longer side scaled to
+/// `side` pixels (as `explain` draws it). Fails on a map whose values do not match its shape, or
+/// a side outside [`OVERLAY_SIDE_RANGE`].
+pub fn overlay_png(image: &GrayImage, heatmap: &Heatmap, side: u32) -> Result<Vec<u8>, String> {
+    if !OVERLAY_SIDE_RANGE.contains(&side) {
+        return Err(format!(
+            "overlay size must be {}..={} pixels, got {side}",
+            OVERLAY_SIDE_RANGE.start(),
+            OVERLAY_SIDE_RANGE.end()
+        ));
+    }
+    if heatmap.rows == 0 || heatmap.cols == 0 || heatmap.values.len() != heatmap.rows * heatmap.cols
+    {
+        return Err(format!(
+            "heatmap of {}x{} cells holds {} values",
+            heatmap.rows,
+            heatmap.cols,
+            heatmap.values.len()
+        ));
+    }
+    if image.width == 0 || image.height == 0 {
+        return Err("empty image".into());
+    }
+    let (width, height) = fit(image.width, image.height, side);
+    let picture = GrayImage {
+        width,
+        height,
+        pixels: resize_gray(image, width, height),
+    };
+    render_png(&picture, heatmap)
 }
 
 #[cfg(test)]

@@ -1,9 +1,11 @@
 """The report's "Where the model looked" section: class-activation overlays of example images.
 
 Examples are the most confident false positives and false negatives first, then the most
-confident correct predictions of each class. Each card shows the image with the model's map over
-it (`cxrlake.explain`: red pushes towards PNEUMONIA, blue towards NORMAL, colour scale at the
-right, its ends at ``± heatmap_scale`` logit units) and the hottest cell of the 5x5 grid.
+confident correct predictions of each class. Each card shows the image with the map stored with
+its prediction (``gold.pneumonia_predictions.heatmap``, from the forward pass that gave the
+probability; `cxrlake.explain` with the current model for rows stored without one) drawn over it
+by the core (`cxrlake.render_overlay`: red pushes towards PNEUMONIA, blue towards NORMAL, colour
+scale at the right, its ends at ``± scale`` logit units) and the hottest cell of the grid.
 
 Overlays show the patient image, so they follow the report's ``thumbnails`` choice: without it
 the section lists the same examples by image id with their hottest cell, and no image.
@@ -58,9 +60,6 @@ def overlay_section(con: Any, preds: list[dict[str, Any]], thumbnails: bool) -> 
 
     out = ["<h2 id='overlays'>Where the model looked</h2>"]
     model = cxrlake.Model()
-    if not model.has_heatmap:
-        out.append("<p class='muted'>(the model has no heatmap output)</p>")
-        return "\n".join(out)
     picked = pick_examples(preds)
     if not picked:
         out.append("<p class='muted'>(no labelled predictions)</p>")
@@ -68,17 +67,35 @@ def overlay_section(con: Any, preds: list[dict[str, Any]], thumbnails: bool) -> 
     wanted = [(r["image_id"], r["content_sha256"]) for _, r in picked]
     content = queries.image_bytes(con, wanted)
     present = [(kind, r) for kind, r in picked if (r["image_id"], r["content_sha256"]) in content]
-    explained = cxrlake.explain(
-        [content[(r["image_id"], r["content_sha256"])] for _, r in present],
-        model,
-        overlay_size=OVERLAY_SIZE if thumbnails else None,
-    ).to_pylist()
+    data = [content[(r["image_id"], r["content_sha256"])] for _, r in present]
+    maps: list[dict[str, Any] | None] = [r.get("heatmap") for _, r in present]
+    errors: list[str | None] = [None] * len(present)
+    missing = [k for k, m in enumerate(maps) if not m]
+    if missing and not model.has_heatmap:
+        for k in missing:
+            errors[k] = "no stored map, and the current model has no heatmap output"
+    elif missing:  # stored without a map (older model or run): explain with the current model
+        fresh = cxrlake.explain([data[k] for k in missing], model).to_pylist()
+        for k, e in zip(missing, fresh, strict=True):
+            maps[k], errors[k] = e["heatmap"], e["error"]
+    explained = []
+    for k in range(len(present)):
+        overlay = None
+        if thumbnails and maps[k] and not errors[k]:
+            try:
+                overlay = cxrlake.render_overlay(data[k], maps[k], OVERLAY_SIZE)
+            except cxrlake.exceptions.InvalidArgumentError as exc:
+                errors[k] = str(exc)
+        scale = float(np.abs(np.asarray(maps[k]["values"])).max()) if maps[k] else 0.0
+        explained.append(
+            {"heatmap": maps[k], "error": errors[k], "overlay": overlay, "heatmap_scale": scale}
+        )
     out.append(
-        "<p class='muted'>Class-activation maps of the current model "
-        f"({html.escape(model.name)} {html.escape(model.version)}): each of the 5x5 cells is its "
-        "share of the logit (red towards PNEUMONIA, blue towards NORMAL). The grid is coarse: a "
-        "cell covers a fifth of the image in each direction. Images: see "
-        "<a href='#attribution'>Data attribution</a>.</p>"
+        "<p class='muted'>Class-activation maps stored with each prediction (the current model, "
+        f"{html.escape(model.name)} {html.escape(model.version)}, for rows stored without one): "
+        "each of the 5x5 cells is its share of the logit (red towards PNEUMONIA, blue towards "
+        "NORMAL). The grid is coarse: a cell covers a fifth of the image in each direction. "
+        "Images: see <a href='#attribution'>Data attribution</a>.</p>"
     )
     if not thumbnails:
         rows = [
