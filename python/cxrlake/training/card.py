@@ -374,6 +374,8 @@ the conditions it never saw a kind of (gain, histogram equalisation, JPEG compre
 Distinct probabilities among the {price["fullres_images"]} full-resolution films: \
 {price["distinct_fullres"]}.{speed_only}
 
+{price.get("conclusion", "")}
+
 """
 
 
