@@ -351,3 +351,54 @@ def test_shipped_model_records_its_operating_point():
     meta = read_metadata(cxrlake.default_model_path())
     assert float(meta["cxrlake.temperature"]) > 0
     assert "shift-averaged balanced accuracy" in meta["cxrlake.threshold_rule"]
+
+
+# PySpark's own warning about pandas 3 (as in test_spark.py); mapInArrow does not use pandas.
+@pytest.mark.filterwarnings(
+    "ignore:PySpark does not yet fully support pandas >= 3.0.0:FutureWarning"
+)
+def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
+    import os
+    import sys
+
+    from pyspark.sql import SparkSession
+
+    from cxrlake.lakehouse.schemas import BRONZE, SILVER
+    from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.spark.transforms import GOLD_INPUT_COLUMNS, to_gold_predictions
+
+    lake, _ = site_lake
+    stored = calibration.site_threshold(lake, "site_a")
+    if stored is None:
+        calibration.calibrate_site(lake, "site_a", splits=["site_a"])
+        stored = calibration.site_threshold(lake, "site_a")
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("cxrlake-calibration-tests")
+        .config("spark.sql.shuffle.partitions", "1")
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.enabled", "false")
+        .config("spark.sql.warehouse.dir", str(tmp_path / "warehouse"))
+        .getOrCreate()
+    )
+    try:
+        # gold.site_thresholds as a catalog table (parquet here; Delta on Databricks).
+        rows = Lakehouse(lake).read(calibration.site_thresholds_spec())
+        spark.sql("CREATE DATABASE IF NOT EXISTS gold")
+        spark.createDataFrame(rows).write.saveAsTable("gold.site_thresholds")  # Arrow in
+        found = calibration.spark_site_threshold(spark, "gold.site_thresholds", "site_a")
+        assert found == stored
+        assert calibration.spark_site_threshold(spark, "gold.absent", "site_a") is None
+        # Score six films on Spark with it: the same labels and provenance as locally.
+        silver = Lakehouse(lake).read(SILVER, ["image_id", "label", "dataset_split"]).slice(0, 6)
+        bronze = Lakehouse(lake).read(BRONZE, ["image_id", "content_sha256", "content"])
+        films = silver.join(bronze, "image_id").select(list(GOLD_INPUT_COLUMNS))
+        gold = to_gold_predictions(spark.createDataFrame(films), threshold=found).collect()
+    finally:
+        spark.stop()
+    assert len(gold) == 6
+    assert {r["threshold_source"] for r in gold} == {stored.source}
+    assert all(
+        r["predicted_label"] == int(r["prediction_probability"] >= stored.threshold) for r in gold
+    )
