@@ -86,7 +86,7 @@ demo: develop ## Run the local bronze -> silver -> gold pipeline on real images,
 	@echo "report written to $(abspath report.html)"
 
 train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped split), export ONNX, log to MLflow
-	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --size 160 --epochs 4 --threads 1 \
+	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --size 160 --epochs 5 --threads 1 \
 	  --seed 42 --target-sensitivity 0.98 --out python/cxrlake/models --card MODEL_CARD.md
 
 bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
