@@ -5,7 +5,7 @@
 # MAGIC Fine-tunes the ImageNet EfficientNet-Lite0 on the labelled images of a volume folder laid out as
 # MAGIC `<data_path>/<NORMAL|PNEUMONIA>/*.jpeg` with the same package code as `cxrlake train`
 # MAGIC (`cxrlake.training.train.fit` then `finalize`): patient-grouped split, augmentation, class
-# MAGIC weighting, threshold = highest specificity with validation sensitivity >= 0.98, ONNX export with the
+# MAGIC weighting, temperature and threshold from the validation split under simulated acquisition shifts (shift-averaged balanced accuracy), ONNX export with the
 # MAGIC contract metadata, int8 tried and kept only if it keeps the metrics. The run is logged to MLflow and
 # MAGIC the chosen ONNX model registered in Unity Catalog as
 # MAGIC `<catalog>.<models_schema>.pneumonia_classifier` with the alias `champion` and a model signature (required by
