@@ -402,3 +402,11 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
     assert all(
         r["predicted_label"] == int(r["prediction_probability"] >= stored.threshold) for r in gold
     )
+
+
+def test_report_says_figures_on_development_films_are_no_evaluation(site_lake, tmp_path):
+    lake, _ = site_lake
+    out = tmp_path / "report.html"
+    assert cli_main(["report", "--lakehouse", str(lake), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "Not an evaluation" in text and "site_a: training-set figures" in text

@@ -55,6 +55,32 @@ def _table(rows: list[dict[str, Any]], columns: list[str], left: tuple[str, ...]
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def _development_caveat(con: Any, perf: list[dict[str, Any]]) -> str:
+    """A warning per split whose films the shipped model was developed on (figures on them are
+    training-set figures, not an evaluation; see `cxrlake.training.provenance`)."""
+    from cxrlake.training.provenance import development_share, evaluation_caveat
+
+    if not queries.has_table(con, "silver.xray_metadata"):
+        return ""
+    films = con.sql(
+        "SELECT dataset_split, label_name, filename, content_sha256 FROM silver.xray_metadata "
+        "WHERE label_name IS NOT NULL"
+    ).to_arrow_table()
+    share = development_share(films)
+    notes = [
+        f"<li>{html.escape(split)}: {html.escape(caveat)}</li>"
+        for split in sorted({r["dataset_split"] for r in perf})
+        if (caveat := evaluation_caveat(share, split))
+    ]
+    if not notes:
+        return ""
+    return (
+        "<p><strong>Not an evaluation:</strong> the shipped model was developed on these films, "
+        "so the figures above measure fit. Its validation and shift analysis are in "
+        "MODEL_CARD.md.</p><ul>" + "".join(notes) + "</ul>"
+    )
+
+
 def _confusion_html(cm: dict[str, Any]) -> str:
     (tn, fp), (fn, tp) = cm["matrix"]
     return (
@@ -130,6 +156,7 @@ def build_page(
             ("model_name", "model_version", "dataset_split", "evaluated_at"),
         )
     )
+    out.append(_development_caveat(con, perf))
     preds = queries.predictions(con).to_pylist()
     calib_lines = []
     palette = ["#e34a33", "#2b8cbe", "#31a354", "#756bb1", "#636363"]
