@@ -308,6 +308,8 @@ def _calibration_section(summary: dict, unshifted_rows: str) -> str:
         for b in after["shifted_bins"]
     )
     n_shifts = len(op["shifts"])
+    val = summary["validation"]
+    prevalence = val["n_pneumonia"] / val["n"]
     return f"""## Calibration
 
 Temperature scaling: `probability = sigmoid(logit / T)` with **T = {op["temperature"]:.3f}**,
@@ -325,7 +327,11 @@ calibration error (10 equal-width bins) and Brier score:
 | {after["unshifted_brier"]:.4f} | {after["shifted_ece"]:.4f} | {after["shifted_brier"]:.4f} |
 
 Reliability diagram (calibrated, validation pooled over the conditions; a calibrated model has the
-two bars of a row equal):
+two bars of a row equal). Probabilities are calibrated for this validation's prevalence
+({prevalence:.0%} PNEUMONIA); at a site with another prevalence the same film has other odds, and
+one temperature cannot bend the curve where the middle bins (few films) stray from the diagonal:
+treat a probability as a ranking score plus a rough likelihood, and the site's threshold as the
+decision.
 
 | P(PNEUMONIA) bin | films | mean predicted | observed PNEUMONIA rate | predicted | observed |
 | --- | ---: | ---: | ---: | --- | --- |
