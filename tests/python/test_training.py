@@ -350,3 +350,16 @@ def test_train_subcommand_reaches_its_handler():
     # cxrlake.cli.main dispatches on ``handler`` (other modules may wrap it).
     args = build_parser().parse_args(["train", "--finalize-only", "--run-dir", "somewhere"])
     assert callable(getattr(args, "handler", None))
+
+
+def test_rerendering_the_card_keeps_the_sections_measured_elsewhere(short_run, tmp_path):
+    from cxrlake.training.card import write_card
+
+    _, run_dir, _ = short_run
+    card = tmp_path / "MODEL_CARD.md"
+    write_card(run_dir, card)
+    section = "## Heatmap: exactness and faithfulness\n\nMeasured by a script.\n\n"
+    card.write_text(card.read_text().replace("## Reproduce\n", section + "## Reproduce\n"))
+    write_card(run_dir, card)
+    text = card.read_text()
+    assert text.count(section) == 1 and text.index(section) < text.index("## Reproduce")

@@ -497,9 +497,30 @@ def render_card(summary: dict) -> str:
     )
 
 
+#: Sections measured by scripts outside the training run (e.g. the heatmap deletion test of
+#: benches/heatmap_faithfulness.py): kept from the existing card when it is re-rendered, placed
+#: before "## Reproduce".
+PRESERVED_SECTIONS = ("## Heatmap: exactness and faithfulness",)
+
+
+def _preserved(existing: str) -> str:
+    kept = []
+    for title in PRESERVED_SECTIONS:
+        start = existing.find(title + "\n")
+        if start < 0:
+            continue
+        end = existing.find("\n## ", start + len(title))
+        kept.append(existing[start : end + 1 if end >= 0 else len(existing)])
+    return "".join(kept)
+
+
 def write_card(run_dir: str | os.PathLike[str], *targets: str | os.PathLike[str]) -> None:
-    """Render the card of ``run_dir/metrics.json`` into every path of ``targets``."""
+    """Render the card of ``run_dir/metrics.json`` into every path of ``targets``, keeping the
+    `PRESERVED_SECTIONS` a target already holds."""
     with open(Path(run_dir) / "metrics.json") as handle:
         text = render_card(json.load(handle))
     for target in targets:
-        Path(target).write_text(text)
+        path = Path(target)
+        kept = _preserved(path.read_text()) if path.is_file() else ""
+        out = text.replace("## Reproduce\n", kept + "## Reproduce\n", 1) if kept else text
+        path.write_text(out)
