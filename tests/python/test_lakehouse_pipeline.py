@@ -19,6 +19,7 @@ from deltalake import DeltaTable
 import cxrlake
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.pipeline import run_pipeline
+from cxrlake.lakehouse.storage import LakehouseLock
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -28,8 +29,8 @@ FULLRES = DATA / "chest_xray_fullres"
 BAD_FILES = {
     "corrupt.jpeg": b"\xff\xd8\xff\xe0" + bytes(range(256)) * 4,  # JPEG magic, then garbage
     "empty.jpeg": b"",
-    "notes.txt": b"this is not an image\n",
 }
+NOT_IMAGES = {"notes.txt": b"this is not an image\n"}  # skipped: not an image file name
 
 
 def _copy(src_dir: Path, dst_dir: Path, names: list[str]) -> None:
@@ -50,7 +51,7 @@ def source(tmp_path_factory) -> Path:
         _copy(TRAIN / label, root / "train" / label, _images(TRAIN / label, 0, 11))
         _copy(FULLRES / label, root / "chest_xray_fullres" / label, _images(FULLRES / label, 0, 2))
     _copy(TRAIN / "NORMAL", root / "incoming", _images(TRAIN / "NORMAL", 200, 2))
-    for name, content in BAD_FILES.items():
+    for name, content in (BAD_FILES | NOT_IMAGES).items():
         (root / "train" / "NORMAL" / name).write_bytes(content)
     os.mkfifo(root / "train" / "NORMAL" / "fifo.jpeg")
     return root
@@ -198,7 +199,13 @@ def test_clean_run_contents(clean_run, source):
     assert summary.new_rows["bronze.kaggle_xray_metadata"] == GOOD + len(BAD_FILES)
     assert summary.total_rows["gold.pneumonia_predictions"] == GOOD
     assert len(summary.quarantined) == len(BAD_FILES) + 1
-    assert "quarantined this run: 4" in summary.format()
+    assert "quarantined this run: 3" in summary.format()
+    # notes.txt: skipped by the filter `cxrlake predict` uses, counted, neither stored nor held
+    assert summary.files_not_images == len(NOT_IMAGES)
+    assert not {*NOT_IMAGES} & {r["filename"] for r in bronze + quarantine}
+    assert "skipped 1 file that is not an image" in summary.format()
+    assert "notes.txt" in summary.format()
+    assert f"{GOOD + len(BAD_FILES) + 1} files, " in summary.format()  # + the FIFO
 
 
 def test_rerun_writes_nothing(clean_run, source):
@@ -274,6 +281,55 @@ def test_sample_per_label_limits_ingestion(source, tmp_path):
     assert summary.new_rows["gold.pneumonia_predictions"] == len(
         rows(lakehouse, schemas.PREDICTIONS)
     )
+    # found and sampled, both said: 28 good + 2 bad images + the FIFO found; the 12 sampled
+    # (the bad images compete in train/NORMAL's group) + the FIFO held at listing
+    assert (summary.files_found, summary.files_listed) == (GOOD + len(BAD_FILES) + 1, 13)
+    assert "31 files, 13 sampled (3 per label)" in summary.format()
+
+
+def test_a_single_source_folder_may_be_given_as_a_string(tmp_path):
+    src = tmp_path / "src" / "NORMAL"
+    _copy(TRAIN / "NORMAL", src, _images(TRAIN / "NORMAL", 0, 1))
+    summary = run_pipeline(str(tmp_path / "src"), tmp_path / "lh", progress=False)
+    assert summary.total_rows["gold.pneumonia_predictions"] == 1
+    summary = run_pipeline(tmp_path / "src", tmp_path / "lh", progress=False)  # a Path too
+    assert summary.files_skipped_unchanged == 1
+
+
+def test_a_second_run_says_it_waits_for_the_lock(tmp_path):
+    waiter = (
+        "import sys\nfrom cxrlake.lakehouse.storage import LakehouseLock\n"
+        "with LakehouseLock(sys.argv[1]):\n    print('got it')\n"
+    )
+    with LakehouseLock(tmp_path):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", waiter, str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        first = proc.stderr.readline()  # written before it blocks, while we hold the lock
+        assert proc.poll() is None, proc.stderr.read()
+    out, err = proc.communicate(timeout=60)
+    assert f"waiting for the lakehouse lock held by pid {os.getpid()}" in first
+    assert out == "got it\n" and proc.returncode == 0, err
+
+
+def test_a_lakehouse_of_an_earlier_version_gains_the_new_columns(tmp_path):
+    """gold.pneumonia_predictions written without ``heatmap`` (an earlier version's schema):
+    the run adds the column; the run then completes."""
+    lakehouse = tmp_path / "lh"
+    src = tmp_path / "src" / "NORMAL"
+    _copy(TRAIN / "NORMAL", src, _images(TRAIN / "NORMAL", 0, 2))
+    old = schemas.PREDICTIONS.arrow_schema
+    old = old.remove(old.get_field_index("heatmap"))
+    path = schemas.PREDICTIONS.path(lakehouse, "dev")
+    os.makedirs(path)
+    DeltaTable.create(path, old, name=schemas.PREDICTIONS.name)
+    summary = run_pipeline(tmp_path / "src", lakehouse, progress=False)
+    got = table(lakehouse, schemas.PREDICTIONS).to_pyarrow_table()
+    assert "heatmap" in got.column_names and got.num_rows == 2
+    assert summary.total_rows["gold.pneumonia_predictions"] == 2
 
 
 RUNNER = """

@@ -2,8 +2,10 @@
 
 ``os.scandir`` + ``lstat``: FIFOs, sockets and devices are reported (never opened, so they cannot
 hang the pipeline); symlinks are followed only when they resolve to a regular file inside the
-source root. Hidden entries (names starting with ``.``) are skipped. A name that is not valid
-UTF-8 is reported (the tables hold text), shown with its undecodable bytes escaped.
+source root. Hidden entries (names starting with ``.``) are skipped silently; files whose names
+are not image names (`cxrlake.files.is_image_name`, the filter ``cxrlake predict`` uses, e.g.
+``notes.txt``) are yielded as `Skipped`: counted, never stored nor quarantined. A name that is
+not valid UTF-8 is reported (the tables hold text), shown with its undecodable bytes escaped.
 
 Reading (`read_source_file`) opens what the listing saw and nothing else: ``O_NOFOLLOW`` on the
 path that was listed (a symlink's resolved target), and the device and inode of the opened file
@@ -20,6 +22,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cxrlake.files import is_image_name
 from cxrlake.medallion import identity
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -47,6 +50,13 @@ class Rejected:
     reason: str
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A file whose name is not an image name (`cxrlake.files.is_image_name`): not ingested."""
+
+    path: str
+
+
 def _kind(mode: int) -> str:
     if stat.S_ISFIFO(mode):
         return "fifo"
@@ -68,7 +78,7 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
+def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected | Skipped]:
     """Yield every file under ``root`` in sorted path order (deterministic)."""
     root = os.path.abspath(os.fspath(root))
     real_root = os.path.realpath(root)
@@ -109,6 +119,8 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(entry.path)
+            elif not is_image_name(entry.name):
+                yield Skipped(entry.path)
             elif stat.S_ISREG(st.st_mode):
                 yield SourceFile(
                     entry.path,

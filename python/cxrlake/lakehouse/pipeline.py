@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from cxrlake.files import skip_summary
 from cxrlake.lakehouse import listing
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
 from cxrlake.medallion import identity, metrics, rules, schemas, transforms
@@ -65,8 +66,16 @@ class RunSummary:
     env: str
     model_name: str = ""
     model_version: str = ""
+    files_found: int = 0
+    """Image files (and entries held at listing) found under the sources."""
     files_listed: int = 0
+    """Of those, the ones this run considered (all of them unless sampled)."""
+    sample_per_label: int | None = None
     files_skipped_unchanged: int = 0
+    files_not_images: int = 0
+    """Files skipped because their names are not image names (`cxrlake.files.is_image_name`)."""
+    not_images_note: str = ""
+    """`cxrlake.files.skip_summary` of those files ('' when none)."""
     new_rows: dict[str, int] = field(default_factory=dict)
     """Rows inserted per table by this run."""
     updated_rows: dict[str, int] = field(default_factory=dict)
@@ -108,12 +117,13 @@ class RunSummary:
             f"  model:     {p(self.model_name)} {p(self.model_version)}, threshold "
             f"{self.threshold if self.threshold is not None else float('nan'):.4f} "
             f"({p(self.threshold_source)})",
-            f"  files:     {self.files_listed} listed, "
-            f"{self.files_skipped_unchanged} unchanged since last run",
+            f"  files:     {self._files_line()}",
             "  stages:    "
             + ", ".join(f"{s} {self.stage_seconds[s]:.2f} s" for s in self.stage_seconds),
             "  tables (rows inserted / updated / deleted this run, total rows):",
         ]
+        if self.not_images_note:
+            lines.insert(4, f"             {p(self.not_images_note)}")
         for spec in schemas.TABLES:
             name = spec.qualified_name
             lines.append(
@@ -160,6 +170,12 @@ class RunSummary:
                     "on new films: the model card holds the validation and shift analysis)"
                 )
         return "\n".join(lines)
+
+    def _files_line(self) -> str:
+        found = f"{self.files_found} file{'s' if self.files_found != 1 else ''}"
+        if self.sample_per_label is not None:
+            found += f", {self.files_listed} sampled ({self.sample_per_label} per label)"
+        return f"{found}, {self.files_skipped_unchanged} unchanged since last run"
 
 
 def new_run_id() -> str:
@@ -271,17 +287,24 @@ class Pipeline:
         """Walk ``sources``; keep the regular files (sampled) and the rejected entries."""
         files: dict[str, listing.SourceFile] = {}
         rejected: dict[str, str] = {}
+        not_images: list[str] = []
         for source in sources:
             for item in listing.walk(source):
                 if isinstance(item, listing.SourceFile):
                     files[item.path] = item
+                elif isinstance(item, listing.Skipped):
+                    not_images.append(item.path)
                 else:
                     rejected[item.path] = item.reason
         chosen = list(files.values())
         if sample is not None:
             chosen = listing.sample_per_label(chosen, sample)
         self.sources = {f.path: f for f in chosen}
+        self.summary.files_found = len(files) + len(rejected)
         self.summary.files_listed = len(chosen) + len(rejected)
+        self.summary.sample_per_label = sample
+        self.summary.files_not_images = len(not_images)
+        self.summary.not_images_note = skip_summary(not_images)
         self._set_listing(rejected)
 
     def _set_listing(self, rejected: dict[str, str]) -> None:
@@ -538,7 +561,7 @@ class Pipeline:
 
 
 def run_pipeline(
-    sources: Sequence[str | os.PathLike],
+    sources: str | os.PathLike | Sequence[str | os.PathLike],
     lakehouse: str | os.PathLike,
     env: str = "dev",
     *,
@@ -551,8 +574,9 @@ def run_pipeline(
 ) -> RunSummary:
     """Run bronze -> silver -> gold on image folders; return the run summary.
 
-    ``sources``: folders of images (``<split>/<NORMAL|PNEUMONIA>/<file>`` or ``<LABEL>/<file>``;
-    anything else is ingested unlabelled). ``lakehouse``: root folder of the Delta tables.
+    ``sources``: one folder or a list of folders of images (``<split>/<NORMAL|PNEUMONIA>/<file>``
+    or ``<LABEL>/<file>``; anything else is ingested unlabelled; files whose names are not image
+    names, e.g. ``.txt``, are skipped and counted). ``lakehouse``: root folder of the Delta tables.
     ``sample_per_label``: ingest at most N files per (split, label), a deterministic sample.
     ``model``: `cxrlake.Model`, path or None (= `cxrlake.default_model_path()`).
     ``batch_size``: images per batch and per commit. ``progress``: show tqdm bars (None = when
@@ -560,6 +584,8 @@ def run_pipeline(
     ``gold.site_thresholds`` for this model version (``cxrlake calibrate``), the model's own when
     none is stored. Waits for any other run on the same lakehouse to finish first.
     """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
     if not sources:
         raise ValueError("at least one source folder is required")
     for source in sources:

@@ -15,12 +15,14 @@ import fcntl
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 from deltalake import CommitProperties, DeltaTable, write_deltalake
+from deltalake import Field as DeltaField
 
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import TableSpec
@@ -50,7 +52,8 @@ def commits_made() -> int:
 class LakehouseLock:
     """Exclusive advisory lock (``fcntl.flock``) on ``<catalog>/_cxrlake.lock``.
 
-    Blocks until the lock is free. The kernel releases it when the process dies (kill -9
+    Blocks until the lock is free, saying so on stderr first (with the holder's pid, which the
+    holder writes into the lock file). The kernel releases it when the process dies (kill -9
     included), so a crashed run never leaves a stale lock behind.
     """
 
@@ -62,7 +65,19 @@ class LakehouseLock:
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+                print(
+                    f"cxrlake: waiting for the lakehouse lock held by pid {holder} "
+                    f"({self.path}) ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
@@ -129,9 +144,12 @@ class Lakehouse:
         return spec.qualified_name in self._tables or DeltaTable.is_deltatable(self.path(spec))
 
     def create_all(self) -> None:
-        """Create every missing table with its schema and `schemas.TABLE_PROPERTIES` (CDF on)."""
+        """Create every missing table with its schema and `schemas.TABLE_PROPERTIES` (CDF on);
+        add the nullable columns a table written by an earlier version lacks (`add_columns`)."""
         for spec in schemas.TABLES:
-            if not self.exists(spec):
+            if self.exists(spec):
+                self.add_columns(spec)
+            else:
                 os.makedirs(self.path(spec), exist_ok=True)
                 DeltaTable.create(
                     self.path(spec),
@@ -143,6 +161,30 @@ class Lakehouse:
                     commit_properties=commit_properties(operation="create"),
                 )
                 _committed()
+
+    def add_columns(self, spec: TableSpec) -> list[str]:
+        """Add to an existing table the columns of ``spec`` it lacks, in one commit (none when
+        nothing is missing); the rows already written read them as null. Returns their names.
+
+        Only nullable columns can be added this way (Delta schema evolution); a missing column
+        that is not nullable is an error naming the table and column.
+        """
+        have = set(pa.schema(self.table(spec).schema().to_arrow()).names)
+        missing = [f for f in spec.arrow_schema if f.name not in have]
+        if not missing:
+            return []
+        required = [f.name for f in missing if not f.nullable]
+        if required:
+            raise ValueError(
+                f"{spec.qualified_name} lacks required column(s) {', '.join(required)}: "
+                "rebuild the table (it cannot be evolved in place)"
+            )
+        self.table(spec).alter.add_columns(
+            [DeltaField.from_arrow(f) for f in missing],
+            commit_properties=commit_properties(operation="add_columns"),
+        )
+        _committed()
+        return [f.name for f in missing]
 
     def table(self, spec: TableSpec) -> DeltaTable:
         """The current version of a table (raises if it does not exist)."""
