@@ -203,6 +203,7 @@ def test_both_engines_hold_the_same_rows_after_every_step(
         for p in _images(train / label, 0, 3):
             shutil.copyfile(p, src / "train" / label / p.name)
     (src / "train" / "NORMAL" / "broken.jpeg").write_bytes(b"this is not an image\n" * 10)
+    (src / "train" / "NORMAL" / "notes.txt").write_text("skipped by both engines' listing\n")
     lakehouse = tmp_path / "lakehouse"
     engine = SparkState(spark, None)
     when = [1_800_000_000]

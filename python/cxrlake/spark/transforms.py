@@ -85,10 +85,15 @@ def to_bronze(
 
 def listing_rows() -> ArrowMap:
     """``mapInArrow`` function: ``binaryFile`` listing batches (``path``, ``modificationTime``,
-    ``length``) -> rows of the rules' ``listing`` view (`rules.LISTING_SCHEMA`)."""
+    ``length``) -> rows of the rules' ``listing`` view (`rules.LISTING_SCHEMA`). Files whose
+    names are not image names (`cxrlake.files.is_image_name`, as in the local listing) are
+    dropped: never read, stored nor quarantined."""
+    from cxrlake.files import is_image_name
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            keep = [is_image_name(p) for p in batch.column("path").to_pylist()]
+            batch = batch.filter(pa.array(keep, pa.bool_()))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             ids = identity.identify_paths(paths)
             yield pa.RecordBatch.from_arrays(
