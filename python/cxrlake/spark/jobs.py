@@ -409,9 +409,9 @@ def ingest_bronze(
     stream = (
         spark.readStream.format("cloudFiles")
         .option("cloudFiles.format", "binaryFile")
-        # Every file, images or not: what cannot be decoded is quarantined by silver, with the
-        # reason. (Names starting with '_' or '.' are skipped by the file source, as are
-        # zero-byte files.)
+        # Every file with an image name (`to_bronze` drops the others, as the listings do): what
+        # cannot be decoded is quarantined by silver, with the reason. (Names starting with '_'
+        # or '.' are skipped by the file source, as are zero-byte files.)
         .load(source_path)
     )
     query = (

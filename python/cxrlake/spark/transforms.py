@@ -61,10 +61,15 @@ def _now(value: dt.datetime | None) -> dt.datetime:
 def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
     """``mapInArrow`` function: ``binaryFile`` batches -> ``bronze.kaggle_xray_metadata`` batches.
 
-    ``file_path`` is a path the core can open (``file:`` / ``dbfs:`` URIs become paths)."""
+    ``file_path`` is a path the core can open (``file:`` / ``dbfs:`` URIs become paths). Files
+    whose names are not image names (`cxrlake.files.is_image_name`) are dropped, so Auto Loader
+    skips them as the listings of both engines do."""
+    from cxrlake.files import is_image_name
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
+            keep = [is_image_name(p) for p in batch.column("path").to_pylist()]
+            batch = batch.filter(pa.array(keep, pa.bool_()))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             batch = batch.set_column(batch.schema.get_field_index("path"), "path", paths)
             yield medallion.bronze_batch(batch, ingestion_batch_id, ingested_at)
