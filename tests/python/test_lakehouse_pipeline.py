@@ -205,7 +205,7 @@ def test_clean_run_contents(clean_run, source):
     assert not {*NOT_IMAGES} & {r["filename"] for r in bronze + quarantine}
     assert "skipped 1 file that is not an image" in summary.format()
     assert "notes.txt" in summary.format()
-    assert f"{GOOD + len(BAD_FILES) + 1} files, " in summary.format()  # + the FIFO
+    assert f"{GOOD + len(BAD_FILES) + 1} image files, " in summary.format()  # + the FIFO
 
 
 def test_rerun_writes_nothing(clean_run, source):
@@ -284,7 +284,7 @@ def test_sample_per_label_limits_ingestion(source, tmp_path):
     # found and sampled, both said: 28 good + 2 bad images + the FIFO found; the 12 sampled
     # (the bad images compete in train/NORMAL's group) + the FIFO held at listing
     assert (summary.files_found, summary.files_listed) == (GOOD + len(BAD_FILES) + 1, 13)
-    assert "31 files, 13 sampled (3 per label)" in summary.format()
+    assert "31 image files, 13 sampled (3 per label)" in summary.format()
 
 
 def test_a_single_source_folder_may_be_given_as_a_string(tmp_path):

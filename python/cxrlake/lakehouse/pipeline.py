@@ -172,7 +172,7 @@ class RunSummary:
         return "\n".join(lines)
 
     def _files_line(self) -> str:
-        found = f"{self.files_found} file{'s' if self.files_found != 1 else ''}"
+        found = f"{self.files_found} image file{'s' if self.files_found != 1 else ''}"
         if self.sample_per_label is not None:
             found += f", {self.files_listed} sampled ({self.sample_per_label} per label)"
         return f"{found}, {self.files_skipped_unchanged} unchanged since last run"
