@@ -197,9 +197,14 @@ fn syntax_name(uid: &str) -> String {
 }
 
 fn sop_class_name(object: &DefaultDicomObject) -> String {
-    let uid = object
-        .meta()
-        .media_storage_sop_class_uid
+    // The data set's own SOP Class UID, else the one the file meta group announces.
+    let from_dataset = object
+        .get(tags::SOP_CLASS_UID)
+        .and_then(|e| e.to_str().ok())
+        .map(|t| t.to_string());
+    let uid = from_dataset
+        .as_deref()
+        .unwrap_or(&object.meta().media_storage_sop_class_uid)
         .trim_end_matches('\0')
         .trim();
     match StandardSopClassDictionary.by_uid(uid) {

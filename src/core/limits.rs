@@ -148,7 +148,7 @@ mod tests {
         );
         assert_eq!(
             small.check_encoded_size(600_000, "file").unwrap_err().0,
-            "file exceeds 0.5 MiB limit"
+            "file exceeds 512 KiB limit"
         );
     }
 
