@@ -350,3 +350,41 @@ fn dicom_errors_name_the_object_and_the_limit() {
         "image 4x3 exceeds 10 pixel limit"
     );
 }
+
+#[test]
+fn dicom_rle_with_a_short_segment_is_an_error_not_a_panic() {
+    // Found by the decode_dicom fuzz target: dicom-rs indexed past a segment that unpacks to
+    // fewer than rows x cols bytes.
+    let us = |v: u16| v.to_le_bytes().to_vec();
+    let mut fragment = vec![0u8; 64];
+    fragment[0..4].copy_from_slice(&1u32.to_le_bytes());
+    fragment[4..8].copy_from_slice(&64u32.to_le_bytes());
+    fragment.extend([3u8, 1, 2, 3, 4]); // a literal run of 4 bytes, for a 4x3 image of 12
+    let mut pixel_data = vec![
+        0xE0, 0x7F, 0x10, 0x00, b'O', b'B', 0, 0, 0xFF, 0xFF, 0xFF, 0xFF,
+    ];
+    pixel_data.extend([0xFE, 0xFF, 0x00, 0xE0, 0, 0, 0, 0]); // empty offset table
+    pixel_data.extend([0xFE, 0xFF, 0x00, 0xE0]);
+    let padded = fragment.len() + fragment.len() % 2;
+    pixel_data.extend((padded as u32).to_le_bytes());
+    pixel_data.extend(&fragment);
+    pixel_data.resize(pixel_data.len() + padded - fragment.len(), 0);
+    pixel_data.extend([0xFE, 0xFF, 0xDD, 0xE0, 0, 0, 0, 0]);
+    let dataset = vec![
+        dicom_element(0x0008, 0x0016, b"UI", b"1.2.840.10008.5.1.4.1.1.1"),
+        dicom_element(0x0028, 0x0002, b"US", &us(1)),
+        dicom_element(0x0028, 0x0004, b"CS", b"MONOCHROME2"),
+        dicom_element(0x0028, 0x0010, b"US", &us(3)),
+        dicom_element(0x0028, 0x0011, b"US", &us(4)),
+        dicom_element(0x0028, 0x0100, b"US", &us(8)),
+        dicom_element(0x0028, 0x0101, b"US", &us(8)),
+        dicom_element(0x0028, 0x0102, b"US", &us(7)),
+        dicom_element(0x0028, 0x0103, b"US", &us(0)),
+        pixel_data,
+    ];
+    let data = dicom_file("1.2.840.10008.1.2.5", &dataset);
+    assert_eq!(
+        decode_gray(&data, &Limits::default(), None).unwrap_err().0,
+        "truncated DICOM RLE segment"
+    );
+}

@@ -48,6 +48,7 @@ pub fn is_dicom(data: &[u8]) -> bool {
 const IMPLICIT_VR_LE: &str = "1.2.840.10008.1.2";
 const EXPLICIT_VR_BE: &str = "1.2.840.10008.1.2.2";
 const DEFLATED_EXPLICIT_VR_LE: &str = "1.2.840.10008.1.2.1.99";
+const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
 
 /// Transfer syntaxes decoded here, by UID, with the names used in error messages.
 const SUPPORTED_SYNTAXES: &[(&str, &str)] = &[
@@ -134,6 +135,13 @@ pub fn decode_dicom(
         }
     }
 
+    if ts_uid == RLE_LOSSLESS {
+        let fragment = pixel_data
+            .fragments()
+            .and_then(|f| f.first())
+            .ok_or_else(|| RowError::new("corrupt DICOM: RLE pixel data without fragments"))?;
+        check_rle(fragment, rows, cols, samples * bits_allocated / 8)?;
+    }
     if let (Some(target), 1) = (min_size, samples) {
         if let Some(decoded) = decode_j2k_reduced(&object, ts_uid, cols, rows, target) {
             return Ok(decoded);
@@ -270,6 +278,69 @@ pub fn codestream_size(fragment: &[u8]) -> Option<(u32, u32)> {
     // Lsiz(2) Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4)
     let (xsiz, ysiz, xosiz, yosiz) = (be32(4), be32(8), be32(12), be32(16));
     Some((xsiz.saturating_sub(xosiz), ysiz.saturating_sub(yosiz)))
+}
+
+/// Checks an RLE Lossless frame (PS3.5 G.3, G.5) before dicom-rs decodes it: its header must list
+/// one segment per byte plane in increasing order inside the fragment, and every segment must
+/// unpack (PackBits) to at least `rows x cols` bytes. dicom-rs 0.10 indexes past the end of a
+/// short segment (a panic; found by the decode_dicom fuzz target) and slices the header by the
+/// declared segment count.
+pub fn check_rle(fragment: &[u8], rows: u32, cols: u32, planes: u32) -> RowResult<()> {
+    let corrupt = |what: &str| RowError::new(format!("corrupt DICOM RLE data: {what}"));
+    if fragment.len() < 64 {
+        return Err(corrupt("header shorter than 64 bytes"));
+    }
+    let u32_at = |i: usize| {
+        u32::from_le_bytes([
+            fragment[i],
+            fragment[i + 1],
+            fragment[i + 2],
+            fragment[i + 3],
+        ])
+    };
+    let segments = u32_at(0);
+    if segments != planes || segments > 15 {
+        return Err(corrupt(&format!(
+            "{segments} segments for {planes} byte planes"
+        )));
+    }
+    let mut offsets: Vec<usize> = (1..=segments as usize)
+        .map(|i| u32_at(4 * i) as usize)
+        .collect();
+    offsets.push(fragment.len());
+    let needed = rows as usize * cols as usize;
+    for window in offsets.windows(2) {
+        let (start, end) = (window[0], window[1]);
+        if start < 64 || start > end || end > fragment.len() {
+            return Err(corrupt(
+                "segment offsets out of order or outside the fragment",
+            ));
+        }
+        if packbits_len(&fragment[start..end], needed) < needed {
+            return Err(RowError::new("truncated DICOM RLE segment"));
+        }
+    }
+    Ok(())
+}
+
+/// Bytes a PackBits segment unpacks to, counting up to `limit`.
+fn packbits_len(segment: &[u8], limit: usize) -> usize {
+    let (mut pos, mut out) = (0usize, 0usize);
+    while pos < segment.len() && out < limit {
+        let n = segment[pos] as i8;
+        pos += 1;
+        if n >= 0 {
+            let literal = n as usize + 1;
+            out += literal.min(segment.len().saturating_sub(pos));
+            pos += literal;
+        } else if n != -128 {
+            if pos < segment.len() {
+                out += (1 - n as isize) as usize;
+            }
+            pos += 1;
+        }
+    }
+    out
 }
 
 /// Stored sample values of a single-sample frame, masked to Bits Stored and sign-extended.
