@@ -286,6 +286,19 @@ def _one_line(text: str) -> str:
 _OS_ERRORS = {28: "disk full", 30: "read-only file system", 13: "permission denied"}
 
 
+#: Optional packages and the pyproject extra that installs each (the wheel's runtime is only
+#: pyarrow, numpy and onnxruntime).
+_EXTRA_OF_MODULE = {
+    "deltalake": "local",
+    "duckdb": "local",
+    "tqdm": "local",
+    "torch": "train",
+    "mlflow": "train",
+    "onnx": "train",
+    "pyspark": "spark",
+}
+
+
 def describe_error(error: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception escaping a command handler."""
     message, code = _describe(error)
@@ -317,6 +330,13 @@ def _describe(error: BaseException) -> tuple[str, int]:
         if where is None and error.args and not error.strerror:
             return _one_line(str(error)), EXIT_FAILURE
         return (f"{where}: {reason}" if where else reason), EXIT_FAILURE
+    if isinstance(error, ModuleNotFoundError) and error.name:
+        extra = _EXTRA_OF_MODULE.get(error.name.split(".")[0])
+        if extra:
+            return (
+                f"this command needs {error.name!r}, which the 'cxrlake[{extra}]' extra installs: "
+                f"pip install 'cxrlake[{extra}]'"
+            ), EXIT_FAILURE
     module = type(error).__module__ or ""
     if module.split(".")[0] in ("duckdb", "_duckdb", "deltalake", "_internal", "pyarrow"):
         return _one_line(str(error)), EXIT_FAILURE

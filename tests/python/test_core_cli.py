@@ -251,3 +251,43 @@ def test_os_errors_buried_in_engine_messages_are_named_first():
     assert code == 1
     message, code = describe_error(OSError(30, "Read-only file system", "/lh/_cxrlake.lock"))
     assert message == "/lh/_cxrlake.lock: Read-only file system" and code == 1
+
+
+def test_a_missing_optional_package_names_the_extra_that_installs_it(tmp_path: Path):
+    """The wheel's runtime is pyarrow + numpy + onnxruntime; the local engine is an extra. A
+    command run without it says which extra to install instead of a bare ModuleNotFoundError."""
+    blocker = tmp_path / "block"
+    blocker.mkdir()
+    # A meta-path finder that hides duckdb/deltalake, as on an install without [local].
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('duckdb', 'deltalake'):\n"
+        "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+        "sys.meta_path.insert(0, _Hide())\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(blocker)}
+    source = tmp_path / "src"
+    source.mkdir()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cxrlake.cli",
+            "pipeline",
+            "run",
+            "--source",
+            str(source),
+            "--lakehouse",
+            str(tmp_path / "lh"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert "pip install 'cxrlake[local]'" in lines[0] and lines[0].startswith("cxrlake pipeline")
