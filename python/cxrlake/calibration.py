@@ -627,7 +627,7 @@ def register(subparsers: Any) -> None:
         "calibrate",
         help="pick a site's operating point from its own labelled films (stored per site)",
         description="Score the site's labelled films in bronze, choose the highest threshold "
-        "whose sensitivity reaches the target, report sensitivity and specificity with 95%% "
+        "whose sensitivity reaches the target, report sensitivity and specificity with 95% "
         "Wilson intervals, and store a new version in gold.site_thresholds. Refuses on a single "
         "class, too few films or contradicting labels (exit code 1).",
     )
