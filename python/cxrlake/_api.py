@@ -19,6 +19,7 @@ Keyword arguments shared by every function:
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -68,6 +69,8 @@ def _as_arrow(images: Any) -> pa.Array:
         elif isinstance(value, (str, os.PathLike)):
             kinds.add("path")
             converted.append(os.fspath(value))
+            if isinstance(converted[-1], bytes):  # os.PathLike over bytes
+                converted[-1] = os.fsdecode(converted[-1])
         elif isinstance(value, (bytes, bytearray, memoryview)):
             kinds.add("bytes")
             converted.append(bytes(value))
@@ -78,7 +81,64 @@ def _as_arrow(images: Any) -> pa.Array:
     if len(kinds) > 1:
         raise InvalidArgumentError("images mixes paths and bytes; pass one kind per call")
     arrow_type = pa.binary() if kinds == {"bytes"} else pa.string()
+    if kinds == {"path"}:
+        for i, value in enumerate(converted):
+            if value is not None and not _utf8_encodable(value):
+                # A file name that is not UTF-8 (os.fsdecode's surrogates) cannot be an Arrow
+                # string: that row gets NULL and says why; the others are scored as usual.
+                _UNNAMABLE.rows[i] = f"file name is not valid UTF-8: {_printable_path(value)}"
+                converted[i] = None
     return pa.array(converted, type=arrow_type)
+
+
+class _Unnamable(threading.local):
+    """Rows of the current call whose path could not be passed to the core, with their error."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, str] = {}
+
+
+_UNNAMABLE = _Unnamable()
+
+
+def _utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable_path(path: str) -> str:
+    """``path`` with undecodable bytes shown as backslash-x escapes (as ``ls -b`` shows them)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
+    """:func:`_as_arrow` plus the rows that carry an error decided here (non-UTF-8 names)."""
+    _UNNAMABLE.rows = {}
+    try:
+        return _as_arrow(images), _UNNAMABLE.rows
+    finally:
+        _UNNAMABLE.rows = {}
+
+
+def _with_row_errors(result: Any, rows: dict[int, str]) -> Any:
+    """``result`` (a RecordBatch, or preprocess's (tensor, errors)) with ``rows``' errors set."""
+    if not rows:
+        return result
+    if isinstance(result, tuple):
+        tensor, errors = result
+        values = errors.to_pylist()
+        for i, message in rows.items():
+            values[i] = message
+        return tensor, pa.array(values, type=errors.type)
+    index = result.schema.get_field_index("error")
+    values = result.column(index).to_pylist()
+    for i, message in rows.items():
+        values[i] = message
+    column = pa.array(values, type=result.schema.field(index).type)
+    return result.set_column(index, result.schema.field(index), column)
 
 
 def _type_message(arrow_type: pa.DataType) -> str:
@@ -133,8 +193,10 @@ def decode(
     Returns a RecordBatch with one row per image: ``width int32``, ``height int32`` (pixels),
     ``pixels binary`` (row-major, ``width * height`` bytes) and ``error string``.
     """
-    array = _as_arrow(images)
-    return _internal.decode(array, **_options(threads, roots, max_pixels, max_file_bytes))
+    array, unnamable = _prepare(images)
+    return _with_row_errors(
+        _internal.decode(array, **_options(threads, roots, max_pixels, max_file_bytes)), unnamable
+    )
 
 
 def preprocess(
@@ -151,9 +213,12 @@ def preprocess(
     Returns a float32 array ``[N, C, H, W]`` (rows with errors are all zeros) and a string array
     of per-row errors (null when fine). Size and normalisation come from the model's metadata.
     """
-    array = _as_arrow(images)
+    array, unnamable = _prepare(images)
     path = resolve_model_path(model)
-    return _internal.preprocess(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+    return _with_row_errors(
+        _internal.preprocess(array, path, **_options(threads, roots, max_pixels, max_file_bytes)),
+        unnamable,
+    )
 
 
 def features(
@@ -175,9 +240,12 @@ def features(
     ``embedding=False`` or the model has none) and ``error string``.
     With ``embedding=False`` no model is loaded.
     """
-    array = _as_arrow(images)
+    array, unnamable = _prepare(images)
     path = resolve_model_path(model) if embedding else None
-    return _internal.features(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+    return _with_row_errors(
+        _internal.features(array, path, **_options(threads, roots, max_pixels, max_file_bytes)),
+        unnamable,
+    )
 
 
 def predict(
@@ -201,13 +269,16 @@ def predict(
     (`cxrlake.calibration.site_threshold`), used instead of the model's; the batch then also has
     ``threshold double`` and ``threshold_source string`` (``argument`` or ``site:<id>:v<n>``).
     """
-    array = _as_arrow(images)
+    array, unnamable = _prepare(images)
     path = resolve_model_path(model)
     if threshold is not None:
         from cxrlake.calibration import apply_threshold, resolve_threshold
 
         decision = resolve_threshold(threshold)  # a bad threshold fails before any decoding
-    batch = _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes))
+    batch = _with_row_errors(
+        _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes)),
+        unnamable,
+    )
     return batch if threshold is None else apply_threshold(batch, decision)
 
 
@@ -237,14 +308,15 @@ def analyze(
     row-major from the top-left of the upright image; NULL when the model has no ``heatmap``
     output or ``heatmap=False``.
     """
-    array = _as_arrow(images)
+    array, unnamable = _prepare(images)
     path = resolve_model_path(model)
-    return _internal.analyze(
+    result = _internal.analyze(
         array,
         path,
         heatmap=bool(heatmap),
         **_options(threads, roots, max_pixels, max_file_bytes),
     )
+    return _with_row_errors(result, unnamable)
 
 
 def explain(
@@ -277,14 +349,15 @@ def explain(
         raise InvalidArgumentError(
             f"overlay_size must be a positive integer or None, got {overlay_size!r}"
         )
-    array = _as_arrow(images)
+    array, unnamable = _prepare(images)
     path = resolve_model_path(model)
-    return _internal.explain(
+    result = _internal.explain(
         array,
         path,
         overlay_size=overlay_size,
         **_options(threads, roots, max_pixels, max_file_bytes),
     )
+    return _with_row_errors(result, unnamable)
 
 
 def render_overlay(

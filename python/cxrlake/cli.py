@@ -170,7 +170,9 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch = cxrlake.predict(chunk, model=model, threads=args.threads)
         columns = {name: batch.column(name).to_pylist() for name in fields[1:]}
         for i, path in enumerate(chunk):
-            record = {"path": path, **{name: columns[name][i] for name in fields[1:]}}
+            # A file name that is not UTF-8 is printed with \xNN escapes (as `ls -b` does).
+            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
+            record = {"path": shown, **{name: columns[name][i] for name in fields[1:]}}
             if record["error"] is None:
                 scored += 1
             else:
