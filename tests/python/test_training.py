@@ -187,6 +187,8 @@ def test_short_run_is_logged_and_registered_in_mlflow(short_run, tmp_path):
 
     _, run_dir, summary = short_run
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # A registry URI left by earlier code in the process must not receive this model.
+    mlflow.set_registry_uri(f"sqlite:///{tmp_path / 'elsewhere.db'}")
     result = registry.log_and_register(run_dir, tracking_uri=uri, name="cxrlake_test_model")
     client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     version = client.get_model_version_by_alias("cxrlake_test_model", "champion")

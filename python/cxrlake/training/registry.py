@@ -75,8 +75,10 @@ def log_and_register(
     with open(run_dir / "metrics.json") as handle:
         summary = json.load(handle)
     mlflow.set_tracking_uri(tracking_uri)
-    if registry_uri:
-        mlflow.set_registry_uri(registry_uri)
+    # The registry URI is process-global in MLflow: without an explicit one, a URI set earlier in
+    # the process (another registration, a notebook cell) would receive the model. Default to the
+    # tracking URI, which is MLflow's own default for a fresh process.
+    mlflow.set_registry_uri(registry_uri or tracking_uri)
     mlflow.set_experiment(experiment)
     validation = summary["validation"]
     scalar = {
