@@ -621,7 +621,7 @@ def apply_threshold(
 
 def register(subparsers: Any) -> None:
     """Add ``calibrate`` to the main parser's subparsers."""
-    from cxrlake.cli import positive_int
+    from cxrlake.cli_support import positive_int
 
     p = subparsers.add_parser(
         "calibrate",

@@ -11,16 +11,24 @@ with a default, ``(default: ...)`` in its help.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import importlib
 import json
 import os
 import sys
-import time
 import traceback
 from collections.abc import Sequence
-from typing import TextIO
+
+from cxrlake.cli_support import (
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    Progress,
+    _print_error,
+    describe_error,
+    positive_int,
+)
 
 __all__ = ["CommandError", "main", "build_parser", "positive_int"]
 
@@ -32,11 +40,6 @@ SUBCOMMAND_MODULES = [
     "cxrlake.review.cli",
 ]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_MODEL = 3
-EXIT_INTERRUPTED = 130
 #: Images scored per call to the Rust kernel (bounds memory; output streams after each chunk).
 PREDICT_CHUNK = 256
 
@@ -48,77 +51,6 @@ exit codes:
   3    model missing or invalid, or ONNX Runtime unavailable
   130  interrupted (Ctrl-C)
 add --debug to see the full trace of a failure."""
-
-
-class CommandError(Exception):
-    """A failure a command reports as one line; ``exit_code`` defaults to 1."""
-
-    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
-class UsageError(CommandError):
-    """A command-line usage problem reported with exit code 2."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, EXIT_USAGE)
-
-
-def positive_int(text: str) -> int:
-    """argparse type for counts (threads, batch sizes): an int >= 1, with a clear message."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type for counts that may be zero (number of examples ...)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
-
-
-# ------------------------------------------------------------------ progress
-class Progress:
-    """Progress of long work on stderr: a redrawn bar on a terminal, plain log lines otherwise
-    (at most one every ``log_every`` seconds, plus the last), so job logs show it too."""
-
-    def __init__(
-        self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True
-    ) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.tty = self.stream.isatty()
-        self.log_every = 10.0
-        self._last = 0.0
-
-    def update(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.tty:
-            width = 30
-            filled = int(width * self.done / self.total)
-            bar = "#" * filled + "." * (width - filled)
-            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
-            if self.done >= self.total:
-                self.stream.write("\n")
-        else:
-            now = time.monotonic()
-            if self.done >= self.total or now - self._last >= self.log_every:
-                self._last = now
-                self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
-        self.stream.flush()
 
 
 # ------------------------------------------------------------------ predict
@@ -278,75 +210,6 @@ def _command_name(args: argparse.Namespace) -> str:
     return " ".join(str(w) for w in words)
 
 
-def _one_line(text: str) -> str:
-    """The first meaningful line of an error message (engines append context and hints)."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-#: Rust libraries (delta-rs, object_store) bury the OS error deep in their message: name it first.
-_OS_ERRORS = {28: "disk full", 30: "read-only file system", 13: "permission denied"}
-
-
-#: Optional packages and the pyproject extra that installs each (the wheel's runtime is only
-#: pyarrow, numpy and onnxruntime).
-_EXTRA_OF_MODULE = {
-    "deltalake": "local",
-    "duckdb": "local",
-    "tqdm": "local",
-    "torch": "train",
-    "mlflow": "train",
-    "onnx": "train",
-    "pyspark": "spark",
-}
-
-
-def describe_error(error: BaseException) -> tuple[str, int]:
-    """The one-line message and exit code for an exception escaping a command handler."""
-    message, code = _describe(error)
-    for number, words in _OS_ERRORS.items():
-        if f"(os error {number})" in message and not message.startswith(words):
-            message = f"{words}: {message}"
-    return message, code
-
-
-def _describe(error: BaseException) -> tuple[str, int]:
-    from cxrlake.exceptions import (
-        CxrlakeError,
-        InvalidArgumentError,
-        ModelError,
-        RuntimeLibraryError,
-    )
-
-    if isinstance(error, CommandError):
-        return _one_line(str(error)), error.exit_code
-    if isinstance(error, (ModelError, RuntimeLibraryError)):
-        return _one_line(str(error)), EXIT_MODEL
-    if isinstance(error, InvalidArgumentError):
-        return _one_line(str(error)), EXIT_USAGE
-    if isinstance(error, CxrlakeError):
-        return _one_line(str(error)), EXIT_FAILURE
-    if isinstance(error, OSError):
-        reason = error.strerror or _one_line(str(error)) or type(error).__name__
-        where = error.filename
-        if where is None and error.args and not error.strerror:
-            return _one_line(str(error)), EXIT_FAILURE
-        return (f"{where}: {reason}" if where else reason), EXIT_FAILURE
-    if isinstance(error, ModuleNotFoundError) and error.name:
-        extra = _EXTRA_OF_MODULE.get(error.name.split(".")[0])
-        if extra:
-            return (
-                f"this command needs {error.name!r}, which the 'cxrlake[{extra}]' extra installs: "
-                f"pip install 'cxrlake[{extra}]'"
-            ), EXIT_FAILURE
-    module = type(error).__module__ or ""
-    if module.split(".")[0] in ("duckdb", "_duckdb", "deltalake", "_internal", "pyarrow"):
-        return _one_line(str(error)), EXIT_FAILURE
-    text = _one_line(str(error))
-    name = type(error).__name__
-    return (f"{name}: {text}" if text else name), EXIT_FAILURE
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxrlake`` console script; returns the exit code."""
     parser = build_parser()
@@ -374,23 +237,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _print_error(command, message)
         return code
-
-
-def _print_error(command: str, message: str) -> None:
-    with contextlib.suppress(Exception):  # a closed or full stdout must not hide the message
-        sys.stdout.flush()
-    print(f"cxrlake {command}: error: {message}", file=sys.stderr)
-
-
-def report_error(command: str, error: BaseException | str, exit_code: int | None = None) -> int:
-    """Print ``cxrlake <command>: error: ...`` for an error a handler catches itself; return
-    the exit code (the one `main` would use for that exception, unless given)."""
-    if isinstance(error, BaseException):
-        message, code = describe_error(error)
-    else:
-        message, code = _one_line(error), EXIT_FAILURE
-    _print_error(command, message)
-    return code if exit_code is None else exit_code
 
 
 if __name__ == "__main__":

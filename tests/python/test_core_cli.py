@@ -291,3 +291,24 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it(tmp_path: P
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert "pip install 'cxrlake[local]'" in lines[0] and lines[0].startswith("cxrlake pipeline")
+
+
+def test_command_modules_never_import_the_cli_that_imports_them():
+    """`cxrlake.cli` builds its parser from the command modules; they share `cli_support`, so
+    no module imports `cxrlake.cli` back (no import cycle between CLI modules)."""
+    import ast
+
+    package = Path(cxrlake.__file__).parent
+    offenders = []
+    for source in sorted(package.rglob("*.py")):
+        if source.name == "cli.py" and source.parent == package:
+            continue
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if "cxrlake.cli" in names:
+                offenders.append(str(source.relative_to(package)))
+    assert offenders == []

@@ -15,8 +15,8 @@ import os
 import sys
 from typing import Any
 
-from cxrlake.cli import CommandError, non_negative_int
-from cxrlake.cli import positive_int as _positive_int
+from cxrlake.cli_support import CommandError, non_negative_int
+from cxrlake.cli_support import positive_int as _positive_int
 
 
 def _env(text: str) -> str:
@@ -287,7 +287,7 @@ def _results(statements: Any) -> Any:
 
 def _shell(con: Any, args: argparse.Namespace) -> int:
     """A small interactive shell: statements end with ';', .quit or Ctrl-D leaves."""
-    from cxrlake.cli import report_error
+    from cxrlake.cli_support import report_error
 
     with contextlib.suppress(ImportError):
         import readline  # noqa: F401 - line editing and history for input()
