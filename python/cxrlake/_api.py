@@ -19,7 +19,6 @@ Keyword arguments shared by every function:
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -39,18 +38,19 @@ _BYTES_TYPES = (pa.binary(), pa.large_binary(), pa.binary_view())
 _PATH_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
 
-def _as_arrow(images: Any) -> pa.Array:
-    """A single pyarrow array of image bytes or paths from any accepted ``images`` value."""
+def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
+    """A single pyarrow array of image bytes or paths from any accepted ``images`` value, and the
+    rows that carry an error decided here (file names that are not UTF-8), by index."""
     if isinstance(images, pa.ChunkedArray):
         if images.type not in _BYTES_TYPES + _PATH_TYPES:
             raise InvalidArgumentError(_type_message(images.type))
         if images.num_chunks == 1:
-            return images.chunk(0)
-        return images.combine_chunks() if images.num_chunks else pa.array([], images.type)
+            return images.chunk(0), {}
+        return (images.combine_chunks() if images.num_chunks else pa.array([], images.type)), {}
     if isinstance(images, pa.Array):
         if images.type not in _BYTES_TYPES + _PATH_TYPES:
             raise InvalidArgumentError(_type_message(images.type))
-        return images
+        return images, {}
     if isinstance(images, (str, bytes, bytearray, os.PathLike)):
         raise InvalidArgumentError(
             "images must be a sequence or Arrow array; wrap a single image in a list"
@@ -81,24 +81,15 @@ def _as_arrow(images: Any) -> pa.Array:
     if len(kinds) > 1:
         raise InvalidArgumentError("images mixes paths and bytes; pass one kind per call")
     arrow_type = pa.binary() if kinds == {"bytes"} else pa.string()
+    unnamable: dict[int, str] = {}
     if kinds == {"path"}:
         for i, value in enumerate(converted):
             if value is not None and not _utf8_encodable(value):
                 # A file name that is not UTF-8 (os.fsdecode's surrogates) cannot be an Arrow
                 # string: that row gets NULL and says why; the others are scored as usual.
-                _UNNAMABLE.rows[i] = f"file name is not valid UTF-8: {_printable_path(value)}"
+                unnamable[i] = f"file name is not valid UTF-8: {_printable_path(value)}"
                 converted[i] = None
-    return pa.array(converted, type=arrow_type)
-
-
-class _Unnamable(threading.local):
-    """Rows of the current call whose path could not be passed to the core, with their error."""
-
-    def __init__(self) -> None:
-        self.rows: dict[int, str] = {}
-
-
-_UNNAMABLE = _Unnamable()
+    return pa.array(converted, type=arrow_type), unnamable
 
 
 def _utf8_encodable(text: str) -> bool:
@@ -112,15 +103,6 @@ def _utf8_encodable(text: str) -> bool:
 def _printable_path(path: str) -> str:
     """``path`` with undecodable bytes shown as backslash-x escapes (as ``ls -b`` shows them)."""
     return os.fsencode(path).decode("utf-8", "backslashreplace")
-
-
-def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
-    """:func:`_as_arrow` plus the rows that carry an error decided here (non-UTF-8 names)."""
-    _UNNAMABLE.rows = {}
-    try:
-        return _as_arrow(images), _UNNAMABLE.rows
-    finally:
-        _UNNAMABLE.rows = {}
 
 
 def _with_row_errors(result: Any, rows: dict[int, str]) -> Any:
