@@ -4,7 +4,7 @@ Rust Arrow kernels for decoding, quality features and ONNX pneumonia scoring, wr
 Python. Public API (see docs/architecture.md):
 
 - :func:`decode`, :func:`preprocess`, :func:`features`, :func:`predict`, :func:`analyze`,
-  :func:`explain`, :func:`render_overlay`
+  :func:`explain`, :func:`render_overlay`, :func:`dicom_metadata`
 - :class:`Model`, :func:`default_model_path`
 - :mod:`cxrlake.exceptions`
 """
@@ -13,6 +13,7 @@ from cxrlake import exceptions
 from cxrlake._api import (
     analyze,
     decode,
+    dicom_metadata,
     explain,
     features,
     predict,
@@ -28,6 +29,7 @@ __all__ = [
     "analyze",
     "decode",
     "default_model_path",
+    "dicom_metadata",
     "exceptions",
     "explain",
     "features",

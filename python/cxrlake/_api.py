@@ -29,7 +29,16 @@ from cxrlake import _internal
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.model import Model, resolve_model_path
 
-__all__ = ["analyze", "decode", "explain", "features", "predict", "preprocess", "render_overlay"]
+__all__ = [
+    "analyze",
+    "decode",
+    "dicom_metadata",
+    "explain",
+    "features",
+    "predict",
+    "preprocess",
+    "render_overlay",
+]
 
 ImagesLike = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
 ModelLike = Model | str | os.PathLike[str] | None
@@ -178,6 +187,29 @@ def decode(
     array, unnamable = _prepare(images)
     return _with_row_errors(
         _internal.decode(array, **_options(threads, roots, max_pixels, max_file_bytes)), unnamable
+    )
+
+
+def dicom_metadata(
+    images: ImagesLike,
+    threads: int | None = None,
+    *,
+    roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
+    max_file_bytes: int | None = None,
+) -> pa.RecordBatch:
+    """The metadata of DICOM files as DICOM JSON (PS3.18 F.2) text, without bulk data.
+
+    Returns a RecordBatch with one row per image: ``metadata string`` (a JSON object keyed by
+    ``GGGGEEEE`` tags, file meta group included; pixel data and binary values over 256 bytes
+    left out; at most 1 MiB) and ``error string``. Rows that are not DICOM (JPEG, PNG) get NULL
+    in both columns; for bytes that costs a look at four bytes. The metadata holds whatever
+    the file holds, protected health information included: de-identify it
+    (`cxrlake.deid.deidentify`) before it leaves bronze.
+    """
+    array, unnamable = _prepare(images)
+    return _with_row_errors(
+        _internal.dicom_metadata(array, **_options(threads, roots, None, max_file_bytes)),
+        unnamable,
     )
 
 

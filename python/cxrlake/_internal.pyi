@@ -24,6 +24,14 @@ def decode(
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
 ) -> pa.RecordBatch: ...
+def dicom_metadata(
+    images: pa.Array,
+    *,
+    threads: int | None = None,
+    roots: list[str] | None = None,
+    max_pixels: int | None = None,
+    max_file_bytes: int | None = None,
+) -> pa.RecordBatch: ...
 def preprocess(
     images: pa.Array,
     model_path: str | PathLike[str],

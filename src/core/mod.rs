@@ -3,6 +3,7 @@
 
 pub mod decode;
 pub mod dicom;
+pub mod dicom_json;
 pub mod error;
 pub mod exif;
 pub mod failpoint;
@@ -20,8 +21,8 @@ pub use decode::{decode_gray, Decoded, GrayImage};
 pub use error::{CoreError, RowError, RowResult};
 pub use input::{ImageColumn, ImageRef};
 pub use kernels::{
-    analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
-    KernelOptions,
+    analyze_batch, decode_batch, dicom_metadata_batch, explain_batch, features_batch,
+    predict_batch, preprocess_batch, KernelOptions,
 };
 pub use limits::Limits;
 pub use model::{init_runtime, ModelInfo, Outputs, PneumoniaModel};

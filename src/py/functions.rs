@@ -9,7 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use crate::core::kernels::{
-    analyze_batch, decode_batch, explain_batch, features_batch, predict_batch, preprocess_batch,
+    analyze_batch, decode_batch, dicom_metadata_batch, explain_batch, features_batch,
+    predict_batch, preprocess_batch,
 };
 use crate::core::kernels::{overlay, Heatmap};
 use crate::core::{
@@ -84,6 +85,26 @@ pub fn decode<'py>(
     let options = options(threads, roots, max_pixels, max_file_bytes)?;
     let batch = py
         .detach(|| decode_batch(&column, &options))
+        .map_err(to_py_err)?;
+    batch.to_pyarrow(py)
+}
+
+/// DICOM metadata as DICOM JSON text, bulk data left out; returns a pyarrow RecordBatch
+/// (metadata, error). Rows that are not DICOM get NULL in both columns.
+#[pyfunction]
+#[pyo3(signature = (images, *, threads=None, roots=None, max_pixels=None, max_file_bytes=None))]
+pub fn dicom_metadata<'py>(
+    py: Python<'py>,
+    images: &Bound<'py, PyAny>,
+    threads: Option<usize>,
+    roots: Option<Vec<String>>,
+    max_pixels: Option<u64>,
+    max_file_bytes: Option<u64>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let column = image_column(images)?;
+    let options = options(threads, roots, max_pixels, max_file_bytes)?;
+    let batch = py
+        .detach(|| dicom_metadata_batch(&column, &options))
         .map_err(to_py_err)?;
     batch.to_pyarrow(py)
 }

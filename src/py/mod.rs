@@ -11,6 +11,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(functions::init_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(functions::model_info, m)?)?;
     m.add_function(wrap_pyfunction!(functions::decode, m)?)?;
+    m.add_function(wrap_pyfunction!(functions::dicom_metadata, m)?)?;
     m.add_function(wrap_pyfunction!(functions::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(functions::features, m)?)?;
     m.add_function(wrap_pyfunction!(functions::predict, m)?)?;

@@ -10,11 +10,13 @@
 //!   helper every model kernel uses;
 //! - kernels: [`decode_batch`], [`preprocess_batch`], [`predict_batch`], [`features_batch`],
 //!   [`analyze_batch`] (statistics, embedding, prediction and heatmap from one decode and one
-//!   forward pass) and [`explain_batch`] (heatmap and overlay PNG, see [`overlay`]).
+//!   forward pass), [`explain_batch`] (heatmap and overlay PNG, see [`overlay`]) and
+//!   [`dicom_metadata_batch`] (DICOM JSON metadata, no pixels).
 
 mod analyze;
 pub mod columns;
 mod decoding;
+mod dicom_metadata;
 mod explain;
 mod features;
 pub mod options;
@@ -26,6 +28,7 @@ pub mod schedule;
 pub use analyze::{analyze_batch, analyze_schema};
 pub use columns::Heatmap;
 pub use decoding::{decode_batch, decode_schema};
+pub use dicom_metadata::{dicom_metadata_batch, dicom_metadata_schema};
 pub use explain::{explain_batch, explain_schema};
 pub use features::{features_batch, features_schema};
 pub use options::{KernelOptions, DEFAULT_INFERENCE_BATCH};
