@@ -50,5 +50,11 @@ if model is None:
 
 # COMMAND ----------
 
-result = jobs.predict_gold(spark, catalog=names, model=model, site=dbutils.widgets.get("site") or None)
+result = jobs.predict_gold(
+    spark,
+    catalog=names,
+    model=model,
+    site=dbutils.widgets.get("site") or None,
+    deid_key=jobs.deid_key(dbutils),
+)
 print(result)

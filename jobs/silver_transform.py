@@ -6,7 +6,9 @@
 # MAGIC bytes) with the Rust core through `mapInArrow` (`cxrlake.spark.transforms.to_silver`, the
 # MAGIC same code as the local pipeline), then MERGEs `silver.xray_metadata`, `silver.image_features`
 # MAGIC and `silver.quarantine` on `image_id`. Images that fail decoding or validation are
-# MAGIC quarantined with the reason; the job does not fail on them.
+# MAGIC quarantined with the reason; the job does not fail on them. DICOM metadata reaches silver
+# MAGIC only de-identified, with the key in the secret scope `cxrlake`, key `deid-key` (or the
+# MAGIC cluster's `CXRLAKE_DEID_KEY`); a run with DICOM files and no key fails naming both.
 # MAGIC Job: `bundle/resources/silver_transform.job.yml`.
 # MAGIC
 # MAGIC ## Widgets
@@ -41,5 +43,7 @@ model = jobs.validate_model(dbutils.widgets.get("model"))
 
 # COMMAND ----------
 
-result = jobs.transform_silver(spark, catalog=names, model=model)
+# DICOM metadata is de-identified with the key in the secret cxrlake/deid-key (or the cluster's
+# CXRLAKE_DEID_KEY); runs without DICOM files need none.
+result = jobs.transform_silver(spark, catalog=names, model=model, deid_key=jobs.deid_key(dbutils))
 print(result)

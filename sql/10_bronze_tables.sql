@@ -16,7 +16,8 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${bronze_schema}.kaggle_xray_metadata (
   ingestion_batch_id STRING COMMENT 'Ingestion batch (Auto Loader micro-batch / local run)',
   content_sha256 STRING COMMENT 'Hex sha256 of the file bytes',
   source_modified_at TIMESTAMP COMMENT 'File modification time at ingestion (UTC)',
-  content BINARY COMMENT 'The image bytes'
+  content BINARY COMMENT 'The image bytes',
+  dicom_metadata STRING COMMENT 'DICOM files only: the header as DICOM JSON (PS3.18 F.2), no pixel data; holds protected health information; NULL for JPEG/PNG'
 )
 USING DELTA
 CLUSTER BY (image_id)

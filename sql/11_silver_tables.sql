@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${silver_schema}.xray_metadata (
   source_batch_id STRING COMMENT 'bronze ingestion_batch_id of the source row',
   filename STRING COMMENT 'File name',
   content_sha256 STRING COMMENT 'Hex sha256 of the file bytes',
-  file_size_bytes BIGINT COMMENT 'Size of the file in bytes'
+  file_size_bytes BIGINT COMMENT 'Size of the file in bytes',
+  dicom_metadata_deid STRING COMMENT 'DICOM files only: the header de-identified (PS3.15 Basic Profile, keyed pseudonyms, shifted dates) as DICOM JSON; NULL for JPEG/PNG'
 )
 USING DELTA
 CLUSTER BY (image_id)

@@ -4,20 +4,28 @@ A file is an image candidate when its name is not hidden (does not start with ``
 one of `IMAGE_SUFFIXES` (case-insensitive). Everything else found in a folder is *skipped*:
 counted and reported, never scored, stored or quarantined. A file named explicitly by the user
 is always an image candidate, whatever its name: the core then says what is wrong with it.
+
+DICOM archives often store files without any extension. The pipeline (both engines) also takes
+a file whose name has no extension when its content starts like a DICOM Part 10 file (``DICM``
+at byte 128, `sniff_dicom`); a file with any other extension stays skipped.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "FileSelection",
+    "has_no_extension",
+    "is_dicom_head",
     "is_image_name",
     "select_images",
     "skip_summary",
+    "sniff_dicom",
     "write_text_atomically",
 ]
 
@@ -30,6 +38,43 @@ def is_image_name(name: str | os.PathLike) -> bool:
     """Whether a file found in a folder is an image candidate (by its base name only)."""
     base = os.path.basename(os.fspath(name))
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
+
+
+def has_no_extension(name: str | os.PathLike) -> bool:
+    """Whether a file's base name has no extension (and is not hidden): such a file is an image
+    candidate when its content is DICOM (`sniff_dicom`)."""
+    base = os.path.basename(os.fspath(name))
+    return bool(base) and not base.startswith(".") and os.path.splitext(base)[1] == ""
+
+
+def is_dicom_head(head: bytes) -> bool:
+    """Whether ``head`` (the first bytes of a file) starts a DICOM Part 10 file: a 128-byte
+    preamble, then ``DICM`` (the test the core applies)."""
+    return len(head) >= 132 and head[128:132] == b"DICM"
+
+
+def sniff_dicom(path: str | os.PathLike, expected: tuple[int, int] | None = None) -> bool:
+    """Whether the regular file at ``path`` is a DICOM Part 10 file, from its first 132 bytes.
+
+    Opened ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: a symlink, a FIFO or a device
+    is never followed, waited on or read; with ``expected`` (device, inode) another file at
+    ``path`` is refused too. Anything that cannot be read this way is not DICOM (False)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return False
+        if expected is not None and (st.st_dev, st.st_ino) != expected:
+            return False
+        return is_dicom_head(os.pread(fd, 132, 0))
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 @dataclass

@@ -4,8 +4,10 @@
 hang the pipeline); symlinks are followed only when they resolve to a regular file inside the
 source root. Hidden entries (names starting with ``.``) are skipped silently; files whose names
 are not image names (`cxrlake.files.is_image_name`, the filter ``cxrlake predict`` uses, e.g.
-``notes.txt``) are yielded as `Skipped`: counted, never stored nor quarantined. A name that is
-not valid UTF-8 is reported (the tables hold text), shown with its undecodable bytes escaped.
+``notes.txt``) are yielded as `Skipped`: counted, never stored nor quarantined, except a regular
+file without an extension whose first bytes are DICOM's (`cxrlake.files.sniff_dicom`, opened
+``O_NOFOLLOW`` and checked to be the file listed). A name that is not valid UTF-8 is reported
+(the tables hold text), shown with its undecodable bytes escaped.
 
 Reading (`read_source_file`) opens what the listing saw and nothing else: ``O_NOFOLLOW`` on the
 path that was listed (a symlink's resolved target), and the device and inode of the opened file
@@ -22,7 +24,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from cxrlake.files import is_image_name
+from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
 from cxrlake.medallion import identity
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
@@ -119,7 +121,11 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected | Skipped]:
                 continue
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(entry.path)
-            elif not is_image_name(entry.name):
+            elif not is_image_name(entry.name) and not (
+                stat.S_ISREG(st.st_mode)
+                and has_no_extension(entry.name)
+                and sniff_dicom(open_path, (st.st_dev, st.st_ino))
+            ):
                 yield Skipped(entry.path)
             elif stat.S_ISREG(st.st_mode):
                 yield SourceFile(

@@ -33,8 +33,10 @@ TABLE_PROPERTIES: dict[str, str] = {
 QUARANTINE_MIN_SIDE_PX = 64
 """Quarantine rule, validation part: a decoded image narrower or lower than this many pixels is
 quarantined (`image WxH smaller than 64 px minimum`)."""
-# The other part of the rule: any row for which the Rust core returns an error (decode failure,
-# empty file, not an image, limits exceeded) is quarantined with that error string as reason.
+# The other parts of the rule: any row for which the Rust core returns an error (decode failure,
+# empty file, not an image, limits exceeded) is quarantined with that error string as reason; a
+# DICOM file whose metadata cannot be read, or whose BurnedInAnnotation is YES, is quarantined
+# with the reason `medallion.transforms.dicom_silver_metadata` gives.
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -61,6 +63,10 @@ BRONZE_METADATA = pa.schema(
         pa.field("content_sha256", pa.string()),  # hex sha256 of the file bytes
         pa.field("source_modified_at", TS),  # file mtime at ingestion
         pa.field("content", pa.binary()),  # the image bytes (silver/gold read them from here)
+        # DICOM files only: the DICOM JSON model (PS3.18 F.2) of the header, without pixel data
+        # or other bulk data (`cxrlake.dicom_metadata`); protected health information stays here.
+        # NULL for JPEG/PNG.
+        pa.field("dicom_metadata", pa.string()),
     ]
 )
 """``bronze.kaggle_xray_metadata``: append-only; one row per (image_id, content_sha256) version."""
@@ -81,6 +87,9 @@ SILVER_METADATA = pa.schema(
         pa.field("filename", pa.string()),
         pa.field("content_sha256", pa.string()),
         pa.field("file_size_bytes", pa.int64()),
+        # DICOM files only: bronze's dicom_metadata de-identified by `cxrlake.deid` (PS3.15 Basic
+        # Profile, keyed pseudonyms, shifted dates), as DICOM JSON; NULL for JPEG/PNG.
+        pa.field("dicom_metadata_deid", pa.string()),
     ]
 )
 """``silver.xray_metadata``: one row per image_id (MERGE on image_id), good images only."""

@@ -11,9 +11,16 @@ on a cluster.
 - `listing_quarantine_batch`: listing rejections -> quarantine rows.
 
 The quarantine rule: a row is quarantined with the core's error string as reason when the core
-cannot decode it, with ``no image dimensions returned`` when it has no size, and with
-``image WxH smaller than 64 px minimum side`` when a side is below
-`schemas.QUARANTINE_MIN_SIDE_PX`; every other row is good.
+cannot decode it; a DICOM file with the reason `dicom_silver_metadata` gives when its metadata
+cannot be read or its BurnedInAnnotation is ``YES``; with ``no image dimensions returned`` when
+it has no size, and with ``image WxH smaller than 64 px minimum side`` when a side is below
+`schemas.QUARANTINE_MIN_SIDE_PX`; every other row is good (first reason wins, in this order).
+
+DICOM metadata: bronze keeps each DICOM file's header as the DICOM JSON model
+(``dicom_metadata``, from the core's `cxrlake.dicom_metadata`); silver keeps only its
+de-identified form (``dicom_metadata_deid``, `cxrlake.deid`), made with the key of
+`cxrlake.deid.load_key` (environment variable ``CXRLAKE_DEID_KEY``) unless the caller passes
+one (the Spark jobs pass the Databricks secret). Batches without DICOM rows need no key.
 """
 
 from __future__ import annotations
@@ -97,9 +104,99 @@ def bronze_batch(
             "content_sha256": shas,
             "source_modified_at": mtime.cast(schemas.TS),
             "content": contents,
+            "dicom_metadata": dicom_metadata_column(contents)[0],
         }
     )
     return _batch(out, schemas.BRONZE_METADATA)
+
+
+def is_dicom_content(contents: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """Whether each value is a DICOM Part 10 file (``DICM`` at byte 128), as the core decides;
+    NULL content is not. Arrow compute over four bytes per row."""
+    head = pc.binary_slice(contents, 128, 132)
+    flags = pc.fill_null(pc.equal(head, pa.scalar(b"DICM", head.type)), False)
+    return flags.combine_chunks() if isinstance(flags, pa.ChunkedArray) else flags
+
+
+def dicom_metadata_column(
+    contents: pa.Array | pa.ChunkedArray, threads: int | None = None
+) -> tuple[pa.Array, pa.Array]:
+    """``(metadata, error)`` of `cxrlake.dicom_metadata` for every row: DICOM JSON text for
+    DICOM files, NULL and NULL for anything else (the core looks at four bytes of those)."""
+    import cxrlake
+
+    n = len(contents)
+    if n == 0:
+        return pa.array([], pa.string()), pa.array([], pa.string())
+    out = cxrlake.dicom_metadata(contents, threads=threads)
+    return out.column("metadata"), out.column("error")
+
+
+def _scatter(mask: pa.Array, values: pa.Array, n: int) -> pa.Array:
+    """A string column of ``n`` rows: ``values`` in order where ``mask`` is true, NULL elsewhere."""
+    return pc.replace_with_mask(pa.nulls(n, pa.string()), mask, values.cast(pa.string()))
+
+
+def dicom_silver_metadata(
+    bronze: pa.RecordBatch | pa.Table,
+    deid_key: bytes | None = None,
+    threads: int | None = None,
+) -> tuple[pa.Array, pa.Array]:
+    """The silver rule for DICOM rows: ``(dicom_metadata_deid, reason)`` per bronze row.
+
+    ``bronze`` columns: ``content`` and, when present, ``dicom_metadata`` (a DICOM row whose
+    bronze metadata is NULL, e.g. ingested by an earlier version, is described again by the
+    core). For each DICOM row: its metadata de-identified by `cxrlake.deid.deidentify` as DICOM
+    JSON text, and the quarantine reason: the core's error when the metadata cannot be read, the
+    reason `deidentify` gives for ``BurnedInAnnotation = YES``, NULL otherwise. Other rows: NULL
+    and NULL. The key is ``deid_key``, else `cxrlake.deid.load_key` (``CXRLAKE_DEID_KEY``), looked
+    up only when the batch holds a DICOM row; without one that raises `InvalidArgumentError`
+    naming the variable. Python runs per DICOM row only.
+    """
+    import json
+
+    from cxrlake import deid
+    from cxrlake.exceptions import InvalidArgumentError
+
+    t = _table(bronze)
+    n = t.num_rows
+    nothing = pa.nulls(n, pa.string())
+    if n == 0:
+        return nothing, nothing
+    content = t.column("content")
+    dicom = is_dicom_content(content)
+    if not pc.any(dicom).as_py():
+        return nothing, nothing
+    if "dicom_metadata" in t.column_names:
+        metadata = t.column("dicom_metadata").combine_chunks().cast(pa.string())
+    else:
+        metadata = nothing
+    errors = nothing
+    undescribed = pc.and_(dicom, pc.is_null(metadata))
+    if pc.any(undescribed).as_py():
+        fresh, fresh_errors = dicom_metadata_column(content.filter(undescribed), threads)
+        metadata = pc.coalesce(metadata, _scatter(undescribed, fresh, n))
+        errors = _scatter(undescribed, fresh_errors, n)
+    described = pc.and_(dicom, pc.is_valid(metadata))
+    texts = metadata.filter(described).to_pylist()
+    if not texts:
+        return nothing, errors
+    if deid_key is None:
+        try:
+            deid_key = deid.load_key()
+        except InvalidArgumentError as e:
+            raise InvalidArgumentError(
+                f"{len(texts)} DICOM image(s) to de-identify before silver: {e}"
+            ) from None
+    cleaned: list[str] = []
+    burned_in: list[str | None] = []
+    for text in texts:
+        result = deid.deidentify(json.loads(text), deid_key)
+        cleaned.append(json.dumps(result.metadata, ensure_ascii=False, separators=(",", ":")))
+        burned_in.append(result.quarantine_reason)
+    deidentified = _scatter(described, pa.array(cleaned, pa.string()), n)
+    reasons = pc.coalesce(errors, _scatter(described, pa.array(burned_in, pa.string()), n))
+    return deidentified, reasons
 
 
 def quarantine_reasons(analysis: pa.RecordBatch | pa.Table) -> pa.ChunkedArray:
@@ -157,8 +254,9 @@ BRONZE_ANALYZE_COLUMNS = (
     "ingestion_batch_id",
     "content_sha256",
     "content",
+    "dicom_metadata",
 )
-"""Bronze columns `analyze_batch` needs."""
+"""Bronze columns `analyze_batch` needs (``dicom_metadata`` may be absent: NULL)."""
 
 
 def _labels(category: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -183,6 +281,8 @@ def analyze_batch(
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
     threshold: Any = None,
+    deid_key: bytes | None = None,
+    deidentify: bool = True,
 ) -> AnalyzedBatches:
     """Decode, validate and score bronze rows in one pass; split them into table rows.
 
@@ -192,21 +292,33 @@ def analyze_batch(
     forward pass. ``processed_at`` (default now) stamps every row. ``threshold``: a site's
     `cxrlake.calibration.SiteThreshold` deciding ``predicted_label`` instead of the model's own
     threshold; each prediction records the deciding one (``decision_threshold``,
-    ``threshold_source``).
+    ``threshold_source``). DICOM rows get their de-identified metadata and quarantine reason from
+    `dicom_silver_metadata` (key ``deid_key``, else ``CXRLAKE_DEID_KEY``); ``deidentify=False``
+    skips that for rows that already passed silver (`gold_predictions_batch`).
     """
     processed_at = identity.to_utc(processed_at) or identity.utc_now()
     model = load_model(model)
-    src = _table(bronze).select(list(BRONZE_ANALYZE_COLUMNS))
+    src = _table(bronze)
+    if "dicom_metadata" not in src.column_names:
+        src = src.append_column("dicom_metadata", pa.nulls(src.num_rows, pa.string()))
+    src = src.select(list(BRONZE_ANALYZE_COLUMNS))
     if src.num_rows:
         result = pa.Table.from_batches([analyze(src.column("content"), model, threads)])
     else:
         from cxrlake.medallion.analysis import ANALYSIS_SCHEMA
 
         result = ANALYSIS_SCHEMA.empty_table()
-    reasons = quarantine_reasons(result)
+    n_rows = src.num_rows
+    if deidentify:
+        deidentified, dicom_reasons = dicom_silver_metadata(src, deid_key, threads)
+    else:
+        deidentified = dicom_reasons = pa.nulls(n_rows, pa.string())
+    reasons = pc.coalesce(result.column("error"), dicom_reasons, quarantine_reasons(result))
     good = pc.is_null(reasons)
     bad = pc.invert(good)
-    joined = src.drop_columns(["content"])
+    # bronze's metadata (protected health information) goes no further than this line
+    joined = src.drop_columns(["content", "dicom_metadata"])
+    joined = joined.append_column("dicom_metadata_deid", deidentified)
     for name in result.column_names:
         joined = joined.append_column("a_" + name, result.column(name))
     joined = joined.append_column("reason", reasons)
@@ -230,6 +342,7 @@ def analyze_batch(
             "filename": ok.column("filename"),
             "content_sha256": ok.column("content_sha256"),
             "file_size_bytes": ok.column("file_size_bytes"),
+            "dicom_metadata_deid": ok.column("dicom_metadata_deid"),
         }
     )
     renamed = ok.rename_columns([c.removeprefix("a_") for c in ok.column_names])
@@ -398,6 +511,12 @@ def gold_predictions_batch(
             "content": t.column("content"),
         }
     )
+    # the rows passed silver (DICOM metadata de-identified there): no key needed to score them
     return analyze_batch(
-        bronze, model=model, processed_at=predicted_at, threads=threads, threshold=threshold
+        bronze,
+        model=model,
+        processed_at=predicted_at,
+        threads=threads,
+        threshold=threshold,
+        deidentify=False,
     ).predictions

@@ -18,7 +18,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -275,11 +275,14 @@ def decide_analysis(
     model_path: str | None = None,
     now: dt.datetime | None = None,
     threshold: Any = None,
+    deid_key: bytes | None = None,
 ) -> dict[str, TableChange]:
     """Silver and gold stage of the rules: every image not in its end state for ``model`` is
     decoded and scored once (`transforms.to_analyzed`, persisted); returns the rows to MERGE into
     silver, features, predictions and quarantine and the image ids each table loses.
-    ``threshold``: a site's `cxrlake.calibration.SiteThreshold` deciding the labels."""
+    ``threshold``: a site's `cxrlake.calibration.SiteThreshold` deciding the labels.
+    ``deid_key``: the DICOM de-identification key (`deid_key`); None = the executors'
+    ``CXRLAKE_DEID_KEY``, required only when DICOM rows are analysed."""
     from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS
     from cxrlake.spark.transforms import to_analyzed
 
@@ -289,7 +292,9 @@ def decide_analysis(
     rows = bronze.join(todo, ["image_id", "content_sha256"], "left_semi").dropDuplicates(
         ["image_id", "content_sha256"]
     )
-    parts = to_analyzed(rows, model=model_path, processed_at=now, threshold=threshold)._asdict()
+    parts = to_analyzed(
+        rows, model=model_path, processed_at=now, threshold=threshold, deid_key=deid_key
+    )._asdict()
     changes = {view: TableChange() for view in rules.VIEWS}
     for view in rules.ANALYZE_UPSERTS:
         deleted = parts[rules.ANALYZE_DELETES[view]].select("image_id")
@@ -429,23 +434,60 @@ def ingest_bronze(
     }
 
 
+def deid_key(
+    dbutils: Any = None,
+    scope: str = "cxrlake",
+    name: str = "deid-key",
+    environ: Mapping[str, str] | None = None,
+) -> bytes | None:
+    """The DICOM de-identification key on the driver: ``CXRLAKE_DEID_KEY``, else the secret
+    ``scope``/``name`` through ``dbutils.secrets.get`` (https://docs.databricks.com/aws/en/security/secrets/);
+    None when neither holds one (a run without DICOM files needs none; with DICOM rows the
+    executors then fail naming both). A key shorter than 16 bytes raises InvalidArgumentError.
+    The key is shipped to the tasks inside the ``mapInArrow`` closure, never written anywhere."""
+    from cxrlake import deid
+    from cxrlake.exceptions import InvalidArgumentError
+
+    def secret(s: str, n: str) -> str:
+        if dbutils is None:
+            return ""
+        try:
+            return dbutils.secrets.get(scope=s, key=n)
+        except Exception:  # noqa: BLE001 - no such scope or key, or no permission to read it
+            return ""
+
+    try:
+        return deid.load_key(environ, secret=secret, scope=scope, name=name)
+    except InvalidArgumentError as e:
+        if str(e).startswith("no de-identification key"):
+            return None
+        raise
+
+
 def transform_silver(
-    spark: Any, catalog: str | Deployment, model: str | None = None
+    spark: Any, catalog: str | Deployment, model: str | None = None, deid_key: bytes | None = None
 ) -> dict[str, Any]:
     """Silver and gold in one pass: every image of bronze not in its end state (new image, new
     bytes, new model version, or left half-written by a stopped run) is decoded and scored once
     with the Rust core; silver, features, predictions and quarantine are MERGEd on their keys,
-    and an image that now fails leaves silver and gold. Returns Delta's row counts."""
+    and an image that now fails leaves silver and gold. DICOM metadata is de-identified with
+    ``deid_key`` (see `deid_key`). Returns Delta's row counts."""
     from cxrlake.spark.udfs import configure_session, model_for
 
     configure_session(spark)
     loaded = model_for(model)
-    changes = decide_analysis(spark, catalog_tables(spark, catalog), loaded, model)
+    changes = decide_analysis(
+        spark, catalog_tables(spark, catalog), loaded, model, deid_key=deid_key
+    )
     return apply_changes(spark, catalog, changes)
 
 
 def predict_gold(
-    spark: Any, catalog: str | Deployment, model: str | None = None, site: str | None = None
+    spark: Any,
+    catalog: str | Deployment,
+    model: str | None = None,
+    site: str | None = None,
+    deid_key: bytes | None = None,
 ) -> dict[str, Any]:
     """Gold for ``model``: finish the analysis pass for this model version (images silver holds
     without its prediction are scored once, embedding and probability together), then append the
@@ -465,7 +507,14 @@ def predict_gold(
     counts = apply_changes(
         spark,
         catalog,
-        decide_analysis(spark, catalog_tables(spark, catalog), loaded, model, threshold=threshold),
+        decide_analysis(
+            spark,
+            catalog_tables(spark, catalog),
+            loaded,
+            model,
+            threshold=threshold,
+            deid_key=deid_key,
+        ),
     )
     counts.update(
         apply_changes(
@@ -554,7 +603,39 @@ def create_tables(
     Idempotent. Returns the number of statements run."""
     directory = _sql_dir(sql_dir)
     params = _deployment(catalog).sql_params()
-    return sum(sql_files.run_sql_file(spark, directory / name, params) for name in TABLES_SQL)
+    count = sum(sql_files.run_sql_file(spark, directory / name, params) for name in TABLES_SQL)
+    # Tables created by an earlier version lack the columns added since: add them (NULL in the
+    # rows already written), as the local engine's `Lakehouse.add_columns` does.
+    for spec in lake_schemas.TABLES:
+        target = table_name(catalog, spec)
+        statement = add_columns_statement(target, spec, spark.table(target).columns)
+        if statement:
+            spark.sql(statement)
+            count += 1
+    return count
+
+
+def add_columns_statement(target: str, spec: TableSpec, existing: Iterable[str]) -> str | None:
+    """``ALTER TABLE target ADD COLUMNS (...)`` for the nullable columns of ``spec`` that a table
+    with columns ``existing`` lacks (https://docs.databricks.com/aws/en/sql/language-manual/sql-ref-syntax-ddl-alter-table-manage-column);
+    None when none is missing. A missing required column is an error naming it."""
+    import pyarrow as pa
+
+    from cxrlake.spark.schemas import to_spark_schema
+
+    have = {c.lower() for c in existing}
+    missing = [f for f in spec.arrow_schema if f.name.lower() not in have]
+    if not missing:
+        return None
+    required = [f.name for f in missing if not f.nullable]
+    if required:
+        raise ValueError(
+            f"{target} lacks required column(s) {', '.join(required)}: rebuild the table"
+        )
+    columns = ", ".join(
+        f"{f.name} {f.dataType.simpleString().upper()}" for f in to_spark_schema(pa.schema(missing))
+    )
+    return f"ALTER TABLE {target} ADD COLUMNS ({columns})"
 
 
 def newest_wheel(wheel_glob: str) -> Path:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -63,13 +64,17 @@ def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
 
     ``file_path`` is a path the core can open (``file:`` / ``dbfs:`` URIs become paths). Files
     whose names are not image names (`cxrlake.files.is_image_name`) are dropped, so Auto Loader
-    skips them as the listings of both engines do."""
-    from cxrlake.files import is_image_name
+    skips them as the listings of both engines do; a name without an extension is kept when its
+    content is DICOM."""
+    from cxrlake.files import has_no_extension, is_image_name
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            keep = [is_image_name(p) for p in batch.column("path").to_pylist()]
-            batch = batch.filter(pa.array(keep, pa.bool_()))
+            paths = batch.column("path").to_pylist()
+            named = pa.array([is_image_name(p) for p in paths], pa.bool_())
+            bare = pa.array([has_no_extension(p) for p in paths], pa.bool_())
+            dicom = medallion.is_dicom_content(batch.column("content"))
+            batch = batch.filter(pc.or_(named, pc.and_(bare, dicom)))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             batch = batch.set_column(batch.schema.get_field_index("path"), "path", paths)
             yield medallion.bronze_batch(batch, ingestion_batch_id, ingested_at)
@@ -92,12 +97,16 @@ def listing_rows() -> ArrowMap:
     """``mapInArrow`` function: ``binaryFile`` listing batches (``path``, ``modificationTime``,
     ``length``) -> rows of the rules' ``listing`` view (`rules.LISTING_SCHEMA`). Files whose
     names are not image names (`cxrlake.files.is_image_name`, as in the local listing) are
-    dropped: never read, stored nor quarantined."""
-    from cxrlake.files import is_image_name
+    dropped: never read, stored nor quarantined; a name without an extension is kept when the
+    file starts like DICOM (`cxrlake.files.sniff_dicom` reads its first 132 bytes)."""
+    from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            keep = [is_image_name(p) for p in batch.column("path").to_pylist()]
+            keep = [
+                is_image_name(p) or (has_no_extension(p) and sniff_dicom(local_path(p)))
+                for p in batch.column("path").to_pylist()
+            ]
             batch = batch.filter(pa.array(keep, pa.bool_()))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             ids = identity.identify_paths(paths)
@@ -144,15 +153,22 @@ def analyzed_rows(
     processed_at: dt.datetime,
     threads: int | None,
     threshold: Any = None,
+    deid_key: bytes | None = None,
 ) -> ArrowMap:
     """``mapInArrow`` function: bronze batches -> `ANALYZED_COMBINED` batches (labels decided by
-    ``threshold``, a `cxrlake.calibration.SiteThreshold`, when given)."""
+    ``threshold``, a `cxrlake.calibration.SiteThreshold`, when given; DICOM metadata
+    de-identified with ``deid_key``, else the executor's ``CXRLAKE_DEID_KEY``)."""
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         model = model_for(model_path)
         for batch in batches:
             parts = medallion.analyze_batch(
-                batch, model=model, processed_at=processed_at, threads=threads, threshold=threshold
+                batch,
+                model=model,
+                processed_at=processed_at,
+                threads=threads,
+                threshold=threshold,
+                deid_key=deid_key,
             )
             yield _combine(parts)
 
@@ -212,15 +228,18 @@ def to_analyzed(
     threads: int | None = None,
     persist: bool = True,
     threshold: Any = None,
+    deid_key: bytes | None = None,
 ) -> AnalyzedFrames:
     """Decode, validate and score bronze rows (columns `medallion.BRONZE_ANALYZE_COLUMNS`) with
     one pass of the Rust core per image.
 
     The combined result is persisted (it holds no image bytes) and split into the four tables,
     each in its exact schema, so no later action runs the images through the network again. Call
-    ``spark.catalog.clearCache()`` once the frames are written.
+    ``spark.catalog.clearCache()`` once the frames are written. ``deid_key``: the
+    de-identification key for DICOM metadata (`cxrlake.spark.jobs.deid_key` reads it on the
+    driver); None = each executor's ``CXRLAKE_DEID_KEY``, needed only when DICOM rows come.
     """
-    fn = analyzed_rows(_model_path(model), _now(processed_at), threads, threshold)
+    fn = analyzed_rows(_model_path(model), _now(processed_at), threads, threshold, deid_key)
     combined = bronze.select(*medallion.BRONZE_ANALYZE_COLUMNS).mapInArrow(fn, ANALYZED_COMBINED)
     if persist:
         combined = combined.persist()
@@ -247,9 +266,10 @@ def to_silver(
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
     persist: bool = True,
+    deid_key: bytes | None = None,
 ) -> SilverFrames:
     """The silver tables of `to_analyzed` (metadata, features, quarantine)."""
-    frames = to_analyzed(bronze, model, processed_at, threads, persist)
+    frames = to_analyzed(bronze, model, processed_at, threads, persist, deid_key=deid_key)
     return SilverFrames(frames.metadata, frames.features, frames.quarantine)
 
 
