@@ -114,7 +114,13 @@ def _one_line(text: str) -> str:
 
 
 #: Rust libraries (delta-rs, object_store) bury the OS error deep in their message: name it first.
-_OS_ERRORS = {28: "disk full", 30: "read-only file system", 13: "permission denied"}
+_OS_ERRORS = {
+    28: "disk full",
+    27: "file too large",
+    122: "disk quota exceeded",
+    30: "read-only file system",
+    13: "permission denied",
+}
 
 
 #: Optional packages and the pyproject extra that installs each (the wheel's runtime is only

@@ -335,7 +335,8 @@ def test_a_lakehouse_of_an_earlier_version_gains_the_new_columns(tmp_path):
 RUNNER = """
 import sys
 from cxrlake.lakehouse.pipeline import run_pipeline
-run_pipeline([sys.argv[1]], sys.argv[2], batch_size=int(sys.argv[3]), progress=False)
+size = int(sys.argv[3])
+run_pipeline([sys.argv[1]], sys.argv[2], batch_size=size, commit_rows=size, progress=False)
 """
 
 
@@ -392,10 +393,10 @@ def test_two_concurrent_runs_equal_one_run(clean_run, source, tmp_path):
     assert len(bronze_keys) == len(set(bronze_keys))
 
 
-def test_images_move_in_batches_of_at_most_batch_size(source, tmp_path):
-    """Bounded memory: every Delta commit of image rows holds at most `batch_size` images."""
+def test_commits_hold_at_most_commit_rows_images(source, tmp_path):
+    """Bounded memory: every Delta commit of image rows holds at most `commit_rows` images."""
     lakehouse = tmp_path / "lh"
-    run_pipeline([source], lakehouse, batch_size=4, progress=False)
+    run_pipeline([source], lakehouse, batch_size=2, commit_rows=4, progress=False)
     metric = {"WRITE": "num_added_rows", "MERGE": "num_source_rows"}
     for spec in (schemas.BRONZE, schemas.SILVER, schemas.FEATURES, schemas.PREDICTIONS):
         sizes = [

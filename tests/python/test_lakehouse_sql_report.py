@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -405,6 +406,62 @@ def test_cli_disk_full_is_one_line(lakehouse):
         pytest.skip("no /dev/full")
     r = _run("report", "--lakehouse", str(lakehouse), "--out", "/dev/full")
     _assert_one_line_error(r, "report")
+
+
+def _file_size_limit(limit: int):
+    """preexec_fn: writes past ``limit`` bytes fail with EFBIG instead of raising SIGXFSZ."""
+
+    def apply() -> None:
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_cli_failed_delta_write_is_one_line_naming_the_table(fullres_paths, tmp_path):
+    """A Delta write that fails on an OS error (here EFBIG from a file-size limit, the same path as
+    a full disk) prints one line naming the table and the OS error, and no Rust panic report
+    (object_store's upload task panics on the way: "panicked at ...: Already shut down")."""
+    src = tmp_path / "src" / "NORMAL"
+    src.mkdir(parents=True)
+    for p in fullres_paths[:6]:  # bronze's parquet file is then larger than the limit
+        shutil.copyfile(p, src / Path(p).name)
+    lh = tmp_path / "lh"
+    r = subprocess.run(
+        [*_cli(), "pipeline", "run", "--source", str(src.parent), "--lakehouse", str(lh)],
+        capture_output=True,
+        text=True,
+        check=False,
+        preexec_fn=_file_size_limit(1 << 20),
+        env={**os.environ, "RUST_BACKTRACE": "1"},
+    )
+    line = _assert_one_line_error(r, "pipeline run")
+    assert line.startswith("cxrlake pipeline run: error: file too large: cannot write bronze"), line
+    assert r.stderr.strip() == line, r.stderr
+    assert DeltaTable(schemas.BRONZE.path(lh)).count() == 0  # the commit did not happen
+
+
+def test_rust_panic_reports_are_kept_off_stderr_and_other_output_is_kept(capfd):
+    """The stderr guard around Delta writes drops Rust panic reports (location, message,
+    backtrace and notes) and passes everything else through, in order."""
+    from cxrlake.lakehouse.storage import _stderr_without_rust_panics
+
+    report = (
+        "\nthread 'tokio-rt-worker' (1585) panicked at /x/object_store/src/buffered.rs:369:41:\n"
+        "Already shut down\n"
+        "stack backtrace:\n"
+        "   0: rust_begin_unwind\n"
+        "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n"
+    )
+    with _stderr_without_rust_panics() as panics:
+        os.write(2, b"a warning before\n")
+        os.write(2, report.encode())
+        os.write(2, b"a warning after\n")
+    err = capfd.readouterr().err
+    assert err == "a warning before\na warning after\n"
+    assert len(panics) == 1 and "Already shut down" in panics[0] and "note:" in panics[0]
 
 
 def test_cli_unwritable_lakehouse_is_one_line(source):

@@ -58,6 +58,31 @@ def test_bronze_batch_schema_and_hash():
     assert rows[0]["ingestion_batch_id"] == "batch-1" and rows[0]["ingested_at"] == ts
 
 
+@pytest.mark.parametrize(
+    "layout",
+    ["plain", "sliced", "chunked", "large_binary", "binary_view"],
+)
+def test_sha256_column_reads_the_arrow_buffers_in_place(layout):
+    """Hashes taken from the buffers (offsets, slices, chunks, other binary layouts) equal
+    hashlib's over each value; NULL stays NULL."""
+    import hashlib
+
+    from cxrlake.medallion.identity import sha256_column
+
+    values = [b"abc", None, b"", bytes(range(256)) * 40, b"\xff\xd8\xff"]
+    array = pa.array(values, pa.binary())
+    expected = [None if v is None else hashlib.sha256(v).hexdigest() for v in values]
+    if layout == "sliced":
+        array, expected = array.slice(1, 3), expected[1:4]
+    elif layout == "chunked":
+        array = pa.chunked_array([array.slice(0, 2), array.slice(2)])
+    elif layout == "large_binary":
+        array = array.cast(pa.large_binary())
+    elif layout == "binary_view":
+        array = array.cast(pa.binary_view())
+    assert sha256_column(array).to_pylist() == expected
+
+
 def test_prediction_id_is_deterministic_and_sensitive_to_each_input():
     base = ("img", "model", "1.0", "sha")
     pid = transforms.prediction_id(*base)

@@ -2,8 +2,9 @@
 
 This module adapts the engine-neutral medallion (`cxrlake.medallion`) to local files: it lists the
 sources, runs the rules of `cxrlake.medallion.rules` in DuckDB over Arrow snapshots of the tables'
-key columns, and applies the rows they return with delta-rs (`storage.Lakehouse`), one atomic
-Delta commit per table per batch. The Spark engine (`cxrlake.spark.jobs`) runs the same rules.
+key columns, and applies the rows they return with delta-rs (`storage.Lakehouse`): one atomic
+Delta commit per table per stage, or per `COMMIT_ROWS` rows (`COMMIT_BYTES` of image bytes in
+bronze) when a stage holds more. The Spark engine (`cxrlake.spark.jobs`) runs the same rules.
 
 Stages:
 
@@ -46,7 +47,18 @@ from cxrlake.medallion import identity, metrics, rules, schemas, transforms
 from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, QUARANTINE
 
 DEFAULT_BATCH_SIZE = 64
-"""Images per Arrow batch handed to the Rust core and per Delta commit."""
+"""Images per Arrow batch handed to the Rust core."""
+
+COMMIT_ROWS = 4096
+"""Rows a stage holds for one table before it commits them (it commits the rest when it ends):
+a Delta commit costs a fixed few milliseconds plus a log entry, whatever its size."""
+
+COMMIT_BYTES = 128 << 20
+"""Image bytes bronze holds before it commits them (bounds the memory of a large run)."""
+
+FRESH_CONTENT_BYTES = 256 << 20
+"""Image bytes of this run's new bronze rows kept in memory for silver+gold, which would otherwise
+read them back from the bronze table; rows beyond this bound are read back."""
 
 STAGES = ("listing", "bronze", "silver+gold", "performance")
 _STAGE_OF = {
@@ -213,15 +225,21 @@ class Pipeline:
         threads: int | None = None,
         progress: bool | None = None,
         site: str | None = None,
+        commit_rows: int = COMMIT_ROWS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if commit_rows < 1:
+            raise ValueError(f"commit_rows must be >= 1, got {commit_rows}")
+        self.commit_rows = commit_rows
         self.lh = Lakehouse(lakehouse, env)
         self.model = transforms.load_model(model)
         # The site's calibrated threshold for this model version, if one is stored.
-        from cxrlake.calibration import site_threshold
+        self.threshold = None
+        if site:
+            from cxrlake.calibration import site_threshold
 
-        self.threshold = site_threshold(lakehouse, site, self.model, env) if site else None
+            self.threshold = site_threshold(lakehouse, site, self.model, env)
         self.batch_size = batch_size
         self.threads = threads
         self.progress = progress
@@ -234,6 +252,9 @@ class Pipeline:
             model_version=self.model.version,
         )
         self.sources: dict[str, listing.SourceFile] = {}
+        # new bronze rows of this run, with their bytes (see `FRESH_CONTENT_BYTES`)
+        self._fresh: list[pa.Table] = []
+        self._fresh_bytes = 0
         self.listing = rules.LISTING_SCHEMA.empty_table()
         self._sql = duckdb.connect()
         self._sql.register(
@@ -337,6 +358,7 @@ class Pipeline:
         self.summary.files_skipped_unchanged = len(self.sources) - to_read.num_rows
         unreadable: dict[str, str] = {}
         stat_updates: list[pa.Table] = []
+        pending: list[pa.Table] = []
         paths = to_read.column("file_path").to_pylist()
         with _progress(len(paths), "bronze", self.progress) as bar:
             for start in range(0, len(paths), self.batch_size):
@@ -367,8 +389,14 @@ class Pipeline:
                 # the rules see the keys; the bytes stay in Arrow (no copy through DuckDB)
                 self._sql.register("incoming", incoming.drop_columns(["content"]))
                 new = _key(self._rule(rules.BRONZE_INSERTS))
-                self._insert(BRONZE, incoming.filter(pc.is_in(_key(incoming), new)))
+                pending.append(pa.table(incoming).filter(pc.is_in(_key(incoming), new)))
+                if sum(t.num_rows for t in pending) >= self.commit_rows or (
+                    sum(t.column("content").nbytes for t in pending) >= COMMIT_BYTES
+                ):
+                    self._insert_bronze(pending)
+                    pending = []
                 stat_updates.append(self._rule(rules.BRONZE_STAT_UPDATES))
+        self._insert_bronze(pending)
         if stat_updates:
             updates = pa.concat_tables(stat_updates)
             n = updates.num_rows
@@ -397,6 +425,19 @@ class Pipeline:
                 self.sources.pop(p)
             self._set_listing(rejected | unreadable)
         self._hold_at_listing()
+
+    def _insert_bronze(self, pending: list[pa.Table]) -> None:
+        """Append new bronze rows in one commit; keep their bytes for silver+gold while they fit
+        in `FRESH_CONTENT_BYTES`."""
+        if not pending:
+            return
+        rows = pa.concat_tables(pending)
+        self._insert(BRONZE, rows)
+        fresh = rows.select(list(transforms.BRONZE_ANALYZE_COLUMNS))
+        size = fresh.column("content").nbytes
+        if self._fresh_bytes + size <= FRESH_CONTENT_BYTES:
+            self._fresh.append(fresh)
+            self._fresh_bytes += size
 
     def _hold_at_listing(self) -> None:
         """Quarantine rejected entries and collisions; release entries that are fine again;
@@ -429,17 +470,38 @@ class Pipeline:
     # ---------------------------------------------------------------- silver + gold
     def _bronze_contents(self, todo: pa.Table) -> Iterator[pa.RecordBatch]:
         """Stream the bronze rows (with content) of ``todo``'s (image_id, content_sha256) pairs,
-        in batches of at most ``batch_size`` rows."""
+        one row per pair, in batches of at most ``batch_size`` rows: the rows this run added to
+        bronze from memory, the others read back from the table."""
         if not todo.num_rows:
             return
         wanted = _key(todo)
-        shas = pc.unique(todo.column("content_sha256"))
+        emitted = pa.array([], pa.string())
+        if self._fresh:
+            fresh = pa.concat_tables(self._fresh)
+            keys = _key(fresh)
+            hit = pc.is_in(keys, value_set=wanted)
+            if not pc.all(hit).as_py():
+                fresh, keys = fresh.filter(hit), keys.filter(hit)
+            first = pc.unique(keys)
+            if len(first) < fresh.num_rows:  # one row per pair
+                fresh = fresh.take(pc.index_in(first, keys))
+            yield from fresh.to_batches(max_chunksize=self.batch_size)
+            emitted = first
+            if len(emitted) == len(wanted):
+                return
+            wanted = wanted.filter(pc.invert(pc.is_in(wanted, value_set=emitted)))
+        yield from self._bronze_rows(wanted)
+
+    def _bronze_rows(self, wanted: pa.Array) -> Iterator[pa.RecordBatch]:
+        """The bronze rows of the ``<image_id>/<content_sha256>`` keys in ``wanted``, read from the
+        table (one row per key), in batches of at most ``batch_size`` rows."""
+        shas = pc.unique(pc.utf8_slice_codeunits(wanted, -64))  # the key ends with the sha256
         emitted: set[str] = set()
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
         columns = list(transforms.BRONZE_ANALYZE_COLUMNS)
         for batch in self.lh.scan_batches(
-            BRONZE, columns, pc.field("content_sha256").isin(shas), self.batch_size
+            BRONZE, columns, {"content_sha256": shas}, self.batch_size
         ):
             keys = _key(batch)
             mask = pc.is_in(keys, value_set=wanted)
@@ -470,11 +532,25 @@ class Pipeline:
             for view in ("silver", "features", "quarantine", "predictions")
         }
         # ids a prediction of this model may match (MERGE key: image_id, model, version)
-        this_model = (pc.field("model_name") == self.model.name) & (
-            pc.field("model_version") == self.model.version
-        )
+        this_model = {"model_name": self.model.name, "model_version": self.model.version}
         scored = self.lh.read(rules.VIEWS["predictions"], ["image_id"], this_model).column(0)
         may_match = present | {"predictions": scored}
+        upserts: dict[str, list[pa.Table]] = {view: [] for view in rules.ANALYZE_UPSERTS}
+        deletes: dict[str, list[pa.Table]] = {view: [] for view in rules.ANALYZE_DELETES}
+
+        def commit() -> None:
+            # every image of a batch lands in exactly one of silver and quarantine, so the
+            # upserts and deletes of several batches commute: one commit per table for all
+            for view, tables in upserts.items():
+                if tables:
+                    rows = pa.concat_tables(tables)
+                    self._upsert(rules.VIEWS[view], rows, _STAGE_OF[view], may_match[view])
+                    tables.clear()
+            for view, arrays in deletes.items():
+                if arrays:
+                    self._delete(rules.VIEWS[view], pa.concat_tables(arrays).column(0))
+                    arrays.clear()
+
         with _progress(todo.num_rows, "silver+gold", self.progress) as bar:
             for batch in self._bronze_contents(todo):
                 out = transforms.analyze_batch(
@@ -482,13 +558,17 @@ class Pipeline:
                 )
                 parts = out._asdict()
                 for view, part in rules.ANALYZE_UPSERTS.items():
-                    self._upsert(rules.VIEWS[view], parts[part], _STAGE_OF[view], may_match[view])
+                    upserts[view].append(pa.table(parts[part]))
                 for q in out.quarantine.select(["file_path", "reason"]).to_pylist():
                     self.summary.quarantined.append({**q, "stage": "silver"})
                 for view, part in rules.ANALYZE_DELETES.items():
-                    ids = parts[part].column("image_id")
-                    self._delete(rules.VIEWS[view], ids.filter(pc.is_in(ids, present[view])))
+                    ids = pa.table(parts[part]).select(["image_id"])
+                    deletes[view].append(ids.filter(pc.is_in(ids.column(0), present[view])))
+                if max(sum(t.num_rows for t in v) for v in upserts.values()) >= self.commit_rows:
+                    commit()
                 bar.update(batch.num_rows)
+            commit()
+        self._fresh, self._fresh_bytes = [], 0
 
     # ---------------------------------------------------------------- performance
     def performance(self) -> None:
@@ -516,8 +596,7 @@ class Pipeline:
         self.summary.quarantine_reasons = dict(collections.Counter(reasons))
         perf = self.lh.read(
             PERFORMANCE,
-            filter=(pc.field("model_name") == self.model.name)
-            & (pc.field("model_version") == self.model.version),
+            filter={"model_name": self.model.name, "model_version": self.model.version},
         )
         latest: dict[str, dict[str, Any]] = {}
         for row in sorted(perf.to_pylist(), key=lambda r: (r["evaluated_at"], r["evaluation_id"])):
@@ -571,6 +650,7 @@ def run_pipeline(
     threads: int | None = None,
     progress: bool | None = None,
     site: str | None = None,
+    commit_rows: int = COMMIT_ROWS,
 ) -> RunSummary:
     """Run bronze -> silver -> gold on image folders; return the run summary.
 
@@ -579,10 +659,11 @@ def run_pipeline(
     names, e.g. ``.txt``, are skipped and counted). ``lakehouse``: root folder of the Delta tables.
     ``sample_per_label``: ingest at most N files per (split, label), a deterministic sample.
     ``model``: `cxrlake.Model`, path or None (= `cxrlake.default_model_path()`).
-    ``batch_size``: images per batch and per commit. ``progress``: show tqdm bars (None = when
-    stderr is a terminal). ``site``: decide labels with that site's threshold in
-    ``gold.site_thresholds`` for this model version (``cxrlake calibrate``), the model's own when
-    none is stored. Waits for any other run on the same lakehouse to finish first.
+    ``batch_size``: images per batch handed to the core. ``commit_rows``: rows a stage holds
+    for a table before it commits them (it commits the rest when it ends). ``progress``: show
+    tqdm bars (None = when stderr is a terminal). ``site``: decide labels with that site's
+    threshold in ``gold.site_thresholds`` for this model version (``cxrlake calibrate``), the
+    model's own when none is stored. Waits for any other run on the same lakehouse to finish first.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -591,7 +672,7 @@ def run_pipeline(
     for source in sources:
         if not os.path.isdir(source):
             raise FileNotFoundError(f"source is not a directory: {source}")
-    pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress, site)
+    pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress, site, commit_rows)
     with LakehouseLock(pipeline.lh.root, pipeline.lh.env):
         pipeline.lh.create_all()
         pipeline.lh.record_sources(sources)

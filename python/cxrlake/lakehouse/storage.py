@@ -11,17 +11,27 @@ commit boundary and check that the next run repairs it.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import re
 import signal
 import sys
-from collections.abc import Iterable, Iterator
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
-from deltalake import CommitProperties, DeltaTable, write_deltalake
+import pyarrow.parquet as pq
+from deltalake import (
+    ColumnProperties,
+    CommitProperties,
+    DeltaTable,
+    WriterProperties,
+    write_deltalake,
+)
 from deltalake import Field as DeltaField
 
 from cxrlake.medallion import schemas
@@ -47,6 +57,71 @@ def _committed() -> None:
 def commits_made() -> int:
     """Delta commits this process has made through `Lakehouse` (tests, fault injection)."""
     return _commits
+
+
+class LakehouseWriteError(OSError):
+    """A Delta write failed for an operating-system reason (``errno``: ENOSPC, EFBIG, EROFS ...);
+    the commit did not happen, so the table is unchanged. ``panics`` holds the report of any Rust
+    writer thread that panicked on the way (printed to nobody)."""
+
+    panics: list[str]
+
+
+_PANIC_LINE = re.compile(r"^thread '.*' (\(\d+\) )?panicked at ")
+#: Lines that follow a panic's message in Rust's report: the backtrace and its notes.
+_PANIC_TRAILER = ("stack backtrace:", "note: ", " ", "\t")
+
+
+@contextlib.contextmanager
+def _stderr_without_rust_panics() -> Iterator[list[str]]:
+    """Route file descriptor 2 through a pipe while the block runs; copy everything back to the
+    real stderr except Rust panic reports (a ``thread '...' panicked at`` line and the lines up to
+    the next line that is not part of the report), which are collected in the yielded list.
+
+    Rust libraries print panics of their worker threads straight to file descriptor 2, whatever
+    Python does with ``sys.stderr``; the error itself still reaches Python as an exception.
+    """
+    panics: list[str] = []
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to protect
+        yield panics
+        return
+    read_end, write_end = os.pipe()
+    chunks: list[bytes] = []
+
+    def drain() -> None:
+        while chunk := os.read(read_end, 65536):
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=drain, name="cxrlake-stderr", daemon=True)
+    reader.start()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+    try:
+        yield panics
+    finally:
+        os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
+        os.close(saved)
+        reader.join()
+        os.close(read_end)
+        kept: list[str] = []
+        state = "text"  # or "message" (the line after "panicked at"), or "trailer"
+        for line in b"".join(chunks).decode("utf-8", "replace").splitlines(keepends=True):
+            if _PANIC_LINE.match(line):
+                if kept and not kept[-1].strip():  # the blank line Rust writes before a report
+                    kept.pop()
+                panics.append(line)
+                state = "message"
+            elif state == "message" or (state == "trailer" and line.startswith(_PANIC_TRAILER)):
+                panics[-1] += line
+                state = "trailer"
+            else:
+                kept.append(line)
+                state = "text"
+        if kept:
+            os.write(2, "".join(kept).encode())
 
 
 class LakehouseLock:
@@ -151,15 +226,16 @@ class Lakehouse:
                 self.add_columns(spec)
             else:
                 os.makedirs(self.path(spec), exist_ok=True)
-                DeltaTable.create(
-                    self.path(spec),
-                    spec.arrow_schema,
-                    mode="ignore",
-                    name=spec.name,
-                    description=f"cxrlake {spec.qualified_name}",
-                    configuration=schemas.TABLE_PROPERTIES,
-                    commit_properties=commit_properties(operation="create"),
-                )
+                with self._writing(spec):
+                    DeltaTable.create(
+                        self.path(spec),
+                        spec.arrow_schema,
+                        mode="ignore",
+                        name=spec.name,
+                        description=f"cxrlake {spec.qualified_name}",
+                        configuration=schemas.TABLE_PROPERTIES,
+                        commit_properties=commit_properties(operation="create"),
+                    )
                 _committed()
 
     def add_columns(self, spec: TableSpec) -> list[str]:
@@ -179,12 +255,35 @@ class Lakehouse:
                 f"{spec.qualified_name} lacks required column(s) {', '.join(required)}: "
                 "rebuild the table (it cannot be evolved in place)"
             )
-        self.table(spec).alter.add_columns(
-            [DeltaField.from_arrow(f) for f in missing],
-            commit_properties=commit_properties(operation="add_columns"),
-        )
+        with self._writing(spec):
+            self.table(spec).alter.add_columns(
+                [DeltaField.from_arrow(f) for f in missing],
+                commit_properties=commit_properties(operation="add_columns"),
+            )
         _committed()
         return [f.name for f in missing]
+
+    @contextlib.contextmanager
+    def _writing(self, spec: TableSpec) -> Iterator[None]:
+        """One Delta write: a failure that is an OS error (disk full, file too large, read-only)
+        becomes `LakehouseWriteError` naming the table, and the panic report a Rust writer thread
+        prints on the way (object_store's upload task: "panicked at ...: Already shut down") is
+        kept off the terminal (it is attached to the error as a note instead)."""
+        with _stderr_without_rust_panics() as panics:
+            try:
+                yield
+            except Exception as e:
+                found = re.search(r"\(os error (\d+)\)", str(e))
+                if found is None:
+                    raise
+                code = int(found.group(1))
+                message = (
+                    f"cannot write {spec.qualified_name} ({self.path(spec)}): "
+                    f"{os.strerror(code)} (os error {code})"
+                )
+                error = LakehouseWriteError(code, message)
+                error.panics = panics
+                raise error from e
 
     def table(self, spec: TableSpec) -> DeltaTable:
         """The current version of a table (raises if it does not exist)."""
@@ -195,52 +294,84 @@ class Lakehouse:
             table.update_incremental()
         return table
 
-    def dataset(self, spec: TableSpec) -> pads.Dataset:
-        """A pyarrow dataset over the table's current files (projection and filter pushdown).
+    def _files(self, spec: TableSpec) -> tuple[pa.Schema, list[str] | None]:
+        """The table's schema and its snapshot's parquet files, or None for the files when the
+        table must be read through delta-rs (a table written by another engine with deletion
+        vectors, column mapping or partitions: the lakehouse's own tables use none of them).
 
-        Built from the snapshot's parquet files with pyarrow's own local file system rather than
-        ``DeltaTable.to_pyarrow_dataset()``, whose Python file-system handler can abort the
-        interpreter at exit ("terminate called without an active exception"). Valid because the
-        lakehouse tables use neither partitions, column mapping nor deletion vectors.
+        The files are read with pyarrow's parquet reader directly: it needs neither
+        ``pyarrow.dataset`` (whose import pulls in pandas, a quarter of a second of every run)
+        nor ``DeltaTable.to_pyarrow_dataset()``, whose Python file-system handler can abort the
+        interpreter at exit ("terminate called without an active exception").
         """
         table = self.table(spec)
+        schema = pa.schema(table.schema().to_arrow())
         features = set(table.protocol().reader_features or ())
         if features & {"deletionVectors", "columnMapping"} or table.metadata().partition_columns:
-            return table.to_pyarrow_dataset()  # a table written by another engine
-        return pads.dataset(
-            table.file_uris(), format="parquet", schema=pa.schema(table.schema().to_arrow())
-        )
+            return schema, None
+        return schema, [u.removeprefix("file://") for u in table.file_uris()]
 
     def read(
         self,
         spec: TableSpec,
         columns: list[str] | None = None,
-        filter: pc.Expression | None = None,
+        filter: Mapping[str, Any] | None = None,
     ) -> pa.Table:
-        """Read (some columns of) a table; an absent table reads as empty."""
+        """Read (some columns of) a table; an absent table reads as empty.
+
+        ``filter`` keeps the rows whose every named column equals the given value, or is one of
+        the given values when that is a list, set or Arrow array (``{"image_id": ids,
+        "model_version": "1.1.0"}``).
+        """
         if not self.exists(spec):
             schema = spec.arrow_schema
             if columns is not None:
                 schema = pa.schema([schema.field(c) for c in columns])
             return schema.empty_table()
-        return self.dataset(spec).to_table(columns=columns, filter=filter)
+        wanted, batches = self._scan(spec, columns, filter, None)
+        return pa.Table.from_batches(list(batches), schema=wanted)
 
     def scan_batches(
         self,
         spec: TableSpec,
         columns: list[str],
-        filter: pc.Expression | None,
+        filter: Mapping[str, Any] | None,
         batch_size: int,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream a table in record batches of at most ``batch_size`` rows (bounded memory)."""
+        """Stream a table in record batches of at most ``batch_size`` rows (bounded memory);
+        ``filter`` as in `read`."""
         if not self.exists(spec):
             return
-        scanner = self.dataset(spec).scanner(
-            columns=columns, filter=filter, batch_size=batch_size, batch_readahead=1
-        )
-        for batch in scanner.to_batches():
+        for batch in self._scan(spec, columns, filter, batch_size)[1]:
             if batch.num_rows:
                 yield batch
+
+    def _scan(
+        self,
+        spec: TableSpec,
+        columns: list[str] | None,
+        filter: Mapping[str, Any] | None,
+        batch_size: int | None,
+    ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+        """The schema of the rows asked for, and a stream of them (one snapshot)."""
+        schema, files = self._files(spec)
+        wanted = schema if columns is None else pa.schema([schema.field(c) for c in columns])
+        needed = list(dict.fromkeys([*wanted.names, *(filter or {})]))
+        if files is None:
+            table = self.table(spec).to_pyarrow_table(columns=needed)
+            parts: Iterable[pa.RecordBatch] = table.to_batches(max_chunksize=batch_size)
+        else:
+            parts = _read_files(files, needed, batch_size)
+        target = pa.schema([schema.field(c) for c in needed])
+
+        def stream() -> Iterator[pa.RecordBatch]:
+            for part in parts:
+                batch = _conform_batch(part, target)
+                if filter:
+                    batch = batch.filter(_mask(batch, filter))
+                yield batch.select(wanted.names)
+
+        return wanted, stream()
 
     def count(self, spec: TableSpec) -> int:
         """Number of rows in a table (0 when absent)."""
@@ -251,12 +382,14 @@ class Lakehouse:
         data = _conform(data, spec)
         if data.num_rows == 0:
             return 0
-        write_deltalake(
-            self.table(spec),
-            data,
-            mode="append",
-            commit_properties=commit_properties(**meta),
-        )
+        with self._writing(spec):
+            write_deltalake(
+                self.table(spec),
+                data,
+                mode="append",
+                commit_properties=commit_properties(**meta),
+                writer_properties=_writer_properties(spec),
+            )
         _committed()
         return data.num_rows
 
@@ -266,19 +399,21 @@ class Lakehouse:
         if data.num_rows == 0:
             return {"num_target_rows_inserted": 0, "num_target_rows_updated": 0}
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
-        result = (
-            self.table(spec)
-            .merge(
-                data,
-                predicate=predicate,
-                source_alias="s",
-                target_alias="t",
-                commit_properties=commit_properties(**meta),
+        with self._writing(spec):
+            result = (
+                self.table(spec)
+                .merge(
+                    data,
+                    predicate=predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=commit_properties(**meta),
+                    writer_properties=_writer_properties(spec),
+                )
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute()
             )
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute()
-        )
         _committed()
         return result
 
@@ -294,18 +429,20 @@ class Lakehouse:
             pa.schema([pa.field(c, types[c]) for c in (*spec.keys, *columns)])
         )
         predicate = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
-        result = (
-            self.table(spec)
-            .merge(
-                data,
-                predicate=predicate,
-                source_alias="s",
-                target_alias="t",
-                commit_properties=commit_properties(**meta),
+        with self._writing(spec):
+            result = (
+                self.table(spec)
+                .merge(
+                    data,
+                    predicate=predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    commit_properties=commit_properties(**meta),
+                    writer_properties=_writer_properties(spec),
+                )
+                .when_matched_update({c: f"s.{c}" for c in columns})
+                .execute()
             )
-            .when_matched_update({c: f"s.{c}" for c in columns})
-            .execute()
-        )
         _committed()
         return int(result.get("num_target_rows_updated", 0))
 
@@ -315,9 +452,12 @@ class Lakehouse:
         if not values:
             return 0
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-        result = self.table(spec).delete(
-            f"{column} IN ({quoted})", commit_properties=commit_properties(**meta)
-        )
+        with self._writing(spec):
+            result = self.table(spec).delete(
+                f"{column} IN ({quoted})",
+                commit_properties=commit_properties(**meta),
+                writer_properties=_writer_properties(spec),
+            )
         _committed()
         return int(result.get("num_deleted_rows", 0))
 
@@ -325,3 +465,52 @@ class Lakehouse:
 def _conform(data: pa.RecordBatch | pa.Table, spec: TableSpec) -> pa.Table:
     table = pa.Table.from_batches([data]) if isinstance(data, pa.RecordBatch) else data
     return table.select(spec.arrow_schema.names).cast(spec.arrow_schema)
+
+
+def _read_files(
+    files: list[str], columns: list[str], batch_size: int | None
+) -> Iterator[pa.RecordBatch]:
+    """The ``columns`` each parquet file has, in batches (the whole file when no size)."""
+    for path in files:
+        handle = pq.ParquetFile(path)
+        present = [c for c in columns if c in handle.schema_arrow.names]
+        if batch_size is None:
+            yield from handle.read(columns=present).to_batches()
+        else:
+            yield from handle.iter_batches(batch_size=batch_size, columns=present)
+
+
+def _conform_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch`` with exactly ``schema``'s columns and types: columns a file written before they
+    were added (schema evolution) lacks read as nulls."""
+    arrays = [
+        batch.column(f.name).cast(f.type)
+        if f.name in batch.schema.names
+        else pa.nulls(batch.num_rows, f.type)
+        for f in schema
+    ]
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _mask(batch: pa.RecordBatch, filter: Mapping[str, Any]) -> pa.Array:
+    mask = None
+    for column, value in filter.items():
+        values = batch.column(column)
+        if isinstance(value, (list, set, frozenset, tuple, pa.Array, pa.ChunkedArray)):
+            if not isinstance(value, (pa.Array, pa.ChunkedArray)):
+                value = pa.array(sorted(value), values.type)
+            keep = pc.is_in(values, value_set=value.cast(values.type))
+        else:
+            keep = pc.equal(values, pa.scalar(value, values.type))
+        keep = pc.fill_null(keep, False)
+        mask = keep if mask is None else pc.and_(mask, keep)
+    return mask
+
+
+def _writer_properties(spec: TableSpec) -> WriterProperties | None:
+    """Parquet settings: image bytes (bronze ``content``) get neither a dictionary (no two
+    values repeat) nor min/max statistics (nobody filters on them); the rest the defaults."""
+    if "content" not in spec.arrow_schema.names:
+        return None
+    plain = ColumnProperties(dictionary_enabled=False, statistics_enabled="NONE")
+    return WriterProperties(column_properties={"content": plain})

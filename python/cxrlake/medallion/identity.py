@@ -115,6 +115,28 @@ def sha256_hex(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def sha256_column(contents: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """`sha256_hex` of every value of a binary column (NULL stays NULL), read in place from the
+    Arrow buffers: no value is copied into a Python ``bytes`` first."""
+    if isinstance(contents, pa.ChunkedArray):
+        chunks = [sha256_column(c) for c in contents.chunks]
+        return pa.concat_arrays(chunks) if chunks else pa.array([], pa.string())
+    if pa.types.is_large_binary(contents.type) or pa.types.is_binary_view(contents.type):
+        contents = contents.cast(pa.binary())
+    validity, offsets, data = contents.buffers()[:3]
+    n, start = len(contents), contents.offset
+    ends = memoryview(offsets).cast("i")[start : start + n + 1] if offsets is not None else []
+    values = memoryview(data) if data is not None else memoryview(b"")
+    valid = contents.is_valid()
+    return pa.array(
+        [
+            hashlib.sha256(values[ends[i] : ends[i + 1]]).hexdigest() if ok else None
+            for i, ok in enumerate(valid.to_pylist())
+        ],
+        pa.string(),
+    )
+
+
 def prediction_id(image_id: str, model_name: str, model_version: str, content_sha256: str) -> str:
     """Deterministic prediction id: 32 hex digits of sha256 over its four inputs.
 

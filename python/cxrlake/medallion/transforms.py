@@ -85,9 +85,7 @@ def bronze_batch(
     n = table.num_rows
     ids = identity.identify_paths(table.column("path"))
     contents = table.column("content")
-    shas = pa.array(
-        [None if c is None else identity.sha256_hex(c) for c in contents.to_pylist()], pa.string()
-    )
+    shas = identity.sha256_column(contents)
     mtime = table.column("modificationTime")
     if mtime.type.tz is None:
         mtime = pc.assume_timezone(mtime, "UTC")

@@ -23,7 +23,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 from deltalake import DeltaTable
 
 from cxrlake.lakehouse import schemas
@@ -46,10 +45,9 @@ _PREDICTION_COLUMNS = [
 ]
 
 
-def _eq(column: str, value: str) -> pc.Expression:
-    """``column = value`` for a dataset filter, whatever string type the table stores (delta-rs
-    may hand out ``string_view``)."""
-    return pc.field(column).cast(pa.string()) == pa.scalar(value, pa.string())
+def _eq(column: str, value: str) -> dict[str, str]:
+    """``column = value`` as a `Lakehouse.read` filter."""
+    return {column: value}
 
 
 def sniff_image_type(head: bytes) -> str | None:
@@ -243,7 +241,7 @@ class LocalStore:
             kept = self.lh.read(
                 schemas.BRONZE,
                 ["content"],
-                filter=(_eq("image_id", image_id)) & _eq("content_sha256", row["content_sha256"]),
+                filter=_eq("image_id", image_id) | _eq("content_sha256", row["content_sha256"]),
             )
             if kept.num_rows == 0:
                 raise ReviewError("image bytes not found", 404)
