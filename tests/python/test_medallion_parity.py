@@ -62,6 +62,7 @@ class SparkState:
         self.model_path = model_path
         self.tables = {view: spec.arrow_schema.empty_table() for view, spec in rules.VIEWS.items()}
         self.runs = 0
+        self.deid_key: bytes | None = None  # shipped to the tasks, as the jobs do
 
     def frames(self) -> dict:
         from cxrlake.spark.jobs import _arrow_frame
@@ -80,7 +81,9 @@ class SparkState:
         batch = f"spark-run-{self.runs}"
         for decide in (
             lambda: jobs.decide_bronze(self.spark, self.frames(), str(source), model, batch, now),
-            lambda: jobs.decide_analysis(self.spark, self.frames(), model, model_path, now),
+            lambda: jobs.decide_analysis(
+                self.spark, self.frames(), model, model_path, now, deid_key=self.deid_key
+            ),
             lambda: jobs.decide_performance(self.spark, self.frames(), model, now),
         ):
             for view, n in _apply(self.tables, decide()).items():
@@ -266,3 +269,41 @@ def test_both_engines_hold_the_same_rows_after_every_step(
     features = upgraded["tables"]["features"]
     assert set(features["feature_extraction_model"].to_pylist()) == {f"{tiny.name}:{tiny.version}"}
     assert tiny.version in upgraded["tables"]["performance"]["model_version"].to_pylist()
+
+
+def test_both_engines_decide_the_same_dicom_rows(spark, tmp_path, shared_data, monkeypatch):
+    """DICOM files beside a JPEG: the same bronze metadata, the same de-identified silver
+    metadata and the same BurnedInAnnotation quarantine in both engines; the extension-less DICOM
+    copy is taken and the extension-less text file skipped by both listings."""
+    from dicom_support import TEST_KEY, write_sources
+
+    train = shared_data / "chest_xray" / "train"
+    src = tmp_path / "landing"
+    write_sources(src, {"NORMAL": _images(train / "NORMAL", 0, 1)})
+    monkeypatch.setenv("CXRLAKE_DEID_KEY", TEST_KEY)
+    lakehouse = tmp_path / "lakehouse"
+    engine = SparkState(spark, None)
+    engine.deid_key = TEST_KEY.encode()
+    run_pipeline([src], lakehouse, progress=False)
+    engine.run(src, None)
+    local = _local_tables(lakehouse)
+    _assert_same("DICOM load", local, engine.tables)
+
+    bronze, silver = engine.tables["bronze"], engine.tables["silver"]
+    assert "README" not in bronze["filename"].to_pylist()
+    dicom = silver.filter(pc.is_valid(silver["dicom_metadata_deid"]))
+    assert sorted(dicom["filename"].to_pylist()) == [
+        "CT_small.dcm",
+        "IM000001",
+        "MR_small.dcm",
+        "RG1_UNCR.dcm",
+    ]
+    quarantine = engine.tables["quarantine"]
+    assert quarantine.select(["filename", "reason"]).to_pylist() == [
+        {
+            "filename": "burned_in.dcm",
+            "reason": "BurnedInAnnotation is YES: the pixels may show identifying text",
+        }
+    ]
+    burned_id = quarantine["image_id"][0].as_py()
+    assert burned_id not in engine.tables["predictions"]["image_id"].to_pylist()
