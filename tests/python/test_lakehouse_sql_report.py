@@ -455,7 +455,8 @@ def test_rust_panic_reports_are_kept_off_stderr_and_other_output_is_kept(capfd):
         "   0: rust_begin_unwind\n"
         "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.\n"
     )
-    with _stderr_without_rust_panics() as panics:
+    panics: list[str] = []
+    with _stderr_without_rust_panics(panics):
         os.write(2, b"a warning before\n")
         os.write(2, report.encode())
         os.write(2, b"a warning after\n")

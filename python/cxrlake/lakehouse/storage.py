@@ -73,20 +73,19 @@ _PANIC_TRAILER = ("stack backtrace:", "note: ", " ", "\t")
 
 
 @contextlib.contextmanager
-def _stderr_without_rust_panics() -> Iterator[list[str]]:
+def _stderr_without_rust_panics(panics: list[str]) -> Iterator[None]:
     """Route file descriptor 2 through a pipe while the block runs; copy everything back to the
     real stderr except Rust panic reports (a ``thread '...' panicked at`` line and the lines up to
-    the next line that is not part of the report), which are collected in the yielded list.
+    the next line that is not part of the report), which are appended to ``panics``.
 
     Rust libraries print panics of their worker threads straight to file descriptor 2, whatever
     Python does with ``sys.stderr``; the error itself still reaches Python as an exception.
     """
-    panics: list[str] = []
     try:
         sys.stderr.flush()
         saved = os.dup(2)
     except (OSError, ValueError):  # no usable stderr: nothing to protect
-        yield panics
+        yield
         return
     read_end, write_end = os.pipe()
     chunks: list[bytes] = []
@@ -100,7 +99,7 @@ def _stderr_without_rust_panics() -> Iterator[list[str]]:
     os.dup2(write_end, 2)
     os.close(write_end)
     try:
-        yield panics
+        yield
     finally:
         os.dup2(saved, 2)  # closes the pipe's last write end: the reader sees EOF
         os.close(saved)
@@ -269,21 +268,24 @@ class Lakehouse:
         becomes `LakehouseWriteError` naming the table, and the panic report a Rust writer thread
         prints on the way (object_store's upload task: "panicked at ...: Already shut down") is
         kept off the terminal (it is attached to the error as a note instead)."""
-        with _stderr_without_rust_panics() as panics:
-            try:
+        panics: list[str] = []
+        try:
+            with _stderr_without_rust_panics(panics):
                 yield
-            except Exception as e:
-                found = re.search(r"\(os error (\d+)\)", str(e))
-                if found is None:
-                    raise
-                code = int(found.group(1))
-                message = (
-                    f"cannot write {spec.qualified_name} ({self.path(spec)}): "
-                    f"{os.strerror(code)} (os error {code})"
-                )
-                error = LakehouseWriteError(code, message)
-                error.panics = panics
-                raise error from e
+        except Exception as e:
+            for report in panics:  # shown by --debug's trace, never on a plain run
+                e.add_note(report.rstrip())
+            found = re.search(r"\(os error (\d+)\)", str(e))
+            if found is None:
+                raise
+            code = int(found.group(1))
+            message = (
+                f"cannot write {spec.qualified_name} ({self.path(spec)}): "
+                f"{os.strerror(code)} (os error {code})"
+            )
+            error = LakehouseWriteError(code, message)
+            error.panics = panics
+            raise error from e
 
     def table(self, spec: TableSpec) -> DeltaTable:
         """The current version of a table (raises if it does not exist)."""
