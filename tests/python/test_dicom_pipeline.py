@@ -195,3 +195,82 @@ def test_the_metadata_kernel_skips_jpegs_and_names_a_broken_dicom(shared_data):
     assert json.loads(metadata[1])["00100010"]["Value"] == [{"Alphabetic": "CompressedSamples^CT1"}]
     assert metadata[2] is None and errors[2].startswith("truncated DICOM"), errors[2]
     assert errors[3] == "null input"
+
+
+def test_listing_takes_extension_less_dicom_only(tmp_path):
+    from cxrlake.lakehouse import listing
+
+    folder = tmp_path / "src" / "train" / "NORMAL"
+    folder.mkdir(parents=True)
+    ct = find("CT_small.dcm").read_bytes()
+    (folder / "IM000001").write_bytes(ct)
+    (folder / "scan.bin").write_bytes(ct)  # DICOM bytes under another extension: skipped
+    (folder / "README").write_text("not DICOM\n" * 20)
+    os.mkfifo(folder / "pipe")  # never opened (a read would block)
+    os.symlink(folder / "IM000001", folder / "IM000002")  # inside the root: read via its target
+    found = {os.path.basename(i.path): type(i).__name__ for i in listing.walk(tmp_path / "src")}
+    assert found == {
+        "IM000001": "SourceFile",
+        "IM000002": "SourceFile",
+        "scan.bin": "Skipped",
+        "README": "Skipped",
+        "pipe": "Skipped",
+    }
+
+
+def test_a_lakehouse_of_an_earlier_version_gets_the_dicom_columns(tmp_path, monkeypatch):
+    from cxrlake.lakehouse.pipeline import run_pipeline
+
+    lakehouse = tmp_path / "lakehouse"
+    for spec, column in (
+        (schemas.BRONZE, "dicom_metadata"),
+        (schemas.SILVER, "dicom_metadata_deid"),
+    ):
+        old = pa.schema([f for f in spec.arrow_schema if f.name != column])
+        os.makedirs(spec.path(lakehouse, "dev"))
+        DeltaTable.create(spec.path(lakehouse, "dev"), old, configuration=schemas.TABLE_PROPERTIES)
+    src = tmp_path / "landing" / "train" / "NORMAL"
+    src.mkdir(parents=True)
+    (src / "IM000001").write_bytes(find("CT_small.dcm").read_bytes())
+    monkeypatch.setenv("CXRLAKE_DEID_KEY", TEST_KEY)
+    run_pipeline([tmp_path / "landing"], lakehouse, progress=False)
+    (meta,) = _table(lakehouse, schemas.BRONZE)["dicom_metadata"].to_pylist()
+    (deid,) = _table(lakehouse, schemas.SILVER)["dicom_metadata_deid"].to_pylist()
+    assert json.loads(meta)["00100020"]["Value"] == ["1CT1"]
+    assert json.loads(deid)["00100020"]["Value"] != ["1CT1"]
+
+
+def test_spark_tables_of_an_earlier_version_get_the_dicom_columns():
+    from cxrlake.spark.jobs import add_columns_statement
+
+    bronze = [f.name for f in schemas.BRONZE.arrow_schema if f.name != "dicom_metadata"]
+    assert (
+        add_columns_statement("c.bronze.kaggle_xray_metadata", schemas.BRONZE, bronze)
+        == "ALTER TABLE c.bronze.kaggle_xray_metadata ADD COLUMNS (dicom_metadata STRING)"
+    )
+    assert add_columns_statement("c.s.t", schemas.SILVER, schemas.SILVER.arrow_schema.names) is None
+    with pytest.raises(ValueError, match="lacks required column"):
+        add_columns_statement("c.s.t", schemas.SILVER, ["label"])
+
+
+def test_the_spark_jobs_read_the_key_from_the_environment_or_the_secret_scope():
+    from cxrlake.exceptions import InvalidArgumentError
+    from cxrlake.spark.jobs import deid_key
+
+    class Secrets:
+        def __init__(self, values):
+            self.values = values
+
+        def get(self, scope, key):
+            return self.values[(scope, key)]  # KeyError like a missing secret
+
+    class DbUtils:
+        def __init__(self, values):
+            self.secrets = Secrets(values)
+
+    key = "k" * 24
+    assert deid_key(None, environ={"CXRLAKE_DEID_KEY": key}) == key.encode()
+    assert deid_key(DbUtils({("cxrlake", "deid-key"): key}), environ={}) == key.encode()
+    assert deid_key(DbUtils({}), environ={}) is None  # no DICOM, no key needed
+    with pytest.raises(InvalidArgumentError, match="shorter than 16 bytes"):
+        deid_key(DbUtils({("cxrlake", "deid-key"): "short"}), environ={})
