@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
 
 LABELS: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -132,6 +131,8 @@ def load_grayscale(path: str | os.PathLike[str], size: int) -> np.ndarray:
 
     Exactly steps 1-2 of the ONNX model contract in docs/architecture.md.
     """
+    from PIL import Image, ImageOps  # training only: the lakehouse needs none of PIL
+
     with Image.open(path) as image:
         image = ImageOps.exif_transpose(image).convert("L")
         return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
