@@ -149,25 +149,30 @@ pub fn decode_dicom(
             .ok_or_else(|| RowError::new("corrupt DICOM: RLE pixel data without fragments"))?;
         check_rle(fragment, rows, cols, samples * bits_allocated / 8)?;
     }
+    if JPEG_LOSSY_SYNTAXES.contains(&ts_uid) {
+        let precision = pixel_data
+            .fragments()
+            .and_then(|f| f.first())
+            .and_then(|f| jpeg_frame_header(f))
+            .map(|h| h.precision);
+        if precision == Some(12) {
+            return decode_jpeg12(&object, pixel_data, samples, cols, rows, limits);
+        }
+    }
     if let (Some(target), 1) = (min_size, samples) {
         if let Some(decoded) = decode_j2k_reduced(&object, ts_uid, cols, rows, target) {
             return Ok(decoded);
         }
     }
-    let frame = object.decode_pixel_data_frame(0).map_err(|e| {
-        let text = one_line(&e);
-        if text.contains("SamplePrecision(12)") {
-            // jpeg-decoder decodes 8-bit JPEG only.
-            RowError::new("unsupported DICOM image: JPEG with 12-bit samples (JPEG Extended)")
-        } else {
-            RowError::new(format!("corrupt DICOM pixel data: {text}"))
-        }
-    })?;
+    let frame = object
+        .decode_pixel_data_frame(0)
+        .map_err(|e| RowError::new(format!("corrupt DICOM pixel data: {}", one_line(&e))))?;
     let (width, height) = (frame.columns(), frame.rows());
     let pixels = if frame.samples_per_pixel() == 3 {
         color_to_luma(&frame)?
     } else {
-        gray_to_u8(&frame)?
+        let values = stored_values(&frame)?;
+        Mapping::from_frame(&frame, &object)?.apply(&values)
     };
     Ok(Decoded {
         image: GrayImage {
@@ -237,39 +242,54 @@ fn int_attribute(object: &DefaultDicomObject, tag: Tag, name: &str) -> RowResult
         .map_err(|_| RowError::new(format!("corrupt DICOM: {name} is not a number")))
 }
 
+/// The frame header (SOFn) of a JPEG codestream: sample precision in bits, width, height.
+struct JpegFrameHeader {
+    precision: u8,
+    width: u32,
+    height: u32,
+}
+
+/// Finds the frame header of a JPEG codestream by walking its marker segments.
+fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
+    if !stream.starts_with(&[0xFF, 0xD8]) {
+        return None;
+    }
+    let mut pos = 2usize;
+    while pos + 4 <= stream.len() {
+        if stream[pos] != 0xFF {
+            return None;
+        }
+        let marker = stream[pos + 1];
+        if marker == 0xFF {
+            pos += 1;
+            continue;
+        }
+        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
+            pos += 2;
+            continue;
+        }
+        let length = u16::from_be_bytes([stream[pos + 2], stream[pos + 3]]) as usize;
+        let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
+        if is_sof {
+            let header = stream.get(pos + 4..pos + 9)?;
+            return Some(JpegFrameHeader {
+                precision: header[0],
+                height: u16::from_be_bytes([header[1], header[2]]) as u32,
+                width: u16::from_be_bytes([header[3], header[4]]) as u32,
+            });
+        }
+        if marker == 0xDA || length < 2 {
+            return None;
+        }
+        pos += 2 + length;
+    }
+    None
+}
+
 /// Width and height announced by an embedded JPEG (SOF) or JPEG 2000 (SIZ) codestream.
 pub fn codestream_size(fragment: &[u8]) -> Option<(u32, u32)> {
     if fragment.starts_with(&[0xFF, 0xD8]) {
-        let mut pos = 2usize;
-        while pos + 4 <= fragment.len() {
-            if fragment[pos] != 0xFF {
-                return None;
-            }
-            let marker = fragment[pos + 1];
-            if marker == 0xFF {
-                pos += 1;
-                continue;
-            }
-            if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-                pos += 2;
-                continue;
-            }
-            let length = u16::from_be_bytes([fragment[pos + 2], fragment[pos + 3]]) as usize;
-            let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
-            if is_sof {
-                let h = fragment.get(pos + 5..pos + 7)?;
-                let w = fragment.get(pos + 7..pos + 9)?;
-                return Some((
-                    u16::from_be_bytes([w[0], w[1]]) as u32,
-                    u16::from_be_bytes([h[0], h[1]]) as u32,
-                ));
-            }
-            if marker == 0xDA || length < 2 {
-                return None;
-            }
-            pos += 2 + length;
-        }
-        return None;
+        return jpeg_frame_header(fragment).map(|h| (h.width, h.height));
     }
     // A raw J2K codestream starts with SOC + SIZ; a JP2 file wraps it in a `jp2c` box.
     let start = if fragment.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
@@ -350,36 +370,38 @@ fn packbits_len(segment: &[u8], limit: usize) -> usize {
     out
 }
 
+/// A stored value (masked to Bits Stored, sign-extended when Pixel Representation is 1).
+fn stored_value(raw: u32, bits_stored: u32, signed: bool) -> i32 {
+    let bits = bits_stored.clamp(1, 32);
+    let v = if bits >= 32 {
+        raw
+    } else {
+        raw & ((1u32 << bits) - 1)
+    };
+    if signed && bits < 32 {
+        let shift = 32 - bits;
+        ((v << shift) as i32) >> shift
+    } else {
+        v as i32
+    }
+}
+
 /// Stored sample values of a single-sample frame, masked to Bits Stored and sign-extended.
 fn stored_values(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<i32>> {
     let bits_stored = frame.bits_stored().clamp(1, 16) as u32;
     let signed = frame.pixel_representation() == dicom_pixeldata::PixelRepresentation::Signed;
     let count = frame.rows() as usize * frame.columns() as usize;
     let data = frame.data();
-    let mask = if bits_stored >= 32 {
-        u32::MAX
-    } else {
-        (1u32 << bits_stored) - 1
-    };
-    let shift = 32 - bits_stored;
-    let convert = |raw: u32| -> i32 {
-        let v = raw & mask;
-        if signed {
-            ((v << shift) as i32) >> shift
-        } else {
-            v as i32
-        }
-    };
     let values: Vec<i32> = match frame.bits_allocated() {
         8 => data
             .iter()
             .take(count)
-            .map(|&b| convert(b as u32))
+            .map(|&b| stored_value(b as u32, bits_stored, signed))
             .collect(),
         16 => data
             .chunks_exact(2)
             .take(count)
-            .map(|b| convert(u16::from_le_bytes([b[0], b[1]]) as u32))
+            .map(|b| stored_value(u16::from_le_bytes([b[0], b[1]]) as u32, bits_stored, signed))
             .collect(),
         other => {
             return Err(RowError::new(format!(
@@ -475,12 +497,94 @@ pub fn window_level(m: f64, center: f64, width: f64, function: VoiLutFunction) -
     }
 }
 
-/// How stored values become output bytes: the modality rescale, the VOI step, the inversion.
+/// A lookup table from a Modality LUT or VOI LUT Sequence item (PS3.3 C.11.1, C.11.2): input
+/// values below `first` map to the first entry, values past the end to the last.
+struct Lut {
+    first: i64,
+    entries: Vec<u16>,
+}
+
+impl Lut {
+    fn get(&self, input: i64) -> u16 {
+        let index = (input.saturating_sub(self.first)).clamp(0, self.entries.len() as i64 - 1);
+        self.entries[index as usize]
+    }
+}
+
+/// The Modality LUT of the data set: the first item of the Modality LUT Sequence (0028,3000), read
+/// as PS3.3 C.11.1.1 and pydicom's `apply_modality_lut` read it. LUT Descriptor: number of
+/// entries (0 means 65,536), first stored value mapped (signed when Pixel Representation is 1,
+/// whether the descriptor is written as US or SS), bits per entry (8 or 16). A present but
+/// unusable sequence is a row error: guessing a rescale instead would give wrong intensities.
+fn modality_lut(object: &DefaultDicomObject) -> RowResult<Option<Lut>> {
+    let Some(sequence) = object.get(tags::MODALITY_LUT_SEQUENCE) else {
+        return Ok(None);
+    };
+    let bad = |what: &str| RowError::new(format!("corrupt DICOM Modality LUT Sequence: {what}"));
+    let item = sequence
+        .items()
+        .and_then(|items| items.first())
+        .ok_or_else(|| bad("no item"))?;
+    let descriptor: Vec<i64> = item
+        .get(tags::LUT_DESCRIPTOR)
+        .and_then(|e| e.to_multi_int::<i64>().ok())
+        .filter(|d| d.len() == 3)
+        .ok_or_else(|| bad("LUT Descriptor is not 3 numbers"))?;
+    let count = match descriptor[0] {
+        0 => 65_536,
+        n @ 1..=65_535 => n as usize,
+        // Written as SS: entries past 32,767 read negative.
+        n @ -32_768..=-1 => (n + 65_536) as usize,
+        n => return Err(bad(&format!("{n} entries"))),
+    };
+    let signed = object
+        .get(tags::PIXEL_REPRESENTATION)
+        .and_then(|e| e.to_int::<u16>().ok())
+        == Some(1);
+    let first = match descriptor[1] {
+        v if signed && v > 32_767 => v - 65_536,
+        v => v,
+    };
+    let entries: Vec<u16> = item
+        .get(tags::LUT_DATA)
+        .and_then(|e| e.to_multi_int::<u16>().ok())
+        .ok_or_else(|| bad("no LUT Data"))?;
+    if entries.len() < count {
+        return Err(bad(&format!(
+            "{} LUT Data entries for {count} in the descriptor",
+            entries.len()
+        )));
+    }
+    let mut entries = entries;
+    entries.truncate(count);
+    Ok(Some(Lut { first, entries }))
+}
+
+/// The first item of the VOI LUT Sequence, read like dicom-pixeldata reads it for the full
+/// decoding path (descriptor: entries, first value mapped, bits; data as many entries); `None`
+/// when absent or unusable (then the window or the full range applies, as on that path).
+fn voi_lut(object: &DefaultDicomObject) -> Option<Lut> {
+    let item = object.get(tags::VOILUT_SEQUENCE)?.items()?.first()?;
+    let descriptor = item.get(tags::LUT_DESCRIPTOR)?.to_multi_int::<i32>().ok()?;
+    if descriptor.len() != 3 || descriptor[0] <= 0 || !(0..=16).contains(&descriptor[2]) {
+        return None;
+    }
+    let entries = item.get(tags::LUT_DATA)?.to_multi_int::<u16>().ok()?;
+    (entries.len() == descriptor[0] as usize).then_some(Lut {
+        first: descriptor[1] as i64,
+        entries,
+    })
+}
+
+/// How stored values become output bytes: the modality step (Modality LUT or rescale), the VOI
+/// step, the inversion.
 struct Mapping {
     slope: f64,
     intercept: f64,
-    /// First item of the VOI LUT Sequence: first mapped value and entries.
-    lut: Option<(i64, Vec<u16>)>,
+    /// Modality LUT Sequence (0028,3000): replaces the rescale when present (PS3.3 C.11.1).
+    modality_lut: Option<Lut>,
+    /// First item of the VOI LUT Sequence.
+    lut: Option<Lut>,
     /// First window: centre, width, function.
     window: Option<(f64, f64, VoiLutFunction)>,
     invert: bool,
@@ -504,7 +608,12 @@ fn usable_rescale(slope: f64, intercept: f64) -> (f64, f64) {
 }
 
 impl Mapping {
-    fn from_frame(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> Self {
+    /// The mapping of a frame dicom-pixeldata decoded (which reads rescale, windows and VOI LUTs
+    /// from the data set or its functional groups), plus the data set's Modality LUT.
+    fn from_frame(
+        frame: &dicom_pixeldata::DecodedPixelData<'_>,
+        object: &DefaultDicomObject,
+    ) -> RowResult<Self> {
         let (slope, intercept) = match frame.rescale() {
             Ok(rescale) => rescale
                 .first()
@@ -513,10 +622,10 @@ impl Mapping {
             Err(_) => (1.0, 0.0),
         };
         let lut = match frame.voi_lut_sequence() {
-            Ok(Some(luts)) => luts
-                .first()
-                .filter(|l| !l.data.is_empty())
-                .map(|l| (l.min_pixel_value as i64, l.data.clone())),
+            Ok(Some(luts)) => luts.first().filter(|l| !l.data.is_empty()).map(|l| Lut {
+                first: l.min_pixel_value as i64,
+                entries: l.data.clone(),
+            }),
             _ => None,
         };
         let function = frame
@@ -533,24 +642,22 @@ impl Mapping {
             _ => None,
         };
         let (slope, intercept) = usable_rescale(slope, intercept);
-        Mapping {
+        Ok(Mapping {
             slope,
             intercept,
+            modality_lut: modality_lut(object)?,
             lut,
             window,
             invert: matches!(
                 frame.photometric_interpretation(),
                 dicom_pixeldata::PhotometricInterpretation::Monochrome1
             ),
-        }
+        })
     }
 
-    /// The same mapping read from the data set; `None` when it holds a VOI LUT Sequence (only
-    /// the full decoding path reads those).
-    fn from_object(object: &DefaultDicomObject) -> Option<Self> {
-        if object.get(tags::VOILUT_SEQUENCE).is_some() {
-            return None;
-        }
+    /// The same mapping read from the data set's top-level attributes, for pixels decoded
+    /// outside dicom-pixeldata (12-bit JPEG, reduced-resolution JPEG 2000).
+    fn from_object(object: &DefaultDicomObject) -> RowResult<Self> {
         let float = |tag: Tag| object.get(tag).and_then(|e| e.to_float64().ok());
         let first = |tag: Tag| {
             object
@@ -578,22 +685,23 @@ impl Mapping {
             float(tags::RESCALE_SLOPE).unwrap_or(1.0),
             float(tags::RESCALE_INTERCEPT).unwrap_or(0.0),
         );
-        Some(Mapping {
+        Ok(Mapping {
             slope,
             intercept,
-            lut: None,
+            modality_lut: modality_lut(object)?,
+            lut: voi_lut(object),
             window,
             invert: text(tags::PHOTOMETRIC_INTERPRETATION) == "MONOCHROME1",
         })
     }
 
-    fn voi(&self, m_a: f64, m_b: f64) -> Voi {
-        if let Some((first, entries)) = &self.lut {
-            let low = *entries.iter().min().expect("non-empty") as f64;
-            let high = *entries.iter().max().expect("non-empty") as f64;
+    fn voi(&self, m_low: f64, m_high: f64) -> Voi {
+        if let Some(lut) = &self.lut {
+            let low = *lut.entries.iter().min().expect("non-empty") as f64;
+            let high = *lut.entries.iter().max().expect("non-empty") as f64;
             return Voi::Lut {
-                first: *first,
-                entries: entries.clone(),
+                first: lut.first,
+                entries: lut.entries.clone(),
                 low,
                 high,
             };
@@ -606,8 +714,16 @@ impl Mapping {
             };
         }
         Voi::FullRange {
-            low: m_a.min(m_b),
-            high: m_a.max(m_b),
+            low: m_low,
+            high: m_high,
+        }
+    }
+
+    /// The modality value of stored value `s`: the Modality LUT entry, else the rescale.
+    fn modality(&self, s: i32) -> f64 {
+        match &self.modality_lut {
+            Some(lut) => lut.get(s as i64) as f64,
+            None => s as f64 * self.slope + self.intercept,
         }
     }
 
@@ -617,13 +733,25 @@ impl Mapping {
         if values.is_empty() {
             return Vec::new();
         }
-        let modality = |s: i32| s as f64 * self.slope + self.intercept;
         let (raw_min, raw_max) = values
             .iter()
             .fold((i32::MAX, i32::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-        let voi = self.voi(modality(raw_min), modality(raw_max));
+        // The full range is over the modality values present: the rescale is monotonic, a
+        // Modality LUT need not be.
+        let (m_low, m_high) = if self.modality_lut.is_some() {
+            values.iter().fold((f64::MAX, f64::MIN), |(lo, hi), &v| {
+                let m = self.modality(v);
+                (lo.min(m), hi.max(m))
+            })
+        } else {
+            let (a, b) = (self.modality(raw_min), self.modality(raw_max));
+            (a.min(b), a.max(b))
+        };
+        let voi = self.voi(m_low, m_high);
         let byte = |s: i32| {
-            let byte = (voi.level(modality(s)) + 0.5).floor().clamp(0.0, 255.0) as u8;
+            let byte = (voi.level(self.modality(s)) + 0.5)
+                .floor()
+                .clamp(0.0, 255.0) as u8;
             if self.invert {
                 255 - byte
             } else {
@@ -645,9 +773,168 @@ impl Mapping {
     }
 }
 
-fn gray_to_u8(frame: &dicom_pixeldata::DecodedPixelData<'_>) -> RowResult<Vec<u8>> {
-    let values = stored_values(frame)?;
-    Ok(Mapping::from_frame(frame).apply(&values))
+/// JPEG lossy syntaxes. 12-bit codestreams (JPEG Extended, process 4) go to libjpeg-turbo's
+/// 12-bit decompressor: jpeg-decoder, which dicom-pixeldata uses, decodes 8-bit lossy JPEG only.
+const JPEG_LOSSY_SYNTAXES: [&str; 2] = ["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"];
+
+/// The codestream of the first frame: every fragment for a single frame, else the fragments up
+/// to the first that ends the JPEG (EOI, possibly followed by a padding byte).
+fn first_jpeg_frame(object: &DefaultDicomObject, fragments: &[Vec<u8>]) -> Vec<u8> {
+    let frames = object
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1);
+    let mut stream = Vec::new();
+    for fragment in fragments {
+        stream.extend_from_slice(fragment);
+        let end = &fragment[..fragment.len() - usize::from(fragment.last() == Some(&0))];
+        if frames > 1 && end.ends_with(&[0xFF, 0xD9]) {
+            break;
+        }
+    }
+    stream
+}
+
+/// Decodes the first frame of a DICOM file whose JPEG codestream has 12-bit samples, then maps it
+/// like every other frame (stored values masked to Bits Stored, modality, VOI, inversion).
+fn decode_jpeg12(
+    object: &DefaultDicomObject,
+    pixel_data: &dicom_object::mem::InMemElement,
+    samples: u32,
+    cols: u32,
+    rows: u32,
+    limits: &Limits,
+) -> RowResult<Decoded> {
+    if samples != 1 {
+        return Err(RowError::new(
+            "unsupported DICOM image: colour JPEG with 12-bit samples",
+        ));
+    }
+    let fragments = pixel_data
+        .fragments()
+        .ok_or_else(|| RowError::new("corrupt DICOM: JPEG pixel data without fragments"))?;
+    let stream = first_jpeg_frame(object, fragments);
+    let (width, height, raw) = decode_jpeg12_gray(&stream, limits)?;
+    if (width, height) != (cols, rows) {
+        return Err(RowError::new(format!(
+            "corrupt DICOM: the JPEG frame is {width}x{height} but Columns x Rows say {cols}x{rows}"
+        )));
+    }
+    let bits_stored = object
+        .get(tags::BITS_STORED)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(12)
+        .clamp(1, 16);
+    let signed = object
+        .get(tags::PIXEL_REPRESENTATION)
+        .and_then(|e| e.to_int::<u16>().ok())
+        == Some(1);
+    let values: Vec<i32> = raw
+        .iter()
+        .map(|&v| stored_value(v as u16 as u32, bits_stored, signed))
+        .collect();
+    let pixels = Mapping::from_object(object)?.apply(&values);
+    Ok(Decoded {
+        image: GrayImage {
+            width,
+            height,
+            pixels,
+        },
+        full_width: width,
+        full_height: height,
+    })
+}
+
+/// Decodes a 12-bit lossy JPEG codestream to grayscale samples (0..=4095) with libjpeg-turbo's
+/// 12-bit API (`tj3Decompress12`). The pixel limit is checked from the header first, and
+/// progressive scans are capped like 8-bit JPEG (`jpeg_scan_limit`).
+fn decode_jpeg12_gray(stream: &[u8], limits: &Limits) -> RowResult<(u32, u32, Vec<i16>)> {
+    use std::ffi::{c_int, CStr};
+    use turbojpeg::raw;
+
+    struct Handle(raw::tjhandle);
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            // SAFETY: the handle came from tj3Init and is destroyed once.
+            unsafe { raw::tj3Destroy(self.0) }
+        }
+    }
+    let message = |handle: &Handle| -> String {
+        // SAFETY: tj3GetErrorStr returns a NUL-terminated string owned by the handle.
+        let text = unsafe { CStr::from_ptr(raw::tj3GetErrorStr(handle.0)) };
+        text.to_string_lossy().trim().to_string()
+    };
+    if jpeg_frame_header(stream).is_none() {
+        return Err(RowError::new("truncated JPEG in DICOM pixel data"));
+    }
+    // SAFETY: plain FFI calls on a handle owned here; the buffers outlive the calls, and the
+    // output buffer holds width x height samples, the size tj3Decompress12 writes for a gray
+    // image with the default pitch (0).
+    unsafe {
+        let handle = Handle(raw::tj3Init(raw::TJINIT_TJINIT_DECOMPRESS as c_int));
+        if handle.0.is_null() {
+            return Err(RowError::new("cannot create the 12-bit JPEG decoder"));
+        }
+        if raw::tj3DecompressHeader(handle.0, stream.as_ptr(), stream.len() as _) != 0 {
+            return Err(RowError::new(format!(
+                "corrupt JPEG header in DICOM pixel data: {}",
+                message(&handle)
+            )));
+        }
+        let get = |param: raw::TJPARAM| raw::tj3Get(handle.0, param as c_int);
+        let (width, height) = (
+            get(raw::TJPARAM_TJPARAM_JPEGWIDTH),
+            get(raw::TJPARAM_TJPARAM_JPEGHEIGHT),
+        );
+        if width <= 0 || height <= 0 {
+            return Err(RowError::new(format!(
+                "image has invalid size {width}x{height}"
+            )));
+        }
+        let (width, height) = (width as u32, height as u32);
+        limits.check_dimensions(width as u64, height as u64)?;
+        let precision = get(raw::TJPARAM_TJPARAM_PRECISION);
+        if precision != 12 || get(raw::TJPARAM_TJPARAM_LOSSLESS) != 0 {
+            return Err(RowError::new(format!(
+                "corrupt DICOM pixel data: expected a 12-bit lossy JPEG, found {precision}-bit"
+            )));
+        }
+        let scan_limit = crate::core::decode::jpeg_scan_limit(width as u64, height as u64);
+        raw::tj3Set(
+            handle.0,
+            raw::TJPARAM_TJPARAM_SCANLIMIT as c_int,
+            scan_limit as c_int,
+        );
+        let mut samples = vec![0i16; width as usize * height as usize];
+        let status = raw::tj3Decompress12(
+            handle.0,
+            stream.as_ptr(),
+            stream.len() as _,
+            samples.as_mut_ptr(),
+            0,
+            raw::TJPF_TJPF_GRAY as c_int,
+        );
+        if status != 0 {
+            let text = message(&handle);
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("scans") && lower.contains("progressive") {
+                return Err(RowError::new(format!(
+                    "JPEG has more than {scan_limit} progressive scans, the work limit for a \
+                     {width}x{height} image (2e8 pixel-scans, at least 16 scans)"
+                )));
+            }
+            if lower.contains("premature end") || lower.contains("unexpected end") {
+                return Err(RowError::new("truncated JPEG in DICOM pixel data"));
+            }
+            // As for 8-bit JPEG, only the warning PIL also ignores leaves a usable image.
+            if !lower.contains("extraneous bytes before marker") {
+                return Err(RowError::new(format!(
+                    "corrupt JPEG in DICOM pixel data: {text}"
+                )));
+            }
+        }
+        Ok((width, height, samples))
+    }
 }
 
 /// JPEG 2000 transfer syntaxes, whose codestream can be decoded at a lower resolution level.
@@ -677,7 +964,11 @@ fn decode_j2k_reduced(
     let reduce = (1..=5u32)
         .rev()
         .find(|&r| cols.div_ceil(1 << r) >= need_w && rows.div_ceil(1 << r) >= need_h)?;
-    let mapping = Mapping::from_object(object)?;
+    if object.get(tags::VOILUT_SEQUENCE).is_some() {
+        // The full decoding path reads VOI LUTs (dicom-pixeldata, functional groups included).
+        return None;
+    }
+    let mapping = Mapping::from_object(object).ok()?;
     let fragments = object.get(tags::PIXEL_DATA)?.fragments()?;
     let stream: Vec<u8> = fragments.iter().flatten().copied().collect();
     let image =

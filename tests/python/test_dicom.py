@@ -1,7 +1,8 @@
 """DICOM through the core kernels, against pydicom (with pylibjpeg where pydicom needs it).
 
 The reference (``reference_gray``) applies the mapping documented in ``src/core/dicom.rs`` with
-numpy on pydicom's ``pixel_array``: rescale slope/intercept, the first VOI LUT Sequence item or
+numpy on pydicom's ``pixel_array``: the Modality LUT Sequence (pydicom's ``apply_modality_lut``)
+or rescale slope/intercept, the first VOI LUT Sequence item or
 the first window (LINEAR, LINEAR_EXACT, SIGMOID) or the frame's full range, ``floor(v + 0.5)``,
 MONOCHROME1 inverted; 3-sample images become luma as PIL ``convert("L")``.
 
@@ -11,6 +12,8 @@ Tolerances (stated once, used below):
   codecs' wavelet rounding may differ by one stored value);
 - JPEG baseline / extended: mean absolute difference <= 1 and max <= 8 gray levels (jpeg-decoder
   vs libjpeg: different IDCTs and chroma upsampling);
+- 12-bit JPEG extended: no pixel off by more than 1 gray level (libjpeg-turbo here, pylibjpeg's
+  libjpeg in pydicom: both IDCTs are accurate to a 12-bit value or so, then mapped to 8 bits);
 - native YBR_FULL: the Y channel is the luma, pydicom converts to RGB first: max 2.
 """
 
@@ -32,6 +35,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import pydicom
     from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_modality_lut
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 _DATA_STORE = importlib.util.find_spec("data_store")
@@ -67,6 +71,7 @@ LOSSLESS = [
 ]
 J2K_LOSSY = ["RG1_J2KI.dcm", "RG3_J2KI.dcm", "693_J2KI.dcm", "MR2_J2KI.dcm"]
 JPEG_LOSSY = ["SC_rgb_jpeg_dcmtk.dcm", "SC_rgb_jpeg_lossy_gdcm.dcm", "examples_ybr_color.dcm"]
+JPEG_12BIT = ["JPGExtended.dcm"]  # JPEG extended, 12-bit samples (process 4)
 
 # File, and the start of the per-row error the core must give.
 REFUSED = [
@@ -78,7 +83,9 @@ REFUSED = [
     ("rtdose_1frame.dcm", "unsupported DICOM image: 32 bits allocated"),
     ("examples_palette.dcm", 'unsupported DICOM photometric interpretation: "PALETTE COLOR"'),
     ("MR_truncated.dcm", "truncated DICOM"),
-    ("JPEG-lossy.dcm", "unsupported DICOM image: JPEG with 12-bit samples (JPEG Extended)"),
+    # A broken 12-bit JPEG (SOS with a spectral selection in a sequential frame); pydicom with
+    # pylibjpeg refuses it too. JPGExtended.dcm is the repaired copy.
+    ("JPEG-lossy.dcm", "corrupt JPEG in DICOM pixel data: Invalid SOS parameters for sequential"),
     (
         "SC_rgb_jpeg.dcm",
         "corrupt DICOM: implicit VR data set under an explicit VR transfer syntax",
@@ -109,9 +116,12 @@ def reference_gray(path: Path) -> np.ndarray:
             rgb = rgb >> 8
         luma = rgb[..., 0] * 19595 + rgb[..., 1] * 38470 + rgb[..., 2] * 7471 + 0x8000
         return (luma >> 16).astype(np.uint8)
-    m = arr.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
-        ds.get("RescaleIntercept", 0) or 0
-    )
+    if "ModalityLUTSequence" in ds:
+        m = apply_modality_lut(arr, ds).astype(np.float64)
+    else:
+        m = arr.astype(np.float64) * float(ds.get("RescaleSlope", 1) or 1) + float(
+            ds.get("RescaleIntercept", 0) or 0
+        )
     if "VOILUTSequence" in ds:
         item = ds.VOILUTSequence[0]
         lut = np.asarray(item.LUTData, dtype=np.float64)
@@ -170,6 +180,45 @@ def test_jpeg_baseline_is_close_to_pydicom(name):
     path = find(name)
     d = diff(decode_one(str(path)), reference_gray(path))
     assert d.mean() <= 1.0 and d.max() <= 8, (name, d.mean(), d.max())
+
+
+@pytest.mark.parametrize("name", JPEG_12BIT)
+def test_12_bit_jpeg_extended_is_within_one_level_of_pydicom(name):
+    path = find(name)
+    assert pydicom.dcmread(path).BitsStored == 12
+    d = diff(decode_one(str(path)), reference_gray(path))
+    assert d.max() <= 1, (name, d.mean(), d.max())
+
+
+def test_modality_lut_sequence_matches_pydicom_apply_modality_lut(tmp_path: Path):
+    # mlut_18.dcm: signed 12-bit values through a 4096-entry Modality LUT (first value mapped
+    # -2048). Its LUT is linear, so a rescale-free decoding looks the same; the pydicom-written
+    # copy gets a non-monotonic LUT and a window in LUT output units, where only the LUT gives
+    # the right pixels (the rescale path maps values 16x too small, all below the window).
+    path = find("mlut_18.dcm")
+    np.testing.assert_array_equal(decode_one(str(path)), reference_gray(path))
+    ds = pydicom.dcmread(path)
+    item = ds.ModalityLUTSequence[0]
+    ramp = np.arange(4096, dtype=np.uint32)
+    lut = ((ramp * 16) ^ ((ramp & 0xFF) << 8)) & 0xFFFF  # tooth-shaped, not monotonic
+    item.LUTData = [int(v) for v in lut]
+    ds.WindowCenter, ds.WindowWidth = 30000, 40000
+    changed = tmp_path / "mlut_nonlinear.dcm"
+    ds.save_as(changed)
+    reference = reference_gray(changed)
+    assert reference.std() > 20  # the window spreads the LUT output
+    np.testing.assert_array_equal(decode_one(str(changed)), reference)
+
+
+def test_an_unusable_modality_lut_is_a_row_error(tmp_path: Path):
+    ds = pydicom.dcmread(find("mlut_18.dcm"))
+    ds.ModalityLUTSequence[0].LUTData = [0, 1, 2]
+    changed = tmp_path / "mlut_short.dcm"
+    ds.save_as(changed)
+    batch = cxrlake.decode([str(changed)], threads=1)
+    assert batch.column("error").to_pylist() == [
+        "corrupt DICOM Modality LUT Sequence: 3 LUT Data entries for 4096 in the descriptor"
+    ]
 
 
 def test_native_ybr_full_uses_the_luma_channel():
