@@ -479,6 +479,27 @@ def dicom_seeds() -> Iterator[tuple[str, bytes]]:
             at = rng.randrange(len(mutated))
             mutated[at] = rng.randrange(256)
         yield f"{path.stem}_mut", bytes(mutated)
+    yield "CT_small_modality_lut", _with_modality_lut(folder / "CT_small.dcm")[132:]
+
+
+def _with_modality_lut(path: Path) -> bytes:
+    """A small CT with a Modality LUT Sequence (a 4096-entry, non-monotonic LUT) instead of its
+    rescale: no small test file ships one."""
+    import io
+
+    import pydicom
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(path)
+    del ds.RescaleSlope, ds.RescaleIntercept
+    item = Dataset()
+    item.add_new(0x00283002, "SS", [4096, -2048, 16])
+    item.ModalityLUTType = "HU"
+    item.add_new(0x00283006, "US", [(i * 16) ^ ((i & 0xFF) << 8) for i in range(4096)])
+    ds.ModalityLUTSequence = [item]
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
 
 
 def main() -> int:
