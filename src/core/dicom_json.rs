@@ -175,9 +175,14 @@ impl Json {
     ) -> RowResult<()> {
         let value = value.filter(|v| !matches!(v, PrimitiveValue::Empty));
         if let Some(v) = value {
+            let bytes = v.calculate_byte_len();
             let bulky = is_bulk_vr(vr) || is_binary_number(v);
-            if bulky && v.calculate_byte_len() > MAX_INLINE_BINARY_BYTES {
+            if bulky && bytes > MAX_INLINE_BINARY_BYTES {
                 return Ok(());
+            }
+            // A long text can only make the document longer: refuse before copying it.
+            if self.out.len().saturating_add(bytes) > MAX_METADATA_JSON_BYTES {
+                return Err(too_large());
             }
         }
         self.key(first, tag, vr);

@@ -274,3 +274,25 @@ def test_the_spark_jobs_read_the_key_from_the_environment_or_the_secret_scope():
     assert deid_key(DbUtils({}), environ={}) is None  # no DICOM, no key needed
     with pytest.raises(InvalidArgumentError, match="shorter than 16 bytes"):
         deid_key(DbUtils({("cxrlake", "deid-key"): "short"}), environ={})
+
+
+def test_metadata_leaves_bulk_data_out_and_is_capped(tmp_path):
+    import warnings
+
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(find("CT_small.dcm"))
+        ds.add_new(0x00091010, "LO", "CXRLAKE TEST")  # private creator
+        ds.add_new(0x00091011, "OB", b"\x01\x02")  # small binary: inlined
+        ds.add_new(0x00091012, "OB", bytes(1000))  # bulk: left out
+        ds.save_as(tmp_path / "small.dcm")
+        ds.add_new(0x0040A160, "UT", "x" * (1 << 20))  # a 1 MiB text value
+        ds.save_as(tmp_path / "large.dcm")
+    out = cxrlake.dicom_metadata([str(tmp_path / "small.dcm"), str(tmp_path / "large.dcm")])
+    small = json.loads(out.column("metadata")[0].as_py())
+    assert small["00091011"] == {"vr": "OB", "InlineBinary": "AQI="}
+    assert "00091012" not in small and "7FE00010" not in small
+    assert out.column("metadata")[1].as_py() is None
+    assert out.column("error")[1].as_py() == "DICOM metadata exceeds 1 MiB as JSON"
