@@ -583,3 +583,67 @@ def test_kill_9_at_every_commit_boundary_then_rerun_equals_a_clean_run(tmp_path)
         run_pipeline([src], lakehouse, progress=False)
         assert_same_rows(lakehouse, clean)
         shutil.rmtree(lakehouse)
+
+
+def test_analysis_ahead_decodes_each_image_once_and_changes_no_row(source, tmp_path, monkeypatch):
+    """New bronze rows are analysed while bronze runs; silver+gold takes the rows the to-do rule
+    selects. Each image goes through the core once, as many as without the look-ahead, and every
+    table holds the rows of a run without it (an identity collision in the sources too)."""
+    from cxrlake.lakehouse import pipeline
+    from cxrlake.medallion import transforms
+
+    other = tmp_path / "other"
+    _copy(TRAIN / "NORMAL", other / "train" / "NORMAL", _images(TRAIN / "NORMAL", 20, 3))
+    # same relative path as an image of `source`, other bytes: an identity collision
+    shutil.copyfile(
+        TRAIN / "NORMAL" / _images(TRAIN / "NORMAL", 30, 1)[0],
+        other / "train" / "NORMAL" / _images(TRAIN / "NORMAL", 0, 1)[0],
+    )
+    analysed: list[int] = []
+    real = transforms.analyze_batch
+
+    def counting(batch, *args, **kwargs):
+        analysed.append(batch.num_rows)
+        return real(batch, *args, **kwargs)
+
+    monkeypatch.setattr(transforms, "analyze_batch", counting)
+    summary = run_pipeline([source, other], tmp_path / "ahead", batch_size=4, progress=False)
+    assert summary.collisions >= 1
+    with_ahead = sum(analysed)
+    analysed.clear()
+    monkeypatch.setattr(pipeline, "AHEAD_BYTES", 0)  # everything analysed in silver+gold
+    run_pipeline([source, other], tmp_path / "plain", batch_size=4, progress=False)
+    assert with_ahead == sum(analysed) == table(tmp_path / "plain", schemas.BRONZE).count()
+    assert_same_rows(tmp_path / "ahead", tmp_path / "plain")
+
+
+def test_a_result_analysed_ahead_gives_only_the_selected_rows_each_once():
+    """`_only` keeps the rows of the selected (image_id, content_sha256) keys, each once, in every
+    part (silver, features, predictions, quarantine)."""
+    from cxrlake.lakehouse.pipeline import _only
+    from cxrlake.medallion import transforms
+
+    paths = [str(TRAIN / "NORMAL" / n) for n in _images(TRAIN / "NORMAL", 0, 3)]
+    contents = [Path(p).read_bytes() for p in paths] + [b"\xff\xd8\xff broken"]
+    paths.append("/x/train/NORMAL/broken.jpeg")
+    ts = pa.array([0] * 4, pa.int64()).cast(pa.timestamp("us", tz="UTC"))
+    files = pa.table(
+        {
+            "path": pa.array(paths),
+            "modificationTime": ts,
+            "length": pa.array([len(c) for c in contents], pa.int64()),
+            "content": pa.array(contents, pa.binary()),
+        }
+    )
+    bronze = pa.Table.from_batches([transforms.bronze_batch(files, "b1")])
+    twice = pa.concat_tables([bronze, bronze.slice(1, 1)])  # one key twice
+    out = transforms.analyze_batch(twice.select(list(transforms.BRONZE_ANALYZE_COLUMNS)))
+    keys = pa.array(
+        [f"{r['image_id']}/{r['content_sha256']}" for r in bronze.to_pylist()], pa.string()
+    )
+    chosen = _only(out, keys.take([1, 3]))
+    assert chosen.metadata.num_rows == 1 and chosen.features.num_rows == 1
+    assert chosen.predictions.num_rows == 1 and chosen.quarantine.num_rows == 1
+    assert chosen.metadata.column("image_id")[0] == bronze.column("image_id")[1]
+    everything = _only(out, keys)
+    assert everything.metadata.num_rows == 3 and everything.quarantine.num_rows == 1

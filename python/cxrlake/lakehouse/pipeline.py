@@ -15,7 +15,8 @@ Stages:
    (image_id, content_sha256) versions, record new stats of known bytes.
 3. silver+gold: for every image not in its end state, decode once and score once with the model
    (`medallion.transforms.analyze_batch`); MERGE silver, features and predictions, or quarantine,
-   and delete what the outcome excludes.
+   and delete what the outcome excludes. New bronze rows are analysed ahead, while bronze runs
+   (see `AHEAD_BYTES`); silver+gold applies the rows of those results the rule selects.
 4. performance: metrics of the current model over the predictions of the current bytes of images
    in silver, appended when that prediction set has not been evaluated yet.
 
@@ -32,6 +33,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,9 +58,16 @@ a Delta commit costs a fixed few milliseconds plus a log entry, whatever its siz
 COMMIT_BYTES = 128 << 20
 """Image bytes bronze holds before it commits them (bounds the memory of a large run)."""
 
-FRESH_CONTENT_BYTES = 256 << 20
-"""Image bytes of this run's new bronze rows kept in memory for silver+gold, which would otherwise
-read them back from the bronze table; rows beyond this bound are read back."""
+AHEAD_BYTES = 256 << 20
+"""Image bytes of this run's new bronze rows analysed ahead, while bronze goes on.
+
+Each batch of new bronze rows is analysed on a worker thread as soon as it is read (the core
+releases the GIL), so decoding and inference overlap bronze's reading, hashing and writing, and
+silver+gold need not read those bytes back from the bronze table. Silver+gold takes from these
+results the rows the rule's to-do set (`rules.ANALYZE_TODO`) selects, each once, and drops the
+others (e.g. images held at listing); rows of the to-do set no result covers (beyond this bound,
+or left by an earlier run) are read back from bronze and analysed there. The rules decide which
+rows exist; this only changes when the work is done, and each image is still decoded once."""
 
 STAGES = ("listing", "bronze", "silver+gold", "performance")
 _STAGE_OF = {
@@ -209,6 +218,21 @@ def _key(table: pa.Table | pa.RecordBatch, first: str = "image_id") -> pa.Array:
     )
 
 
+def _only(out: transforms.AnalyzedBatches, keys: pa.Array) -> transforms.AnalyzedBatches:
+    """``out`` restricted to the rows of the (image_id, content_sha256) ``keys``, each once."""
+    parts = []
+    for part in out:
+        found = _key(part)
+        if len(found) != len(keys) or not pc.all(pc.is_in(found, value_set=keys)).as_py():
+            part = part.filter(pc.is_in(found, value_set=keys))
+            found = _key(part)
+        first = pc.unique(found)
+        if len(first) < part.num_rows:
+            part = part.take(pc.index_in(first, found))
+        parts.append(part)
+    return transforms.AnalyzedBatches(*parts)
+
+
 def _us_to_ts(values: list[int]) -> pa.Array:
     return pa.array(values, pa.int64()).cast(schemas.TS)
 
@@ -252,9 +276,10 @@ class Pipeline:
             model_version=self.model.version,
         )
         self.sources: dict[str, listing.SourceFile] = {}
-        # new bronze rows of this run, with their bytes (see `FRESH_CONTENT_BYTES`)
-        self._fresh: list[pa.Table] = []
-        self._fresh_bytes = 0
+        # new bronze rows of this run analysed ahead (see `AHEAD_BYTES`): (keys, analysis)
+        self._ahead: list[tuple[pa.Array, Future]] = []
+        self._ahead_bytes = 0
+        self._worker: ThreadPoolExecutor | None = None
         self.listing = rules.LISTING_SCHEMA.empty_table()
         self._sql = duckdb.connect()
         self._sql.register(
@@ -390,6 +415,7 @@ class Pipeline:
                 self._sql.register("incoming", incoming.drop_columns(["content"]))
                 new = _key(self._rule(rules.BRONZE_INSERTS))
                 pending.append(pa.table(incoming).filter(pc.is_in(_key(incoming), new)))
+                self._analyse_ahead(pending[-1])
                 if sum(t.num_rows for t in pending) >= self.commit_rows or (
                     sum(t.column("content").nbytes for t in pending) >= COMMIT_BYTES
                 ):
@@ -427,17 +453,52 @@ class Pipeline:
         self._hold_at_listing()
 
     def _insert_bronze(self, pending: list[pa.Table]) -> None:
-        """Append new bronze rows in one commit; keep their bytes for silver+gold while they fit
-        in `FRESH_CONTENT_BYTES`."""
-        if not pending:
+        """Append new bronze rows in one commit."""
+        if pending:
+            self._insert(BRONZE, pa.concat_tables(pending))
+
+    def _analyse_ahead(self, rows: pa.Table) -> None:
+        """Start analysing new bronze rows on the worker thread, within `AHEAD_BYTES`."""
+        if not rows.num_rows:
             return
-        rows = pa.concat_tables(pending)
-        self._insert(BRONZE, rows)
         fresh = rows.select(list(transforms.BRONZE_ANALYZE_COLUMNS))
         size = fresh.column("content").nbytes
-        if self._fresh_bytes + size <= FRESH_CONTENT_BYTES:
-            self._fresh.append(fresh)
-            self._fresh_bytes += size
+        if self._ahead_bytes + size > AHEAD_BYTES:
+            return
+        self._ahead_bytes += size
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="cxrlake-analyze")
+        analysis = self._worker.submit(
+            transforms.analyze_batch,
+            fresh,
+            model=self.model,
+            threads=self.threads,
+            threshold=self.threshold,
+        )
+        self._ahead.append((_key(fresh).combine_chunks(), analysis))
+
+    def _stop_ahead(self) -> None:
+        """Stop analysing ahead and forget the results (end of silver+gold, or a failure)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+        self._ahead, self._ahead_bytes = [], 0
+
+    def _analysed_ahead(self, todo: pa.Table) -> tuple[list[tuple[Future, pa.Array]], pa.Table]:
+        """The analyses done ahead with the keys of ``todo`` each should give (every key once),
+        and the rows of ``todo`` none of them covers."""
+        wanted = _key(todo)
+        plans: list[tuple[Future, pa.Array]] = []
+        covered = pa.array([], pa.string())
+        for keys, analysis in self._ahead:
+            mine = pc.unique(keys.filter(pc.is_in(keys, value_set=wanted)))
+            mine = mine.filter(pc.invert(pc.is_in(mine, value_set=covered)))
+            if not len(mine):
+                analysis.cancel()  # nothing of it is to do (e.g. images held at listing)
+                continue
+            plans.append((analysis, mine))
+            covered = pa.concat_arrays([covered, mine])
+        return plans, todo.filter(pc.invert(pc.is_in(wanted, value_set=covered)))
 
     def _hold_at_listing(self) -> None:
         """Quarantine rejected entries and collisions; release entries that are fine again;
@@ -470,27 +531,9 @@ class Pipeline:
     # ---------------------------------------------------------------- silver + gold
     def _bronze_contents(self, todo: pa.Table) -> Iterator[pa.RecordBatch]:
         """Stream the bronze rows (with content) of ``todo``'s (image_id, content_sha256) pairs,
-        one row per pair, in batches of at most ``batch_size`` rows: the rows this run added to
-        bronze from memory, the others read back from the table."""
-        if not todo.num_rows:
-            return
-        wanted = _key(todo)
-        emitted = pa.array([], pa.string())
-        if self._fresh:
-            fresh = pa.concat_tables(self._fresh)
-            keys = _key(fresh)
-            hit = pc.is_in(keys, value_set=wanted)
-            if not pc.all(hit).as_py():
-                fresh, keys = fresh.filter(hit), keys.filter(hit)
-            first = pc.unique(keys)
-            if len(first) < fresh.num_rows:  # one row per pair
-                fresh = fresh.take(pc.index_in(first, keys))
-            yield from fresh.to_batches(max_chunksize=self.batch_size)
-            emitted = first
-            if len(emitted) == len(wanted):
-                return
-            wanted = wanted.filter(pc.invert(pc.is_in(wanted, value_set=emitted)))
-        yield from self._bronze_rows(wanted)
+        one row per pair, in batches of at most ``batch_size`` rows."""
+        if todo.num_rows:
+            yield from self._bronze_rows(_key(todo))
 
     def _bronze_rows(self, wanted: pa.Array) -> Iterator[pa.RecordBatch]:
         """The bronze rows of the ``<image_id>/<content_sha256>`` keys in ``wanted``, read from the
@@ -551,11 +594,18 @@ class Pipeline:
                     self._delete(rules.VIEWS[view], pa.concat_tables(arrays).column(0))
                     arrays.clear()
 
-        with _progress(todo.num_rows, "silver+gold", self.progress) as bar:
-            for batch in self._bronze_contents(todo):
-                out = transforms.analyze_batch(
+        ahead, todo_here = self._analysed_ahead(todo)
+
+        def analyses() -> Iterator[transforms.AnalyzedBatches]:
+            for analysis, keys in ahead:
+                yield _only(analysis.result(), keys)
+            for batch in self._bronze_contents(todo_here):
+                yield transforms.analyze_batch(
                     batch, model=self.model, threads=self.threads, threshold=self.threshold
                 )
+
+        with _progress(todo.num_rows, "silver+gold", self.progress) as bar:
+            for out in analyses():
                 parts = out._asdict()
                 for view, part in rules.ANALYZE_UPSERTS.items():
                     upserts[view].append(pa.table(parts[part]))
@@ -566,9 +616,9 @@ class Pipeline:
                     deletes[view].append(ids.filter(pc.is_in(ids.column(0), present[view])))
                 if max(sum(t.num_rows for t in v) for v in upserts.values()) >= self.commit_rows:
                     commit()
-                bar.update(batch.num_rows)
+                bar.update(sum(len(p) for p in (out.metadata, out.quarantine)))
             commit()
-        self._fresh, self._fresh_bytes = [], 0
+        self._stop_ahead()
 
     # ---------------------------------------------------------------- performance
     def performance(self) -> None:
@@ -674,10 +724,13 @@ def run_pipeline(
             raise FileNotFoundError(f"source is not a directory: {source}")
     pipeline = Pipeline(lakehouse, env, model, batch_size, threads, progress, site, commit_rows)
     with LakehouseLock(pipeline.lh.root, pipeline.lh.env):
-        pipeline.lh.create_all()
-        pipeline.lh.record_sources(sources)
-        pipeline.timed("listing", pipeline.list_sources, sources, sample_per_label)
-        pipeline.timed("bronze", pipeline.bronze)
-        pipeline.timed("silver+gold", pipeline.silver_gold)
-        pipeline.timed("performance", pipeline.performance)
-        return pipeline.finish()
+        try:
+            pipeline.lh.create_all()
+            pipeline.lh.record_sources(sources)
+            pipeline.timed("listing", pipeline.list_sources, sources, sample_per_label)
+            pipeline.timed("bronze", pipeline.bronze)
+            pipeline.timed("silver+gold", pipeline.silver_gold)
+            pipeline.timed("performance", pipeline.performance)
+            return pipeline.finish()
+        finally:
+            pipeline._stop_ahead()
