@@ -55,6 +55,6 @@ result = jobs.predict_gold(
     catalog=names,
     model=model,
     site=dbutils.widgets.get("site") or None,
-    deid_key=jobs.deid_key(dbutils),
+    dbutils=dbutils,  # reads the DICOM de-identification key (secret cxrlake/deid-key)
 )
 print(result)

@@ -45,5 +45,5 @@ model = jobs.validate_model(dbutils.widgets.get("model"))
 
 # DICOM metadata is de-identified with the key in the secret cxrlake/deid-key (or the cluster's
 # CXRLAKE_DEID_KEY); runs without DICOM files need none.
-result = jobs.transform_silver(spark, catalog=names, model=model, deid_key=jobs.deid_key(dbutils))
+result = jobs.transform_silver(spark, catalog=names, model=model, dbutils=dbutils)
 print(result)

@@ -255,7 +255,7 @@ def test_spark_tables_of_an_earlier_version_get_the_dicom_columns():
 
 def test_the_spark_jobs_read_the_key_from_the_environment_or_the_secret_scope():
     from cxrlake.exceptions import InvalidArgumentError
-    from cxrlake.spark.jobs import deid_key
+    from cxrlake.spark.jobs import read_deid_key as deid_key
 
     class Secrets:
         def __init__(self, values):

@@ -281,7 +281,7 @@ def decide_analysis(
     decoded and scored once (`transforms.to_analyzed`, persisted); returns the rows to MERGE into
     silver, features, predictions and quarantine and the image ids each table loses.
     ``threshold``: a site's `cxrlake.calibration.SiteThreshold` deciding the labels.
-    ``deid_key``: the DICOM de-identification key (`deid_key`); None = the executors'
+    ``deid_key``: the DICOM de-identification key (`read_deid_key`); None = the executors'
     ``CXRLAKE_DEID_KEY``, required only when DICOM rows are analysed."""
     from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS
     from cxrlake.spark.transforms import to_analyzed
@@ -434,7 +434,7 @@ def ingest_bronze(
     }
 
 
-def deid_key(
+def read_deid_key(
     dbutils: Any = None,
     scope: str = "cxrlake",
     name: str = "deid-key",
@@ -465,15 +465,22 @@ def deid_key(
 
 
 def transform_silver(
-    spark: Any, catalog: str | Deployment, model: str | None = None, deid_key: bytes | None = None
+    spark: Any,
+    catalog: str | Deployment,
+    model: str | None = None,
+    deid_key: bytes | None = None,
+    dbutils: Any = None,
 ) -> dict[str, Any]:
     """Silver and gold in one pass: every image of bronze not in its end state (new image, new
     bytes, new model version, or left half-written by a stopped run) is decoded and scored once
     with the Rust core; silver, features, predictions and quarantine are MERGEd on their keys,
     and an image that now fails leaves silver and gold. DICOM metadata is de-identified with
-    ``deid_key`` (see `deid_key`). Returns Delta's row counts."""
+    ``deid_key``, else the key `read_deid_key` finds (environment, or the secret through the
+    notebook's ``dbutils``). Returns Delta's row counts."""
     from cxrlake.spark.udfs import configure_session, model_for
 
+    if deid_key is None:
+        deid_key = read_deid_key(dbutils)
     configure_session(spark)
     loaded = model_for(model)
     changes = decide_analysis(
@@ -488,16 +495,20 @@ def predict_gold(
     model: str | None = None,
     site: str | None = None,
     deid_key: bytes | None = None,
+    dbutils: Any = None,
 ) -> dict[str, Any]:
     """Gold for ``model``: finish the analysis pass for this model version (images silver holds
     without its prediction are scored once, embedding and probability together), then append the
     ``gold.model_performance`` rows of this model whose prediction set changed (insert-only on the
     deterministic evaluation_id, so an unchanged run writes nothing). ``site``: labels are decided
     by that site's latest threshold for this model version in ``gold.site_thresholds`` (the
-    model's own when none is stored); every prediction records which one decided."""
+    model's own when none is stored); every prediction records which one decided. DICOM rows
+    this pass analyses are de-identified as in `transform_silver` (``deid_key`` / ``dbutils``)."""
     from cxrlake.calibration import spark_site_threshold
     from cxrlake.spark.udfs import configure_session, model_for
 
+    if deid_key is None:
+        deid_key = read_deid_key(dbutils)
     configure_session(spark)
     loaded = model_for(model)
     threshold = None

@@ -236,7 +236,7 @@ def to_analyzed(
     The combined result is persisted (it holds no image bytes) and split into the four tables,
     each in its exact schema, so no later action runs the images through the network again. Call
     ``spark.catalog.clearCache()`` once the frames are written. ``deid_key``: the
-    de-identification key for DICOM metadata (`cxrlake.spark.jobs.deid_key` reads it on the
+    de-identification key for DICOM metadata (`cxrlake.spark.jobs.read_deid_key` reads it on the
     driver); None = each executor's ``CXRLAKE_DEID_KEY``, needed only when DICOM rows come.
     """
     fn = analyzed_rows(_model_path(model), _now(processed_at), threads, threshold, deid_key)
