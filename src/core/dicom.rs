@@ -139,6 +139,7 @@ pub fn decode_dicom(
         // Columns: check that header too.
         if let Some((width, height)) = fragments.first().and_then(|f| codestream_size(f)) {
             limits.check_dimensions(width as u64, height as u64)?;
+            check_codestream_work(&object, fragments, width, height)?;
         }
     }
 
@@ -291,6 +292,18 @@ pub fn codestream_size(fragment: &[u8]) -> Option<(u32, u32)> {
     if fragment.starts_with(&[0xFF, 0xD8]) {
         return jpeg_frame_header(fragment).map(|h| (h.width, h.height));
     }
+    j2k_size(fragment).map(|siz| (siz.width, siz.height))
+}
+
+/// What a JPEG 2000 image size marker (SIZ) announces.
+struct J2kSize {
+    width: u32,
+    height: u32,
+    tiles: u64,
+    components: u16,
+}
+
+fn j2k_size(fragment: &[u8]) -> Option<J2kSize> {
     // A raw J2K codestream starts with SOC + SIZ; a JP2 file wraps it in a `jp2c` box.
     let start = if fragment.starts_with(&[0xFF, 0x4F, 0xFF, 0x51]) {
         0
@@ -300,11 +313,91 @@ pub fn codestream_size(fragment: &[u8]) -> Option<(u32, u32)> {
             .windows(4)
             .position(|w| w == [0xFF, 0x4F, 0xFF, 0x51])?
     };
-    let siz = fragment.get(start + 4..start + 24)?;
+    let siz = fragment.get(start + 4..start + 42)?;
     let be32 = |i: usize| u32::from_be_bytes([siz[i], siz[i + 1], siz[i + 2], siz[i + 3]]);
-    // Lsiz(2) Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4)
+    // Lsiz(2) Rsiz(2) Xsiz(4) Ysiz(4) XOsiz(4) YOsiz(4) XTsiz(4) YTsiz(4) XTOsiz(4) YTOsiz(4)
+    // Csiz(2)
     let (xsiz, ysiz, xosiz, yosiz) = (be32(4), be32(8), be32(12), be32(16));
-    Some((xsiz.saturating_sub(xosiz), ysiz.saturating_sub(yosiz)))
+    let (xtsiz, ytsiz, xtosiz, ytosiz) = (be32(20), be32(24), be32(28), be32(32));
+    let across = |size: u32, tile_origin: u32, tile: u32| -> u64 {
+        if tile == 0 {
+            return u64::MAX;
+        }
+        (size.saturating_sub(tile_origin) as u64).div_ceil(tile as u64)
+    };
+    Some(J2kSize {
+        width: xsiz.saturating_sub(xosiz),
+        height: ysiz.saturating_sub(yosiz),
+        tiles: across(xsiz, xtosiz, xtsiz).saturating_mul(across(ysiz, ytosiz, ytsiz)),
+        components: u16::from_be_bytes([siz[36], siz[37]]),
+    })
+}
+
+/// Progressive JPEG scans and JPEG 2000 tiles cost work and memory beyond the pixel count: each
+/// progressive scan is one more pass over the image (jpeg-decoder has no scan limit of its own),
+/// and OpenJPEG keeps about 9 KB of state per tile (56,595 tiles of 8x8 pixels took 530 MB for a
+/// 3.6-megapixel image) and a buffer per component. Refused before decoding:
+///
+/// - a JPEG whose first frame has more scans than `jpeg_scan_limit` (the budget of 8-bit JPEG
+///   files: 2e8 pixel-scans, at least 16 scans);
+/// - a JPEG 2000 codestream with more than 3 components, or more tiles than one per 4,096 pixels
+///   (64 x 64) when it has more than 16.
+fn check_codestream_work(
+    object: &DefaultDicomObject,
+    fragments: &[Vec<u8>],
+    width: u32,
+    height: u32,
+) -> RowResult<()> {
+    let first = &fragments[0];
+    if first.starts_with(&[0xFF, 0xD8]) {
+        let scan_limit = crate::core::decode::jpeg_scan_limit(width as u64, height as u64);
+        let scans = first_frame_scans(object, fragments);
+        if scans > scan_limit as usize {
+            return Err(RowError::new(format!(
+                "JPEG has more than {scan_limit} progressive scans, the work limit for a \
+                 {width}x{height} image (2e8 pixel-scans, at least 16 scans)"
+            )));
+        }
+    } else if let Some(siz) = j2k_size(first) {
+        if siz.components > 3 {
+            return Err(RowError::new(format!(
+                "unsupported DICOM image: JPEG 2000 codestream with {} components (at most 3)",
+                siz.components
+            )));
+        }
+        let pixels = width as u64 * height as u64;
+        if siz.tiles > 16 && siz.tiles > pixels / 4096 {
+            return Err(RowError::new(format!(
+                "JPEG 2000 codestream has {} tiles for a {width}x{height} image, the limit is one \
+                 per 4096 pixels (or 16)",
+                siz.tiles
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Start-of-scan markers in the first frame's JPEG codestream (entropy-coded data stuffs every
+/// 0xFF byte with 0x00, so `FF DA` only occurs as a marker).
+fn first_frame_scans(object: &DefaultDicomObject, fragments: &[Vec<u8>]) -> usize {
+    let frames = object
+        .get(tags::NUMBER_OF_FRAMES)
+        .and_then(|e| e.to_int::<u32>().ok())
+        .unwrap_or(1);
+    let mut scans = 0;
+    let mut previous = 0u8;
+    for fragment in fragments {
+        for &byte in fragment {
+            if previous == 0xFF && byte == 0xDA {
+                scans += 1;
+            }
+            if frames > 1 && previous == 0xFF && byte == 0xD9 {
+                return scans;
+            }
+            previous = byte;
+        }
+    }
+    scans
 }
 
 /// Checks an RLE Lossless frame (PS3.5 G.3, G.5) before dicom-rs decodes it: its header must list
@@ -1257,7 +1350,14 @@ mod tests {
         j2k.extend(800u32.to_be_bytes());
         j2k.extend(0u32.to_be_bytes());
         j2k.extend(0u32.to_be_bytes());
+        // 256 x 256 tiles from the origin, one component.
+        j2k.extend(256u32.to_be_bytes());
+        j2k.extend(256u32.to_be_bytes());
+        j2k.extend([0u8; 8]);
+        j2k.extend(1u16.to_be_bytes());
         assert_eq!(codestream_size(&j2k), Some((1000, 800)));
+        let siz = j2k_size(&j2k).unwrap();
+        assert_eq!((siz.tiles, siz.components), (4 * 4, 1));
     }
 
     #[test]

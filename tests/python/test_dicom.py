@@ -221,6 +221,50 @@ def test_an_unusable_modality_lut_is_a_row_error(tmp_path: Path):
     ]
 
 
+def _with_fragment(path: Path, tmp_path: Path, change) -> bytes:
+    """Single-frame ``path`` with its codestream replaced by ``change(codestream)``."""
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(path)
+    codestream = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([change(codestream)])
+    out = tmp_path / "fragment.dcm"
+    ds.save_as(out)
+    return out.read_bytes()
+
+
+def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path: Path):
+    # The 8-bit JPEG codec (jpeg-decoder) has no scan limit of its own: 600 start-of-scan
+    # segments exceed the JPEG budget (500 scans at most, whatever the size), counted before
+    # decoding.
+    def many_scans(fragment: bytes) -> bytes:
+        end = fragment.rindex(b"\xff\xd9")
+        return fragment[:end] + b"\xff\xda\x00\x02" * 600 + fragment[end:]
+
+    data = _with_fragment(find("SC_rgb_jpeg_dcmtk.dcm"), tmp_path, many_scans)
+    batch = cxrlake.decode([data], threads=1)
+    assert batch.column("error").to_pylist() == [
+        "JPEG has more than 500 progressive scans, the work limit for a 100x100 image "
+        "(2e8 pixel-scans, at least 16 scans)"
+    ]
+
+
+def test_a_jpeg2000_tile_bomb_is_refused_before_decoding(tmp_path: Path):
+    # 1x1-pixel tiles: OpenJPEG keeps ~9 KB per tile (a 3.6-megapixel film in 8x8 tiles took
+    # 530 MB more than in one tile); more than one tile per 4096 pixels is refused.
+    def tiny_tiles(fragment: bytes) -> bytes:
+        at = fragment.index(b"\xff\x4f\xff\x51") + 4 + 20  # SIZ: XTsiz, YTsiz, XTOsiz, YTOsiz
+        tiles = (1).to_bytes(4, "big") * 2 + bytes(8)
+        return fragment[:at] + tiles + fragment[at + 16 :]
+
+    data = _with_fragment(find("MR_small_jp2klossless.dcm"), tmp_path, tiny_tiles)
+    batch = cxrlake.decode([data], threads=1)
+    assert batch.column("error").to_pylist() == [
+        "JPEG 2000 codestream has 4096 tiles for a 64x64 image, the limit is one per 4096 "
+        "pixels (or 16)"
+    ]
+
+
 def test_native_ybr_full_uses_the_luma_channel():
     path = find("SC_ybr_full_uncompressed.dcm")
     assert diff(decode_one(str(path)), reference_gray(path)).max() <= 2
