@@ -6,16 +6,21 @@
 //!
 //! - a structural pre-scan ([`check_structure`]) that refuses any element whose declared length
 //!   exceeds the bytes that follow it (dicom-rs allocates and zeroes a value's declared length
-//!   before reading it, so a 200-byte file could otherwise cost 4 GiB), inflating deflated data
-//!   sets under a cap first;
+//!   before reading it, so a 200-byte file could otherwise cost 4 GiB), reading the file with
+//!   dicom-rs's own header rules and token reader, inflating deflated data sets under a cap first;
 //! - the pixel limit checked from Rows x Columns, and from the embedded JPEG / JPEG 2000 header,
-//!   before any pixel buffer is allocated;
+//!   before any pixel buffer is allocated, and the codestream's work bounded (JPEG scans,
+//!   JPEG 2000 tiles and components: `check_codestream`);
+//! - 12-bit lossy JPEG (JPEG Extended) through libjpeg-turbo's 12-bit API, which dicom-rs's JPEG
+//!   codec (jpeg-decoder, 8-bit lossy only) refuses;
 //! - one explicit 8-bit mapping, reproducible in numpy, so tests compare against pydicom exactly.
 //!
 //! The mapping of a stored value `s` (masked to Bits Stored, sign-extended when Pixel
 //! Representation is 1) to an output byte:
 //!
-//! 1. modality LUT: `m = s * RescaleSlope + RescaleIntercept` (1 and 0 when absent);
+//! 1. modality: the first item of the Modality LUT Sequence when present (PS3.3 C.11.1: entry
+//!    `clamp(s - first mapped, 0, entries - 1)`, as pydicom's `apply_modality_lut`), otherwise
+//!    `m = s * RescaleSlope + RescaleIntercept` (1 and 0 when absent);
 //! 2. VOI: the first item of the VOI LUT Sequence when present (entries indexed by
 //!    `m - first mapped`, clamped, then scaled from the LUT's own minimum..maximum to 0..255);
 //!    otherwise the first Window Center / Width with its VOI LUT Function (LINEAR, LINEAR_EXACT,
@@ -139,7 +144,7 @@ pub fn decode_dicom(
         // Columns: check that header too.
         if let Some((width, height)) = fragments.first().and_then(|f| codestream_size(f)) {
             limits.check_dimensions(width as u64, height as u64)?;
-            check_codestream_work(&object, fragments, width, height)?;
+            check_codestream(&object, fragments, (cols, rows, samples, bits_allocated))?;
         }
     }
 
@@ -243,11 +248,13 @@ fn int_attribute(object: &DefaultDicomObject, tag: Tag, name: &str) -> RowResult
         .map_err(|_| RowError::new(format!("corrupt DICOM: {name} is not a number")))
 }
 
-/// The frame header (SOFn) of a JPEG codestream: sample precision in bits, width, height.
+/// The frame header (SOFn) of a JPEG codestream: sample precision in bits, width, height,
+/// number of components.
 struct JpegFrameHeader {
     precision: u8,
     width: u32,
     height: u32,
+    components: u8,
 }
 
 /// Finds the frame header of a JPEG codestream by walking its marker segments.
@@ -272,11 +279,12 @@ fn jpeg_frame_header(stream: &[u8]) -> Option<JpegFrameHeader> {
         let length = u16::from_be_bytes([stream[pos + 2], stream[pos + 3]]) as usize;
         let is_sof = (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker);
         if is_sof {
-            let header = stream.get(pos + 4..pos + 9)?;
+            let header = stream.get(pos + 4..pos + 10)?;
             return Some(JpegFrameHeader {
                 precision: header[0],
                 height: u16::from_be_bytes([header[1], header[2]]) as u32,
                 width: u16::from_be_bytes([header[3], header[4]]) as u32,
+                components: header[5],
             });
         }
         if marker == 0xDA || length < 2 {
@@ -333,23 +341,43 @@ fn j2k_size(fragment: &[u8]) -> Option<J2kSize> {
     })
 }
 
-/// Progressive JPEG scans and JPEG 2000 tiles cost work and memory beyond the pixel count: each
-/// progressive scan is one more pass over the image (jpeg-decoder has no scan limit of its own),
-/// and OpenJPEG keeps about 9 KB of state per tile (56,595 tiles of 8x8 pixels took 530 MB for a
-/// 3.6-megapixel image) and a buffer per component. Refused before decoding:
+/// Checks an embedded JPEG or JPEG 2000 codestream against the data set and the work limits
+/// before a codec runs. `frame` is Columns, Rows, SamplesPerPixel, BitsAllocated.
 ///
-/// - a JPEG whose first frame has more scans than `jpeg_scan_limit` (the budget of 8-bit JPEG
-///   files: 2e8 pixel-scans, at least 16 scans);
-/// - a JPEG 2000 codestream with more than 3 components, or more tiles than one per 4,096 pixels
-///   (64 x 64) when it has more than 16.
-fn check_codestream_work(
+/// - Geometry: dicom-rs sizes the frame buffer from the data set's attributes and copies the
+///   codec's output into it unchecked, so a codestream larger than Columns x Rows x
+///   SamplesPerPixel made it panic (found by the decode_dicom fuzz target). Refused by name.
+/// - Work and memory beyond the pixel count: each progressive JPEG scan is one more pass over the
+///   image (jpeg-decoder has no scan limit of its own), and OpenJPEG keeps about 9 KB of state
+///   per tile (56,595 tiles of 8x8 pixels took 530 MB for a 3.6-megapixel image) and a buffer per
+///   component. Refused: a JPEG whose first frame has more scans than `jpeg_scan_limit` (the
+///   budget of 8-bit JPEG files: 2e8 pixel-scans, at least 16 scans); a JPEG 2000 codestream with
+///   more than 3 components, or more tiles than one per 4,096 pixels (64 x 64) when it has more
+///   than 16.
+fn check_codestream(
     object: &DefaultDicomObject,
     fragments: &[Vec<u8>],
-    width: u32,
-    height: u32,
+    frame: (u32, u32, u32, u32),
 ) -> RowResult<()> {
+    let (cols, rows, samples, bits_allocated) = frame;
+    let frame_samples = cols as u64 * rows as u64 * samples as u64;
+    let too_large = |what: String| {
+        RowError::new(format!(
+            "corrupt DICOM: the {what} is larger than Columns x Rows x SamplesPerPixel \
+             ({cols}x{rows}x{samples} of {bits_allocated} bits)"
+        ))
+    };
     let first = &fragments[0];
-    if first.starts_with(&[0xFF, 0xD8]) {
+    if let Some(header) = jpeg_frame_header(first) {
+        let (width, height) = (header.width, header.height);
+        let bytes = if header.precision > 8 { 2 } else { 1 };
+        let decoded = width as u64 * height as u64 * header.components as u64 * bytes;
+        if decoded > frame_samples * (bits_allocated as u64 / 8) {
+            return Err(too_large(format!(
+                "JPEG frame ({width}x{height}, {} components of {} bits)",
+                header.components, header.precision
+            )));
+        }
         let scan_limit = crate::core::decode::jpeg_scan_limit(width as u64, height as u64);
         let scans = first_frame_scans(object, fragments);
         if scans > scan_limit as usize {
@@ -359,9 +387,18 @@ fn check_codestream_work(
             )));
         }
     } else if let Some(siz) = j2k_size(first) {
+        let (width, height) = (siz.width, siz.height);
         if siz.components > 3 {
             return Err(RowError::new(format!(
                 "unsupported DICOM image: JPEG 2000 codestream with {} components (at most 3)",
+                siz.components
+            )));
+        }
+        if siz.components as u32 > samples
+            || width as u64 * height as u64 > cols as u64 * rows as u64
+        {
+            return Err(too_large(format!(
+                "JPEG 2000 image ({width}x{height}, {} components)",
                 siz.components
             )));
         }

@@ -249,6 +249,26 @@ def test_a_jpeg_with_too_many_scans_is_refused_before_decoding(tmp_path: Path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("name", "codestream"),
+    [
+        ("SC_rgb_jpeg_dcmtk.dcm", "JPEG frame (100x100, 3 components of 8 bits)"),
+        ("US1_J2KR.dcm", "JPEG 2000 image (640x480, 3 components)"),
+    ],
+)
+def test_a_codestream_larger_than_rows_and_columns_is_an_error_not_a_panic(
+    name, codestream, tmp_path: Path
+):
+    # dicom-rs sizes the frame from Rows x Columns and copied a larger decoded codestream into it
+    # unchecked (a panic; found by the decode_dicom fuzz target).
+    data = _with(find(name), tmp_path, Rows=50, Columns=50)
+    batch = cxrlake.decode([data], threads=1)
+    assert batch.column("error").to_pylist() == [
+        f"corrupt DICOM: the {codestream} is larger than Columns x Rows x SamplesPerPixel "
+        "(50x50x3 of 8 bits)"
+    ]
+
+
 def test_a_jpeg2000_tile_bomb_is_refused_before_decoding(tmp_path: Path):
     # 1x1-pixel tiles: OpenJPEG keeps ~9 KB per tile (a 3.6-megapixel film in 8x8 tiles took
     # 530 MB more than in one tile); more than one tile per 4096 pixels is refused.
