@@ -23,7 +23,7 @@ if ! [[ $seconds =~ ^[1-9][0-9]*$ ]]; then
 fi
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-  targets=(decode_jpeg decode_png decode_dicom arrow_batch)
+  targets=(decode_jpeg decode_png decode_dicom dicom_metadata arrow_batch)
 fi
 timeout_s=${FUZZ_TIMEOUT:-20}
 rss_mb=${FUZZ_RSS_MB:-2048}
@@ -57,7 +57,11 @@ for target in "${targets[@]}"; do
   echo "fuzz/run.sh: $target for ${seconds}s (timeout ${timeout_s}s/input, rss ${rss_mb} MB)"
   mkdir -p "fuzz/artifacts/$target"
   # One process per target: -rss_limit_mb and -timeout apply to each input; leaks are reported.
-  if nice -n 19 cargo fuzz run -O "$target" "fuzz/corpus/$target" -- \
+  mkdir -p "fuzz/corpus/$target"
+  # dicom_metadata reads the same files as decode_dicom: its corpus seeds this one too.
+  seeds=()
+  [ "$target" = dicom_metadata ] && seeds=(fuzz/corpus/decode_dicom)
+  if nice -n 19 cargo fuzz run -O "$target" "fuzz/corpus/$target" ${seeds[@]+"${seeds[@]}"} -- \
       -max_total_time="$seconds" -timeout="$timeout_s" -rss_limit_mb="$rss_mb" \
       -max_len=65536 -detect_leaks=1 -print_final_stats=1 \
       >"$log" 2>&1; then
