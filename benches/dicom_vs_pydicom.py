@@ -11,11 +11,17 @@ Each side runs ``--rounds`` times, interleaved; the best round counts (the machi
 
     python benches/dicom_vs_pydicom.py --threads 2 --rounds 3 --repeat 4
 
-Measured (2026-11-30, this 2-core machine shared with training, load average 11-13; one run,
-``--threads 2 --rounds 3 --repeat 2``, 16 files, 38.9 MB, 160x160 input): cxrlake 54.8 files/s,
-pydicom 2.71 files/s, ratio 20.2x. Most of the gap is JPEG 2000: cxrlake decodes the codestream at
-the lowest resolution level that keeps twice the model input (like the JPEG DCT scaling), pydicom
-decodes full resolution.
+Measured on this 2-core machine, one run each (160x160 input):
+
+- 2026-11-30, load average 11-13 (shared with training), ``--threads 2 --rounds 3 --repeat 2``,
+  16 files, 38.9 MB: cxrlake 54.8 files/s, pydicom 2.71 files/s, ratio 20.2x;
+- 2026-11-30, after the structure pre-scan started reading each file with dicom-rs's token reader
+  (a second pass over the header and values), load average 3.0-3.2, ``--threads 2 --rounds 3
+  --repeat 4``, 32 files, 77.8 MB: cxrlake 66.0 files/s, pydicom 7.79 files/s, ratio 8.5x.
+
+pydicom's process pool suffers most from a loaded machine, so the ratio moves with the load.
+Most of the gap is JPEG 2000: cxrlake decodes the codestream at the lowest resolution level that
+keeps twice the model input (like the JPEG DCT scaling), pydicom decodes full resolution.
 
 Files: the chest and radiography films of pydicom-data (RG1, RG3 as uncompressed and JPEG 2000
 lossless/lossy copies) and pydicom's small CT/MR files, each ``--repeat`` times.
