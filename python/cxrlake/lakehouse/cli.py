@@ -79,8 +79,8 @@ def register(subparsers: Any) -> None:
     run.add_argument(
         "--commit-rows",
         type=_positive_int,
-        default=4096,
-        help="rows a stage holds for a table before committing them (default: 4096)",
+        default=None,
+        help="rows a stage holds for a table before committing them (default: 1024)",
     )
     run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: every CPU)")
     run.add_argument("--no-progress", action="store_true", help="hide progress output")
@@ -193,7 +193,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
         sample_per_label=args.sample_per_label,
         model=args.model,
         batch_size=args.batch_size,
-        commit_rows=args.commit_rows,
+        **({} if args.commit_rows is None else {"commit_rows": args.commit_rows}),
         threads=args.threads,
         progress=False if args.no_progress else None,
         site=args.site,

@@ -51,15 +51,18 @@ from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, QUARANTINE
 DEFAULT_BATCH_SIZE = 64
 """Images per Arrow batch handed to the Rust core."""
 
-COMMIT_ROWS = 4096
+COMMIT_ROWS = 1024
 """Rows a stage holds for one table before it commits them (it commits the rest when it ends):
 a Delta commit costs a fixed few milliseconds plus a log entry, whatever its size."""
 
-COMMIT_BYTES = 128 << 20
+COMMIT_BYTES = 32 << 20
 """Image bytes bronze holds before it commits them (bounds the memory of a large run)."""
 
-AHEAD_BYTES = 256 << 20
-"""Image bytes of this run's new bronze rows analysed ahead, while bronze goes on.
+AHEAD_BYTES = 96 << 20
+AHEAD_ROWS = 512
+"""At most this many image bytes (`AHEAD_BYTES`) and rows of this run's new bronze rows are
+analysed ahead, while bronze goes on (the bytes wait in memory for the worker, the results for
+silver+gold: both bounded whatever the size of the run).
 
 Each batch of new bronze rows is analysed on a worker thread as soon as it is read (the core
 releases the GIL), so decoding and inference overlap bronze's reading, hashing and writing, and
@@ -458,12 +461,14 @@ class Pipeline:
             self._insert(BRONZE, pa.concat_tables(pending))
 
     def _analyse_ahead(self, rows: pa.Table) -> None:
-        """Start analysing new bronze rows on the worker thread, within `AHEAD_BYTES`."""
+        """Start analysing new bronze rows on the worker thread, within `AHEAD_BYTES` and
+        `AHEAD_ROWS`."""
         if not rows.num_rows:
             return
         fresh = rows.select(list(transforms.BRONZE_ANALYZE_COLUMNS))
         size = fresh.column("content").nbytes
-        if self._ahead_bytes + size > AHEAD_BYTES:
+        rows_ahead = sum(len(keys) for keys, _ in self._ahead) + fresh.num_rows
+        if self._ahead_bytes + size > AHEAD_BYTES or rows_ahead > AHEAD_ROWS:
             return
         self._ahead_bytes += size
         if self._worker is None:
@@ -498,6 +503,7 @@ class Pipeline:
                 continue
             plans.append((analysis, mine))
             covered = pa.concat_arrays([covered, mine])
+        self._ahead = []  # the plans hold what is used; results are released as applied
         return plans, todo.filter(pc.invert(pc.is_in(wanted, value_set=covered)))
 
     def _hold_at_listing(self) -> None:
@@ -597,7 +603,8 @@ class Pipeline:
         ahead, todo_here = self._analysed_ahead(todo)
 
         def analyses() -> Iterator[transforms.AnalyzedBatches]:
-            for analysis, keys in ahead:
+            while ahead:
+                analysis, keys = ahead.pop(0)
                 yield _only(analysis.result(), keys)
             for batch in self._bronze_contents(todo_here):
                 yield transforms.analyze_batch(
