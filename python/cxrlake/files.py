@@ -90,7 +90,9 @@ def select_images(inputs: Iterable[str | os.PathLike]) -> FileSelection:
     """Expand files and folders into image paths.
 
     Folders are walked recursively in sorted order (symlinked folders are not entered, hidden
-    folders are skipped); their files go through `is_image_name`. Files named explicitly are
+    folders are skipped); their files go through `is_image_name`, and a file without an extension
+    is taken when its content is DICOM (`sniff_dicom`), as the pipeline's listing does. Files
+    named explicitly are
     kept whatever their name; named paths that do not exist are listed in ``missing`` (and kept
     in ``images``, so the caller can report them row by row in input order).
     """
@@ -102,7 +104,7 @@ def select_images(inputs: Iterable[str | os.PathLike]) -> FileSelection:
                 dirs[:] = sorted(d for d in dirs if not d.startswith("."))
                 for name in sorted(names):
                     full = os.path.join(folder, name)
-                    if is_image_name(name):
+                    if is_image_name(name) or (has_no_extension(name) and sniff_dicom(full)):
                         selection.images.append(full)
                     else:
                         selection.skipped.append(full)

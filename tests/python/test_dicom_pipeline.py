@@ -218,6 +218,30 @@ def test_listing_takes_extension_less_dicom_only(tmp_path):
     }
 
 
+def test_predict_folder_walk_takes_extension_less_dicom_like_the_listing(tmp_path):
+    """`cxrlake predict DIR` (`files.select_images`) takes what the pipeline's listing takes: an
+    extension-less file whose content is DICOM; other extension-less files stay skipped."""
+    from cxrlake.files import select_images
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (folder / "IM000001").write_bytes(find("CT_small.dcm").read_bytes())
+    (folder / "README").write_text("not DICOM\n" * 20)
+    os.mkfifo(folder / "pipe")
+    selection = select_images([folder])
+    assert [os.path.basename(p) for p in selection.images] == ["IM000001"]
+    assert sorted(os.path.basename(p) for p in selection.skipped) == ["README", "pipe"]
+    r = subprocess.run(
+        [sys.executable, "-m", "cxrlake.cli", "predict", str(folder), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 1 and rows[0]["error"] is None and rows[0]["probability"] is not None
+
+
 def test_a_lakehouse_of_an_earlier_version_gets_the_dicom_columns(tmp_path, monkeypatch):
     from cxrlake.lakehouse.pipeline import run_pipeline
 
