@@ -19,7 +19,6 @@ Tolerances (stated once, used below):
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import shutil
 import warnings
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dicom_support import dicom_json, find, identifying_strings
 from PIL import Image
 
 import cxrlake
@@ -37,10 +37,6 @@ with warnings.catch_warnings():
     from pydicom.multival import MultiValue
     from pydicom.pixels import apply_modality_lut
 
-PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
-_DATA_STORE = importlib.util.find_spec("data_store")
-assert _DATA_STORE is not None, "pydicom-data is not installed (requirements-dicom-test.txt)"
-DATA_STORE = Path(next(iter(_DATA_STORE.submodule_search_locations))) / "data"
 
 LOSSLESS = [
     "CT_small.dcm",  # explicit VR LE, signed 16-bit, rescale, no window: full range
@@ -91,13 +87,6 @@ REFUSED = [
         "corrupt DICOM: implicit VR data set under an explicit VR transfer syntax",
     ),
 ]
-
-
-def find(name: str) -> Path:
-    for folder in (PYDICOM_FILES, DATA_STORE):
-        if (folder / name).is_file():
-            return folder / name
-    raise FileNotFoundError(name)
 
 
 def _first(value) -> float:
@@ -376,36 +365,6 @@ def test_an_element_longer_than_the_file_is_refused_without_allocating_it():
 
 DEID_FILES = ["CT_small.dcm", "MR_small.dcm", "RG1_UNCR.dcm", "rtplan.dcm", "test-SR.dcm"]
 TEST_KEY = b"a test key, not a real secret!!"
-
-
-def dicom_json(path: Path) -> dict:
-    """The DICOM JSON model of a file without its pixel data (what bronze keeps)."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    meta = ds.file_meta.to_json_dict()
-    return {**meta, **ds.to_json_dict(bulk_data_threshold=1 << 20)}
-
-
-def identifying_strings(obj, vr: str | None = None) -> set[str]:
-    """Names, IDs, dates and non-standard UIDs anywhere in a DICOM JSON object."""
-    found: set[str] = set()
-    if isinstance(obj, dict) and "vr" in obj:
-        for value in obj.get("Value") or []:
-            if obj["vr"] == "SQ":
-                found |= identifying_strings(value)
-            elif obj["vr"] == "PN" and isinstance(value, dict):
-                found |= {v for v in value.values() if len(v.strip()) >= 3}
-            elif obj["vr"] in ("DA", "DT") and len(str(value)) >= 8:
-                found.add(str(value)[:8])
-            elif obj["vr"] == "UI" and not str(value).startswith("1.2.840.10008."):
-                found.add(str(value))
-        return found
-    if isinstance(obj, dict):
-        for tag, element in obj.items():
-            strings = identifying_strings(element)
-            if tag in ("00100020", "00080050", "00200010") and element.get("Value"):
-                strings |= {str(v) for v in element["Value"] if len(str(v)) >= 3}
-            found |= strings
-    return found
 
 
 @pytest.mark.parametrize("name", DEID_FILES)
