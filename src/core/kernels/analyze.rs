@@ -3,12 +3,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, ListBuilder, StringBuilder};
+use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 
 use super::columns::{
-    append_embedding, embedding_field, heatmap_field, HeatmapBuilder, PredictionBuilder,
+    embedding_field, heatmap_field, HeatmapBuilder, PredictionBuilder, StatsBuilder,
 };
 use super::options::KernelOptions;
 use super::pass::{run_pass, PassRequest};
@@ -55,50 +55,28 @@ pub fn analyze_batch(
     };
     let rows = run_pass(images, model, options, request)?;
     let n = rows.len();
-    let mut width = Int32Builder::with_capacity(n);
-    let mut height = Int32Builder::with_capacity(n);
-    let mut mean = Float64Builder::with_capacity(n);
-    let mut std = Float64Builder::with_capacity(n);
-    let mut quality = Float64Builder::with_capacity(n);
-    let mut embedding = ListBuilder::new(Float64Builder::new());
+    let mut stats = StatsBuilder::with_capacity(n);
     let mut prediction = PredictionBuilder::new(model.info(), n);
     let mut heatmaps = HeatmapBuilder::with_capacity(n);
     let mut error = StringBuilder::new();
     for row in &rows {
         match row {
             Ok(r) => {
-                let q = r.quality.expect("statistics were requested");
-                width.append_value(r.width as i32);
-                height.append_value(r.height as i32);
-                mean.append_value(q.mean);
-                std.append_value(q.std);
-                quality.append_value(q.score);
-                append_embedding(&mut embedding, r.embedding.as_deref());
+                let q = r.quality.as_ref().expect("statistics were requested");
+                stats.append(r.width, r.height, q, r.embedding.as_deref());
                 prediction.append(Some(r.probability));
                 heatmaps.append(r.heatmap.as_ref());
                 error.append_null();
             }
             Err(e) => {
-                width.append_null();
-                height.append_null();
-                mean.append_null();
-                std.append_null();
-                quality.append_null();
-                embedding.append(false);
+                stats.append_null();
                 prediction.append(None);
                 heatmaps.append(None);
                 error.append_value(&e.0);
             }
         }
     }
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(width.finish()),
-        Arc::new(height.finish()),
-        Arc::new(mean.finish()),
-        Arc::new(std.finish()),
-        Arc::new(quality.finish()),
-        Arc::new(embedding.finish()),
-    ];
+    let mut columns: Vec<ArrayRef> = stats.finish().into();
     columns.extend(prediction.finish());
     columns.push(heatmaps.finish());
     columns.push(Arc::new(error.finish()));

@@ -9,6 +9,7 @@ use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 
 use crate::core::model::ModelInfo;
+use crate::core::quality::ImageQuality;
 
 /// Fields of the heatmap struct: `rows int32, cols int32, values list<float32>` (row-major).
 pub fn heatmap_fields() -> Fields {
@@ -109,6 +110,68 @@ pub(crate) fn append_embedding(builder: &mut ListBuilder<Float64Builder>, values
             builder.append(true);
         }
         None => builder.append(false),
+    }
+}
+
+/// The image statistics columns `features` and `analyze` share: `width`, `height` (full
+/// resolution), `mean_pixel_value`, `std_pixel_value`, `quality_score` and `embedding`.
+pub(crate) struct StatsBuilder {
+    width: Int32Builder,
+    height: Int32Builder,
+    mean: Float64Builder,
+    std: Float64Builder,
+    quality: Float64Builder,
+    embedding: ListBuilder<Float64Builder>,
+}
+
+impl StatsBuilder {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        Self {
+            width: Int32Builder::with_capacity(n),
+            height: Int32Builder::with_capacity(n),
+            mean: Float64Builder::with_capacity(n),
+            std: Float64Builder::with_capacity(n),
+            quality: Float64Builder::with_capacity(n),
+            embedding: ListBuilder::new(Float64Builder::new()),
+        }
+    }
+
+    /// One image's statistics (and embedding, NULL when None).
+    pub(crate) fn append(
+        &mut self,
+        width: u32,
+        height: u32,
+        q: &ImageQuality,
+        embedding: Option<&[f64]>,
+    ) {
+        self.width.append_value(width as i32);
+        self.height.append_value(height as i32);
+        self.mean.append_value(q.mean);
+        self.std.append_value(q.std);
+        self.quality.append_value(q.score);
+        append_embedding(&mut self.embedding, embedding);
+    }
+
+    /// A row that failed: NULL in every column.
+    pub(crate) fn append_null(&mut self) {
+        self.width.append_null();
+        self.height.append_null();
+        self.mean.append_null();
+        self.std.append_null();
+        self.quality.append_null();
+        self.embedding.append(false);
+    }
+
+    /// `[width, height, mean_pixel_value, std_pixel_value, quality_score, embedding]`.
+    pub(crate) fn finish(mut self) -> [ArrayRef; 6] {
+        [
+            Arc::new(self.width.finish()),
+            Arc::new(self.height.finish()),
+            Arc::new(self.mean.finish()),
+            Arc::new(self.std.finish()),
+            Arc::new(self.quality.finish()),
+            Arc::new(self.embedding.finish()),
+        ]
     }
 }
 

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Float64Builder, Int32Builder, ListBuilder, StringBuilder};
+use arrow::array::{ArrayRef, StringBuilder};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 
-use super::columns::{append_embedding, embedding_field};
+use super::columns::{embedding_field, StatsBuilder};
 use super::options::{guarded, KernelOptions};
 use super::schedule::{infer_and_scatter, pipelined};
 use crate::core::decode::decode_gray;
@@ -111,44 +111,22 @@ pub fn features_batch(
         },
     );
 
-    let mut width = Int32Builder::with_capacity(n);
-    let mut height = Int32Builder::with_capacity(n);
-    let mut mean = Float64Builder::with_capacity(n);
-    let mut std = Float64Builder::with_capacity(n);
-    let mut quality = Float64Builder::with_capacity(n);
-    let mut embedding = ListBuilder::new(Float64Builder::new());
+    let mut stats = StatsBuilder::with_capacity(n);
     let mut error = StringBuilder::new();
     for (row, emb) in rows.into_iter().zip(embeddings) {
         match row {
             Ok(r) => {
-                width.append_value(r.width as i32);
-                height.append_value(r.height as i32);
-                mean.append_value(r.quality.mean);
-                std.append_value(r.quality.std);
-                quality.append_value(r.quality.score);
-                append_embedding(&mut embedding, emb.as_deref());
+                stats.append(r.width, r.height, &r.quality, emb.as_deref());
                 error.append_null();
             }
             Err(e) => {
-                width.append_null();
-                height.append_null();
-                mean.append_null();
-                std.append_null();
-                quality.append_null();
-                embedding.append(false);
+                stats.append_null();
                 error.append_value(&e.0);
             }
         }
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(width.finish()),
-        Arc::new(height.finish()),
-        Arc::new(mean.finish()),
-        Arc::new(std.finish()),
-        Arc::new(quality.finish()),
-        Arc::new(embedding.finish()),
-        Arc::new(error.finish()),
-    ];
+    let mut columns: Vec<ArrayRef> = stats.finish().into();
+    columns.push(Arc::new(error.finish()));
     Ok(RecordBatch::try_new(Arc::new(features_schema()), columns)
         .expect("columns match the schema"))
 }
