@@ -1360,7 +1360,7 @@ fn check_dataset(body: &[u8], ts: &TransferSyntax) -> RowResult<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -1397,18 +1397,23 @@ mod tests {
         assert_eq!((siz.tiles, siz.components), (4 * 4, 1));
     }
 
-    #[test]
-    fn refuses_a_length_beyond_the_file() {
+    /// A 170-byte DICOM file whose element (0009,0010) OB declares 4 GiB - 2 bytes.
+    pub(crate) fn file_declaring_4_gib() -> Vec<u8> {
         let mut file = vec![0u8; 128];
         file.extend(b"DICM");
         let ts = b"1.2.840.10008.1.2.1\0";
         file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
         file.extend((ts.len() as u16).to_le_bytes());
         file.extend(ts);
-        // (0009,0010) OB declaring 4 GiB - 2 in a file of 170 bytes.
         file.extend([0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
         file.extend(0xFFFF_FFFEu32.to_le_bytes());
         file.extend([0u8; 16]);
+        file
+    }
+
+    #[test]
+    fn refuses_a_length_beyond_the_file() {
+        let file = file_declaring_4_gib();
         let err = check_structure(&file, &Limits::default()).unwrap_err();
         assert!(err.0.contains("declares 4294967294 bytes"), "{}", err.0);
     }

@@ -472,15 +472,7 @@ mod tests {
             dicom_metadata_json(b"\xFF\xD8\xFF", &Limits::default()).unwrap(),
             None
         );
-        let mut file = vec![0u8; 128];
-        file.extend(b"DICM");
-        let ts = b"1.2.840.10008.1.2.1\0";
-        file.extend([0x02, 0x00, 0x10, 0x00, b'U', b'I']);
-        file.extend((ts.len() as u16).to_le_bytes());
-        file.extend(ts);
-        file.extend([0x09, 0x00, 0x10, 0x00, b'O', b'B', 0, 0]);
-        file.extend(0xFFFF_FFFEu32.to_le_bytes());
-        file.extend([0u8; 16]);
+        let file = crate::core::dicom::tests::file_declaring_4_gib();
         let err = dicom_metadata_json(&file, &Limits::default()).unwrap_err();
         assert!(err.0.contains("declares 4294967294 bytes"), "{}", err.0);
     }
