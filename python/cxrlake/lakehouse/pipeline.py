@@ -537,14 +537,11 @@ class Pipeline:
     # ---------------------------------------------------------------- silver + gold
     def _bronze_contents(self, todo: pa.Table) -> Iterator[pa.RecordBatch]:
         """Stream the bronze rows (with content) of ``todo``'s (image_id, content_sha256) pairs,
-        one row per pair, in batches of at most ``batch_size`` rows."""
-        if todo.num_rows:
-            yield from self._bronze_rows(_key(todo))
-
-    def _bronze_rows(self, wanted: pa.Array) -> Iterator[pa.RecordBatch]:
-        """The bronze rows of the ``<image_id>/<content_sha256>`` keys in ``wanted``, read from the
-        table (one row per key), in batches of at most ``batch_size`` rows."""
-        shas = pc.unique(pc.utf8_slice_codeunits(wanted, -64))  # the key ends with the sha256
+        read from the table, one row per pair, in batches of at most ``batch_size`` rows."""
+        if not todo.num_rows:
+            return
+        wanted = _key(todo)
+        shas = pc.unique(todo.column("content_sha256"))
         emitted: set[str] = set()
         pending: list[pa.RecordBatch] = []
         pending_rows = 0
