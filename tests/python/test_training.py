@@ -78,6 +78,66 @@ def test_split_keeps_patients_and_duplicates_on_one_side(records):
     assert data_mod.patient_grouped_split(records, 0.18, 7)[1] != val
 
 
+def test_acquisition_order_reads_the_name_schemes():
+    key = data_mod.acquisition_key
+    assert key("IM-0766-0001.jpeg") < key("NORMAL2-IM-0383-0001.jpeg")  # IM- scheme first
+    assert key("NORMAL2-IM-0383-0001.jpeg") < key("NORMAL2-IM-1423-0001.jpeg")
+    assert key("person9_bacteria_38.jpeg") < key("person10_virus_35.jpeg")  # by patient number
+    assert key("site_b_0001.jpeg") is None
+
+
+def test_acquisition_split_holds_out_whole_later_batches(tmp_path):
+    # Synthetic films (distinct bytes except one duplicate pair) named by the Kaggle schemes.
+    names = {
+        "NORMAL": [f"IM-{n:04d}-0001.jpeg" for n in range(100, 124)]
+        + [f"NORMAL2-IM-{n:04d}-000{k}.jpeg" for n in range(400, 424) for k in (1, 2)],
+        "PNEUMONIA": [f"person{n}_bacteria_{2 * n}.jpeg" for n in range(1, 49)]
+        + [f"person{n}_virus_{2 * n + 1}.jpeg" for n in range(30, 49)],
+    }
+    for label, files in names.items():
+        (tmp_path / label).mkdir()
+        for name in files:
+            (tmp_path / label / name).write_bytes(name.encode())
+    # an exact copy of a late film under an early name: both go with the earliest of the two
+    copy, original = "IM-0099-0001.jpeg", "NORMAL2-IM-0423-0001.jpeg"
+    (tmp_path / "NORMAL" / copy).write_bytes((tmp_path / "NORMAL" / original).read_bytes())
+    records = data_mod.list_labelled_images(tmp_path)
+    train, val = data_mod.acquisition_split(records, n_batches=4, held_out=2)
+    assert len(train) + len(val) == len(records)
+    assert not {(r.label, r.patient) for r in train} & {(r.label, r.patient) for r in val}
+    train_names = {Path(r.path).name for r in train}
+    assert copy in train_names and original in train_names
+    assert {r.batch for r in val} == {2, 3}
+    assert all(r.batch == -1 for r in train)
+    for label in (0, 1):
+        for batch in (2, 3):
+            assert any(r.label == label and r.batch == batch for r in val)
+        # the held-out films are the latest of their class (the duplicate aside)
+        val_keys = [data_mod.acquisition_key(Path(r.path).name) for r in val if r.label == label]
+        latest_train = max(
+            data_mod.acquisition_key(Path(r.path).name)
+            for r in train
+            if r.label == label and r.patient != "NORMAL2-IM-0423"  # the copy's group
+        )
+        assert min(val_keys) > latest_train
+    # batch 3 holds later films than batch 2
+    pneumonia = [r for r in val if r.label == 1]
+    b2 = max(data_mod.acquisition_key(Path(r.path).name) for r in pneumonia if r.batch == 2)
+    b3 = min(data_mod.acquisition_key(Path(r.path).name) for r in pneumonia if r.batch == 3)
+    assert b2 < b3
+
+
+def test_acquisition_split_of_the_training_films(records):
+    train, val = data_mod.acquisition_split(records)
+    assert not {(r.label, r.patient) for r in train} & {(r.label, r.patient) for r in val}
+    # NORMAL validation films are NORMAL2- films, the scheme that came later
+    assert all(Path(r.path).name.startswith("NORMAL2-") for r in val if r.label == 0)
+    assert sorted({r.batch for r in val}) == [9, 10, 11]
+    for label in (0, 1):
+        share = sum(r.label == label for r in val) / sum(r.label == label for r in records)
+        assert 0.23 <= share <= 0.27
+
+
 def test_auc_and_threshold_rule():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 2, 400)
@@ -221,7 +281,10 @@ def test_shipped_model_scores_validation_images_like_its_card(records):
     assert model.name == "cxrlake-pneumonia-effnetlite0"
     assert model.version == card["model_version"]
     assert model.threshold == pytest.approx(card["threshold"], abs=1e-6)
-    _, val = data_mod.patient_grouped_split(records, card["val_fraction"], card["seed"])
+    if card.get("split") == "acquisition":
+        _, val = data_mod.acquisition_split(records, card["n_batches"], card["held_out_batches"])
+    else:
+        _, val = data_mod.patient_grouped_split(records, card["val_fraction"], card["seed"])
     rng = random.Random(0)
     sample = [r for label in (0, 1) for r in rng.sample([v for v in val if v.label == label], 50)]
     batch = cxrlake.predict([r.path for r in sample])

@@ -32,6 +32,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"run directory for checkpoints, ONNX files and metrics "
         f"(default: {DEFAULT_RUNS}/<timestamp>)",
     )
+    parser.add_argument(
+        "--recipe",
+        default=None,
+        help="a named recipe of cxrlake.training.config.RECIPES (the model card's candidates; "
+        "sets size, augmentation, regularisers and the step budget; --size, --epochs, --lr and "
+        "--freeze-blocks are then ignored)",
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer step budget (default: --epochs passes; with --recipe: "
+        "config.CANDIDATE_STEPS times the recipe's factor)",
+    )
+    parser.add_argument(
+        "--split",
+        choices=("acquisition", "patients"),
+        default=defaults.split,
+        help="validation: the latest acquisition batches held out (default) or random patients",
+    )
     parser.add_argument("--size", type=int, default=defaults.size, help="input size in pixels")
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
@@ -100,15 +120,9 @@ def run(args: argparse.Namespace) -> int:
     if not args.finalize_only:
         if not args.data:
             raise SystemExit("cxrlake train: --data is required")
-        cfg = TrainConfig(
-            data=str(Path(args.data).resolve()),
-            run_dir=str(run_dir),
-            size=args.size,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            freeze_blocks=args.freeze_blocks,
+        common = dict(
             val_fraction=args.val_fraction,
+            split=args.split,
             target_sensitivity=args.target_sensitivity,
             seed=args.seed,
             limit=args.limit,
@@ -118,6 +132,24 @@ def run(args: argparse.Namespace) -> int:
             threads=args.threads,
             model_version=args.model_version,
         )
+        if args.recipe:
+            from cxrlake.training.config import recipe_config
+
+            cfg = recipe_config(
+                args.recipe, str(Path(args.data).resolve()), str(run_dir), args.steps, **common
+            )
+        else:
+            cfg = TrainConfig(
+                data=str(Path(args.data).resolve()),
+                run_dir=str(run_dir),
+                size=args.size,
+                epochs=args.epochs,
+                steps=args.steps,
+                batch_size=args.batch_size,
+                lr=args.lr,
+                freeze_blocks=args.freeze_blocks,
+                **common,
+            )
         fit(cfg)
         if args.fit_only:
             return 0

@@ -21,8 +21,27 @@ class TrainConfig:
     warmup_fraction: float = 0.15
     freeze_blocks: int = 3
     dropout: float = 0.2
-    val_fraction: float = 0.18
-    target_sensitivity: float = 0.98
+    val_fraction: float = 0.18  # split "patients" only
+    # "acquisition": hold out the latest ``held_out_batches`` of ``n_batches`` acquisition batches
+    # (cxrlake.training.data.acquisition_split; from 1.2.0); "patients": random patient groups
+    split: str = "acquisition"
+    n_batches: int = 12
+    held_out_batches: int = 3
+    # threshold rule: best specificity with sensitivity >= this on the (held-out) validation
+    target_sensitivity: float = 0.95
+    # Fixed budget of optimizer steps (the one-cycle schedule spans it); None = epochs * the
+    # steps of one pass over the training split.
+    steps: int | None = None
+    # Model selection / early stopping on the validation split: evaluate every ``eval_every``
+    # steps (None: once per epoch), keep the weights with the best mean per-batch AUC, stop
+    # after ``patience`` evaluations without improvement (None: never stop early).
+    eval_every: int | None = None
+    patience: int | None = None
+    # Regularisers against over-confidence on new films: BCE targets y(1-e)+e/2; mixup of
+    # image pairs with a Beta(alpha, alpha) weight (0 = off).
+    label_smoothing: float = 0.0
+    mixup_alpha: float = 0.0
+    recipe: str | None = None
     seed: int = 42
     limit: int | None = None  # per class, for quick runs/tests
     # path -> label for files whose current label differs from their folder (radiologist
@@ -31,7 +50,7 @@ class TrainConfig:
     pretrained: bool = True
     threads: int = 2
     model_name: str = MODEL_NAME
-    model_version: str = "1.0.0"
+    model_version: str = "1.2.0"
     augment: dict = field(
         default_factory=lambda: {
             "rotation_deg": 10.0,
@@ -53,3 +72,45 @@ class TrainConfig:
             "sharpen": [0.2, 1.0],
         }
     )
+
+
+#: Augmentation of the 1.0.0 recipe: the same geometry and exposure, no acquisition shifts.
+_NO_SHIFT = {"shift_p": 0.0}
+
+#: Named training recipes (``cxrlake train --recipe NAME``): overrides of the TrainConfig
+#: defaults; ``augment`` entries update the default augmentation dict. Every candidate of the
+#: model card is one of these with the same step budget (``steps``) unless its name says longer.
+RECIPES: dict[str, dict] = {
+    # model 1.0.0: 160 px, geometry + exposure augmentation only
+    "1.0.0": {"size": 160, "augment": _NO_SHIFT},
+    # model 1.1.0: + simulated acquisition shifts (gamma, noise, blur, resolution, sharpening)
+    "1.1.0": {"size": 160},
+    "224px": {"size": 224},
+    "longer": {"size": 160, "budget_factor": 2},
+    "label-smoothing": {"size": 160, "label_smoothing": 0.1},
+    "mixup": {"size": 160, "mixup_alpha": 0.4},
+    "1.0.0+label-smoothing": {"size": 160, "augment": _NO_SHIFT, "label_smoothing": 0.1},
+    "1.0.0+mixup": {"size": 160, "augment": _NO_SHIFT, "mixup_alpha": 0.4},
+    "1.0.0+longer": {"size": 160, "augment": _NO_SHIFT, "budget_factor": 2},
+}
+
+#: The step budget every candidate got (``steps``; ``longer`` gets ``budget_factor`` times it).
+CANDIDATE_STEPS = 40
+
+
+def recipe_config(name: str, data: str, run_dir: str, steps: int | None = None, **extra):
+    """The TrainConfig of recipe ``name`` (see :data:`RECIPES`); ``extra`` overrides fields."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
+    overrides = dict(RECIPES[name])
+    factor = overrides.pop("budget_factor", 1)
+    augment = overrides.pop("augment", {})
+    cfg = TrainConfig(data=data, run_dir=run_dir, recipe=name, **overrides)
+    cfg.augment = {**cfg.augment, **augment}
+    cfg.steps = (steps or CANDIDATE_STEPS) * factor
+    # one evaluation on the held-out batches, at the end of the budget (2 shared cores); set
+    # eval_every / patience for model selection and early stopping within a longer run
+    cfg.eval_every = cfg.steps
+    for key, value in extra.items():
+        setattr(cfg, key, value)
+    return cfg
