@@ -5,16 +5,19 @@ The same SQL runs here and on Databricks: every Delta table under
 ``healthcare_catalog_<env>.<schema>.<table>``, and (the catalog being the current one)
 ``<schema>.<table>``. ``SHOW TABLES [IN schema]`` lists those tables.
 
-Tables are read by DuckDB's own parquet reader from each table's current Delta snapshot (the file
-list comes from delta-rs; DuckDB's ``delta`` extension would download itself at run time).
-Parquet files written by MERGE hold ``string_view`` columns and files rewritten by compaction
-plain ``string``; DuckDB reads both as VARCHAR, so filters compare the same on every file. The
+Tables are read by delta-rs from each table's current Delta snapshot and handed to DuckDB as
+Arrow datasets (columns and filters pushed down to pyarrow's parquet reader), so DuckDB itself
+opens no file; DuckDB's ``delta`` extension would download itself at run time. Parquet files
+written by MERGE hold ``string_view`` columns and files rewritten by compaction plain ``string``;
+the dataset reads both with the table's schema, so filters compare the same on every file. The
 connection is a read snapshot: reopen it to see later commits.
 
-The connection is locked down: external file access is off (``read_text``, ``read_blob``,
-``COPY ... TO``, ``ATTACH``, ``INSTALL`` all fail) except the tables' own folders, Python
-replacement scans are off, and the configuration is locked. The only way SQL reads an image file
-is through the functions below, which go through the core's sandbox (``roots``).
+The connection is locked down and cannot write or read any file by SQL: DuckDB's external access
+is off and its local file system disabled (``read_text``, ``read_blob``, ``COPY ... TO``,
+``ATTACH``, ``EXPORT DATABASE``, ``INSTALL``/``LOAD``, persistent secrets all fail), spilling to a
+temp directory is off, Python replacement scans are off, and the configuration is locked (``SET``
+and ``RESET`` fail). The only way SQL reads an image file is through the functions below, which
+go through the core's sandbox (``roots``).
 
 SQL functions (Arrow-vectorised; a NULL or unreadable image gives NULL fields and an ``error``).
 Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLOB, e.g.
@@ -41,7 +44,6 @@ import os
 import re
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import duckdb
 import pyarrow as pa
@@ -199,46 +201,32 @@ def delta_tables(lh: Lakehouse) -> list[tuple[str, str, str]]:
     return found
 
 
-def _local_path(uri: str) -> str:
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme == "file" else uri
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
 def _create_table_view(
     con: duckdb.DuckDBPyConnection, catalog: str, schema_name: str, name: str, folder: str
-) -> str | None:
-    """Create ``catalog.schema.name`` over the table's snapshot; return the folder DuckDB must
-    be allowed to read (None when the rows were copied in)."""
+) -> None:
+    """Create ``catalog.schema.name`` over the table's current snapshot, read by delta-rs.
+
+    DuckDB never opens a file of the table: the view scans an Arrow dataset that pyarrow reads
+    (projection and filters pushed down), registered on the connection before it is locked.
+    """
     from deltalake import DeltaTable
 
     table = DeltaTable(folder)
     qualified = f'{catalog}."{schema_name}"."{name}"'
+    source = f"__cxrlake_{schema_name}_{name}"
     features = set(table.protocol().reader_features or ())
-    files = [_local_path(u) for u in table.file_uris()]
-    plain = not (features & {"deletionVectors", "columnMapping"}) and not (
-        table.metadata().partition_columns
-    )
-    if plain and files:
-        listed = ", ".join(_quote(f) for f in files)
-        con.execute(
-            f"CREATE VIEW {qualified} AS SELECT * FROM read_parquet([{listed}], "
-            "union_by_name = true)"
+    if table.file_uris() and not features & {"deletionVectors", "columnMapping"}:
+        con.register(source, table.to_pyarrow_dataset())
+    else:
+        # No file yet, or a layout only delta-rs can read: the rows themselves (small tables in
+        # practice: an empty table, or one written by another engine).
+        data = (
+            table.to_pyarrow_table()
+            if table.file_uris()
+            else pa.schema(table.schema().to_arrow()).empty_table()
         )
-        return folder
-    # No file yet, or a layout only delta-rs can read: copy the rows in (small tables in
-    # practice: an empty table, or one written by another engine).
-    data = table.to_pyarrow_table() if files else pa.schema(table.schema().to_arrow()).empty_table()
-    data = _plain_strings(data)
-    con.register("__cxrlake_copy", data)
-    try:
-        con.execute(f"CREATE TABLE {qualified} AS SELECT * FROM __cxrlake_copy")
-    finally:
-        con.unregister("__cxrlake_copy")
-    return None
+        con.register(source, _plain_strings(data))
+    con.execute(f'CREATE VIEW {qualified} AS SELECT * FROM "{source}"')
 
 
 def _plain_strings(data: pa.Table) -> pa.Table:
@@ -278,12 +266,9 @@ def connect(
     try:
         con.execute(f"ATTACH ':memory:' AS {catalog}")
         con.execute(f"USE {catalog}")
-        readable = []
         for schema_name, name, folder in delta_tables(lh):
             con.execute(f'CREATE SCHEMA IF NOT EXISTS {catalog}."{schema_name}"')
-            folder = _create_table_view(con, catalog, schema_name, name, folder)
-            if folder is not None:
-                readable.append(folder + os.sep)
+            _create_table_view(con, catalog, schema_name, name, folder)
         if lh.exists(schemas.SILVER):
             con.execute("CREATE SCHEMA IF NOT EXISTS gold")
             con.execute(
@@ -291,20 +276,32 @@ def connect(
             )
         if udfs:
             _register_udfs(con, model, default_roots(lh) if roots is None else roots, catalog)
-        _lock_down(con, readable)
+        _lock_down(con)
     except BaseException:
         con.close()
         raise
     return con
 
 
-def _lock_down(con: duckdb.DuckDBPyConnection, readable: list[str]) -> None:
-    """External access off except the tables' folders; configuration locked."""
+def _lock_down(con: duckdb.DuckDBPyConnection) -> None:
+    """No file access for DuckDB at all, nothing persisted, configuration locked.
+
+    The tables are Arrow scans and the functions read through the core's sandbox, so DuckDB
+    itself needs no file: ``enable_external_access = false`` with no ``allowed_directories`` and
+    the ``LocalFileSystem`` disabled refuse every path (``COPY ... TO``, ``ATTACH``, ``EXPORT
+    DATABASE``, ``read_*``, ``INSTALL``/``LOAD``, persistent secrets), an empty
+    ``temp_directory`` stops spilling to ``.tmp`` in the working directory, and
+    ``lock_configuration`` makes every later ``SET`` / ``RESET`` / ``PRAGMA`` that changes a
+    setting fail.
+    """
     con.execute("SET python_enable_replacements = false")
-    con.execute("SET allowed_directories = ?", [readable])
-    con.execute("SET enable_external_access = false")
+    con.execute("SET temp_directory = ''")
+    con.execute("SET allow_persistent_secrets = false")
+    con.execute("SET allow_community_extensions = false")
+    con.execute("SET disabled_filesystems = 'LocalFileSystem'")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 
 
