@@ -322,6 +322,28 @@ def test_duckdb_explain_on_paths_and_bytes(sample_paths):
     assert error == "file not found: /no/such.jpeg"
 
 
+def test_duckdb_explain_overlay_draws_each_row_at_its_own_size(sample_paths):
+    import io
+
+    import duckdb
+    from PIL import Image
+
+    from cxrlake.lakehouse.sql import _register_udfs
+
+    con = duckdb.connect()
+    _register_udfs(con, None, None, "memory")
+    con.execute("CREATE TABLE films(path VARCHAR, size INTEGER, k INTEGER)")
+    rows = [(sample_paths[0], 64, 0), (sample_paths[0], 160, 1), (sample_paths[1], 96, 2)]
+    con.executemany("INSERT INTO films VALUES (?, ?, ?)", rows)
+    con.execute("INSERT INTO films VALUES (?, NULL, 3)", [sample_paths[1]])
+    got = con.execute("SELECT size, explain_overlay(path, size) FROM films ORDER BY k").fetchall()
+    for size, png in got[:3]:
+        with Image.open(io.BytesIO(bytes(png))) as picture:
+            # the longer side of the film is `size`; the colour scale adds to the width
+            assert picture.size[1] <= size and max(picture.size) >= size, (size, picture.size)
+    assert got[3][1] is None
+
+
 def test_report_overlays_show_errors_and_keep_images_opt_in(fullres_paths):
     import duckdb
 

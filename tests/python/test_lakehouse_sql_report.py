@@ -622,6 +622,53 @@ def test_format_result_formats(lakehouse):
         format_result(t, "xml")
 
 
+def _documented_nested_queries() -> str:
+    """The SQL block of docs/lakehouse.md that says it runs in all four formats."""
+    text = (REPO / "docs" / "lakehouse.md").read_text()
+    after = text.split("run in all four formats", 1)[1]
+    return after.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_cli_sql_prints_nested_values_in_every_format(lakehouse, tmp_path):
+    import csv
+    import io
+
+    script = tmp_path / "nested.sql"
+    script.write_text(_documented_nested_queries())
+    lh = str(lakehouse)
+    outputs = {}
+    for fmt in ("table", "csv", "json", "jsonl"):
+        result = _run("sql", "--lakehouse", lh, "--format", fmt, "-f", str(script))
+        assert result.returncode == 0, (fmt, result.stderr)
+        outputs[fmt] = result.stdout
+    # csv: one header + rows per statement; nested cells are JSON text
+    cells = [row for row in csv.reader(io.StringIO(outputs["csv"])) if row]
+    by_header = {}
+    header = None
+    for row in cells:
+        if row[0] in ("file_path", "image_id", "filename"):
+            header = tuple(row)
+            continue
+        by_header.setdefault(header, []).append(dict(zip(header, row, strict=True)))
+    predicted = by_header[("file_path", "p")]
+    assert len(predicted) == 2 and "probability" in json.loads(predicted[0]["p"])
+    explained = json.loads(by_header[("file_path", "e")][0]["e"])
+    assert explained["heatmap"] is None or len(explained["heatmap"]["values"]) == (
+        explained["heatmap"]["rows"] * explained["heatmap"]["cols"]
+    )
+    maps = [json.loads(r["heatmap"]) for r in by_header[("image_id", "heatmap")] if r["heatmap"]]
+    assert maps and all(m["rows"] * m["cols"] == len(m["values"]) for m in maps)
+    assert by_header[("filename", "png")][0]["png"].endswith(" bytes>")
+    # json and jsonl: nested objects, bytes as <N bytes>
+    rows = [json.loads(line) for line in outputs["jsonl"].splitlines()]
+    assert isinstance(rows[0]["p"], dict) and "probability" in rows[0]["p"]
+    assert any(isinstance(r.get("heatmap"), dict) for r in rows)
+    assert [r["png"] for r in rows if "png" in r][0].endswith(" bytes>")
+    arrays = re.findall(r"^\[.*?^\]", outputs["json"], re.MULTILINE | re.DOTALL)
+    assert [row for array in arrays for row in json.loads(array)] == rows
+    assert "probability: " in outputs["table"] and outputs["table"].count("row") >= 4
+
+
 def test_cli_sql_counts_and_bad_arguments(lakehouse):
     ok = _run(
         "sql",

@@ -117,9 +117,23 @@ def _register_udfs(
         return _struct_of(cxrlake.explain(images, model=model, roots=roots), explain_fields)
 
     def explain_overlay(images: pa.Array, sizes: pa.Array) -> pa.Array:
-        size = next((s for s in sizes.to_pylist() if s is not None), None)
-        batch = cxrlake.explain(images, model=model, roots=roots, overlay_size=size or 256)
-        return batch.column("overlay")
+        # one kernel call per distinct size in the batch, each row drawn at its own size;
+        # a NULL size is NULL (as any SQL function of a NULL argument)
+        wanted = sizes.to_pylist()
+        out: list[bytes | None] = [None] * len(wanted)
+        for size in sorted({s for s in wanted if s is not None}):
+            rows = [i for i, s in enumerate(wanted) if s == size]
+            if not 16 <= size <= 4096:
+                raise ValueError(f"explain_overlay: size must be 16..4096 pixels, got {size}")
+            batch = cxrlake.explain(
+                images.take(pa.array(rows, pa.int64())),
+                model=model,
+                roots=roots,
+                overlay_size=size,
+            )
+            for i, png in zip(rows, batch.column("overlay").to_pylist(), strict=True):
+                out[i] = png
+        return pa.array(out, pa.binary())
 
     def quality_score(images: pa.Array) -> pa.Array:
         return cxrlake.features(images, embedding=False, roots=roots).column("quality_score")
@@ -420,12 +434,12 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
     if fmt in ("json", "jsonl"):
         import json
 
-        rows = _printable(table).to_pylist()
+        rows = _rows(table)
         if fmt == "json":
             return json.dumps(rows, default=str, indent=1)
         return "\n".join(json.dumps(row, default=str) for row in rows)
     names = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in table.to_pylist()]
+    rows = [[_cell(v, max_width) for v in row.values()] for row in _rows(table)]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
     line = " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
     out = [line, "-+-".join("-" * w for w in widths)]
@@ -436,20 +450,62 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
 
 def mentions_sandbox_refusal(table: pa.Table) -> bool:
     """Whether any text in the result says ``outside sandbox roots`` (to print `SANDBOX_HINT`)."""
-    return "outside sandbox roots" in str(_printable(table).to_pylist())
+    return "outside sandbox roots" in str(_rows(table))
 
 
 def _printable(table: pa.Table) -> pa.Table:
-    """Binary columns as ``<N bytes>`` (CSV and JSON cannot hold raw bytes)."""
+    """For CSV: binary values as ``<N bytes>`` and each nested value (struct, list, map) as
+    its JSON text, since a CSV cell holds one value (``predict(path)`` prints as
+    ``{"probability": 0.93, ...}``)."""
+    import json
+
     cols = []
     for col in table.columns:
-        if pa.types.is_binary(col.type) or pa.types.is_large_binary(col.type):
-            cols.append(
-                pa.array([None if v is None else f"<{len(v)} bytes>" for v in col.to_pylist()])
-            )
+        if _is_binary(col.type) or _is_nested(col.type):
+            texts = []
+            for value in col.to_pylist():
+                value = _plain(value)
+                texts.append(
+                    value
+                    if value is None or isinstance(value, str)
+                    else json.dumps(value, default=str)
+                )
+            cols.append(pa.array(texts, pa.string()))
         else:
             cols.append(col)
     return pa.table(cols, names=table.column_names)
+
+
+def _rows(table: pa.Table) -> list[dict[str, Any]]:
+    """The rows as Python values, bytes as ``<N bytes>`` at any depth, maps as objects."""
+    return [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_fixed_size_binary(kind)
+        or pa.types.is_binary_view(kind)
+    )
+
+
+def _is_nested(kind: pa.DataType) -> bool:
+    return pa.types.is_nested(kind) or pa.types.is_dictionary(kind)
+
+
+def _plain(value: Any) -> Any:
+    """A Python value from an Arrow nested value with bytes as ``<N bytes>`` and map entries
+    (a list of key/value pairs in Arrow) as an object."""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return {str(k): _plain(v) for k, v in value}
+        return [_plain(v) for v in value]
+    return value
 
 
 def _cell(value: Any, max_width: int) -> str:
@@ -461,6 +517,8 @@ def _cell(value: Any, max_width: int) -> str:
         text = f"{value:.6g}"
     elif isinstance(value, dict):
         text = "{" + ", ".join(f"{k}: {_cell(v, max_width)}" for k, v in value.items()) + "}"
+    elif isinstance(value, list):
+        text = "[" + ", ".join(_cell(v, max_width) for v in value) + "]"
     else:
         text = str(value)
     return text if len(text) <= max_width else text[: max_width - 3] + "..."
