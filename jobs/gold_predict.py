@@ -16,7 +16,9 @@
 # MAGIC - `silver_schema`: the silver schema as deployed.
 # MAGIC - `gold_schema`: the gold schema as deployed.
 # MAGIC - `models_schema`: the models schema as deployed.
-# MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = `<catalog>.<models_schema>.pneumonia_classifier@champion` when it is registered (copied to the models libraries volume with its registry name and version in the metadata), else the model shipped in the wheel.
+# MAGIC - `registered_model`: the registered model's name as the bundle deployed it (`${resources.registered_models.pneumonia_classifier.name}`: `dev_<user>_pneumonia_classifier` in development mode).
+# MAGIC - `deid_secret_scope`: the secret scope of this environment holding the DICOM de-identification key `deid-key` (`cxrlake-<env>`).
+# MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = `<catalog>.<models_schema>.<registered_model>@champion` when it is registered (copied to the models libraries volume with its registry name and version in the metadata), else the model shipped in the wheel.
 # MAGIC - `site`: site id; labels are then decided by that site's latest threshold for this model version in `gold.site_thresholds` (written by `cxrlake calibrate`), and every prediction records it in `decision_threshold` / `threshold_source`; empty = the model's own threshold.
 
 # COMMAND ----------
@@ -26,6 +28,8 @@ dbutils.widgets.text("bronze_schema", "", "Bronze schema (as deployed)")
 dbutils.widgets.text("silver_schema", "", "Silver schema (as deployed)")
 dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
 dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
+dbutils.widgets.text("registered_model", "", "Registered model (as deployed)")
+dbutils.widgets.text("deid_secret_scope", "", "Secret scope of the de-identification key")
 dbutils.widgets.text("model", "", "Model (.onnx path, empty = champion or shipped)")
 dbutils.widgets.text("site", "", "Site id (empty = the model threshold)")
 
@@ -39,6 +43,8 @@ names = jobs.validate_deployment(
     dbutils.widgets.get("silver_schema"),
     dbutils.widgets.get("gold_schema"),
     dbutils.widgets.get("models_schema"),
+    registered_model=dbutils.widgets.get("registered_model"),
+    deid_secret_scope=dbutils.widgets.get("deid_secret_scope"),
 )
 model = jobs.validate_model(dbutils.widgets.get("model"))
 if model is None:
@@ -55,6 +61,6 @@ result = jobs.predict_gold(
     catalog=names,
     model=model,
     site=dbutils.widgets.get("site") or None,
-    dbutils=dbutils,  # reads the DICOM de-identification key (secret cxrlake/deid-key)
+    dbutils=dbutils,  # reads the DICOM de-identification key (secret <deid_secret_scope>/deid-key)
 )
 print(result)

@@ -8,13 +8,14 @@
 # MAGIC weighting, temperature and threshold from the validation split under simulated acquisition shifts (shift-averaged balanced accuracy), ONNX export with the
 # MAGIC contract metadata, int8 tried and kept only if it keeps the metrics. The run is logged to MLflow and
 # MAGIC the chosen ONNX model registered in Unity Catalog as
-# MAGIC `<catalog>.<models_schema>.pneumonia_classifier` with the alias `champion` and a model signature (required by
+# MAGIC `<catalog>.<models_schema>.<registered_model>` with the alias `champion` and a model signature (required by
 # MAGIC Unity Catalog); the gold job then scores with it.
 # MAGIC Job: `bundle/resources/train_model.job.yml`. See MODEL_CARD.md for the figures of the shipped model.
 # MAGIC
 # MAGIC ## Widgets
 # MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
 # MAGIC - `bronze_schema`, `silver_schema`, `gold_schema`, `models_schema`: the schemas as the bundle deployed them (`dev_<user>_...` in development mode).
+# MAGIC - `registered_model`: the registered model's name as the bundle deployed it (`${resources.registered_models.pneumonia_classifier.name}`: `dev_<user>_pneumonia_classifier` in development mode).
 # MAGIC - `data_path`: volume folder with `NORMAL/` and `PNEUMONIA/`; empty = `/Volumes/<catalog>/<bronze_schema>/xray_images/train`.
 # MAGIC - `epochs`: training epochs, 1-50 (the shipped model: 4 at 160 px).
 # MAGIC - `register_model`: `true` to register the model in Unity Catalog and set `champion`, `false` to only log the run.
@@ -26,6 +27,7 @@ dbutils.widgets.text("bronze_schema", "", "Bronze schema (as deployed)")
 dbutils.widgets.text("silver_schema", "", "Silver schema (as deployed)")
 dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
 dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
+dbutils.widgets.text("registered_model", "", "Registered model (as deployed)")
 dbutils.widgets.text("data_path", "", "Labelled images (empty = <xray_images volume>/train)")
 dbutils.widgets.text("epochs", "4", "Epochs")
 dbutils.widgets.dropdown("register_model", "true", ["true", "false"], "Register in UC")
@@ -45,6 +47,7 @@ names = jobs.validate_deployment(
     dbutils.widgets.get("silver_schema"),
     dbutils.widgets.get("gold_schema"),
     dbutils.widgets.get("models_schema"),
+    registered_model=dbutils.widgets.get("registered_model"),
 )
 data_path = jobs.validate_volume_path(
     "data_path",
@@ -55,7 +58,7 @@ epochs_text = dbutils.widgets.get("epochs").strip()
 if not epochs_text.isdigit() or not 1 <= int(epochs_text) <= 50:
     raise ValueError(f"epochs must be an integer in 1..50, got {epochs_text!r}")
 register_model = dbutils.widgets.get("register_model") == "true"
-model_name = names.model_name()  # <catalog>.<models schema as deployed>.pneumonia_classifier
+model_name = names.model_name()  # <catalog>.<models schema>.<registered_model>, as deployed
 run_dir = Path("/local_disk0/cxrlake_train") / time.strftime("%Y%m%d-%H%M%S")
 
 # COMMAND ----------

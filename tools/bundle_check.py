@@ -17,6 +17,11 @@ For each target this does what ``databricks bundle validate`` does before talkin
    it: include globs, artifact paths (a whl artifact path holds a pyproject.toml), ``sync.paths``,
    notebooks (a Databricks notebook source header), SQL files, Python files, dashboard files (valid
    Lakeview JSON) and wheel libraries (inside a whl artifact's ``dist/``).
+7. check what only fails at deploy or run time: app resources on objects the deploy does not
+   create, schemas and volumes an app uses without a grant to its service principal, a
+   ``group_name`` that is a user, development app names not unique per user, production
+   top-level CAN_MANAGE beyond the run-as principal, and bundle-managed names (schemas, volumes
+   inside them, registered models) reaching job code as literals.
 
 Run it as a script (it imports nothing from the rest of cxrlake, so it works before the Rust
 extension is built)::
@@ -153,12 +158,15 @@ def _merge_include(document: dict[str, Any], data: dict[str, Any], path: Path) -
 
 def merge(base: Any, override: Any) -> Any:
     """Merge ``override`` over ``base`` as the CLI merges a target: maps key by key (recursively),
-    anything else replaced by the override. Neither argument is modified."""
+    sequences concatenated, anything else replaced by the override (CLI v1.13.0
+    libs/dyn/merge/merge.go). Neither argument is modified."""
     if isinstance(base, dict) and isinstance(override, dict):
         out = dict(base)
         for key, value in override.items():
             out[key] = merge(base.get(key), value) if key in base else copy.deepcopy(value)
         return out
+    if isinstance(base, list) and isinstance(override, list):
+        return copy.deepcopy(base) + copy.deepcopy(override)
     return copy.deepcopy(override if override is not None else base)
 
 
@@ -422,8 +430,12 @@ def semantic_errors(document: dict[str, Any], config: dict[str, Any], target: st
 # Checks for failures the CLI only reports at deploy or run time (or never).
 
 PRINCIPAL_KEYS = ("principal", "group_name", "user_name", "service_principal_name")
-# A principal must be a variable (the user's choice) or the deploying user.
-PRINCIPAL_REF = re.compile(r"\$\{(?:var\.([\w-]+)|workspace\.current_user\.userName)\}")
+# A principal must be a variable (the user's choice), the deploying user or the service principal
+# of an app of the bundle (created by the same deploy).
+PRINCIPAL_REF = re.compile(
+    r"\$\{(?:var\.([\w-]+)|workspace\.current_user\.userName"
+    r"|resources\.apps\.[\w-]+\.service_principal_client_id)\}"
+)
 CURRENT_USER = "${workspace.current_user.userName}"
 # Flags naming the platform a wheel is built for, and writing it to a given folder.
 TARGET_FLAGS = re.compile(r"(?:^|\s)(?:--target|--plat-name|--platform)[\s=]+(\S+)")
@@ -501,6 +513,185 @@ def check_required_variables(config: dict[str, Any], target: str) -> tuple[list[
                 "say how to set it (--var name=value)"
             )
     return problems, required
+
+
+APP_SP = "${{resources.apps.{}.service_principal_client_id}}"
+# App resource securable types a bundle can create, and the resource type that creates them.
+SECURABLE_RESOURCES = {"VOLUME": "volumes", "FUNCTION": "registered_models"}
+RESOURCE_REF = re.compile(r"\$\{resources\.([\w-]+)\.([\w-]+)(?:\.[\w-]+)+\}")
+# App names: lowercase letters, digits and '-' (apps API, App.name).
+APP_NAME = re.compile(r"[a-z0-9-]+")
+# Current-user fields whose values may hold characters an app name cannot.
+USER_FIELD = re.compile(r"\$\{workspace\.current_user\.([\w]+)\}")
+
+
+def check_app_resources(config: dict[str, Any]) -> list[str]:
+    """Every Unity Catalog object an app names as a resource exists when the bundle deploys: a
+    single reference to the bundle resource that creates it (the CLI then creates the app after
+    it). A table, or a name built from parts, names an object a job creates later or that may
+    not exist, and the app's create call fails the deploy."""
+    problems = []
+    resources = config.get("resources") or {}
+    for app_key, app in (resources.get("apps") or {}).items():
+        for i, res in enumerate((app or {}).get("resources") or []):
+            securable = (res or {}).get("uc_securable")
+            if not securable:
+                continue
+            kind = str(securable.get("securable_type", ""))
+            name = str(securable.get("securable_full_name", ""))
+            where = f"resources.apps.{app_key}.resources[{i}] ({res.get('name')!r})"
+            rtype = SECURABLE_RESOURCES.get(kind)
+            m = RESOURCE_REF.fullmatch(name)
+            if rtype is None:
+                problems.append(
+                    f"{where}: a {kind} is not created by the deploy (no bundle resource creates "
+                    "one), so the app cannot be created on a first deploy; grant it from the job "
+                    "that creates it (the setup job) and leave it out of the app's resources"
+                )
+            elif not m or m.group(1) != rtype or m.group(2) not in (resources.get(rtype) or {}):
+                problems.append(
+                    f"{where}: securable_full_name {name!r} is not a reference to a {rtype} "
+                    f"resource of the bundle (${{resources.{rtype}.<key>.id}}): the {kind} may not "
+                    "exist yet when the app is created"
+                )
+    return problems
+
+
+def _grants_to(spec: dict[str, Any], principal: str) -> set[str]:
+    return {
+        str(p)
+        for g in (spec or {}).get("grants") or []
+        if (g or {}).get("principal") == principal
+        for p in (g.get("privileges") or [])
+    }
+
+
+def check_app_grants(config: dict[str, Any]) -> list[str]:
+    """Every schema and volume an app uses lists the app's service principal in its grants: the
+    Apps platform grants an app resource to the principal, but the direct engine replaces a
+    securable's grants with the configured list on the next deploy (CLI v1.13.0
+    bundle/direct/dresources/grants.go; bundle/apps/validate.go, cli issue 4309), so an unlisted
+    principal loses USE SCHEMA / READ VOLUME."""
+    problems = []
+    resources = config.get("resources") or {}
+    schemas = resources.get("schemas") or {}
+    volumes = resources.get("volumes") or {}
+    for app_key, app in (resources.get("apps") or {}).items():
+        sp = APP_SP.format(app_key)
+        used_schemas: dict[str, str] = {}
+        used_volumes: dict[str, str] = {}
+        for where, ref in references(app or {}):
+            parts = ref.split(".")
+            if parts[0] != "resources" or len(parts) < 3:
+                continue
+            if parts[1] == "schemas":
+                used_schemas.setdefault(parts[2], where)
+            elif parts[1] == "volumes":
+                used_volumes.setdefault(parts[2], where)
+        for res in (app or {}).get("resources") or []:
+            securable = (res or {}).get("uc_securable") or {}
+            m = RESOURCE_REF.fullmatch(str(securable.get("securable_full_name", "")))
+            if m and m.group(1) == "volumes":
+                needed = str(securable.get("permission", "READ_VOLUME"))
+                if needed not in _grants_to(volumes.get(m.group(2)) or {}, sp):
+                    problems.append(
+                        f"resources.volumes.{m.group(2)}.grants: app {app_key!r} uses the volume "
+                        f"({needed}) but its grants list no {needed} for {sp}; the direct engine "
+                        "revokes it on the next deploy"
+                    )
+        for key in used_volumes:
+            schema_ref = str((volumes.get(key) or {}).get("schema_name", ""))
+            m = RESOURCE_REF.fullmatch(schema_ref)
+            if m and m.group(1) == "schemas":
+                used_schemas.setdefault(m.group(2), f"volume {key}")
+        for key, where in sorted(used_schemas.items()):
+            if key in schemas and "USE_SCHEMA" not in _grants_to(schemas[key], sp):
+                problems.append(
+                    f"resources.schemas.{key}.grants: app {app_key!r} uses the schema ({where}) "
+                    f"but its grants list no USE_SCHEMA for {sp}; the direct engine revokes "
+                    "what the app was granted on the next deploy"
+                )
+    return problems
+
+
+def _permission_entries(config: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(location, entry) of every permission entry: top level and per resource."""
+    for i, entry in enumerate(config.get("permissions") or []):
+        yield f"permissions[{i}]", entry or {}
+    for rtype, items in (config.get("resources") or {}).items():
+        for key, spec in (items or {}).items():
+            for i, entry in enumerate((spec or {}).get("permissions") or []):
+                yield f"resources.{rtype}.{key}.permissions[{i}]", entry or {}
+
+
+def check_group_names(config: dict[str, Any], target: str) -> list[str]:
+    """No permission's ``group_name`` resolves to a user in ``target`` (the deploying user, or
+    an e-mail address): the permissions API looks the name up among groups and the deploy fails.
+    ``config`` has its variables interpolated."""
+    problems = []
+    for where, entry in _permission_entries(config):
+        value = str(entry.get("group_name") or "")
+        if value and ("${workspace.current_user." in value or "@" in value):
+            problems.append(
+                f"{target}: {where}.group_name = {value!r} is a user, not a group; give the "
+                "permission only in targets where the variable names a group (or use user_name)"
+            )
+    return problems
+
+
+def check_dev_app_names(document: dict[str, Any], config: dict[str, Any], target: str) -> list[str]:
+    """In development mode every app name holds the deploying user: apps get no development
+    prefix (CLI v1.13.0 apply_presets.go, "Apps: No presets") and a name is unique in the
+    workspace, so two developers' deploys would fight over one app. The user part must be
+    ``${workspace.current_user.domain_friendly_name}``: user names and short names hold
+    characters an app name cannot (it takes lowercase letters, digits and '-')."""
+    if ((document.get("targets") or {}).get(target) or {}).get("mode") != "development":
+        return []
+    problems = []
+    for key, app in ((config.get("resources") or {}).get("apps") or {}).items():
+        name = str((app or {}).get("name", ""))
+        fields = USER_FIELD.findall(name)
+        where = f"{target}: resources.apps.{key}.name = {name!r}"
+        if not fields:
+            problems.append(
+                f"{where}: not unique per user in development mode (apps get no dev prefix); "
+                "add ${workspace.current_user.domain_friendly_name}"
+            )
+        elif any(f != "domain_friendly_name" for f in fields):
+            problems.append(
+                f"{where}: user names and short names hold characters app names refuse; use "
+                "${workspace.current_user.domain_friendly_name}"
+            )
+        elif not APP_NAME.fullmatch(USER_FIELD.sub("user", name)):
+            problems.append(f"{where}: an app name takes lowercase letters, digits and '-' only")
+    return problems
+
+
+def check_production_permissions(
+    document: dict[str, Any], config: dict[str, Any], target: str
+) -> list[str]:
+    """In production mode only the run-as principal holds CAN_MANAGE at the top level: the top
+    level grants CAN_MANAGE on every job and the bundle's folder (CLI v1.13.0
+    apply_bundle_permissions.go), and whoever can edit a job or its notebooks runs code as the
+    run-as principal. ``config`` has its variables interpolated."""
+    if ((document.get("targets") or {}).get(target) or {}).get("mode") != "production":
+        return []
+    run_as = config.get("run_as") or {}
+    runner = run_as.get("service_principal_name") or run_as.get("user_name")
+    problems = []
+    for i, entry in enumerate(config.get("permissions") or []):
+        entry = entry or {}
+        if entry.get("level") != "CAN_MANAGE":
+            continue
+        who = entry.get("service_principal_name") or entry.get("user_name")
+        if not runner or who != runner:
+            principal = who or entry.get("group_name")
+            problems.append(
+                f"{target}: permissions[{i}] gives CAN_MANAGE to {principal!r}, who is not the "
+                f"run-as principal ({runner!r}): it could edit the jobs and notebooks that run "
+                "as that principal; give it CAN_RUN or CAN_VIEW"
+            )
+    return problems
 
 
 def check_artifacts(bundle: Bundle, config: dict[str, Any]) -> list[str]:
@@ -638,6 +829,113 @@ def check_literal_names(bundle: Bundle, config: dict[str, Any]) -> list[str]:
                 )
     for key, dash in (resources.get("dashboards") or {}).items():
         problems.extend(_dashboard_literal_names(bundle, key, dash or {}, schemas))
+    problems.extend(_registered_model_literals(bundle, config))
+    return problems
+
+
+def _wheel_packages(bundle: Bundle, config: dict[str, Any]) -> list[tuple[Path, list[str]]]:
+    """(python source root, top-level packages) of each whl artifact's project."""
+    out = []
+    for spec in (config.get("artifacts") or {}).values():
+        spec = spec or {}
+        project = (bundle.root_dir / str(spec.get("path", "."))).resolve()
+        if spec.get("type") == "whl" and (project / "pyproject.toml").is_file():
+            root = _package_layout(project)[0]
+            out.append(
+                (root, sorted(p.name for p in root.iterdir() if (p / "__init__.py").is_file()))
+            )
+    return out
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring nodes of a module and its functions and classes."""
+    out = set()
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            first = body[0] if body else None
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                out.add(id(first.value))
+    return out
+
+
+def _module_constants(tree: ast.AST) -> dict[str, str]:
+    """Module-level ``NAME = "text"`` (and annotated) assignments."""
+    out = {}
+    for node in getattr(tree, "body", []):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
+            for target in node.targets:
+                if isinstance(target, ast.Name) and isinstance(node.value.value, str):
+                    out[target.id] = node.value.value
+        elif (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(node.value, ast.Constant)
+            and isinstance(node.value.value, str)
+        ):
+            out[node.target.id] = node.value.value
+    return out
+
+
+def _registered_model_literals(bundle: Bundle, config: dict[str, Any]) -> list[str]:
+    """No job parameter and no code a job runs (its notebook, and the package functions it can
+    call, module constants they use included) names a bundle-managed registered model by a
+    literal: development mode deploys it as ``dev_<user>_<name>``, so a literal name reaches a
+    model outside the bundle (no grants, never the one the bundle manages)."""
+    resources = config.get("resources") or {}
+    names = {
+        str(m.get("name"))
+        for m in (resources.get("registered_models") or {}).values()
+        if m and m.get("name") and "${" not in str(m.get("name"))
+    }
+    if not names:
+        return []
+    alternatives = "|".join(sorted(map(re.escape, names)))
+    # a whole string that is a model reference: name, schema.name, catalog.schema.name@alias
+    reference = re.compile(rf"(?:[\w`-]+\.)*`?(?:{alternatives})`?(?:@[\w-]+)?")
+    inside = re.compile(rf"(?<![\w$])(?:{alternatives})(?!\w)")
+    hint = "pass ${resources.registered_models.<key>.name} as a job parameter"
+    problems = []
+    for job_key, job in (resources.get("jobs") or {}).items():
+        for where, value in _walk(job):
+            if (
+                isinstance(value, str)
+                and "parameters" in where
+                and inside.search(re.sub(r"\$\{[^}]*\}", "X", value))
+            ):
+                problems.append(
+                    f"resources.jobs.{job_key}.{where} = {value!r} names a registered model "
+                    f"by a literal; {hint}"
+                )
+    packages = _wheel_packages(bundle, config)
+    for job_key, path in _job_files(bundle, config):
+        found: dict[tuple[str, str], str] = {}
+        for source_root, package_names in packages or [(path.parent, [""])]:
+            for package in package_names:
+                bodies = reachable_code(path, source_root, package, methods_anywhere=True)
+                constants: dict[Path, dict[str, str]] = {}
+                for file, body in bodies:
+                    is_function = isinstance(body, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    if file != path and not is_function:
+                        continue  # a package module's top level: definitions, not uses
+                    if file not in constants:
+                        constants[file] = _module_constants(_parse_cached(file))
+                    skip = _docstrings(body)
+                    for node in ast.walk(body):
+                        text = None
+                        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                            if id(node) not in skip:
+                                text = node.value
+                        elif isinstance(node, ast.Name) and node.id in constants[file]:
+                            text = constants[file][node.id]
+                        if text is not None and reference.fullmatch(text.strip()):
+                            where = getattr(body, "name", path.name)
+                            found.setdefault((file.name, where), text)
+        for (file_name, where), text in sorted(found.items()):
+            problems.append(
+                f"job {job_key}: {file_name} ({where}) names the registered model {text!r} by a "
+                f"literal; {hint} and use it"
+            )
     return problems
 
 
@@ -756,6 +1054,11 @@ def _module_file(source_root: Path, module: str) -> Path | None:
     return None
 
 
+@functools.lru_cache(maxsize=512)
+def _parse_cached(file: Path) -> ast.AST:
+    return _parse(file)
+
+
 def _parse(file: Path) -> ast.AST:
     text = file.read_text(encoding="utf-8")
     if text.startswith(NOTEBOOK_HEADER):
@@ -764,22 +1067,24 @@ def _parse(file: Path) -> ast.AST:
 
 
 @functools.lru_cache(maxsize=256)
-def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str, str]:
-    """Top-level third-party modules a job file imports when it runs: its own imports, the
-    module-level imports of every module of the project's package (``package``) it loads, and
-    the imports inside the package functions it can call (a static call graph by name, so a lazy
-    ``import deltalake`` in a function the job never reaches does not count). Returns
-    {module: the file importing it}."""
-    found: dict[str, str] = {}
+def reachable_code(
+    path: Path, source_root: Path, package: str, methods_anywhere: bool = False
+) -> tuple[tuple[Path, ast.AST], ...]:
+    """The code a job file can run, as (file, body): the file itself, the module-level code of
+    every module of the project's package (``package``) it loads, and the package functions it
+    can call (a static call graph by name over the modules each file imports). With
+    ``methods_anywhere`` a called name is looked up in every loaded module, so a method called on
+    an object another module returned (``names.model_name()``) counts too."""
     trees: dict[Path, ast.AST] = {}
     functions: dict[Path, dict[str, list[ast.AST]]] = {}
     loaded: list[Path] = []  # modules imported (their module-level code runs)
     reached: set[tuple[Path, str]] = set()  # (module, function name) that can run
     todo: list[tuple[Path, ast.AST]] = []  # code bodies to scan: module bodies, functions
+    scanned: list[tuple[Path, ast.AST]] = []
 
     def tree(file: Path) -> ast.AST:
         if file not in trees:
-            trees[file] = _parse(file)
+            trees[file] = _parse_cached(file)
         return trees[file]
 
     def defs(file: Path) -> dict[str, list[ast.AST]]:
@@ -803,13 +1108,11 @@ def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str
 
     def scan(file: Path, body: ast.AST, visible: list[Path]) -> None:
         for module, names in _import_nodes(body):
-            top = module.split(".")[0]
-            if top == package:
+            if module.split(".")[0] == package:
                 visible.extend(f for f in load(module, names) if f not in visible)
-            elif top not in sys.stdlib_module_names and top != "__future__":
-                found.setdefault(top, file.name)
         for name in _called_names(body):
-            for module_file in [file, *visible]:
+            candidates = [file, *visible, *(loaded if methods_anywhere else [])]
+            for module_file in dict.fromkeys(candidates):
                 if module_file == path:
                     continue
                 for fn in defs(module_file).get(name, []):
@@ -821,8 +1124,23 @@ def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str
     todo.append((path, tree(path)))
     while todo:
         file, body = todo.pop(0)
-        visible = visible_of.setdefault(file, [])
-        scan(file, body, visible)
+        scanned.append((file, body))
+        scan(file, body, visible_of.setdefault(file, []))
+    return tuple(scanned)
+
+
+@functools.lru_cache(maxsize=256)
+def third_party_imports(path: Path, source_root: Path, package: str) -> dict[str, str]:
+    """Top-level third-party modules a job file imports when it runs (`reachable_code`: its own
+    imports, the module-level imports of every package module it loads, and the imports inside
+    the package functions it can call, so a lazy ``import deltalake`` in a function the job
+    never reaches does not count). Returns {module: the file importing it}."""
+    found: dict[str, str] = {}
+    for file, body in reachable_code(path, source_root, package):
+        for module, _ in _import_nodes(body):
+            top = module.split(".")[0]
+            if top != package and top not in sys.stdlib_module_names and top != "__future__":
+                found.setdefault(top, file.name)
     return found
 
 
@@ -924,6 +1242,11 @@ def validate(
         # the same file problem is reported once, not once per target
         problems.extend(check_artifacts(bundle, interpolated))
         problems.extend(check_literal_names(bundle, interpolated))
+        problems.extend(check_app_resources(interpolated))
+        problems.extend(check_app_grants(interpolated))
+        problems.extend(check_group_names(interpolated, target))
+        problems.extend(check_dev_app_names(bundle.document, interpolated, target))
+        problems.extend(check_production_permissions(bundle.document, interpolated, target))
         problems.extend(check_job_imports(bundle, interpolated))
         resolved[target] = interpolated
     problems = list(dict.fromkeys(problems))

@@ -1,29 +1,39 @@
 """De-identification of DICOM metadata (the DICOM JSON model) for everything after bronze.
 
-The rules are a table: :data:`BASIC_PROFILE`, the Basic Application Level Confidentiality
-Profile of DICOM PS3.15 Annex E, Table E.1-1 ("Application Level Confidentiality Profile
-Attributes", Basic Profile column), https://dicom.nema.org/medical/dicom/current/output/chtml/part15/chapter_E.html#table_E.1-1
-as transcribed for the attributes listed below (the ones radiography, CR/DX and secondary capture
-objects carry), with two options of the same annex applied on top:
+The profile is an allow list: an attribute leaves bronze only when a rule below names it, every
+other one is removed: unknown public attributes, private attributes, values of VR UN and
+sequences that carry original values (OriginalAttributesSequence, ...) included.
 
-- Retain Longitudinal Temporal Information with Modified Dates (E.3.6): dates and date-times are
-  shifted by a per-patient offset (1 to 3650 days back, from a keyed hash of the Patient ID), so
-  intervals between a patient's studies are kept; times of day are kept with their dates;
-- identifiers and UIDs are replaced by keyed hashes (HMAC-SHA-256) instead of dummies: the same
-  patient, study or instance maps to the same pseudonym in every run, and nobody without the key
-  can recompute or reverse it. UIDs become ``2.25.<decimal of 128 hash bits>`` (PS3.5 B.2).
+1. :data:`BASIC_PROFILE`: every attribute of DICOM PS3.15 Table E.1-1 ("Application Level
+   Confidentiality Profile Attributes", Basic Profile column), read from the table itself as
+   shipped with the package (``deid_ps3_15_e1_1.csv``, edition 2024b, its source named in the
+   file), https://dicom.nema.org/medical/dicom/current/output/chtml/part15/chapter_E.html#table_E.1-1
+   with one option of the same annex:
+
+   - Retain Longitudinal Temporal Information with Modified Dates (E.3.6), the table's own
+     option column: dates and date-times are shifted by a per-patient offset (1 to 3650 days
+     back, from a keyed hash of the Patient ID), so intervals between a patient's studies are
+     kept; times of day are kept with their dates.
+
+   Where the table allows a choice (X/Z, X/D, X/Z/D, X/Z/U*, Z/D), the strictest action is
+   taken: ``X`` when allowed, else ``U``, ``Z``, ``D``. Identifiers and UIDs are replaced by keyed
+   hashes (HMAC-SHA-256) instead of dummies: the same patient, study or instance maps to the same
+   pseudonym in every run, and nobody without the key can recompute or reverse it. UIDs become
+   ``2.25.<decimal of 128 hash bits>`` (PS3.5 B.2).
+2. :data:`RETAINED`: the attributes kept as they are, none of them in Table E.1-1: what the
+   image is (SOP class, modality, body part, view, laterality), how its pixels are stored and
+   shown (the Image Pixel, Modality LUT and VOI LUT attributes), how it was acquired (exposure,
+   geometry, device make and model) and the code items of the coded ones. UIDs among them are
+   kept only when the standard defines them (root ``1.2.840.10008.``), otherwise replaced.
 
 Actions (PS3.15 E.1.1): ``D`` replace with a dummy (a keyed hash for identifiers, a shifted date,
-``ANONYMOUS`` for person names), ``Z`` zero length (or the same keyed/shifted replacement),
-``X`` remove, ``U`` replace the UID, ``K`` keep, ``C`` clean (removed here: free text cannot be
-cleaned reliably). Stricter than the table where it is silent: every UID not defined by the
-standard (root ``1.2.840.10008.``) is replaced and every unlisted person name removed. Every
-private attribute (odd group) is removed; so are curves (50xx) and overlay
-data and comments (60xx,3000 / 60xx,4000). Attributes the table does not list are kept, as the
-profile prescribes for standard attributes. PatientIdentityRemoved is set to ``YES`` and the
-De-identification Method and its code sequence (CID 7050: 113100 Basic Application
-Confidentiality Profile, 113107 Retain Longitudinal Temporal Information Modified Dates Option)
-name what was done.
+``ANONYMOUS`` for person names, zero length for other values; a sequence is emptied), ``Z`` zero
+length (or the same keyed/shifted replacement), ``X`` remove, ``U`` replace the UID, ``C`` the
+option's clean (dates shifted, times kept, other values removed), ``K`` keep (the retained list).
+Values of VR UN are removed wherever they occur: their meaning is unknown, so no rule can vouch
+for them. PatientIdentityRemoved is set to ``YES`` and the De-identification Method and its code
+sequence (CID 7050: 113100 Basic Application Confidentiality Profile, 113107 Retain Longitudinal
+Temporal Information Modified Dates Option) name what was done.
 
 An image whose BurnedInAnnotation is ``YES`` may show identifying text in its pixels, which no
 metadata rule removes: :func:`deidentify` returns a quarantine reason for it.
@@ -57,185 +67,159 @@ METHOD = "PS3.15 E.1-1 Basic Profile; Modified Dates; keyed-hash IDs/UIDs"
 #: UIDs defined by the DICOM standard itself (SOP classes, transfer syntaxes): never identifying.
 STANDARD_UID_ROOT = "1.2.840.10008."
 
-# (tag, keyword, Basic Profile action) from PS3.15 Table E.1-1. Where the table allows a choice
-# (X/Z, X/D, Z/D, X/Z/D, X/Z/U*), the strictest action this module can honour is listed.
-BASIC_PROFILE: tuple[tuple[str, str, str], ...] = (
-    ("00020003", "MediaStorageSOPInstanceUID", "U"),
-    ("00080014", "InstanceCreatorUID", "U"),
-    ("00080018", "SOPInstanceUID", "U"),
-    ("00080012", "InstanceCreationDate", "D"),
-    ("00080013", "InstanceCreationTime", "K"),
-    ("00080015", "InstanceCoercionDateTime", "X"),
-    ("00080020", "StudyDate", "Z"),
-    ("00080021", "SeriesDate", "D"),
-    ("00080022", "AcquisitionDate", "D"),
-    ("00080023", "ContentDate", "D"),
-    ("00080024", "OverlayDate", "X"),
-    ("00080025", "CurveDate", "X"),
-    ("0008002A", "AcquisitionDateTime", "D"),
-    ("00080050", "AccessionNumber", "Z"),
-    ("00080058", "FailedSOPInstanceUIDList", "U"),
-    ("00080080", "InstitutionName", "X"),
-    ("00080081", "InstitutionAddress", "X"),
-    ("00080082", "InstitutionCodeSequence", "X"),
-    ("00080090", "ReferringPhysicianName", "Z"),
-    ("00080092", "ReferringPhysicianAddress", "X"),
-    ("00080094", "ReferringPhysicianTelephoneNumbers", "X"),
-    ("00080096", "ReferringPhysicianIdentificationSequence", "X"),
-    ("0008009C", "ConsultingPhysicianName", "Z"),
-    ("0008009D", "ConsultingPhysicianIdentificationSequence", "X"),
-    ("00080201", "TimezoneOffsetFromUTC", "X"),
-    ("00081010", "StationName", "X"),
-    ("00081030", "StudyDescription", "X"),
-    ("0008103E", "SeriesDescription", "X"),
-    ("00081040", "InstitutionalDepartmentName", "X"),
-    ("00081041", "InstitutionalDepartmentTypeCodeSequence", "X"),
-    ("00081048", "PhysiciansOfRecord", "X"),
-    ("00081049", "PhysiciansOfRecordIdentificationSequence", "X"),
-    ("00081050", "PerformingPhysicianName", "X"),
-    ("00081052", "PerformingPhysicianIdentificationSequence", "X"),
-    ("00081060", "NameOfPhysiciansReadingStudy", "X"),
-    ("00081062", "PhysiciansReadingStudyIdentificationSequence", "X"),
-    ("00081070", "OperatorsName", "X"),
-    ("00081072", "OperatorIdentificationSequence", "X"),
-    ("00081080", "AdmittingDiagnosesDescription", "X"),
-    ("00081084", "AdmittingDiagnosesCodeSequence", "X"),
-    ("00081110", "ReferencedStudySequence", "X"),
-    ("00081111", "ReferencedPerformedProcedureStepSequence", "X"),
-    ("00081120", "ReferencedPatientSequence", "X"),
-    ("00081140", "ReferencedImageSequence", "X"),
-    ("00081155", "ReferencedSOPInstanceUID", "U"),
-    ("00081195", "TransactionUID", "U"),
-    ("00082111", "DerivationDescription", "X"),
-    ("00084000", "IdentifyingComments", "X"),
-    ("00100010", "PatientName", "Z"),
-    ("00100020", "PatientID", "Z"),
-    ("00100021", "IssuerOfPatientID", "X"),
-    ("00100030", "PatientBirthDate", "Z"),
-    ("00100032", "PatientBirthTime", "X"),
-    ("00100040", "PatientSex", "Z"),
-    ("00100050", "PatientInsurancePlanCodeSequence", "X"),
-    ("00101000", "OtherPatientIDs", "X"),
-    ("00101001", "OtherPatientNames", "X"),
-    ("00101002", "OtherPatientIDsSequence", "X"),
-    ("00101005", "PatientBirthName", "X"),
-    ("00101010", "PatientAge", "X"),
-    ("00101020", "PatientSize", "X"),
-    ("00101030", "PatientWeight", "X"),
-    ("00101040", "PatientAddress", "X"),
-    ("00101050", "InsurancePlanIdentification", "X"),
-    ("00101060", "PatientMotherBirthName", "X"),
-    ("00101080", "MilitaryRank", "X"),
-    ("00101081", "BranchOfService", "X"),
-    ("00101090", "MedicalRecordLocator", "X"),
-    ("00102000", "MedicalAlerts", "X"),
-    ("00102110", "Allergies", "X"),
-    ("00102150", "CountryOfResidence", "X"),
-    ("00102152", "RegionOfResidence", "X"),
-    ("00102154", "PatientTelephoneNumbers", "X"),
-    ("00102155", "PatientTelecomInformation", "X"),
-    ("00102160", "EthnicGroup", "X"),
-    ("00102180", "Occupation", "X"),
-    ("001021A0", "SmokingStatus", "X"),
-    ("001021B0", "AdditionalPatientHistory", "X"),
-    ("001021C0", "PregnancyStatus", "X"),
-    ("001021D0", "LastMenstrualDate", "X"),
-    ("001021F0", "PatientReligiousPreference", "X"),
-    ("00102203", "PatientSexNeutered", "X"),
-    ("00102297", "ResponsiblePerson", "X"),
-    ("00102299", "ResponsibleOrganization", "X"),
-    ("00104000", "PatientComments", "X"),
-    ("00120010", "ClinicalTrialSponsorName", "D"),
-    ("00120020", "ClinicalTrialProtocolID", "D"),
-    ("00120030", "ClinicalTrialSiteID", "Z"),
-    ("00120031", "ClinicalTrialSiteName", "Z"),
-    ("00120040", "ClinicalTrialSubjectID", "D"),
-    ("00120042", "ClinicalTrialSubjectReadingID", "D"),
-    ("00180010", "ContrastBolusAgent", "X"),
-    ("00181000", "DeviceSerialNumber", "X"),
-    ("00181002", "DeviceUID", "U"),
-    ("00181004", "PlateID", "X"),
-    ("00181005", "GeneratorID", "X"),
-    ("00181007", "CassetteID", "X"),
-    ("00181008", "GantryID", "X"),
-    ("00181012", "DateOfSecondaryCapture", "X"),
-    ("00181030", "ProtocolName", "X"),
-    ("00181200", "DateOfLastCalibration", "X"),
-    ("00181201", "TimeOfLastCalibration", "X"),
-    ("00181400", "AcquisitionDeviceProcessingDescription", "X"),
-    ("00184000", "AcquisitionComments", "X"),
-    ("0018700A", "DetectorID", "X"),
-    ("0018A003", "ContributionDescription", "X"),
-    ("0020000D", "StudyInstanceUID", "U"),
-    ("0020000E", "SeriesInstanceUID", "U"),
-    ("00200010", "StudyID", "Z"),
-    ("00200052", "FrameOfReferenceUID", "U"),
-    ("00200200", "SynchronizationFrameOfReferenceUID", "U"),
-    ("00203401", "ModifyingDeviceID", "X"),
-    ("00203404", "ModifyingDeviceManufacturer", "X"),
-    ("00203406", "ModifiedImageDescription", "X"),
-    ("00204000", "ImageComments", "X"),
-    ("00209158", "FrameComments", "X"),
-    ("00209161", "ConcatenationUID", "U"),
-    ("00209164", "DimensionOrganizationUID", "U"),
-    ("00281199", "PaletteColorLookupTableUID", "U"),
-    ("00284000", "ImagePresentationComments", "X"),
-    ("00321032", "RequestingPhysician", "X"),
-    ("00321033", "RequestingService", "X"),
-    ("00321060", "RequestedProcedureDescription", "X"),
-    ("00324000", "StudyComments", "X"),
-    ("00380010", "AdmissionID", "X"),
-    ("00380300", "CurrentPatientLocation", "X"),
-    ("00380400", "PatientInstitutionResidence", "X"),
-    ("00380500", "PatientState", "X"),
-    ("00384000", "VisitComments", "X"),
-    ("00400006", "ScheduledPerformingPhysicianName", "X"),
-    ("00400241", "PerformedStationAETitle", "X"),
-    ("00400242", "PerformedStationName", "X"),
-    ("00400243", "PerformedLocation", "X"),
-    ("00400244", "PerformedProcedureStepStartDate", "X"),
-    ("00400245", "PerformedProcedureStepStartTime", "X"),
-    ("00400253", "PerformedProcedureStepID", "X"),
-    ("00400254", "PerformedProcedureStepDescription", "X"),
-    ("00400275", "RequestAttributesSequence", "X"),
-    ("00400280", "CommentsOnThePerformedProcedureStep", "X"),
-    ("00400555", "AcquisitionContextSequence", "X"),
-    ("00401001", "RequestedProcedureID", "X"),
-    ("00401010", "NamesOfIntendedRecipientsOfResults", "X"),
-    ("00401101", "PersonIdentificationCodeSequence", "D"),
-    ("00401102", "PersonAddress", "X"),
-    ("00401103", "PersonTelephoneNumbers", "X"),
-    ("00401400", "RequestedProcedureComments", "X"),
-    ("00402016", "PlacerOrderNumberImagingServiceRequest", "Z"),
-    ("00402017", "FillerOrderNumberImagingServiceRequest", "Z"),
-    ("00402400", "ImagingServiceRequestComments", "X"),
-    ("0040A073", "VerifyingObserverSequence", "D"),
-    ("0040A075", "VerifyingObserverName", "D"),
-    ("0040A123", "PersonName", "D"),
-    ("0040A124", "UID", "U"),
-    ("0040A730", "ContentSequence", "X"),
-    ("0040DB0C", "TemplateExtensionOrganizationUID", "U"),
-    ("0040DB0D", "TemplateExtensionCreatorUID", "U"),
-    ("00700001", "GraphicAnnotationSequence", "X"),
-    ("00700084", "ContentCreatorName", "Z"),
-    ("00700086", "ContentCreatorIdentificationCodeSequence", "X"),
-    ("00880140", "StorageMediaFileSetUID", "U"),
-    ("00880200", "IconImageSequence", "X"),
-    ("30060024", "ReferencedFrameOfReferenceUID", "U"),
-    ("300600C2", "RelatedFrameOfReferenceUID", "U"),
-    ("40000010", "Arbitrary", "X"),
-    ("40004000", "TextComments", "X"),
-    ("40080042", "ResultsIDIssuer", "X"),
-    ("40080300", "Impressions", "X"),
-    ("FFFAFFFA", "DigitalSignaturesSequence", "X"),
-    ("FFFCFFFC", "DataSetTrailingPadding", "X"),
+#: The copy of PS3.15 Table E.1-1 in the package (see the header of the file for its source).
+STANDARD_TABLE = "deid_ps3_15_e1_1.csv"
+
+
+@dataclass(frozen=True)
+class StandardRow:
+    """One row of PS3.15 Table E.1-1: the tag as printed (``(0010,0010)``, ``(50XX,XXXX)``),
+    the attribute's name, the Basic Profile action and the Modified Dates option's action."""
+
+    tag: str
+    name: str
+    basic_profile: str
+    modified_dates: str
+
+    @property
+    def key(self) -> str:
+        """The tag as in DICOM JSON (``00100010``); patterns keep their ``X`` digits."""
+        return self.tag[1:5].upper() + self.tag[6:10].upper()
+
+    @property
+    def is_pattern(self) -> bool:
+        """Whether the row names a group of tags (curves, overlays, private attributes)."""
+        return not all(c in "0123456789ABCDEF" for c in self.key)
+
+
+def standard_table() -> tuple[StandardRow, ...]:
+    """The rows of PS3.15 Table E.1-1 as shipped with the package."""
+    import csv
+    from importlib import resources
+
+    text = resources.files("cxrlake").joinpath(STANDARD_TABLE).read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if not line.startswith("#")]
+    return tuple(
+        StandardRow(
+            r["tag"], r["name"], r["basic_profile"], r["retain_longitudinal_modified_dates"]
+        )
+        for r in csv.DictReader(lines)
+    )
+
+
+def chosen_action(row: StandardRow) -> str:
+    """The action this module applies to a row of Table E.1-1: the Modified Dates option's
+    ``C`` where the table gives one, else the strictest of the Basic Profile's choices."""
+    if row.modified_dates == "C":
+        return "C"
+    choices = row.basic_profile.replace("*", "").split("/")
+    return next(action for action in ("X", "U", "Z", "D") if action in choices)
+
+
+#: (tag, name, action) for every attribute of Table E.1-1 (patterns such as curves ``50XXXXXX``
+#: and private attributes included: their action is ``X``, as for anything not retained).
+BASIC_PROFILE: tuple[tuple[str, str, str], ...] = tuple(
+    (row.key, row.name, chosen_action(row)) for row in standard_table()
 )
 
-_ACTIONS = {tag: action for tag, _keyword, action in BASIC_PROFILE}
+#: (tag, keyword) of the attributes kept as they are (action ``K``); none is in Table E.1-1.
+RETAINED: tuple[tuple[str, str], ...] = (
+    # File meta information and SOP common: what kind of object, how it is encoded
+    ("00020002", "MediaStorageSOPClassUID"),
+    ("00020010", "TransferSyntaxUID"),
+    ("00020012", "ImplementationClassUID"),
+    ("00080005", "SpecificCharacterSet"),
+    ("00080008", "ImageType"),
+    ("00080016", "SOPClassUID"),
+    ("00080060", "Modality"),
+    ("00080064", "ConversionType"),
+    ("00080068", "PresentationIntentType"),
+    ("00080070", "Manufacturer"),
+    ("00081090", "ManufacturerModelName"),
+    ("00181020", "SoftwareVersions"),
+    # what the image shows
+    ("00080100", "CodeValue"),
+    ("00080102", "CodingSchemeDesignator"),
+    ("00080103", "CodingSchemeVersion"),
+    ("00080104", "CodeMeaning"),
+    ("00082218", "AnatomicRegionSequence"),
+    ("00180015", "BodyPartExamined"),
+    ("00185100", "PatientPosition"),
+    ("00185101", "ViewPosition"),
+    ("00540220", "ViewCodeSequence"),
+    ("00200020", "PatientOrientation"),
+    ("00200060", "Laterality"),
+    ("00200062", "ImageLaterality"),
+    ("00280301", "BurnedInAnnotation"),
+    ("00280302", "RecognizableVisualFeatures"),
+    # acquisition
+    ("00180020", "ScanningSequence"),
+    ("00180021", "SequenceVariant"),
+    ("00180022", "ScanOptions"),
+    ("00180023", "MRAcquisitionType"),
+    ("00180050", "SliceThickness"),
+    ("00180060", "KVP"),
+    ("00180080", "RepetitionTime"),
+    ("00180081", "EchoTime"),
+    ("00180087", "MagneticFieldStrength"),
+    ("00180088", "SpacingBetweenSlices"),
+    ("00181110", "DistanceSourceToDetector"),
+    ("00181111", "DistanceSourceToPatient"),
+    ("00181114", "EstimatedRadiographicMagnificationFactor"),
+    ("00181150", "ExposureTime"),
+    ("00181151", "XRayTubeCurrent"),
+    ("00181152", "Exposure"),
+    ("00181153", "ExposureInuAs"),
+    ("00181160", "FilterType"),
+    ("00181164", "ImagerPixelSpacing"),
+    ("00181166", "Grid"),
+    ("00181190", "FocalSpots"),
+    ("00181314", "FlipAngle"),
+    ("00181411", "ExposureIndex"),
+    ("00181412", "TargetExposureIndex"),
+    ("00181413", "DeviationIndex"),
+    ("00186000", "Sensitivity"),
+    ("00200032", "ImagePositionPatient"),
+    ("00200037", "ImageOrientationPatient"),
+    ("00201041", "SliceLocation"),
+    # image pixel description and display (Modality LUT, VOI LUT)
+    ("00280002", "SamplesPerPixel"),
+    ("00280004", "PhotometricInterpretation"),
+    ("00280006", "PlanarConfiguration"),
+    ("00280008", "NumberOfFrames"),
+    ("00280010", "Rows"),
+    ("00280011", "Columns"),
+    ("00280030", "PixelSpacing"),
+    ("00280034", "PixelAspectRatio"),
+    ("00280100", "BitsAllocated"),
+    ("00280101", "BitsStored"),
+    ("00280102", "HighBit"),
+    ("00280103", "PixelRepresentation"),
+    ("00280106", "SmallestImagePixelValue"),
+    ("00280107", "LargestImagePixelValue"),
+    ("00280120", "PixelPaddingValue"),
+    ("00281040", "PixelIntensityRelationship"),
+    ("00281041", "PixelIntensityRelationshipSign"),
+    ("00281050", "WindowCenter"),
+    ("00281051", "WindowWidth"),
+    ("00281052", "RescaleIntercept"),
+    ("00281053", "RescaleSlope"),
+    ("00281054", "RescaleType"),
+    ("00281056", "VOILUTFunction"),
+    ("00282110", "LossyImageCompression"),
+    ("00282112", "LossyImageCompressionRatio"),
+    ("00282114", "LossyImageCompressionMethod"),
+    ("00283000", "ModalityLUTSequence"),
+    ("00283002", "LUTDescriptor"),
+    ("00283004", "ModalityLUTType"),
+    ("00283006", "LUTData"),
+    ("00283010", "VOILUTSequence"),
+)
+
+_ACTIONS = {tag: action for tag, _name, action in BASIC_PROFILE}
+_ACTIONS.update({tag: "K" for tag, _keyword in RETAINED})
 _DATE_VRS = {"DA", "DT"}
 _ID_VRS = {"LO", "SH", "CS", "LT", "ST", "UT", "UC"}
-_REMOVED_GROUP_PREFIXES = ("50",)  # curves (retired)
-_REMOVED_OVERLAY_ELEMENTS = ("3000", "4000")  # overlay data, overlay comments
 
 
 @dataclass(frozen=True)
@@ -257,10 +241,13 @@ def load_key(
     ``dbutils.secrets.get`` on Databricks). Raises InvalidArgumentError when neither gives a key of
     at least 16 bytes; the key itself never appears in a message."""
     env = os.environ if environ is None else environ
-    value = env.get(KEY_ENV, "")
+    # Surrounding whitespace is never key material: `databricks secrets put-secret` reading
+    # standard input stores the trailing newline of `openssl rand -base64 32 | ...`, and $(...)
+    # in a shell drops it, so both forms of one key must give the same pseudonyms.
+    value = env.get(KEY_ENV, "").strip()
     source = f"environment variable {KEY_ENV}"
     if not value and secret is not None:
-        value = secret(scope, name) or ""
+        value = (secret(scope, name) or "").strip()
         source = f"Databricks secret {scope}/{name}"
     if not value:
         raise InvalidArgumentError(
@@ -317,15 +304,6 @@ def _first_text(dataset: Mapping[str, Any], tag: str) -> str:
     return str(value)
 
 
-def _is_removed_by_group(tag: str) -> bool:
-    group = int(tag[:4], 16)
-    if group % 2 == 1:
-        return True  # private
-    if tag.startswith(_REMOVED_GROUP_PREFIXES):
-        return True
-    return tag[:2] == "60" and tag[4:] in _REMOVED_OVERLAY_ELEMENTS
-
-
 class _Rules:
     def __init__(self, key: bytes, shift_days: int):
         self.key = key
@@ -334,25 +312,28 @@ class _Rules:
     def dataset(self, source: Mapping[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for tag, element in source.items():
-            tag = tag.upper()
-            if _is_removed_by_group(tag):
+            if not isinstance(element, Mapping):
                 continue
+            tag = str(tag).upper()
             replaced = self.element(tag, element)
             if replaced is not None:
                 out[tag] = replaced
         return out
 
     def element(self, tag: str, element: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The element after its rule, or None to remove it. Not named by a rule: removed."""
         vr = element.get("vr", "UN")
-        action = _ACTIONS.get(tag, "K")
-        if action in ("X", "C"):
+        action = _ACTIONS.get(tag, "X")
+        if action == "X" or vr == "UN":
             return None
         if vr == "SQ":
-            items = [self.dataset(item) for item in _values(element)]
+            if action != "K":
+                return {"vr": "SQ"}  # D/Z on a sequence: emptied, no item carried over
+            items = [self.dataset(item) for item in _values(element) if isinstance(item, Mapping)]
             return {"vr": "SQ", "Value": items} if items else {"vr": "SQ"}
         values = _values(element)
         if vr == "UI":
-            # Every UID not defined by the standard is replaced, listed in the table or not.
+            # Every UID not defined by the standard is replaced, kept or listed.
             return {
                 "vr": "UI",
                 "Value": [
@@ -360,10 +341,16 @@ class _Rules:
                     for v in values
                 ],
             }
-        if vr == "PN" and action == "K":
-            return None  # a person's name the table does not list: removed, never kept
-        if action == "K" and vr not in _DATE_VRS:
-            return copy.deepcopy(dict(element))
+        if action == "C":  # Modified Dates option: dates shifted, times kept, the rest removed
+            if vr == "TM":
+                return copy.deepcopy(dict(element))
+            if vr not in _DATE_VRS:
+                return None
+        elif action == "K":
+            if vr == "PN":
+                return None  # a person's name is never kept as it is
+            if vr not in _DATE_VRS:
+                return copy.deepcopy(dict(element))
         if not values:
             return {"vr": vr}
         if vr in _DATE_VRS:
@@ -377,9 +364,7 @@ class _Rules:
         if vr in _ID_VRS:
             keyword = tag  # the tag names the kind, so equal values of different kinds differ
             return {"vr": vr, "Value": [pseudonym_id(self.key, keyword, str(v)) for v in values]}
-        if vr == "TM":
-            return copy.deepcopy(dict(element))
-        return {"vr": vr}  # any other VR under D/Z: zero length
+        return {"vr": vr}  # any other VR under D/Z (times, numbers, binary): zero length
 
 
 def deidentify(metadata: Mapping[str, Any], key: bytes) -> Deidentified:

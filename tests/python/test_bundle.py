@@ -85,7 +85,8 @@ def test_targets_modes_root_paths_and_permissions():
     for name in ("pilot", "prod"):
         assert targets[name]["mode"] == "production"
         assert targets[name]["workspace"]["root_path"].startswith("/Workspace/")
-        assert {p["level"] for p in targets[name]["permissions"]} >= {"CAN_MANAGE", "CAN_VIEW"}
+        # CAN_MANAGE for the run-as principal only; engineers run jobs, nobody else edits them
+        assert {p["level"] for p in targets[name]["permissions"]} == {"CAN_MANAGE", "CAN_RUN"}
 
 
 def test_wheel_artifact_is_a_portable_maturin_build(resolved):
@@ -363,6 +364,7 @@ def test_groups_warehouse_and_service_principal_are_required_where_the_user_must
             "warehouse_id",
         }
         assert config["run_as"] == {"service_principal_name": "${var.service_principal}"}
+            "radiologists_group",
         assert config["workspace"]["root_path"].startswith(
             "/Workspace/Users/${var.service_principal}/"
         )
@@ -408,3 +410,315 @@ def test_job_parameters_carry_the_deployed_schema_names(resolved):
                     assert params[f"{schema}_schema"] == f"${{resources.schemas.{schema}.name}}"
             if key != "medallion_pipeline":
                 assert "bronze_schema" in params, (target, key)
+
+
+# ------------------------------------------------------------------ the wheel's build tools
+def test_wheel_toolchain_check_says_what_is_missing(tmp_path):
+    """Without maturin and zig on PATH the artifact build stops first and names the fix."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    for tool in ("sh", "grep", "cargo", "rustup"):
+        found = shutil.which(tool)
+        if found:
+            (bare / tool).symlink_to(found)
+    result = subprocess.run(
+        ["sh", str(REPO / "tools" / "wheel_toolchain.sh"), "x86_64-unknown-linux-gnu"],
+        env={"PATH": str(bare), "HOME": os.environ.get("HOME", "/")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "zig not found on PATH" in result.stderr and "pip install ziglang" in result.stderr
+    assert "maturin not found on PATH" in result.stderr
+
+
+def test_make_wheel_puts_the_venv_bin_on_path():
+    """maturin --zig finds python-zig only on PATH: `make wheel` puts the venv's bin there."""
+    dry = subprocess.run(
+        ["make", "-n", "wheel"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
+    build = [line for line in dry.splitlines() if "maturin build" in line]
+    venv_bin = str(REPO / ".venv" / "bin")
+    assert build and f'PATH="{venv_bin}:' in build[0], dry
+    assert any("wheel_toolchain.sh" in line for line in dry.splitlines())
+
+
+# ------------------------------------------------- first deploy, grants and permissions (issue 20)
+def _bundle_config(resolved, target: str) -> dict:
+    return resolved[target]["resources"]
+
+
+APP_SP = "${resources.apps.review.service_principal_client_id}"
+
+
+def test_jobs_get_the_registered_model_as_deployed(resolved):
+    """Development mode prefixes registered models (dev_<user>_pneumonia_classifier): the jobs
+    that name the model get the deployed name, never the bundle key."""
+    for target in TARGETS:
+        jobs = _bundle_config(resolved, target)["jobs"]
+        for key in ("silver_transform", "gold_predict", "train_model"):
+            params = {p["name"]: p["default"] for p in jobs[key]["parameters"]}
+            assert params["registered_model"] == (
+                "${resources.registered_models.pneumonia_classifier.name}"
+            ), (target, key)
+
+
+def test_the_app_names_only_objects_the_deploy_creates_and_its_principal_keeps_its_grants(resolved):
+    for target in TARGETS:
+        resources = _bundle_config(resolved, target)
+        app = resources["apps"]["review"]
+        securables = [r["uc_securable"] for r in app["resources"] if "uc_securable" in r]
+        assert securables == [
+            {
+                "securable_full_name": "${resources.volumes.libraries.id}",
+                "securable_type": "VOLUME",
+                "permission": "READ_VOLUME",
+            }
+        ]
+        for key in ("bronze", "silver", "gold", "models"):
+            grants = resources["schemas"][key]["grants"]
+            assert {"principal": APP_SP, "privileges": ["USE_SCHEMA"]} in grants, (target, key)
+        assert {"principal": APP_SP, "privileges": ["READ_VOLUME"]} in (
+            resources["volumes"]["libraries"]["grants"]
+        )
+        # the tables come from the setup job, after create_tables, to the same principal
+        setup = resources["jobs"]["setup"]
+        params = {p["name"]: p["default"] for p in setup["parameters"]}
+        assert params["review_app_principal"] == APP_SP
+        task = next(t for t in setup["tasks"] if t["task_key"] == "grant_review_app")
+        assert task["depends_on"] == [{"task_key": "create_tables"}]
+        assert task["notebook_task"]["notebook_path"].endswith("grant_review_app.py")
+
+
+def test_review_app_grants_file_covers_every_table_the_app_queries():
+    from cxrlake.review.warehouse import WarehouseNames
+    from cxrlake.spark import sql_files
+
+    params = {
+        "catalog": "healthcare_catalog_dev",
+        "bronze_schema": "b",
+        "silver_schema": "s",
+        "gold_schema": "g",
+        "app_principal": "0a1b2c3d-0000-4000-8000-000000000a99",
+    }
+    statements = sql_files.rendered_statements(REPO / "sql" / "14_review_app_grants.sql", params)
+    granted = {}
+    for statement in statements:
+        privileges, rest = statement.removeprefix("GRANT ").split(" ON TABLE ")
+        table, principal = rest.split(" TO ")
+        assert principal == f"`{params['app_principal']}`"
+        granted[table] = set(privileges.split(", "))
+    names = WarehouseNames("healthcare_catalog_dev", "b", "s", "g")
+    reads = {names.bronze, names.silver, names.predictions, names.performance}
+    writes = {names.feedback, names.history, names.agreement}
+    assert granted == {
+        **{t: {"SELECT"} for t in reads},
+        **{t: {"SELECT", "MODIFY"} for t in writes},
+    }
+
+
+def test_dev_names_no_user_as_a_group_and_gives_each_developer_an_app(resolved):
+    dev = resolved["dev"]
+    for where, entry in bundle_check._permission_entries(dev):
+        assert "group_name" not in entry or "current_user" not in entry["group_name"], where
+    assert dev["resources"]["apps"]["review"]["name"] == (
+        "cxrlake-${workspace.current_user.domain_friendly_name}"
+    )
+    for target in ("pilot", "prod"):
+        assert resolved[target]["resources"]["apps"]["review"]["name"] == f"cxrlake-review-{target}"
+
+
+def test_production_only_radiologists_use_the_app_and_only_the_run_as_principal_manages(resolved):
+    for target in ("pilot", "prod"):
+        config = resolved[target]
+        assert config["permissions"] == [
+            {"service_principal_name": "${var.service_principal}", "level": "CAN_MANAGE"},
+            {"group_name": "${var.engineers_group}", "level": "CAN_RUN"},
+        ]
+        app = config["resources"]["apps"]["review"]
+        assert app["permissions"] == [
+            {"group_name": "${var.radiologists_group}", "level": "CAN_USE"}
+        ]
+        dashboard = config["resources"]["dashboards"]["cxrlake_overview"]
+        assert {"group_name": "${var.readers_group}", "level": "CAN_READ"} in (
+            dashboard["permissions"]
+        )
+        # readers: nothing in bronze, and no top-level entry (CAN_VIEW would be CAN_USE on apps)
+        bronze = config["resources"]["schemas"]["bronze"]["grants"]
+        assert all(g["principal"] != "${var.readers_group}" for g in bronze)
+
+
+def test_each_environment_has_its_own_de_identification_secret_scope(resolved):
+    scopes = {}
+    for target in TARGETS:
+        scopes[target] = bundle_check.variable_values(
+            bundle_check.target_config(bundle_check.load_bundle(REPO / "bundle").document, target)
+        )["deid_secret_scope"]
+        jobs = _bundle_config(resolved, target)["jobs"]
+        for key in ("silver_transform", "gold_predict"):
+            params = {p["name"]: p["default"] for p in jobs[key]["parameters"]}
+            assert params["deid_secret_scope"] == scopes[target], (target, key)
+    assert scopes == {t: f"cxrlake-{t}" for t in TARGETS}
+
+
+def test_checker_reports_app_resources_the_deploy_does_not_create(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit(d):
+        resources = d["resources"]["apps"]["review"]["resources"]
+        resources[1]["uc_securable"]["securable_full_name"] = (
+            "${var.catalog}.${resources.schemas.models.name}.libraries"
+        )
+        resources.append(
+            {
+                "name": "feedback",
+                "uc_securable": {
+                    "securable_full_name": "${var.catalog}.gold_x.prediction_feedback",
+                    "securable_type": "TABLE",
+                    "permission": "MODIFY",
+                },
+            }
+        )
+
+    _edit_yaml(repo / "bundle" / "resources" / "review.app.yml", edit)
+    problems = _problems(repo)
+    assert "resources[1] ('libraries'): securable_full_name" in problems
+    assert "is not a reference to a volumes resource" in problems
+    assert "resources[2] ('feedback'): a TABLE is not created by the deploy" in problems
+
+
+def test_checker_reports_schemas_and_volumes_the_app_uses_without_its_principal(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def drop_sp(kind, key):
+        def edit(d):
+            spec = d["resources"][kind][key]
+            spec["grants"] = [g for g in spec["grants"] if g["principal"] != APP_SP]
+
+        return edit
+
+    _edit_yaml(repo / "bundle" / "resources" / "gold.schema.yml", drop_sp("schemas", "gold"))
+    _edit_yaml(repo / "bundle" / "resources" / "models.schema.yml", drop_sp("schemas", "models"))
+    _edit_yaml(
+        repo / "bundle" / "resources" / "libraries.volume.yml", drop_sp("volumes", "libraries")
+    )
+    problems = _problems(repo)
+    assert "resources.schemas.gold.grants: app 'review' uses the schema (config.env" in problems
+    # models: used through the libraries volume, which lives in it
+    assert "resources.schemas.models.grants: app 'review' uses the schema" in problems
+    assert "resources.volumes.libraries.grants: app 'review' uses the volume (READ_VOLUME)" in (
+        problems
+    )
+    assert "resources.schemas.silver" not in problems
+
+
+def test_checker_reports_a_group_name_that_is_the_deploying_user(tmp_path):
+    repo = _copy_repo(tmp_path)
+    _edit_yaml(
+        repo / "bundle" / "resources" / "cxrlake_overview.dashboard.yml",
+        lambda d: d["resources"]["dashboards"]["cxrlake_overview"].update(
+            permissions=[{"group_name": "${var.readers_group}", "level": "CAN_READ"}]
+        ),
+    )
+    problems = _problems(repo, TARGETS)
+    assert (
+        "dev: resources.dashboards.cxrlake_overview.permissions[0].group_name = "
+        "'${workspace.current_user.userName}' is a user, not a group"
+    ) in problems
+    assert "prod: resources.dashboards" not in problems
+
+
+def test_checker_reports_dev_app_names_shared_by_every_developer(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit(d):
+        d["targets"]["dev"]["variables"]["review_app_name"] = "cxrlake-review-dev"
+
+    _edit_yaml(repo / "bundle" / "databricks.yml", edit)
+    problems = _problems(repo, ["dev"])
+    assert "dev: resources.apps.review.name = 'cxrlake-review-dev': not unique per user" in problems
+
+    def short_name(d):
+        d["targets"]["dev"]["variables"]["review_app_name"] = (
+            "cxrlake-${workspace.current_user.short_name}"
+        )
+
+    _edit_yaml(repo / "bundle" / "databricks.yml", short_name)
+    assert "user names and short names hold characters app names refuse" in _problems(repo, ["dev"])
+
+
+def test_checker_reports_production_can_manage_for_anyone_but_the_run_as_principal(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit(d):
+        d["targets"]["prod"]["permissions"][1]["level"] = "CAN_MANAGE"
+
+    _edit_yaml(repo / "bundle" / "databricks.yml", edit)
+    problems = _problems(repo, ["pilot", "prod"])
+    assert (
+        "prod: permissions[1] gives CAN_MANAGE to '${var.engineers_group}', who is not the "
+        "run-as principal ('${var.service_principal}')"
+    ) in problems
+    assert "pilot: permissions" not in problems
+
+
+def test_checker_reports_a_registered_model_name_reaching_code_as_a_literal(tmp_path):
+    repo = _copy_repo(tmp_path)
+
+    def edit(d):
+        params = d["resources"]["jobs"]["train_model"]["parameters"]
+        next(p for p in params if p["name"] == "registered_model")["default"] = (
+            "pneumonia_classifier"
+        )
+
+    _edit_yaml(repo / "bundle" / "resources" / "train_model.job.yml", edit)
+    # the defect itself: the package names the model by its bundle key when no name is passed
+    deployment = repo / "python" / "cxrlake" / "spark" / "deployment.py"
+    text = deployment.read_text()
+    old = 'return f"{self.catalog}.{self.models}.{self.registered_model}"'
+    assert old in text
+    deployment.write_text(text.replace(old, 'return f"{self.catalog}.{self.models}.{MODEL_KEY}"'))
+    notebook = repo / "jobs" / "maintenance.py"
+    notebook.write_text(
+        notebook.read_text() + '\nprint("healthcare_catalog_dev.models.pneumonia_classifier")\n'
+    )
+    problems = _problems(repo)
+    assert (
+        "resources.jobs.train_model.parameters[5].default = 'pneumonia_classifier' names a "
+        "registered model by a literal"
+    ) in problems
+    assert "job gold_predict: deployment.py (model_name) names the registered model" in problems
+    assert "job maintenance: maintenance.py (maintenance.py) names the registered model" in problems
+
+
+def test_first_deployment_checklist_gives_the_rights_the_order_and_a_proof_per_step():
+    """docs/databricks.md: the deployer's rights (MANAGE on the catalog, CAN MANAGE on the
+    warehouse), deploy -> setup job -> app grants and start -> readers on the warehouse, and one
+    proving query or command per step."""
+    import re
+
+    text = (REPO / "docs" / "databricks.md").read_text()
+    checklist = text.split("## First deployment checklist", 1)[1].split("\n## ", 1)[0]
+    steps = re.split(r"\n### ", checklist)[1:]
+    titles = [s.split("\n", 1)[0] for s in steps]
+    for title, step in zip(titles, steps, strict=True):
+        assert "\nProof:" in step, title
+
+    def position(word: str) -> int:
+        return next(i for i, title in enumerate(titles) if word in title)
+
+    assert (
+        position("Deploy") < position("setup job") < position("review app") < position("warehouse")
+    )
+    rights = steps[0].split("**Rights of the deploying identity**", 1)[1]
+    assert "| `MANAGE` | the catalog |" in rights
+    assert "| `CAN MANAGE` | the SQL warehouse |" in rights
+    assert "grant_review_app ... TERMINATED SUCCESS" in steps[position("setup job")]
+    assert "databricks bundle run -t <env> review" in steps[position("review app")]
+    readers = '{"group_name": "<readers-group>", "permission_level": "CAN_USE"}'
+    assert readers in steps[position("warehouse")]
+    catalog = (REPO / "sql" / "00_catalog.sql").read_text()
+    assert "GRANT USE CATALOG, CREATE SCHEMA, MANAGE ON CATALOG ${catalog} TO `${deployer}`" in (
+        catalog
+    )

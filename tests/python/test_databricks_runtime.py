@@ -46,9 +46,11 @@ import pandas as pd
 import cxrlake
 from cxrlake.spark import deployment, jobs, model_source, sql_files, udfs, warehouse_udf
 series = pd.Series([open({str(IMAGES[0])!r}, "rb").read()])
+import json
 (out,) = list(warehouse_udf.predict_handler(iter([(series,)])))
-assert out[0]["error"] is None, out[0]
-print(round(out[0]["probability"], 6))
+row = json.loads(out[0])
+assert row["error"] is None, row
+print(round(row["probability"], 6))
 """
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120

@@ -448,6 +448,19 @@ def test_key_comes_from_the_environment_or_a_secret_never_a_default():
     assert "short-key" not in str(info.value)
 
 
+def test_a_secret_stored_from_standard_input_gives_the_same_key_as_the_shell_variable():
+    """`openssl rand -base64 32 | databricks secrets put-secret <scope> deid-key` stores the
+    trailing newline; `export CXRLAKE_DEID_KEY=$(openssl rand -base64 32)` has none. One key, one
+    set of pseudonyms on both engines."""
+    from cxrlake.deid import load_key
+
+    key = "q0nB1tXk7yJ0m2l8b0V3cH5pZ9wE4rT6uI8oP1aS2dF="
+    from_shell = load_key({"CXRLAKE_DEID_KEY": key})
+    assert load_key({}, secret=lambda scope, name: key + "\n") == from_shell
+    assert load_key({}, secret=lambda scope, name: key + "\r\n") == from_shell
+    assert load_key({"CXRLAKE_DEID_KEY": key + "\n"}) == from_shell
+
+
 # Attributes pydicom/deid's default recipe removes that cxrlake keeps, each for a stated reason.
 KEPT_ON_PURPOSE = {
     # Identify the kind of object, not the patient (standard UIDs, PS3.15 Table E.1-1: K).

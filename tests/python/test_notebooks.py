@@ -165,6 +165,8 @@ def test_jobs_address_the_schemas_the_bundle_deployed():
         "dev_ana_silver",
         "dev_ana_gold",
         "dev_ana_models",
+        registered_model="dev_ana_pneumonia_classifier",
+        deid_secret_scope="cxrlake-dev",
     )
     from cxrlake.lakehouse import schemas
 
@@ -177,7 +179,18 @@ def test_jobs_address_the_schemas_the_bundle_deployed():
     assert names.volume_path("bronze", "xray_images") == (
         "/Volumes/healthcare_catalog_dev/dev_ana_bronze/xray_images"
     )
-    assert names.model_name() == "healthcare_catalog_dev.dev_ana_models.pneumonia_classifier"
+    # development mode prefixes the registered model too: the job passes the deployed name
+    assert names.model_name() == (
+        "healthcare_catalog_dev.dev_ana_models.dev_ana_pneumonia_classifier"
+    )
+    assert names.secret_scope == "cxrlake-dev"
+    without_model = jobs.validate_deployment("healthcare_catalog_dev", "b", "s", "g", "m")
+    with pytest.raises(jobs.DeploymentError, match="registered_model"):
+        without_model.model_name()
+    with pytest.raises(jobs.JobParameterError, match="registered_model"):
+        jobs.validate_deployment("healthcare_catalog_dev", "b", "s", "g", "m", "Bad-Name")
+    with pytest.raises(jobs.JobParameterError, match="deid_secret_scope"):
+        jobs.validate_deployment("healthcare_catalog_dev", "b", "s", "g", "m", None, "a b")
     # without a bundle, a bare catalog keeps the undecorated names
     assert jobs.table_name("healthcare_catalog_dev", schemas.BRONZE) == (
         "healthcare_catalog_dev.bronze.kaggle_xray_metadata"

@@ -265,20 +265,41 @@ def test_gold_transform_scores_silver_images_in_the_exact_schema(spark, bronze):
     frames.metadata.sparkSession.catalog.clearCache()
 
 
-def test_warehouse_udf_handler_scores_bytes_and_flags_missing_ones():
-    import pandas as pd
+def test_warehouse_udf_runs_as_sql_declares_it_under_sparks_pandas_udf_serializer(spark):
+    """sql/30_predict_function.sql declares the batch UDF ``predict_image_json ... RETURNS STRING``
+    and ``predict_image`` as ``from_json`` of it. Spark runs the handler here exactly so (an
+    iterator pandas UDF of the declared type, Arrow batches through Spark's serializer) and the
+    STRUCT equals `cxrlake.predict`; a NULL input gets an error, never a failed batch."""
+    import re
+    from collections.abc import Iterator
 
+    import pandas as pd
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    text = (Path(__file__).resolve().parents[2] / "sql" / "30_predict_function.sql").read_text()
+    returns = re.search(r"predict_image_json\(content BINARY\)\nRETURNS (\w+)\n", text).group(1)
+    schema = re.search(r"from_json\(\n  [^\n]+\n  '([^']+)'", text).group(1)
+
+    def handler(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        yield from warehouse_udf.predict_handler(batches)
+
+    predict_image_json = pandas_udf(handler, returnType=returns)
     images = sorted((TRAIN / "PNEUMONIA").iterdir())[:3]
-    contents = pd.Series([images[0].read_bytes(), None, images[1].read_bytes()], index=[7, 8, 9])
-    (series,) = list(warehouse_udf.predict_handler(iter([(contents,)])))
-    # the documented form: one pandas Series per batch, a STRUCT value (dict) per row
-    assert isinstance(series, pd.Series) and list(series.index) == [7, 8, 9]
-    assert all(list(v) == PREDICT_RESULT.names for v in series)
-    assert series[8]["error"] == warehouse_udf.NOT_INGESTED and series[8]["probability"] is None
+    rows = [(0, images[0].read_bytes()), (1, None), (2, images[1].read_bytes())]
+    frame = spark.createDataFrame(rows, "n INT, content BINARY")
+    got = [
+        r["p"].asDict()
+        for r in frame.select("n", F.from_json(predict_image_json("content"), schema).alias("p"))
+        .orderBy("n")
+        .collect()
+    ]
+    assert list(got[0]) == PREDICT_RESULT.names
     want = cxrlake.predict([str(images[0]), str(images[1])]).to_pylist()
-    assert series[7]["probability"] == pytest.approx(want[0]["probability"], abs=1e-6)
-    assert series[9]["predicted_label"] == want[1]["predicted_label"]
-    assert isinstance(series[9]["predicted_label"], int)
+    assert got[0]["probability"] == pytest.approx(want[0]["probability"], abs=1e-9)
+    assert got[2]["predicted_label"] == want[1]["predicted_label"]
+    assert got[2]["model_version"] == want[1]["model_version"] and got[2]["error"] is None
+    assert got[1]["error"] == warehouse_udf.NOT_INGESTED and got[1]["probability"] is None
 
 
 def test_local_path_turns_spark_uris_into_paths():

@@ -25,6 +25,7 @@ PARAMS = {
     **{f"{key}_schema": name for key, name in DEPLOYED.items()},
     "engineers_group": "cxrlake-engineers",
     "deployer": "6f1e2d3c-0000-4000-8000-000000000001",
+    "app_principal": "0a1b2c3d-0000-4000-8000-00000000a99",
     "wheel_path": "/Volumes/healthcare_catalog_dev/models/libraries/"
     "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
     "readers_group": "cxrlake-readers",
@@ -61,6 +62,7 @@ def test_sql_dir_has_one_file_per_concern():
         "12_gold_tables.sql",
         "13_review_tables.sql",
         "20_dataset_summary_view.sql",
+        "14_review_app_grants.sql",
         "30_predict_function.sql",
         "90_maintenance.sql",
     ]
@@ -155,10 +157,18 @@ def test_dataset_summary_view_has_the_columns_of_the_local_view():
 
 def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_off_bytes():
     statements = _statements(SQL_DIR / "30_predict_function.sql")
-    python_udf, table_fn, *grants = statements
+    python_udf, struct_fn, table_fn, *grants = statements
     assert "PARAMETER STYLE PANDAS" in python_udf
     assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
     handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
+    # the batch UDF returns a scalar (the documented form): JSON, parsed by a SQL function
+    assert "predict_image_json(content BINARY)\nRETURNS STRING\n" in python_udf
+    from cxrlake.spark.warehouse_udf import PREDICT_JSON_SCHEMA
+
+    assert f"'{PREDICT_JSON_SCHEMA}'" in struct_fn
+    assert f"from_json(\n  healthcare_catalog_dev.{DEPLOYED['models']}.predict_image_json(" in (
+        struct_fn
+    )
     body = re.search(r"AS \$\$(.*)\$\$", python_udf, re.S).group(1)
     tree = ast.parse(body)
     imported = {
@@ -195,16 +205,23 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
         )
         + ">"
     )
-    assert struct in python_udf and struct in table_fn
+    assert struct in struct_fn and struct in table_fn
+    assert (
+        ", ".join(f"{f.name} {spark_type(f.type).simpleString().upper()}" for f in PREDICT_RESULT)
+        == PREDICT_JSON_SCHEMA
+    )
     # readers: EXECUTE on predict_image (its argument only); the bytes-reading function goes to
     # the engineers, who hold SELECT on bronze whichever rights its body runs with
     granted = [(g.split(" ON FUNCTION ")[1].split(" TO ")[0], g.split(" TO ")[-1]) for g in grants]
     models_fn = f"healthcare_catalog_dev.{DEPLOYED['models']}.predict_image"
     bronze_fn = f"healthcare_catalog_dev.{DEPLOYED['bronze']}.predict"
     assert sorted(granted) == sorted(
+    json_fn = f"{models_fn}_json"
         [
             (models_fn, "`cxrlake-readers`"),
             (models_fn, "`cxrlake-engineers`"),
+            (json_fn, "`cxrlake-readers`"),
+            (json_fn, "`cxrlake-engineers`"),
             (bronze_fn, "`cxrlake-engineers`"),
         ]
     )
@@ -215,7 +232,10 @@ def test_catalog_file_grants_use_catalog_to_readers_engineers_and_the_deployer()
     text = "\n".join(grants)
     for principal in ("cxrlake-readers", "cxrlake-engineers", PARAMS["deployer"]):
         assert re.search(rf"GRANT USE CATALOG.* TO `{re.escape(principal)}`", text), principal
-    assert "CREATE SCHEMA" in text
+    # the deployer creates the schemas, and the review app whose volume resource makes Databricks
+    # grant the app's principal USE CATALOG in the deployer's name (MANAGE on the catalog)
+    deployer = next(g for g in grants if g.endswith(f"`{PARAMS['deployer']}`"))
+    assert deployer.startswith("GRANT USE CATALOG, CREATE SCHEMA, MANAGE ON CATALOG ")
 
 
 def test_maintenance_optimizes_and_vacuums_every_table_the_setup_job_creates():

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 
 from cxrlake.medallion import identity, schemas
 from cxrlake.medallion.analysis import analyze
+from cxrlake.medallion.redact import redact_reasons
 
 STATS_FEATURE_TAG = "cxrlake-image-stats:1"
 """``feature_extraction_model`` of feature vectors built from image statistics (model without an
@@ -217,7 +218,8 @@ def quarantine_reasons(analysis: pa.RecordBatch | pa.Table) -> pa.ChunkedArray:
         pa.scalar("no image dimensions returned"),
         pc.if_else(small, too_small, pa.scalar(None, pa.string())),
     )
-    return pc.coalesce(t.column("error"), reason)
+    # Reasons go to silver.quarantine and the report: no DICOM header value may ride along.
+    return redact_reasons(pc.coalesce(t.column("error"), reason))
 
 
 def quarantine_reason(error: str | None, width: int | None, height: int | None) -> str | None:
@@ -311,7 +313,9 @@ def analyze_batch(
         deidentified, dicom_reasons = dicom_silver_metadata(src, deid_key, threads)
     else:
         deidentified = dicom_reasons = pa.nulls(n_rows, pa.string())
-    reasons = pc.coalesce(result.column("error"), dicom_reasons, quarantine_reasons(result))
+    reasons = redact_reasons(
+        pc.coalesce(result.column("error"), dicom_reasons, quarantine_reasons(result))
+    )
     good = pc.is_null(reasons)
     bad = pc.invert(good)
     # bronze's metadata (protected health information) goes no further than this line

@@ -44,6 +44,7 @@ TABLES_SQL = (
 01_schemas.sql / 02_volumes.sql: the bundle owns the schemas and volumes."""
 FUNCTIONS_SQL = "30_predict_function.sql"
 MAINTENANCE_SQL = "90_maintenance.sql"
+REVIEW_APP_GRANTS_SQL = "14_review_app_grants.sql"
 
 
 class JobParameterError(ValueError):
@@ -103,13 +104,28 @@ def validate_principal(value: str) -> str:
 
 
 def validate_deployment(
-    catalog: str, bronze_schema: str, silver_schema: str, gold_schema: str, models_schema: str
+    catalog: str,
+    bronze_schema: str,
+    silver_schema: str,
+    gold_schema: str,
+    models_schema: str,
+    registered_model: str | None = None,
+    deid_secret_scope: str | None = None,
 ) -> Deployment:
     """The catalog and the schema names the bundle deployed (job parameters
-    ``${resources.schemas.<key>.name}``: ``dev_<user>_bronze`` ... in development mode)."""
+    ``${resources.schemas.<key>.name}``: ``dev_<user>_bronze`` ... in development mode), the
+    registered model's deployed name (``${resources.registered_models.<key>.name}``) and the
+    environment's secret scope (``${var.deid_secret_scope}``); the last two default to the
+    names without a bundle when not given."""
     try:
         return Deployment.from_parameters(
-            catalog, bronze_schema, silver_schema, gold_schema, models_schema
+            catalog,
+            bronze_schema,
+            silver_schema,
+            gold_schema,
+            models_schema,
+            registered_model=registered_model,
+            deid_secret_scope=deid_secret_scope,
         )
     except DeploymentError as e:
         raise JobParameterError(str(e)) from None
@@ -480,7 +496,7 @@ def transform_silver(
     from cxrlake.spark.udfs import configure_session, model_for
 
     if deid_key is None:
-        deid_key = read_deid_key(dbutils)
+        deid_key = read_deid_key(dbutils, scope=_deployment(catalog).secret_scope)
     configure_session(spark)
     loaded = model_for(model)
     changes = decide_analysis(
@@ -508,7 +524,7 @@ def predict_gold(
     from cxrlake.spark.udfs import configure_session, model_for
 
     if deid_key is None:
-        deid_key = read_deid_key(dbutils)
+        deid_key = read_deid_key(dbutils, scope=_deployment(catalog).secret_scope)
     configure_session(spark)
     loaded = model_for(model)
     threshold = None
@@ -696,3 +712,20 @@ def maintain(
         "retain_hours": validate_retain_hours(retain_hours),
     }
     return sql_files.run_sql_file(spark, _sql_dir(sql_dir) / MAINTENANCE_SQL, params)
+def grant_review_app(
+    spark: Any,
+    catalog: str | Deployment,
+    app_principal: str,
+    sql_dir: str | os.PathLike[str] | None = None,
+) -> int:
+    """Grant the review app's service principal (``app_principal``, its application ID) the
+    tables it reads and writes (`REVIEW_APP_GRANTS_SQL`). The setup job runs this after
+    `create_tables`: the tables do not exist when the bundle deploys, so the app's bundle
+    resources cannot name them. Returns the number of statements run."""
+    params = {
+        **_deployment(catalog).sql_params(),
+        "app_principal": validate_principal(app_principal),
+    }
+    return sql_files.run_sql_file(spark, _sql_dir(sql_dir) / REVIEW_APP_GRANTS_SQL, params)
+
+

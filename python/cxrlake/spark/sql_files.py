@@ -36,6 +36,8 @@ PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
     "engineers_group": _PRINCIPAL,
     "deployer": _PRINCIPAL,
     # Schemas as the bundle deploys them in the target: `bronze` in production, `dev_<user>_bronze`
+    # the review app's service principal (application ID) in 14_review_app_grants.sql
+    "app_principal": _PRINCIPAL,
     # in development mode (lowercased, non-alphanumerics replaced by `_` by the CLI).
     **{f"{layer}_schema": _SCHEMA for layer in SCHEMA_KEYS},
     # VACUUM retention in hours: at least a week (Delta's safety check default).
