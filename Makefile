@@ -11,7 +11,7 @@ ENV ?= dev
 LOCK := flock /tmp/cxrlake-build.lock
 
 .DEFAULT_GOAL := help
-.PHONY: help sysdeps setup develop wheel test test-rust test-python lint fmt bench bench-rust \
+.PHONY: help sysdeps setup develop wheel wheel-smoke test test-rust test-python lint fmt bench bench-rust \
         demo report train bundle-validate fuzz fuzz-smoke clean
 
 help: ## List every target with a one-line description
@@ -45,8 +45,16 @@ setup: sysdeps $(VENV)/.deps ## Create .venv with every Python dependency (pypro
 develop: setup ## Build the Rust extension (release) and install cxrlake into .venv (editable)
 	$(LOCK) $(VENV)/bin/maturin develop --release --quiet
 
-wheel: setup ## Build a portable manylinux abi3 wheel into dist/
-	$(LOCK) $(VENV)/bin/maturin build --release --zig --compatibility manylinux2014 --out dist
+# maturin --zig runs zig (`python-zig` from the ziglang package) found on PATH: the venv's bin first.
+VENV_PATH = PATH="$(abspath $(VENV))/bin:$$PATH"
+
+wheel: setup ## Build a portable manylinux abi3 wheel into dist/ (the only cxrlake wheel there)
+	$(VENV_PATH) tools/wheel_toolchain.sh
+	rm -f dist/cxrlake-*.whl
+	$(LOCK) env $(VENV_PATH) maturin build --release --zig --compatibility manylinux2014 --out dist
+
+wheel-smoke: wheel ## Install dist/'s wheel into a clean venv, import cxrlake and score one film (as CI)
+	tools/wheel_smoke.sh dist $(firstword $(wildcard $(DATA)/chest_xray_fullres/PNEUMONIA/*.jpeg))
 
 test: develop test-rust test-python ## Run every test: cargo (core), pytest (API, pipeline, Spark, bundle)
 

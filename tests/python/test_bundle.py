@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -328,7 +329,10 @@ def test_checker_reports_wheel_builds_for_the_host_or_from_a_shared_folder(tmp_p
 def test_wheel_artifact_builds_linux_x86_64_into_an_emptied_folder(resolved):
     artifact = resolved["prod"]["artifacts"]["cxrlake_wheel"]
     build = " ".join(artifact["build"].split())
-    assert build.startswith("rm -rf dist/bundle && maturin build")
+    assert build.startswith(
+        "sh tools/wheel_toolchain.sh x86_64-unknown-linux-gnu && rm -rf dist/bundle "
+        "&& maturin build"
+    )
     assert "--target x86_64-unknown-linux-gnu" in build and "--out dist/bundle" in build
     assert artifact["files"] == [{"source": "../dist/bundle/*.whl"}]
 
