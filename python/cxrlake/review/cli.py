@@ -90,6 +90,14 @@ def _review(args: argparse.Namespace) -> int:
     if added:
         print(f"label history: {added} row(s) added", flush=True)
     print(f"cxrlake review: serving {store.lh.catalog} for {reviewer} at {server.url}", flush=True)
+    if server.listens_everywhere:
+        print(
+            f"cxrlake review: warning: listening on every interface ({args.host}): anyone who can "
+            f"reach this machine on port {server.server_address[1]} sees the images and records "
+            f"verdicts as {reviewer}; use --host 127.0.0.1 unless that is meant",
+            file=sys.stderr,
+            flush=True,
+        )
     print("press Ctrl+C to stop", flush=True)
     try:
         server.serve_forever()

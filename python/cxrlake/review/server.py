@@ -12,10 +12,17 @@ Routes (all answers ``Cache-Control: no-store``):
 - ``POST /api/feedback``: record a verdict (JSON). ``POST /api/agreement``: append the figures
   to ``gold.review_agreement``.
 
-Security: a POST needs the session's CSRF token in ``X-CSRF-Token``, an ``Origin`` (or
-``Referer``) equal to the app's own origin and ``Content-Type: application/json``; otherwise 403
-and nothing is written. Pages carry a strict Content-Security-Policy (scripts and styles from the
-app only, no inline script) and the app inserts user text with ``textContent`` only.
+Security: every request must name a host the server serves in ``Host`` (``127.0.0.1``,
+``localhost`` or ``[::1]`` with its port, the ``--host`` address, the names in env
+``CXRLAKE_REVIEW_ALLOWED_HOSTS``; behind the Databricks Apps proxy the ``X-Forwarded-Host``, checked
+against ``CXRLAKE_REVIEW_ALLOWED_HOSTS`` / ``DATABRICKS_APP_URL`` when set), else 400: a page on a
+DNS-rebound name cannot talk to the app. A POST needs the session's CSRF token in
+``X-CSRF-Token``, an ``Origin`` (or ``Referer``) on one of those hosts and ``Content-Type:
+application/json``; otherwise 403 and nothing is written. A ``Content-Length`` that is not one
+decimal number, a ``Transfer-Encoding`` or a body that is not strict JSON (bad UTF-8, lone
+surrogates, ``NaN``, nesting deeper than 32) is a 400. JSON answers never hold ``NaN``. Pages
+carry a strict Content-Security-Policy (scripts and styles from the app only, no inline script)
+and the app inserts user text with ``textContent`` only.
 
 Reviewer identity: locally the ``--reviewer`` value or the OS user; behind Databricks Apps the
 ``X-Forwarded-Email`` (else ``X-Forwarded-Preferred-Username``) header that the Apps proxy sets
@@ -29,7 +36,9 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
+import socket
 import sys
 import threading
 from http import HTTPStatus
@@ -42,6 +51,15 @@ from cxrlake.review import tables, worklist
 from cxrlake.review.tables import ReviewError
 
 MAX_BODY_BYTES = 64 * 1024
+#: Deepest nesting of arrays and objects accepted in a request body (a verdict is flat).
+MAX_JSON_DEPTH = 32
+#: Extra host names the app answers to (comma-separated, ``name`` or ``name:port``).
+ALLOWED_HOSTS_ENV = "CXRLAKE_REVIEW_ALLOWED_HOSTS"
+#: The app's public URL on Databricks Apps, when the platform sets it.
+APP_URL_ENV = "DATABRICKS_APP_URL"
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]")
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
+_DECIMAL = re.compile(r"[0-9]{1,12}")
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html"}
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
@@ -53,6 +71,48 @@ def _static(name: str) -> bytes:
     return resources.files("cxrlake.review").joinpath("static", name).read_bytes()
 
 
+def configured_hosts(environ: Any = None) -> frozenset[str]:
+    """Host names from env `ALLOWED_HOSTS_ENV` and the netloc of `APP_URL_ENV`, lower-cased."""
+    env = os.environ if environ is None else environ
+    names = {n.strip().lower() for n in env.get(ALLOWED_HOSTS_ENV, "").split(",") if n.strip()}
+    if env.get(APP_URL_ENV):
+        netloc = urlsplit(env[APP_URL_ENV]).netloc.lower()
+        if netloc:
+            names.add(netloc)
+    return frozenset(names)
+
+
+def _bracketed(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def public_address() -> str:
+    """The address other machines reach this one on: the source address of the default route
+    (a UDP socket is "connected" to a documentation address; no packet is sent), else the host
+    name."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect(("192.0.2.1", 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return socket.gethostname()
+
+
+def served_hosts(host: str, port: int, extra: frozenset[str] = frozenset()) -> frozenset[str]:
+    """The ``Host`` values a server bound to ``host:port`` answers: the loopback names with the
+    port, ``host`` itself, every name of the machine when bound to all interfaces, and
+    ``extra`` (configured names, as given)."""
+    names = set(LOCAL_NAMES)
+    if host in WILDCARD_ADDRESSES:
+        names |= {public_address(), socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(_bracketed(host))
+    hosts = {f"{n}:{port}".lower() for n in names if n}
+    if port == 80:
+        hosts |= {n.lower() for n in names if n}
+    return frozenset(hosts | extra)
+
+
 class ReviewApp:
     """Store + identity + CSRF secret: everything a request handler needs."""
 
@@ -60,6 +120,10 @@ class ReviewApp:
         self.store = store
         self.reviewer = reviewer
         self.trust_proxy_headers = trust_proxy_headers
+        # the Host values answered (set by `make_server` once the port is known)
+        self.hosts: frozenset[str] = frozenset()
+        # behind the Apps proxy: the names the proxy may forward (empty: whatever it forwards)
+        self.proxy_hosts = configured_hosts()
         # CSRF key: per process, or shared by every instance of a scaled-out app through
         # CXRLAKE_REVIEW_SECRET (tokens are then valid on any instance)
         shared = os.environ.get("CXRLAKE_REVIEW_SECRET", "")
@@ -76,6 +140,8 @@ class ReviewApp:
         return hmac.new(self.secret, reviewer.encode("utf-8"), hashlib.sha256).hexdigest()
 
     def case(self, prediction_id: str, reviewer: str) -> dict[str, Any]:
+        from cxrlake.heatmap import refine
+
         p = self.store.prediction(prediction_id)
         if p is None:
             raise ReviewError(f"unknown prediction {prediction_id[:64]!r}", 404)
@@ -96,6 +162,11 @@ class ReviewApp:
             "model_version": p.get("model_version"),
             "quality_score": p.get("quality_score"),
             "heatmap": p.get("heatmap"),
+            # the map a reader sees: upsampled and smoothed (cxrlake.heatmap.refine)
+            "heatmap_display": refine(p.get("heatmap")),
+            "current_label_on_earlier_bytes": tables.judged_other_bytes(
+                cur, p.get("content_sha256")
+            ),
             "verdicts": [_jsonable(v) for v in verdicts],
             "my_verdict": next(
                 (_jsonable(v) for v in reversed(verdicts) if v["radiologist_id"] == reviewer),
@@ -140,7 +211,7 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, data: Any) -> None:
-        body = json.dumps(data, default=str).encode("utf-8")
+        body = json.dumps(_finite(data), default=str, allow_nan=False).encode("utf-8")
         self._send(status, body, "application/json; charset=utf-8")
 
     def _error(self, status: int, message: str) -> None:
@@ -167,6 +238,7 @@ class Handler(BaseHTTPRequestHandler):
             self._error(500, "internal error (see the server log)")
 
     def _get(self) -> None:
+        self._check_host()
         url = urlsplit(self.path)
         path = url.path
         if path in ("/", "/index.html"):
@@ -224,11 +296,28 @@ class Handler(BaseHTTPRequestHandler):
         else:
             raise ReviewError("not found", 404)
 
+    def _request_host(self) -> str:
+        """The host the browser addressed: ``Host``, or behind the Apps proxy the
+        ``X-Forwarded-Host`` it sets; exactly one, else 400."""
+        name = "X-Forwarded-Host" if self.app.trust_proxy_headers else "Host"
+        values = self.headers.get_all(name) or []
+        if name == "X-Forwarded-Host" and not values:
+            name, values = "Host", self.headers.get_all("Host") or []
+        if len(values) != 1:
+            raise ReviewError(f"exactly one {name} header is required", 400)
+        return values[0].strip().lower()
+
+    def _check_host(self) -> None:
+        """400 unless the request names a host this server serves (DNS rebinding)."""
+        host = self._request_host()
+        if self.app.trust_proxy_headers:
+            allowed = self.app.proxy_hosts
+            if allowed and host not in allowed and host not in self.app.hosts:
+                raise ReviewError("unknown host", 400)
+        elif host not in self.app.hosts:
+            raise ReviewError("unknown host", 400)
+
     def _check_same_origin(self) -> None:
-        host = self.headers.get("Host", "")
-        hosts = {host}
-        if self.app.trust_proxy_headers and self.headers.get("X-Forwarded-Host"):
-            hosts.add(self.headers["X-Forwarded-Host"])
         origin = self.headers.get("Origin")
         if origin is None or origin == "null":
             referer = self.headers.get("Referer")
@@ -237,10 +326,14 @@ class Handler(BaseHTTPRequestHandler):
             )
         if origin is None:
             raise ReviewError("cross-site request refused: no Origin header", 403)
-        if urlsplit(origin).netloc not in hosts:
+        parts = urlsplit(origin)
+        netloc = parts.netloc.lower()
+        hosts = {self._request_host()} if self.app.trust_proxy_headers else set(self.app.hosts)
+        if parts.scheme not in ("http", "https") or netloc not in hosts:
             raise ReviewError("cross-site request refused: Origin does not match", 403)
 
     def _post(self) -> None:
+        self._check_host()
         path = urlsplit(self.path).path
         reviewer = self.app.reviewer_of(self.headers)
         self._check_same_origin()
@@ -250,21 +343,71 @@ class Handler(BaseHTTPRequestHandler):
         ctype = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if ctype != "application/json":
             raise ReviewError("Content-Type must be application/json", 415)
-        length = int(self.headers.get("Content-Length") or 0)
+        length = self._content_length()
         if length > MAX_BODY_BYTES:
             raise ReviewError(f"request body over {MAX_BODY_BYTES} bytes", 413)
         raw = self.rfile.read(length) if length else b""
         if path == "/api/feedback":
-            try:
-                payload = json.loads(raw.decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise ReviewError("the request body is not valid JSON") from None
+            payload = parse_json_body(raw)
             row, created = self.app.store.record_verdict(payload, reviewer)
             self._json(201 if created else 200, {"feedback": _jsonable(row), "created": created})
         elif path == "/api/agreement":
             self._json(200, {"rows_written": self.app.store.write_agreement()})
         else:
             raise ReviewError("not found", 404)
+
+    def _content_length(self) -> int:
+        """The body's length: one ``Content-Length`` of decimal digits (a negative or malformed
+        one used to be read as "to the end of the stream"), no ``Transfer-Encoding``."""
+        if self.headers.get_all("Transfer-Encoding"):
+            raise ReviewError("Transfer-Encoding is not accepted: send a Content-Length", 400)
+        values = {v.strip() for v in self.headers.get_all("Content-Length") or []}
+        if not values:
+            return 0
+        value = values.pop()
+        if values or not _DECIMAL.fullmatch(value):
+            raise ReviewError("Content-Length must be one non-negative decimal number", 400)
+        return int(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """A request body as strict JSON: UTF-8 without lone surrogates (raw or ``\\ud800``
+    escapes), no ``NaN``/``Infinity``, at most `MAX_JSON_DEPTH` levels; else `ReviewError` 400."""
+    try:
+        payload = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ReviewError("the request body is not valid JSON") from None
+    stack = [(payload, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise ReviewError(f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(value, dict):
+            stack += [(k, depth) for k in value] + [(v, depth + 1) for v in value.values()]
+        elif isinstance(value, list):
+            stack += [(v, depth + 1) for v in value]
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ReviewError("the request body is not valid JSON: lone surrogate") from None
+    return payload
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, +-inf) replaced by None, so answers are
+    strict JSON (a browser's ``JSON.parse`` rejects ``NaN``)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 class ReviewServer(ThreadingHTTPServer):
@@ -276,9 +419,15 @@ class ReviewServer(ThreadingHTTPServer):
         self.verbose = verbose
 
     @property
+    def listens_everywhere(self) -> bool:
+        """Whether the server is bound to every interface (``0.0.0.0`` / ``::``)."""
+        return self.server_address[0] in WILDCARD_ADDRESSES
+
+    @property
     def url(self) -> str:
+        """The address to open: the machine's own address when bound to every interface."""
         host, port = self.server_address[:2]
-        shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        shown = public_address() if self.listens_everywhere else _bracketed(host)
         return f"http://{shown}:{port}/"
 
 
@@ -292,7 +441,9 @@ def make_server(
 ) -> ReviewServer:
     """A bound (not yet serving) server; call ``serve_forever()`` or run it in a thread."""
     app = ReviewApp(store, reviewer, trust_proxy_headers)
-    return ReviewServer((host, port), app, verbose)
+    server = ReviewServer((host, port), app, verbose)
+    app.hosts = served_hosts(host, server.server_address[1], configured_hosts())
+    return server
 
 
 __all__ = ["HTTPStatus", "ReviewApp", "ReviewServer", "make_server"]

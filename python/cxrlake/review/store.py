@@ -221,8 +221,9 @@ class LocalStore:
         return self.lh.read(AGREEMENT).to_pylist()
 
     def image(self, image_id: str) -> tuple[bytes, str]:
-        """The bytes of an image as scored: the source file when it is inside the sandbox roots
-        and unchanged since ingestion, else the copy kept in bronze."""
+        """The bytes of an image as scored: the source file when it is inside the sandbox roots,
+        a regular file and unchanged since ingestion, else (whatever the reason) the copy kept in
+        bronze; a DICOM film as the PNG the core renders (`servable_image`)."""
         rows = self.lh.read(
             schemas.SILVER,
             ["image_id", "file_path", "content_sha256"],
@@ -234,9 +235,10 @@ class LocalStore:
         data = None
         try:
             data = read_sandboxed(row["file_path"], self.roots)
-        except ReviewError as e:
-            if e.status == 403:
-                raise
+        except ReviewError:
+            # Missing, moved outside the roots (a symlink swapped in), not a regular file: the
+            # bytes kept in bronze are the ones scored, so they are served instead.
+            data = None
         if data is None or hashlib.sha256(data).hexdigest() != row["content_sha256"]:
             kept = self.lh.read(
                 schemas.BRONZE,
@@ -267,7 +269,8 @@ class LocalStore:
     def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[dict, bool]:
         """Validate and append one verdict, then update the label history.
 
-        Returns (row, created); a repeated ``feedback_id`` returns the stored row, writes nothing.
+        Returns (row, created); the same verdict posted again under its ``feedback_id`` returns the
+        stored row and writes nothing; another verdict under that id is refused (409).
         """
         reviewer = tables.validate_reviewer(reviewer)
         pid = payload.get("prediction_id") if isinstance(payload, Mapping) else None
@@ -277,13 +280,7 @@ class LocalStore:
             self._ensure(FEEDBACK)
             existing = self.lh.read(FEEDBACK, filter=_eq("feedback_id", fields["feedback_id"]))
             if existing.num_rows:
-                row = existing.to_pylist()[0]
-                if (
-                    row["radiologist_id"] != reviewer
-                    or row["prediction_id"] != fields["prediction_id"]
-                ):
-                    raise ReviewError("feedback_id already used for another verdict", 409)
-                return row, False
+                return tables.repeated_verdict(existing.to_pylist()[0], fields, reviewer), False
             row = tables.feedback_row(fields, reviewer, tables.utc_now())
             self.lh.append(
                 FEEDBACK,

@@ -98,8 +98,12 @@ def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] |
     extra = sorted(set(payload) - allowed)
     if extra:
         raise ReviewError(f"unknown field(s): {', '.join(extra)}")
-    feedback_id = payload.get("feedback_id") or new_feedback_id()
-    if not isinstance(feedback_id, str) or not _HEX32.match(feedback_id):
+    # Absent or null: a new id. Anything else must be a valid id: `0` or "" are refused, never
+    # silently replaced (the client would not know the id its verdict was stored under).
+    feedback_id = payload.get("feedback_id")
+    if feedback_id is None:
+        feedback_id = new_feedback_id()
+    if not isinstance(feedback_id, str) or not _HEX32.fullmatch(feedback_id):
         raise ReviewError("feedback_id must be 32 lowercase hex digits")
     pid = payload.get("prediction_id")
     if not isinstance(pid, str) or not pid:
@@ -146,6 +150,18 @@ def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] |
         "confidence_level": confidence,
         "comments": comments,
     }
+
+
+def repeated_verdict(stored: Mapping[str, Any], fields: Mapping[str, Any], reviewer: str) -> dict:
+    """The stored row of a ``feedback_id`` posted again: the same verdict again (a retry) returns
+    it; a different body under the same id raises `ReviewError` 409 (nothing is written)."""
+    same = stored.get("radiologist_id") == reviewer and all(
+        stored.get(k) == fields[k]
+        for k in ("prediction_id", "feedback_type", "correct_label", "confidence_level", "comments")
+    )
+    if not same:
+        raise ReviewError("feedback_id already used for another verdict", 409)
+    return dict(stored)
 
 
 def feedback_row(fields: Mapping[str, Any], reviewer: str, at: dt.datetime) -> dict[str, Any]:

@@ -212,7 +212,7 @@ class WarehouseStore:
         with self._write_lock:
             existing = self._query("feedback_by_id", {"feedback_id": fields["feedback_id"]})
             if existing:
-                return existing[0], False
+                return tables.repeated_verdict(existing[0], fields, reviewer), False
             row = tables.feedback_row(fields, reviewer, tables.utc_now())
             self._query("insert_feedback", _params(row))
             self._sync_history_locked()
