@@ -38,6 +38,7 @@ SUBCOMMAND_MODULES = [
     "cxrlake.training.cli",
     "cxrlake.calibration",
     "cxrlake.review.cli",
+    "cxrlake.serving.cli",
 ]
 
 #: Images scored per call to the Rust kernel (bounds memory; output streams after each chunk).

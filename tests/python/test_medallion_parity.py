@@ -307,3 +307,103 @@ def test_both_engines_decide_the_same_dicom_rows(spark, tmp_path, shared_data, m
     ]
     burned_id = quarantine["image_id"][0].as_py()
     assert burned_id not in engine.tables["predictions"]["image_id"].to_pylist()
+
+
+def test_both_engines_compare_champion_and_challenger_alike(spark):
+    """gold.champion_challenger_comparison: the rule in DuckDB (`cxrlake promote`) and in Spark
+    SQL over mapInArrow (the serving_comparison job) give the same rows, from requests logged
+    locally (image sha256) and by the AI Gateway (base64 bytes)."""
+    import base64
+    import hashlib
+
+    from cxrlake.medallion import schemas
+    from cxrlake.medallion import serving as serving_tables
+    from cxrlake.serving.registry import decide_comparison
+    from cxrlake.spark.schemas import to_spark_schema
+    from cxrlake.spark.serving import decide_comparison as spark_decide
+
+    images = [bytes([i]) * (10 + i) for i in range(6)]
+    digests = [hashlib.sha256(b).hexdigest() for b in images]
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    payload = []
+
+    def answer(entity, model, version, labels, contents, status=200, n=[0]):  # noqa: B006
+        n[0] += 1
+        request = {"dataframe_split": {"columns": ["content"], "data": [[c] for c in contents]}}
+        predictions = [
+            {
+                "probability": None if label is None else 0.2 + 0.6 * label,
+                "predicted_label": label,
+                "label_name": None,
+                "model_name": model,
+                "model_version": version,
+                "error": None if label is not None else "not an image",
+            }
+            for label in labels
+        ]
+        payload.append(
+            {
+                "databricks_request_id": f"r{n[0]:03d}",
+                "request_time": t0 + dt.timedelta(n[0]),
+                "status_code": status,
+                "served_entity_id": entity,
+                "request": json.dumps(request),
+                "response": json.dumps({"predictions": predictions}),
+            }
+        )
+
+    local = [f"sha256:{d}" for d in digests]
+    remote = [base64.b64encode(b).decode() for b in images]
+    answer("champion", "m", "1", [1, 0, 1, 0], local[:4])
+    answer("challenger", "m", "2", [1, 1, 0, 0, None], remote[:5])
+    answer("champion", "m", "1", [0], local[4:5])
+    answer("champion", "m", "1", [1], local[5:6], status=503)
+    payload_table = pa.Table.from_pylist(
+        [{n: r.get(n) for n in serving_tables.GOLD_SERVING_PAYLOAD.names} for r in payload],
+        schema=serving_tables.GOLD_SERVING_PAYLOAD,
+    )
+    predictions = pa.Table.from_pylist(
+        [
+            {"prediction_id": f"p{i}", "image_id": f"i{i}", "content_sha256": d}
+            for i, d in enumerate(digests)
+        ]
+    )
+    feedback = pa.Table.from_pylist(
+        [
+            {
+                "feedback_id": f"f{i}",
+                "prediction_id": f"p{i}",
+                "correct_label": label,
+                "feedback_timestamp": t0 + dt.timedelta(hours=i),
+            }
+            for i, label in enumerate(["PNEUMONIA", "NORMAL", "PNEUMONIA", None, "NORMAL"])
+        ],
+        schema=pa.schema(
+            [
+                ("feedback_id", pa.string()),
+                ("prediction_id", pa.string()),
+                ("correct_label", pa.string()),
+                ("feedback_timestamp", schemas.TS),
+            ]
+        ),
+    )
+    local_rows = decide_comparison(payload_table, feedback, predictions, t0).to_pylist()
+
+    def frame(table):
+        return spark.createDataFrame(table.to_pandas(), schema=to_spark_schema(table.schema))
+
+    spark_rows = [
+        r.asDict()
+        for r in spark_decide(spark, frame(payload_table), frame(feedback), frame(predictions), t0)
+        .orderBy("model_name", "model_version")
+        .collect()
+    ]
+    drop = ("computed_at", "first_request_time", "last_request_time")
+    assert [{k: v for k, v in r.items() if k not in drop} for r in spark_rows] == [
+        {k: v for k, v in r.items() if k not in drop} for r in local_rows
+    ]
+    champion, challenger = local_rows
+    assert (champion["paired_images"], champion["agreement_rate"]) == (4, 0.5)
+    assert (challenger["images"], challenger["image_errors"]) == (5, 1)
+    assert (champion["sensitivity"], champion["specificity"]) == (1.0, 1.0)
+    assert (challenger["sensitivity"], challenger["specificity"]) == (0.5, 0.0)

@@ -30,6 +30,7 @@ PARAMS = {
     "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.manylinux2014_x86_64.whl",
     "readers_group": "cxrlake-readers",
     "retain_hours": "168",
+    "serving_endpoint": "dev_ana_cxrlake-pneumonia-dev",
 }
 # Statements sqlglot only knows as opaque commands: each must match its whole pattern.
 IDENT = r"healthcare_catalog_dev(?:\.[a-z_]+){0,2}"
@@ -64,6 +65,7 @@ def test_sql_dir_has_one_file_per_concern():
         "20_dataset_summary_view.sql",
         "14_review_app_grants.sql",
         "30_predict_function.sql",
+        "40_predict_endpoint_function.sql",
         "90_maintenance.sql",
     ]
 

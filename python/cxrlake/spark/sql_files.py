@@ -40,6 +40,8 @@ PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
     "app_principal": _PRINCIPAL,
     # in development mode (lowercased, non-alphanumerics replaced by `_` by the CLI).
     **{f"{layer}_schema": _SCHEMA for layer in SCHEMA_KEYS},
+    # A Model Serving endpoint name as deployed (letters, digits, '-' and '_'; dev: prefixed).
+    "serving_endpoint": re.compile(r"[A-Za-z0-9_-]{1,63}"),
     # VACUUM retention in hours: at least a week (Delta's safety check default).
     "retain_hours": re.compile(r"(?:16[89]|1[7-9]\d|[2-9]\d\d|\d{4,6})"),
 }

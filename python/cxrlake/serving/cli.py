@@ -1,0 +1,283 @@
+"""``cxrlake serve`` and ``cxrlake promote``.
+
+`register` adds both to the main parser (`cxrlake.cli.SUBCOMMAND_MODULES`). ``serve`` answers
+the MLflow / Databricks Model Serving scoring protocol on HTTP (`cxrlake.serving.server`);
+``promote`` prints the champion/challenger comparison and moves ``@champion``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from typing import Any
+
+from cxrlake.cli_support import EXIT_MODEL, EXIT_OK, CommandError, UsageError, positive_int
+
+
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number between 0 and 1, got {text!r}"
+        ) from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
+    return value
+
+
+def _env(text: str) -> str:
+    from cxrlake.lakehouse.schemas import validate_env
+
+    try:
+        return validate_env(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def register(subparsers: Any) -> None:
+    """Add ``serve`` and ``promote`` to an argparse subparsers object."""
+    serve = subparsers.add_parser(
+        "serve",
+        help="serve the model over HTTP (MLflow / Databricks Model Serving scoring protocol)",
+        description='Answer POST /invocations with {"predictions": [...]} for base64 image '
+        "bytes in the column 'content' (dataframe_split, dataframe_records or inputs), the "
+        "values of `cxrlake predict`. Serves the shipped model, --model FILE, or --champion "
+        "and --challenger with --challenger-share of the requests. GET /ping, /health and "
+        "/version answer while the model loads (503 loading) and after (200). Concurrent "
+        "requests are scored together (micro-batching). With --lakehouse every request is "
+        "logged to gold.pneumonia_serving_payload (image bytes replaced by their sha256), and "
+        "@champion / @challenger name the lakehouse's registry (cxrlake promote). Stop with "
+        "Ctrl-C.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=_port, default=8080, help="port (0: any free port)")
+    serve.add_argument("--model", help="ONNX model file (default: the shipped model)")
+    serve.add_argument(
+        "--champion",
+        help="champion model: ONNX file, @champion (lakehouse registry) or models:/NAME@ALIAS",
+    )
+    serve.add_argument("--challenger", help="challenger model (same forms as --champion)")
+    serve.add_argument(
+        "--challenger-share",
+        type=_share,
+        default=None,
+        help="share of requests for the challenger, 0..1 (default: 0.1 with a challenger)",
+    )
+    serve.add_argument(
+        "--lakehouse",
+        help="log every request to this lakehouse's inference table; resolves @aliases",
+    )
+    serve.add_argument("--env", type=_env, default="dev", help="environment of the lakehouse")
+    serve.add_argument(
+        "--endpoint-name", default="cxrlake-pneumonia", help="endpoint name in the log"
+    )
+    serve.add_argument(
+        "--allowed-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="Host header to accept besides loopback names (repeatable; e.g. behind a proxy)",
+    )
+    serve.add_argument(
+        "--log-flush-rows",
+        type=positive_int,
+        default=512,
+        help="inference-log rows per Delta commit",
+    )
+    serve.add_argument(
+        "--log-flush-seconds",
+        type=float,
+        default=2.0,
+        help="longest wait before pending inference-log rows are committed",
+    )
+    serve.add_argument("--threads", type=positive_int, help="core threads (default: every CPU)")
+    serve.add_argument("--max-batch", type=positive_int, default=16, help="images per core call")
+    serve.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=4.0,
+        help="how long a batch waits for more requests (milliseconds)",
+    )
+    serve.add_argument(
+        "--max-queued-images",
+        type=positive_int,
+        default=256,
+        help="images waiting per model before answering 503",
+    )
+    serve.add_argument(
+        "--max-inflight",
+        type=positive_int,
+        default=64,
+        help="requests read or scored at once before answering 503",
+    )
+    serve.add_argument(
+        "--verbose", action="store_true", help="print an access log line per request"
+    )
+    serve.set_defaults(handler=_run_serve)
+
+    promote = subparsers.add_parser(
+        "promote",
+        help="show the champion/challenger comparison and move @champion",
+        description="Compute gold.champion_challenger_comparison from the inference table, "
+        "print it, then point @champion at MODEL (default: the current @challenger). "
+        "Locally the aliases live in the lakehouse (models.model_aliases, model files copied "
+        "into the lakehouse); with --registry-uri (databricks-uc, or an MLflow sqlite "
+        "registry) the registered model's alias moves instead. --dry-run only prints.",
+    )
+    promote.add_argument("model", nargs="?", metavar="MODEL", help="ONNX model file")
+    promote.add_argument("--lakehouse", required=True, help="lakehouse with the inference table")
+    promote.add_argument("--env", type=_env, default="dev", help="environment of the lakehouse")
+    promote.add_argument(
+        "--alias", choices=("champion", "challenger"), default="champion", help="alias to move"
+    )
+    promote.add_argument(
+        "--registry-uri", help="MLflow registry to move the alias in (e.g. databricks-uc)"
+    )
+    promote.add_argument("--model-name", help="registered model name (with --registry-uri)")
+    promote.add_argument("--model-version", help="registered model version (with --registry-uri)")
+    promote.add_argument("--dry-run", action="store_true", help="print the comparison only")
+    promote.set_defaults(handler=_run_promote)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from cxrlake.serving.inference_log import InferenceLog
+    from cxrlake.serving.models import resolve_model_file
+    from cxrlake.serving.server import ScoringApp, ScoringServer, load_router, print_ready
+
+    if args.model and (args.champion or args.challenger):
+        raise UsageError("--model and --champion/--challenger exclude each other")
+    if args.challenger_share is not None and not args.challenger:
+        raise UsageError("--challenger-share needs --challenger")
+    champion = args.model or args.champion
+    challenger = args.challenger
+    if champion is None and challenger is None and args.lakehouse:
+        from cxrlake.serving.registry import LocalRegistry
+
+        registry = LocalRegistry(args.lakehouse, args.env)
+        champion = "@champion" if registry.get("champion") else None
+        challenger = "@challenger" if registry.get("challenger") else None
+    share = (
+        args.challenger_share if args.challenger_share is not None else (0.1 if challenger else 0.0)
+    )
+    try:
+        champion_file = resolve_model_file(champion, args.lakehouse, args.env)
+        challenger_file = (
+            resolve_model_file(challenger, args.lakehouse, args.env) if challenger else None
+        )
+    except ValueError as e:
+        raise CommandError(str(e)) from None
+    log = (
+        InferenceLog(
+            args.lakehouse,
+            args.env,
+            args.endpoint_name,
+            flush_rows=args.log_flush_rows,
+            flush_seconds=args.log_flush_seconds,
+        )
+        if args.lakehouse
+        else None
+    )
+    app = ScoringApp(
+        set(args.allowed_host) | {args.host}, log, args.max_inflight, verbose=args.verbose
+    )
+    server = ScoringServer((args.host, args.port), app)
+    print(
+        f"cxrlake serve: listening on {server.url()} (loading the model)",
+        file=sys.stderr,
+        flush=True,
+    )
+    options = {
+        "max_batch": args.max_batch,
+        "max_wait_s": args.batch_wait_ms / 1000.0,
+        "max_queued_images": args.max_queued_images,
+        "threads": args.threads,
+    }
+    failure: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            router = load_router(champion_file, challenger_file, share, options)
+        except BaseException as e:  # reported by the main thread
+            failure.append(e)
+            app.failed(str(e))
+            server.shutdown()
+            return
+        app.ready(router)
+        print_ready(server, router)
+
+    loader = threading.Thread(target=load, name="cxrlake-load", daemon=True)
+    loader.start()
+    previous = signal.signal(
+        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
+    )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+        loader.join(timeout=60)
+        if app.router is not None:
+            app.router.close()
+        if log is not None:
+            log.close()
+            print(
+                f"cxrlake serve: inference log: {log.written} requests in {log.commits} "
+                f"commits" + (f", {log.dropped} not written" if log.dropped else ""),
+                file=sys.stderr,
+            )
+    if failure:
+        error = failure[0]
+        from cxrlake.cli_support import describe_error
+
+        message, code = describe_error(error)
+        raise CommandError(f"cannot load the model: {message}", code or EXIT_MODEL)
+    return EXIT_OK
+
+
+def _run_promote(args: argparse.Namespace) -> int:
+    from cxrlake.serving.registry import (
+        LocalRegistry,
+        compute_comparison,
+        format_comparison,
+        set_mlflow_alias,
+    )
+
+    table = compute_comparison(args.lakehouse, args.env)
+    print(format_comparison(table))
+    if args.registry_uri:
+        if not (args.model_name and args.model_version):
+            raise UsageError("--registry-uri needs --model-name and --model-version")
+        if args.dry_run:
+            return EXIT_OK
+        set_mlflow_alias(args.model_name, args.alias, args.model_version, args.registry_uri)
+        print(f"{args.model_name}@{args.alias} -> version {args.model_version}")
+        return EXIT_OK
+    registry = LocalRegistry(args.lakehouse, args.env)
+    model = args.model
+    if model is None:
+        if args.alias == "challenger":
+            raise UsageError("name the MODEL file to make the challenger")
+        entry = registry.get("challenger")
+        if entry is None:
+            raise CommandError("no @challenger in the lakehouse registry: name the MODEL file")
+        model = entry["model_path"]
+    if args.dry_run:
+        return EXIT_OK
+    row, written = registry.set(args.alias, model)
+    change = f"(was v{row['previous_model_version']})" if row["previous_model_version"] else ""
+    state = "" if written else " (unchanged)"
+    print(f"@{args.alias} -> {row['model_name']} v{row['model_version']} {change}".rstrip() + state)
+    return EXIT_OK

@@ -1,0 +1,173 @@
+"""The model as an MLflow pyfunc: what ``mlflow models serve`` and Databricks Model Serving load.
+
+Input: a DataFrame with the column ``content``, each image's bytes as base64 (as JSON carries
+them: ``{"dataframe_split": {"columns": ["content"], "data": [["/9j/4AAQ..."]]}}``). Output: one
+row per input row with the columns of `cxrlake.predict` (probability, predicted_label,
+label_name, model_name, model_version, error, and any column a later version adds), the values
+`cxrlake serve` answers. A row that is not base64 or not an image gets its ``error``.
+
+The logged model holds the ONNX file as an artifact and needs no code but the cxrlake wheel:
+`log_model` puts the wheel into the model's ``code/`` folder (``code_paths``) and names it as the
+pip requirement ``code/<wheel>``, which MLflow's environment builder and Model Serving resolve
+against the model directory
+(https://docs.databricks.com/aws/en/machine-learning/model-serving/private-libraries-model-serving).
+The signature (`signature`) is what Unity Catalog requires of a registered version and what
+``ai_query`` reads the return type from.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pyarrow as pa
+
+from cxrlake.serving.protocol import INPUT_COLUMN, decode_contents, prediction_rows
+
+MODEL_ARTIFACT = "onnx_model"
+
+_ARROW_TO_MLFLOW = {
+    pa.float64(): "double",
+    pa.float32(): "float",
+    pa.int32(): "integer",
+    pa.int64(): "long",
+    pa.bool_(): "boolean",
+    pa.string(): "string",
+    pa.large_string(): "string",
+    pa.binary(): "binary",
+}
+
+
+class PneumoniaModel(mlflow.pyfunc.PythonModel):
+    """`cxrlake.predict` over base64 image bytes (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+        import cxrlake
+
+        self._model = cxrlake.Model(context.artifacts[MODEL_ARTIFACT])
+        empty = cxrlake.predict(pa.array([], pa.binary()), model=self._model)
+        self._columns = empty.schema.names
+
+    # No type hints on purpose: MLflow infers a schema from them; the signature is explicit.
+    def predict(self, context, model_input, params=None):
+        import pandas as pd
+
+        import cxrlake
+
+        if isinstance(model_input, pd.DataFrame):
+            values = model_input[INPUT_COLUMN].tolist()
+        elif isinstance(model_input, dict):
+            values = list(model_input[INPUT_COLUMN])
+        else:
+            values = list(model_input)
+        images, errors, _ = decode_contents(values)
+        good = [image for image in images if image is not None]
+        batch = cxrlake.predict(pa.array(good, pa.binary()), model=self._model)
+        rows = prediction_rows(
+            self._columns,
+            batch.to_pylist(),
+            errors,
+            str(self._model.name),
+            str(self._model.version),
+        )
+        # object columns keep ints as ints and NULL as None in the JSON answer
+        return pd.DataFrame(
+            {name: pd.Series([row[name] for row in rows], dtype=object) for name in self._columns}
+        )
+
+
+def signature(model_path: str | os.PathLike[str] | None = None) -> Any:
+    """Input ``content`` (string, base64 bytes); outputs the columns of `cxrlake.predict`."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    import cxrlake
+
+    schema = cxrlake.predict(pa.array([], pa.binary()), model=cxrlake.Model(model_path)).schema
+    outputs = [ColSpec(_ARROW_TO_MLFLOW.get(f.type, "string"), f.name) for f in schema]
+    return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]), outputs=Schema(outputs))
+
+
+def input_example() -> Any:
+    """One row: a small generated grey PNG (no patient image), base64."""
+    import base64
+
+    import pandas as pd
+
+    from cxrlake.serving.server import warmup_png
+
+    return pd.DataFrame({INPUT_COLUMN: [base64.b64encode(warmup_png()).decode()]})
+
+
+def _requirements(wheel: str | None) -> tuple[list[str], list[str] | None]:
+    """pip requirements and code_paths: the wheel from ``code/``, or the installed cxrlake."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = [f"mlflow=={mlflow.__version__}", "pandas"]
+    if wheel is not None:
+        return [f"code/{Path(wheel).name}", *pins], [str(wheel)]
+    try:
+        return [f"cxrlake=={version('cxrlake')}", *pins], None
+    except PackageNotFoundError:
+        return ["cxrlake", *pins], None
+
+
+def save_model(
+    path: str | os.PathLike[str], model_path: str | None = None, wheel: str | None = None
+) -> None:
+    """Write the pyfunc to the folder ``path`` (``mlflow models serve -m path``)."""
+    import cxrlake
+
+    onnx_file = cxrlake.Model(model_path).path
+    requirements, code_paths = _requirements(wheel)
+    mlflow.pyfunc.save_model(
+        str(path),
+        python_model=PneumoniaModel(),
+        artifacts={MODEL_ARTIFACT: onnx_file},
+        signature=signature(onnx_file),
+        input_example=input_example(),
+        pip_requirements=requirements,
+        code_paths=code_paths,
+    )
+
+
+def log_model(
+    model_path: str | None = None,
+    wheel: str | None = None,
+    registered_model_name: str | None = None,
+    alias: str | None = None,
+    name: str = "pyfunc",
+) -> dict[str, str]:
+    """Log the pyfunc in the active MLflow run (one is started when none is) and, with
+    ``registered_model_name``, register it (Unity Catalog: ``catalog.schema.model`` with
+    ``mlflow.set_registry_uri("databricks-uc")``) and move ``alias`` to the new version.
+    Pass the Linux x86_64 ``wheel`` for Databricks Model Serving. Returns the model URI, and
+    the registered name and version."""
+    import cxrlake
+
+    onnx_file = cxrlake.Model(model_path).path
+    requirements, code_paths = _requirements(wheel)
+    started = mlflow.active_run() is None
+    run = mlflow.start_run() if started else mlflow.active_run()
+    try:
+        info = mlflow.pyfunc.log_model(
+            name=name,
+            python_model=PneumoniaModel(),
+            artifacts={MODEL_ARTIFACT: onnx_file},
+            signature=signature(onnx_file),
+            pip_requirements=requirements,
+            code_paths=code_paths,
+            registered_model_name=registered_model_name,
+        )
+    finally:
+        if started:
+            mlflow.end_run()
+    out = {"model_uri": info.model_uri, "run_id": run.info.run_id}
+    if registered_model_name:
+        version = str(info.registered_model_version)
+        if alias:
+            mlflow.MlflowClient().set_registered_model_alias(registered_model_name, alias, version)
+        out.update(model_name=registered_model_name, model_version=version)
+    return out
