@@ -27,6 +27,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -244,12 +245,18 @@ def calibrate_scores(
 
 
 def validate_site_id(site_id: str) -> str:
-    """A site id: 1-64 characters of letters, digits, ``_``, ``-`` and ``.``."""
-    if not site_id or len(site_id) > 64 or not all(c.isalnum() or c in "_-." for c in site_id):
+    """A site id: 1-64 ASCII letters, digits, ``_``, ``-`` and ``.``, starting and ending with a
+    letter or digit, no ``..``. ASCII only, so no two ids look alike (Cyrillic ``а`` vs ``a``)
+    and an id is safe in a path or a SQL literal."""
+    if not isinstance(site_id, str) or not _SITE_ID.fullmatch(site_id) or ".." in site_id:
         raise CalibrationError(
-            f"invalid site id {site_id!r}: use 1-64 letters, digits, '_', '-' or '.'"
+            f"invalid site id {site_id!r}: use 1-64 ASCII letters, digits, '_', '-' or '.', "
+            "starting and ending with a letter or digit, without '..'"
         )
     return site_id
+
+
+_SITE_ID = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,62}[A-Za-z0-9])?")
 
 
 def _latest_bronze(lake, columns: list[str], splits: list[str] | None) -> pa.Table:
@@ -379,10 +386,20 @@ def latest_site_threshold(
     if versions.num_rows == 0:
         return None
     row = versions.slice(versions.num_rows - 1).to_pylist()[0]
+    threshold = row["threshold"]
+    # Rows may be copied in by hand (docs/databricks.md): a threshold of NaN, inf, 0, 1 or
+    # beyond would label every film the same with exit 0, so it is refused where it is read.
+    if not isinstance(threshold, (int, float)) or not 0.0 < float(threshold) < 1.0:
+        raise CalibrationError(
+            f"gold.site_thresholds row site_id={row['site_id']!r}, model {model_name} "
+            f"{model_version}, version {row['version']}: threshold {threshold!r} is not a "
+            "probability strictly between 0 and 1; append a corrected version "
+            "(`cxrlake calibrate`) or remove the row"
+        )
     return SiteThreshold(
         site_id=row["site_id"],
         version=int(row["version"]),
-        threshold=float(row["threshold"]),
+        threshold=float(threshold),
         model_name=row["model_name"],
         model_version=row["model_version"],
     )

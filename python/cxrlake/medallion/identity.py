@@ -44,10 +44,12 @@ def to_utc(value: Any) -> dt.datetime | None:
 
 
 def _path_parts(path: str) -> list[str]:
-    """Components of a local path or URI (``file:/``, ``dbfs:/``), split on ``/`` or ``\\``."""
+    """Components of a local path or URI (``file:/``, ``dbfs:/``), split on ``/`` only: on POSIX
+    file systems and in URIs a backslash is part of a name (``PNEUMONIA/NORMAL\\x.jpeg`` is a
+    PNEUMONIA film named ``NORMAL\\x.jpeg``, not a NORMAL one)."""
     if ":" in path.split("/", 1)[0]:
         path = path.split(":", 1)[1]
-    return [p for p in re.split(r"[/\\]+", path) if p and p != "."]
+    return [p for p in path.split("/") if p and p != "."]
 
 
 def _normalise_split(name: str) -> str:
