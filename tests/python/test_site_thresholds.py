@@ -98,3 +98,27 @@ def test_site_ids_are_plain_ascii(site):
 @pytest.mark.parametrize("site", ["site_a", "dev_check", "st-mary.2", "A", "x" * 64])
 def test_plain_site_ids_are_accepted(site):
     assert validate_site_id(site) == site
+
+
+def test_sql_json_output_of_a_nan_row_is_strict_json(tmp_path):
+    """`cxrlake sql --format json|jsonl` over a hand-copied NaN threshold prints null, not the
+    `NaN` a browser's or jq's JSON parser rejects."""
+    import json
+
+    from cxrlake.lakehouse.sql import format_result, query
+
+    lakehouse = tmp_path / "lh"
+    write_deltalake(schemas.SITE_THRESHOLDS.path(lakehouse, "dev"), _rows(math.nan, math.inf))
+    table = query(lakehouse, "SELECT version, threshold FROM gold.site_thresholds ORDER BY 1")
+
+    def strict(text: str):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in JSON output"))
+
+    assert strict(format_result(table, "json")) == [
+        {"version": 1, "threshold": None},
+        {"version": 2, "threshold": None},
+    ]
+    assert [strict(line)["threshold"] for line in format_result(table, "jsonl").splitlines()] == [
+        None,
+        None,
+    ]

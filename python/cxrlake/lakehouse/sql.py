@@ -40,6 +40,7 @@ Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLO
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -434,10 +435,10 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
     if fmt in ("json", "jsonl"):
         import json
 
-        rows = _rows(table)
+        rows = _finite(_rows(table))
         if fmt == "json":
-            return json.dumps(rows, default=str, indent=1)
-        return "\n".join(json.dumps(row, default=str) for row in rows)
+            return json.dumps(rows, default=str, indent=1, allow_nan=False)
+        return "\n".join(json.dumps(row, default=str, allow_nan=False) for row in rows)
     names = table.column_names
     rows = [[_cell(v, max_width) for v in row.values()] for row in _rows(table)]
     widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
@@ -446,6 +447,18 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
     out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
     return "\n".join(out)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities as None: JSON has no such numbers (``NaN`` in the output
+    breaks every strict parser), so they print as ``null``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def mentions_sandbox_refusal(table: pa.Table) -> bool:
@@ -468,7 +481,7 @@ def _printable(table: pa.Table) -> pa.Table:
                 texts.append(
                     value
                     if value is None or isinstance(value, str)
-                    else json.dumps(value, default=str)
+                    else json.dumps(_finite(value), default=str, allow_nan=False)
                 )
             cols.append(pa.array(texts, pa.string()))
         else:
