@@ -9,10 +9,15 @@ shifts; a real site should confirm or replace it with its own films. ``cxrlake c
 2. refuses, naming the problem, when the films cannot support a threshold: a single class, too
    few films of a class for the target sensitivity, or contradicting labels (the same bytes under
    both folders, or a radiologist label that contradicts the folder);
-3. scores them with the model (`cxrlake.predict`, on the bytes held in bronze);
-4. picks the highest threshold whose sensitivity on those films is >= the target, and reports
+3. refuses films from the model's development set (``models/development_films.sha256``, the
+   films it was trained and validated on: by bytes or by patient), since figures on them measure
+   how the model fits its own training films, not how it performs at the site; with
+   ``include_development_films`` (``--include-development-films``) they are kept and the report
+   carries that warning, and the stored row's ``selection`` records how many there were;
+4. scores them with the model (`cxrlake.predict`, on the bytes held in bronze);
+5. picks the highest threshold whose sensitivity on those films is >= the target, and reports
    sensitivity and specificity with 95 % Wilson intervals and the films a tighter interval needs;
-5. appends a new version of the site's threshold to ``gold.site_thresholds`` (one atomic Delta
+6. appends a new version of the site's threshold to ``gold.site_thresholds`` (one atomic Delta
    commit; an identical re-run writes nothing).
 
 `site_threshold` reads the latest version back; ``cxrlake.predict(..., threshold=...)`` and the
@@ -139,6 +144,7 @@ class CalibrationResult:
     calibration_id: str
     version: int | None = None
     stored: bool = False
+    development_films: int = 0
 
     def report(self) -> str:
         """Human-readable summary (counts and rates only: no file names, no patient data)."""
@@ -153,7 +159,15 @@ class CalibrationResult:
                 else "not stored (dry run)"
             )
         )
-        lines = [
+        lines = []
+        if self.development_films:
+            lines.append(
+                f"WARNING: {self.development_films} of {self.n_pneumonia + self.n_normal} films "
+                "are from the model's development set (its training and validation films): these "
+                "figures measure how the model fits its own training films, not how it performs "
+                "at this site"
+            )
+        lines += [
             f"site {self.site_id}, model {self.model_name} {self.model_version}, "
             f"labels from {self.label_source}",
             f"films: {self.n_pneumonia} PNEUMONIA, {self.n_normal} NORMAL"
@@ -346,7 +360,7 @@ def site_films(
             f"site {site_id}: {len(both)} images are filed under both NORMAL and PNEUMONIA "
             f"(identical bytes, e.g. sha256 {both[0][:16]}...); fix the folders before calibrating"
         )
-    return films.select(["image_id", "content_sha256", "label", "content"])
+    return films.select(["image_id", "content_sha256", "label", "content", "category", "filename"])
 
 
 def _calibration_id(model_name: str, model_version: str, target: float, films: pa.Table) -> str:
@@ -490,11 +504,15 @@ def calibrate_site(
     half_width: float = DEFAULT_HALF_WIDTH,
     threads: int | None = None,
     dry_run: bool = False,
+    include_development_films: bool = False,
 ) -> CalibrationResult:
     """Calibrate ``site_id`` on its labelled films in the lakehouse and store a new version.
 
     ``splits`` restricts the films to those ``dataset_split`` values (default: every labelled
-    film in bronze). Raises `CalibrationError` when the films cannot support a threshold.
+    film in bronze). Raises `CalibrationError` when the films cannot support a threshold, or
+    when any is from the model's development set unless ``include_development_films`` (the
+    result then counts them in ``development_films`` and its report warns that the figures
+    measure fit, not the site).
     """
     import cxrlake
     from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
@@ -509,10 +527,12 @@ def calibrate_site(
             f"site {site_id}: no labelled films in bronze{where} (labels from {label_source}); "
             "ingest the site's films with `cxrlake pipeline run` first"
         )
+    development = _development_films(films, model, site_id, include_development_films)
     scored = cxrlake.predict(films["content"].combine_chunks(), model=model, threads=threads)
     ok = pc.is_null(scored["error"])
     unscored = scored.num_rows - pc.sum(ok.cast(pa.int64())).as_py()
     films = films.filter(ok)
+    development = int(np.asarray(development)[np.asarray(ok.to_pylist(), bool)].sum())
     scores = np.asarray(scored.filter(ok)["probability"].to_numpy(zero_copy_only=False))
     calibration_id = _calibration_id(model.name, model.version, target_sensitivity, films)
     result = calibrate_scores(
@@ -529,6 +549,7 @@ def calibrate_site(
         unscored=int(unscored),
         calibration_id=calibration_id,
     )
+    result = _with(result, development_films=development)
     if dry_run:
         return result
     with LakehouseLock(lakehouse, env):
@@ -555,7 +576,10 @@ def calibrate_site(
             "n_pneumonia": result.n_pneumonia,
             "n_normal": result.n_normal,
             "label_source": label_source,
-            "selection": json.dumps({"splits": splits or None, "labels": label_source}),
+            "selection": json.dumps(
+                {"splits": splits or None, "labels": label_source}
+                | ({"development_films": development} if development else {})
+            ),
             "calibration_id": calibration_id,
             "calibrated_at": dt.datetime.now(dt.timezone.utc),
         }
@@ -565,6 +589,29 @@ def calibrate_site(
             operation="calibrate",
         )
     return _with(result, version=version, stored=True)
+
+
+def _development_films(films: pa.Table, model: Any, site_id: str, include: bool) -> list[bool]:
+    """Per film, whether it is from ``model``'s development set; `CalibrationError` when any is
+    and ``include`` is False."""
+    from cxrlake.training.provenance import seen_in_development
+
+    seen = seen_in_development(
+        films["category"].to_pylist(),
+        films["filename"].to_pylist(),
+        films["content_sha256"].to_pylist(),
+        model.path,
+    )
+    n = sum(seen)
+    if n and not include:
+        raise CalibrationError(
+            f"site {site_id}: {n} of {len(seen)} films are from the model's development set "
+            "(the films it was trained and validated on, matched by bytes or patient): a "
+            "threshold and figures on them measure how the model fits its training films, not "
+            "how it performs at this site. Calibrate on the site's own films (--split selects "
+            "them), or pass --include-development-films to see the figures under that warning"
+        )
+    return seen
 
 
 def _with(result: CalibrationResult, **changes: Any) -> CalibrationResult:
@@ -646,7 +693,8 @@ def register(subparsers: Any) -> None:
         description="Score the site's labelled films in bronze, choose the highest threshold "
         "whose sensitivity reaches the target, report sensitivity and specificity with 95% "
         "Wilson intervals, and store a new version in gold.site_thresholds. Refuses on a single "
-        "class, too few films or contradicting labels (exit code 1).",
+        "class, too few films, contradicting labels or films from the model's development set "
+        "(exit code 1).",
     )
     p.add_argument("--lakehouse", required=True, help="root folder of the Delta tables")
     p.add_argument("--env", default="dev", help="environment (default: dev)")
@@ -682,6 +730,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default=None, help="ONNX model (default: the shipped model)")
     p.add_argument("--threads", type=positive_int, default=None)
     p.add_argument("--dry-run", action="store_true", help="report only, store nothing")
+    p.add_argument(
+        "--include-development-films",
+        action="store_true",
+        help="keep films from the model's development set (refused by default) and report "
+        "the figures under a warning that they measure fit, not the site",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(handler=_calibrate_command)
 
@@ -702,6 +756,7 @@ def _calibrate_command(args: Any) -> int:
             half_width=args.half_width,
             threads=args.threads,
             dry_run=args.dry_run,
+            include_development_films=args.include_development_films,
         )
     except CalibrationError as error:
         print(f"cxrlake calibrate: refused: {error}", file=sys.stderr)
@@ -709,5 +764,7 @@ def _calibrate_command(args: Any) -> int:
     except ValueError as error:
         print(f"cxrlake calibrate: {error}", file=sys.stderr)
         return 2
+    if args.json and result.development_films:
+        print(f"cxrlake calibrate: {result.report().splitlines()[0]}", file=sys.stderr)
     print(json.dumps(result.to_json()) if args.json else result.report())
     return 0

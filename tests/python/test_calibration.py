@@ -184,6 +184,8 @@ def site_lake(tmp_path_factory, fullres_paths):
 def test_calibrate_stores_a_versioned_site_threshold(site_lake, capsys):
     lake, _ = site_lake
     args = ["calibrate", "--lakehouse", str(lake), "--site", "site_a", "--split", "site_a"]
+    # the shared films trained the shipped model: refused unless asked for (see below)
+    args.append("--include-development-films")
     assert cli_main([*args, "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["stored"] and first["version"] == 1
@@ -208,11 +210,41 @@ def test_calibrate_stores_a_versioned_site_threshold(site_lake, capsys):
     assert calibration.site_threshold(lake, "site_b") is None
 
 
+def test_calibrate_refuses_development_films_or_warns_that_they_measure_fit(
+    site_lake, tiny_model_path, tmp_path, capsys
+):
+    lake, _ = site_lake
+    base = ["calibrate", "--lakehouse", str(lake), "--site", "dev_check", "--dry-run"]
+    assert cli_main(base) == 1
+    err = capsys.readouterr().err
+    assert "refused" in err and "80 of 80 films are from the model's development set" in err
+    assert "--include-development-films" in err
+    assert cli_main([*base, "--include-development-films"]) == 0
+    report = capsys.readouterr().out
+    assert report.startswith("WARNING: 80 of 80 films are from the model's development set")
+    assert "measure how the model fits its own training films, not how it performs" in report
+    assert cli_main([*base, "--include-development-films", "--json"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["development_films"] == 80 and "WARNING" in captured.err
+    # A model without a development list (not trained on these films): no refusal, no warning.
+    unseen = calibration.calibrate_site(
+        lake,
+        "dev_check",
+        model=tiny_model_path,
+        dry_run=True,
+        target_sensitivity=0.5,
+        min_per_class=1,
+    )
+    assert unseen.development_films == 0 and "WARNING" not in unseen.report()
+
+
 def test_predict_uses_and_records_a_site_threshold(site_lake):
     lake, site = site_lake
     stored = calibration.site_threshold(lake, "site_a")
     if stored is None:
-        calibration.calibrate_site(lake, "site_a", splits=["site_a"])
+        calibration.calibrate_site(
+            lake, "site_a", splits=["site_a"], include_development_films=True
+        )
         stored = calibration.site_threshold(lake, "site_a")
     paths = sorted(str(p) for p in site.glob("*/*.jpeg"))
     default = cxrlake.predict(paths)
@@ -276,7 +308,7 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
     lake = tmp_path / "lake"
     _pipeline(lake, site)
     capsys.readouterr()
-    from cxrlake.lakehouse.schemas import BRONZE
+    from cxrlake.medallion.schemas import BRONZE
     from cxrlake.lakehouse.storage import Lakehouse
 
     bronze = Lakehouse(lake).read(BRONZE, columns=["image_id", "category"]).to_pylist()
@@ -295,6 +327,7 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
         }
 
     base = ["calibrate", "--lakehouse", str(lake), "--site", "site_a", "--labels", "verdicts"]
+    base.append("--include-development-films")
     # Verdicts agreeing with the folders: the reviewed films are the site's films.
     _write_verdicts(lake, [verdict(r, r["category"]) for r in bronze])
     assert cli_main([*base, "--json", "--dry-run"]) == 0
@@ -316,13 +349,15 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
 
 def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
     from cxrlake.lakehouse.pipeline import run_pipeline
-    from cxrlake.lakehouse.schemas import PREDICTIONS
+    from cxrlake.medallion.schemas import PREDICTIONS
     from cxrlake.lakehouse.storage import Lakehouse
 
     lake, site = site_lake
     stored = calibration.site_threshold(lake, "site_a")
     if stored is None:
-        calibration.calibrate_site(lake, "site_a", splits=["site_a"])
+        calibration.calibrate_site(
+            lake, "site_a", splits=["site_a"], include_development_films=True
+        )
         stored = calibration.site_threshold(lake, "site_a")
     # The module's lakehouse was scored before any calibration: the model decided.
     before = Lakehouse(lake).read(PREDICTIONS)
@@ -347,10 +382,54 @@ def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
     assert "training-set figures" in summary.format()
 
 
+def test_a_site_run_redecides_earlier_predictions_and_says_which_changed(site_lake, tmp_path):
+    from cxrlake.lakehouse.pipeline import run_pipeline
+    from cxrlake.medallion.schemas import PREDICTIONS
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    lake, site = site_lake
+    if calibration.site_threshold(lake, "site_a") is None:
+        calibration.calibrate_site(
+            lake, "site_a", splits=["site_a"], include_development_films=True
+        )
+    stored = calibration.site_threshold(lake, "site_a")
+    copy = tmp_path / "lake"
+    shutil.copytree(lake, copy)
+    before = Lakehouse(copy).read(PREDICTIONS).to_pylist()
+    assert {r["threshold_source"] for r in before} == {"model"}
+    flips = sorted(
+        r["image_id"]
+        for r in before
+        if int(r["prediction_probability"] >= stored.threshold) != r["predicted_label"]
+    )
+    summary = run_pipeline([site], copy, site="site_a", progress=False)
+    assert summary.redecided == len(before)
+    assert sorted(c["image_id"] for c in summary.label_changes) == flips
+    text = summary.format()
+    assert f"site site_a: threshold {stored.source}" in text
+    assert f"re-decided {len(before)} earlier prediction(s)" in text
+    assert f"{len(flips)} label(s) changed" in text
+    after = Lakehouse(copy).read(PREDICTIONS).to_pylist()
+    assert {r["threshold_source"] for r in after} == {stored.source}
+    for r in after:
+        assert r["predicted_label"] == int(r["prediction_probability"] >= stored.threshold)
+        assert r["is_correct"] == (r["predicted_label"] == r["true_label"])
+    # the same run again re-decides nothing; a site without a threshold says why
+    assert run_pipeline([site], copy, site="site_a", progress=False).redecided == 0
+    none = run_pipeline([site], copy, site="nowhere", progress=False)
+    assert "no threshold stored for site nowhere" in none.format()
+    assert none.redecided == len(before)  # back at the model's threshold, said so
+    assert {r["threshold_source"] for r in Lakehouse(copy).read(PREDICTIONS).to_pylist()} == {
+        "model"
+    }
+
+
 def test_shipped_model_records_its_operating_point():
     meta = read_metadata(cxrlake.default_model_path())
     assert float(meta["cxrlake.temperature"]) > 0
-    assert "shift-averaged balanced accuracy" in meta["cxrlake.threshold_rule"]
+    # from 1.2.0: chosen on the held-out later acquisition batches, not on simulated shifts
+    assert "sensitivity >= 0.95" in meta["cxrlake.threshold_rule"]
+    assert "acquisition batches" in meta["cxrlake.threshold_rule"]
 
 
 # PySpark's own warning about pandas 3 (as in test_spark.py); mapInArrow does not use pandas.
@@ -363,14 +442,16 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
 
     from pyspark.sql import SparkSession
 
-    from cxrlake.lakehouse.schemas import BRONZE, SILVER
+    from cxrlake.medallion.schemas import BRONZE, SILVER
     from cxrlake.lakehouse.storage import Lakehouse
     from cxrlake.spark.transforms import GOLD_INPUT_COLUMNS, to_gold_predictions
 
     lake, _ = site_lake
     stored = calibration.site_threshold(lake, "site_a")
     if stored is None:
-        calibration.calibrate_site(lake, "site_a", splits=["site_a"])
+        calibration.calibrate_site(
+            lake, "site_a", splits=["site_a"], include_development_films=True
+        )
         stored = calibration.site_threshold(lake, "site_a")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (

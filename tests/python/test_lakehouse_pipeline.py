@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 import cxrlake
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 from cxrlake.lakehouse.pipeline import run_pipeline
 from cxrlake.lakehouse.storage import LakehouseLock
 
@@ -416,7 +416,7 @@ def test_commits_hold_at_most_commit_rows_images(source, tmp_path):
 def test_a_corrupt_image_quarantines_only_itself_not_its_batch_neighbours(corrupt):
     """The quarantine rule is per row: good images after a corrupt one in the same Arrow batch
     still reach silver (regression: a decoder left in an error state failed every later row)."""
-    from cxrlake.lakehouse import transforms
+    from cxrlake.medallion import transforms
 
     names = _images(TRAIN / "NORMAL", 0, 6)
     paths = [str(TRAIN / "NORMAL" / n) for n in names[:3]]
@@ -470,29 +470,87 @@ def test_a_file_name_that_is_not_utf8_is_quarantined_and_the_rest_ingested(tmp_p
 def test_identity_collisions_are_quarantined_naming_both_files(tmp_path):
     src = tmp_path / "src"
     a, b = _images(TRAIN / "NORMAL", 0, 2)
-    for site, name in (("site1", a), ("site2", b)):
-        (src / site / "train" / "NORMAL").mkdir(parents=True)
-        shutil.copyfile(TRAIN / "NORMAL" / name, src / site / "train" / "NORMAL" / "img1.jpeg")
     for split, name in (("train-1", a), ("train_1", b)):
         _copy(TRAIN / "NORMAL", src / split / "NORMAL", [name])
         (src / split / "NORMAL" / name).rename(src / split / "NORMAL" / "img2.jpeg")
     _copy(TRAIN / "PNEUMONIA", src / "train" / "PNEUMONIA", _images(TRAIN / "PNEUMONIA", 0, 1))
     lakehouse = tmp_path / "lh"
     summary = run_pipeline([src], lakehouse, progress=False)
-    held = rows(lakehouse, schemas.QUARANTINE)
-    assert len(held) == 2 and summary.collisions == 2
-    for r in held:
-        assert r["stage"] == "listing" and r["reason"].startswith("identity collision: ")
-        twins = sorted(str(p) for p in src.rglob(r["filename"]))
-        assert len(twins) == 2 and all(t in r["reason"] for t in twins), r["reason"]
-    assert "identity collisions: 2" in summary.format()
+    (held,) = rows(lakehouse, schemas.QUARANTINE)
+    assert summary.collisions == 1
+    assert held["stage"] == "listing" and held["reason"].startswith("identity collision: ")
+    twins = sorted(str(p) for p in src.rglob(held["filename"]))
+    assert len(twins) == 2 and all(t in held["reason"] for t in twins), held["reason"]
+    assert "identity collisions: 1" in summary.format()
+    # the colliding files are neither read nor "unchanged since last run" on a first run
+    assert summary.files_skipped_unchanged == 0
+    assert "0 unchanged since last run" in summary.format()
     assert len(rows(lakehouse, schemas.SILVER)) == 1
-    assert not _ids_of(lakehouse, schemas.BRONZE) & {r["image_id"] for r in held}
-    # removing one file of a pair ends the collision: the other is ingested, the hold released
-    (src / "site2" / "train" / "NORMAL" / "img1.jpeg").unlink()
+    assert held["image_id"] not in _ids_of(lakehouse, schemas.BRONZE)
+    # removing one file of the pair ends the collision: the other is ingested, the hold released
+    (src / "train_1" / "NORMAL" / "img2.jpeg").unlink()
     run_pipeline([src], lakehouse, progress=False)
-    assert [r["filename"] for r in rows(lakehouse, schemas.QUARANTINE)] == ["img2.jpeg"]
-    assert "img1.jpeg" in {r["filename"] for r in rows(lakehouse, schemas.SILVER)}
+    assert rows(lakehouse, schemas.QUARANTINE) == []
+    assert "img2.jpeg" in {r["filename"] for r in rows(lakehouse, schemas.SILVER)}
+
+
+def _site_pair(root: Path, name: str = "img1.jpeg") -> tuple[Path, Path]:
+    """``root/site1/train/NORMAL/<name>`` and ``root/site2/...``: other bytes, one name."""
+    a, b = _images(TRAIN / "NORMAL", 0, 2)
+    out = []
+    for site, image in (("site1", a), ("site2", b)):
+        (root / site / "train" / "NORMAL").mkdir(parents=True)
+        shutil.copyfile(TRAIN / "NORMAL" / image, root / site / "train" / "NORMAL" / name)
+        out.append(root / site / "train" / "NORMAL" / name)
+    return out[0], out[1]
+
+
+def test_two_sites_with_the_same_file_names_are_two_images_both_scored(tmp_path):
+    hospital = tmp_path / "hospital"
+    _site_pair(hospital)
+    summary = run_pipeline([hospital], tmp_path / "lh", progress=False)
+    assert summary.collisions == 0 and rows(tmp_path / "lh", schemas.QUARANTINE) == []
+    silver = rows(tmp_path / "lh", schemas.SILVER)
+    assert [r["filename"] for r in silver] == ["img1.jpeg", "img1.jpeg"]
+    assert len({r["image_id"] for r in silver}) == 2
+    assert len(rows(tmp_path / "lh", schemas.PREDICTIONS)) == 2
+    assert summary.files_skipped_unchanged == 0 and "0 unchanged since last run" in summary.format()
+    # two sources holding the same relative name: two images as well
+    one, two = tmp_path / "a" / "st-mary", tmp_path / "b" / "st-john"
+    for source, image in ((one, 2), (two, 3)):
+        _copy(TRAIN / "NORMAL", source / "train" / "NORMAL", _images(TRAIN / "NORMAL", image, 1))
+        (source / "train" / "NORMAL" / _images(TRAIN / "NORMAL", image, 1)[0]).rename(
+            source / "train" / "NORMAL" / "same.jpeg"
+        )
+    summary = run_pipeline([one, two], tmp_path / "lh2", progress=False)
+    assert summary.collisions == 0
+    assert len(rows(tmp_path / "lh2", schemas.PREDICTIONS)) == 2
+    # a re-run changes nothing
+    again = run_pipeline([one, two], tmp_path / "lh2", progress=False)
+    assert set(again.new_rows.values()) <= {0} and again.files_skipped_unchanged == 2
+
+
+def test_a_lakehouse_of_rule_1_ids_keeps_them_and_new_sources_follow_rule_2(tmp_path, monkeypatch):
+    from cxrlake.lakehouse import pipeline
+    from cxrlake.medallion import identity
+
+    src = _small_source(tmp_path / "src")
+    lakehouse = tmp_path / "lh"
+    # a lakehouse written before sites entered the id: every source identified by rule 1
+    with monkeypatch.context() as m:
+        m.setattr(pipeline.identity, "identity_roots", lambda sources, known: [])
+        run_pipeline([src], lakehouse, progress=False)
+    before = _ids_of(lakehouse, schemas.BRONZE)
+    assert before == {identity.identify(str(p)).image_id for p in src.rglob("*.jpeg")}
+    again = run_pipeline([src], lakehouse, progress=False)
+    assert set(again.new_rows.values()) <= {0} and _ids_of(lakehouse, schemas.BRONZE) == before
+    hospital = tmp_path / "hospital"
+    first, _ = _site_pair(hospital)
+    run_pipeline([src, hospital], lakehouse, progress=False)
+    added = _ids_of(lakehouse, schemas.SILVER) - before
+    assert len(added) == 2
+    assert identity.identify(str(first), str(hospital)).image_id in added
+    assert identity.identify(str(first)).image_id not in added
 
 
 def test_a_good_file_turned_corrupt_leaves_silver_and_gold_and_the_evaluation(tmp_path):
@@ -594,11 +652,13 @@ def test_analysis_ahead_decodes_each_image_once_and_changes_no_row(source, tmp_p
 
     other = tmp_path / "other"
     _copy(TRAIN / "NORMAL", other / "train" / "NORMAL", _images(TRAIN / "NORMAL", 20, 3))
-    # same relative path as an image of `source`, other bytes: an identity collision
-    shutil.copyfile(
-        TRAIN / "NORMAL" / _images(TRAIN / "NORMAL", 30, 1)[0],
-        other / "train" / "NORMAL" / _images(TRAIN / "NORMAL", 0, 1)[0],
-    )
+    # one name in `train-1` and `train_1` (one split after normalising), other bytes: a collision
+    for split, image in (("train-1", 30), ("train_1", 31)):
+        (other / split / "NORMAL").mkdir(parents=True)
+        shutil.copyfile(
+            TRAIN / "NORMAL" / _images(TRAIN / "NORMAL", image, 1)[0],
+            other / split / "NORMAL" / "twin.jpeg",
+        )
     analysed: list[int] = []
     real = transforms.analyze_batch
 

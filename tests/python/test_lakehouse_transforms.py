@@ -31,6 +31,34 @@ def test_identity_from_labelled_and_unlabelled_paths():
     assert len(a.image_id) == 32 and int(a.image_id, 16) >= 0
 
 
+def test_identity_rule_2_takes_the_site_within_the_source_not_the_mount():
+    from cxrlake.medallion import identity
+
+    local = identity.identify("/data/hospital/site1/train/NORMAL/a.jpeg", "/data/hospital")
+    volume = identity.identify(
+        "dbfs:/Volumes/cat/bronze/hospital/site1/train/NORMAL/a.jpeg",
+        "/Volumes/cat/bronze/hospital",
+    )
+    assert local == volume
+    assert local.image_id == identity.image_id_for("hospital/site1/train", "NORMAL", "a.jpeg")
+    other = identity.identify("/data/hospital/site2/train/NORMAL/a.jpeg", "/data/hospital")
+    assert other.image_id != local.image_id
+    # no site (the split folder is the source): rule 2 gives rule 1's id
+    flat = identity.identify("/x/chest_xray_fullres/NORMAL/a.jpeg", "/x/chest_xray_fullres")
+    assert flat.image_id == identity.identify("/x/chest_xray_fullres/NORMAL/a.jpeg").image_id
+    # a source whose files bronze holds under rule-1 ids keeps rule 1; a new one follows rule 2
+    path = "/data/hospital/site1/train/NORMAL/a.jpeg"
+    legacy = pa.table({"file_path": [path], "image_id": [identity.identify(path).image_id]})
+    assert identity.identity_roots(["/data/hospital"], legacy) == []
+    assert identity.identity_roots(["/data/hospital", "/data/other"], legacy) == ["/data/other"]
+    assert identity.identity_roots(["/data/hospital"], legacy.slice(0, 0)) == ["/data/hospital"]
+    ids = identity.identify_paths([path, "/elsewhere/train/NORMAL/a.jpeg"], ["/data/hospital"])
+    assert ids.column("image_id").to_pylist() == [
+        local.image_id,
+        identity.identify("/elsewhere/train/NORMAL/a.jpeg").image_id,
+    ]
+
+
 def test_label_of():
     assert transforms.label_of("NORMAL") == 0
     assert transforms.label_of("PNEUMONIA") == 1

@@ -80,9 +80,14 @@ def _within(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
-def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected | Skipped]:
-    """Yield every file under ``root`` in sorted path order (deterministic)."""
+def walk(
+    root: str | os.PathLike, identity_rule_2: bool = False
+) -> Iterator[SourceFile | Rejected | Skipped]:
+    """Yield every file under ``root`` in sorted path order (deterministic). With
+    ``identity_rule_2`` the files' sites within ``root`` enter their image ids
+    (`cxrlake.medallion.identity.identify`)."""
     root = os.path.abspath(os.fspath(root))
+    identity_root = root if identity_rule_2 else None
     real_root = os.path.realpath(root)
     if not os.path.isdir(root):
         raise FileNotFoundError(f"source is not a directory: {root}")
@@ -132,7 +137,7 @@ def walk(root: str | os.PathLike) -> Iterator[SourceFile | Rejected | Skipped]:
                     entry.path,
                     st.st_size,
                     st.st_mtime_ns // 1000,
-                    identity.identify(entry.path),
+                    identity.identify(entry.path, identity_root),
                     st.st_dev,
                     st.st_ino,
                     open_path,

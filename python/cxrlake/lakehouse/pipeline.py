@@ -46,7 +46,7 @@ from cxrlake.files import skip_summary
 from cxrlake.lakehouse import listing
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
 from cxrlake.medallion import identity, metrics, rules, schemas, transforms
-from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, QUARANTINE
+from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, PREDICTIONS, QUARANTINE, SILVER
 
 DEFAULT_BATCH_SIZE = 64
 """Images per Arrow batch handed to the Rust core."""
@@ -120,6 +120,12 @@ class RunSummary:
     threshold: float | None = None
     threshold_source: str = "model"
     """The threshold that decided this run's labels: ``model`` or ``site:<id>:v<n>``."""
+    redecided: int = 0
+    """Earlier predictions of the run's model re-decided at the run's threshold."""
+    label_changes: list[dict[str, Any]] = field(default_factory=list)
+    """Of those, the films whose label changed: filename, image_id, from, to."""
+    threshold_note: str = ""
+    """Why the run's threshold is what it is, when ``--site`` named a site (e.g. none stored)."""
     development_films: dict[str, list[int]] = field(default_factory=dict)
     """Per labelled split: [films from the model's development set, films] (see
     `cxrlake.training.provenance`); figures on such films are no evaluation."""
@@ -141,6 +147,7 @@ class RunSummary:
             f"  model:     {p(self.model_name)} {p(self.model_version)}, threshold "
             f"{self.threshold if self.threshold is not None else float('nan'):.4f} "
             f"({p(self.threshold_source)})",
+            *self._threshold_lines(),
             f"  files:     {self._files_line()}",
             "  stages:    "
             + ", ".join(f"{s} {self.stage_seconds[s]:.2f} s" for s in self.stage_seconds),
@@ -194,6 +201,25 @@ class RunSummary:
                     "on new films: the model card holds the validation and shift analysis)"
                 )
         return "\n".join(lines)
+
+    def _threshold_lines(self) -> list[str]:
+        """What the run's threshold did to earlier predictions (and why, for ``--site``)."""
+        p = identity.printable
+        lines = [f"             {p(self.threshold_note)}"] if self.threshold_note else []
+        if self.redecided:
+            changes = ", ".join(
+                f"{p(c['filename'] or c['image_id'])} {c['from']} -> {c['to']}"
+                for c in self.label_changes[:10]
+            )
+            more = (
+                f" and {len(self.label_changes) - 10} more" if len(self.label_changes) > 10 else ""
+            )
+            lines.append(
+                f"             re-decided {self.redecided} earlier prediction(s) of this model at "
+                f"this threshold: {len(self.label_changes)} label(s) changed"
+                + (f": {changes}{more}" if changes else "")
+            )
+        return lines
 
     def _files_line(self) -> str:
         found = f"{self.files_found} image file{'s' if self.files_found != 1 else ''}"
@@ -263,6 +289,7 @@ class Pipeline:
         self.model = transforms.load_model(model)
         # The site's calibrated threshold for this model version, if one is stored.
         self.threshold = None
+        self.site = site
         if site:
             from cxrlake.calibration import site_threshold
 
@@ -279,6 +306,7 @@ class Pipeline:
             model_version=self.model.version,
         )
         self.sources: dict[str, listing.SourceFile] = {}
+        self.identity_roots: tuple[str, ...] = ()  # sources of identity rule 2 (identity.py)
         # new bronze rows of this run analysed ahead (see `AHEAD_BYTES`): (keys, analysis)
         self._ahead: list[tuple[pa.Array, Future]] = []
         self._ahead_bytes = 0
@@ -337,8 +365,12 @@ class Pipeline:
         files: dict[str, listing.SourceFile] = {}
         rejected: dict[str, str] = {}
         not_images: list[str] = []
-        for source in sources:
-            for item in listing.walk(source):
+        absolute = [os.path.abspath(os.fspath(s)) for s in sources]
+        self.identity_roots = tuple(
+            identity.identity_roots(absolute, self.lh.read(BRONZE, ["file_path", "image_id"]))
+        )
+        for source in absolute:
+            for item in listing.walk(source, source in self.identity_roots):
                 if isinstance(item, listing.SourceFile):
                     files[item.path] = item
                 elif isinstance(item, listing.Skipped):
@@ -359,7 +391,8 @@ class Pipeline:
     def _set_listing(self, rejected: dict[str, str]) -> None:
         chosen = list(self.sources.values())
         paths = [f.path for f in chosen] + sorted(rejected)
-        ids = identity.identify_paths(pa.array(paths, pa.string())).column("image_id")
+        ids = identity.identify_paths(pa.array(paths, pa.string()), self.identity_roots)
+        ids = ids.column("image_id")
         self.listing = pa.table(
             {
                 "file_path": pa.array(paths, pa.string()),
@@ -383,7 +416,8 @@ class Pipeline:
         """Append new file versions to bronze; hold rejected entries and collisions."""
         self._state("bronze")
         to_read = self._rule(rules.BRONZE_TO_READ)
-        self.summary.files_skipped_unchanged = len(self.sources) - to_read.num_rows
+        # files held at listing (identity collisions) are neither read nor unchanged
+        self.summary.files_skipped_unchanged = _accepted_files(self.listing) - to_read.num_rows
         unreadable: dict[str, str] = {}
         stat_updates: list[pa.Table] = []
         pending: list[pa.Table] = []
@@ -413,7 +447,9 @@ class Pipeline:
                         "content": pa.array(read["content"], pa.binary()),
                     }
                 )
-                incoming = transforms.bronze_batch(binary_files, self.run_id)
+                incoming = transforms.bronze_batch(
+                    binary_files, self.run_id, roots=self.identity_roots
+                )
                 # the rules see the keys; the bytes stay in Arrow (no copy through DuckDB)
                 self._sql.register("incoming", incoming.drop_columns(["content"]))
                 new = _key(self._rule(rules.BRONZE_INSERTS))
@@ -623,6 +659,79 @@ class Pipeline:
                 bar.update(sum(len(p) for p in (out.metadata, out.quarantine)))
             commit()
         self._stop_ahead()
+        self.redecide()
+
+    # ---------------------------------------------------------------- threshold
+    def redecide(self) -> None:
+        """Re-decide this model's predictions decided at another threshold than this run's
+        (`rules.PREDICTIONS_TO_REDECIDE`), and record which labels changed."""
+        if self.site and self.threshold is None:
+            self.summary.threshold_note = (
+                f"no threshold stored for site {self.site} and model {self.model.name} "
+                f"{self.model.version}: labels decided at the model's threshold "
+                f"(store one with `cxrlake calibrate --site {self.site}`)"
+            )
+        elif self.threshold is not None:
+            self.summary.threshold_note = (
+                f"site {self.site}: threshold {self.threshold.source} (gold.site_thresholds)"
+            )
+        value = self.threshold.threshold if self.threshold else self.model.threshold
+        source = self.threshold.source if self.threshold else "model"
+        self._state("predictions", columns={"predictions": rules.REDECIDE_COLUMNS})
+        self._sql.register(
+            "decision",
+            pa.table({"threshold": [float(value)], "threshold_source": [source]}),
+        )
+        todo = self._rule(rules.PREDICTIONS_TO_REDECIDE)
+        if not todo.num_rows:
+            return
+        probability = todo.column("prediction_probability")
+        label = pc.cast(pc.greater_equal(probability, value), pa.int32())
+        updates = pa.table(
+            {
+                "image_id": todo.column("image_id"),
+                "model_name": todo.column("model_name"),
+                "model_version": todo.column("model_version"),
+                "predicted_label": label,
+                "is_correct": pc.equal(label, todo.column("true_label")),
+                "decision_threshold": pa.array([float(value)] * todo.num_rows, pa.float64()),
+                "threshold_source": pa.array([source] * todo.num_rows, pa.string()),
+            }
+        )
+        self._count(
+            self.summary.updated_rows,
+            PREDICTIONS,
+            self.lh.update_columns(
+                PREDICTIONS,
+                updates,
+                ["predicted_label", "is_correct", "decision_threshold", "threshold_source"],
+                run_id=self.run_id,
+                stage="redecide",
+            ),
+        )
+        self.summary.redecided = todo.num_rows
+        names = dict(
+            zip(
+                *[
+                    self.lh.read(SILVER, ["image_id", "filename"]).column(c).to_pylist()
+                    for c in ("image_id", "filename")
+                ],
+                strict=True,
+            )
+        )
+        before = todo.column("predicted_label").to_pylist()
+        for image_id, old, new in zip(
+            todo.column("image_id").to_pylist(), before, label.to_pylist(), strict=True
+        ):
+            if old != new:
+                self.summary.label_changes.append(
+                    {
+                        "image_id": image_id,
+                        "filename": names.get(image_id),
+                        "from": schemas.LABEL_NAMES[old] if old is not None else None,
+                        "to": schemas.LABEL_NAMES[new],
+                    }
+                )
 
     # ---------------------------------------------------------------- performance
     def performance(self) -> None:
@@ -691,6 +800,14 @@ class Pipeline:
         start = time.perf_counter()
         fn(*args)
         self.summary.stage_seconds[stage] = round(time.perf_counter() - start, 3)
+
+
+def _accepted_files(listing_rows: pa.Table) -> int:
+    """Listing rows bronze may take: not rejected, and their image id claimed by no other."""
+    counts = pc.value_counts(listing_rows.column("image_id"))
+    single = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
+    ok = listing_rows.filter(pc.is_null(listing_rows.column("reject_reason")))
+    return int(pc.sum(pc.is_in(ok.column("image_id"), single).cast(pa.int64())).as_py() or 0)
 
 
 def run_pipeline(

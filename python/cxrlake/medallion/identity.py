@@ -5,11 +5,21 @@
 - ``dataset_split``: the folder that holds the label folder (``chest_xray/train/NORMAL/x.jpeg``
   -> ``train``, ``chest_xray_fullres/NORMAL/x.jpeg`` -> ``chest_xray_fullres``); for an unlabelled
   file, its parent folder. Lower-cased, characters other than ``[a-z0-9_]`` replaced by ``_``.
-- ``image_id``: first 32 hex digits of sha256 of ``"<dataset_split>/<category or ->/<filename>"``.
-  It depends only on the last path components, not on where the folder is mounted, so the same
-  files give the same ids locally and on a UC Volume; a changed file keeps its image_id and gets a
-  new ``content_sha256``. Two files can therefore claim one id (``site1/train/NORMAL/a.jpeg`` and
-  ``site2/train/NORMAL/a.jpeg``, or ``train-1/...`` and ``train_1/...``): the collision rule in
+- ``site``: the folders from the source folder (its own name included) down to the folder that
+  holds the split folder (``<source>/site1/train/NORMAL/a.jpeg`` -> ``<source name>/site1``;
+  ``chest_xray/train/NORMAL/a.jpeg`` with source ``chest_xray`` -> ``chest_xray``); empty when
+  the split folder is the source itself (``chest_xray_fullres/NORMAL/a.jpeg``) or lies above it.
+- ``image_id``: first 32 hex digits of sha256 of ``"<site>/<dataset_split>/<category or
+  ->/<filename>"`` (identity rule 2), or of ``"<dataset_split>/<category or ->/<filename>"`` when
+  the site is empty or the source follows rule 1. Rule 1 (the rule before sites; ``source``
+  None) keeps only the last components, so ``site1/train/NORMAL/a.jpeg`` and
+  ``site2/train/NORMAL/a.jpeg`` claimed one id. Which sources keep rule 1: `identity_roots`
+  (a source whose files bronze already holds under rule-1 ids keeps them; every other source
+  follows rule 2), so an existing lakehouse keeps its ids. Both rules depend only on the
+  source folder's name and what lies inside it, not on where it is mounted, so the same files
+  give the same ids locally and on a UC Volume of the same name; a changed file keeps its
+  image_id and gets a new ``content_sha256``. Files can still claim one id (two sources of the
+  same name, or ``train-1/...`` and ``train_1/...``): the collision rule in
   `cxrlake.medallion.rules` quarantines such an id, naming both files.
 
 Pure functions of their arguments, so both engines derive the same ids.
@@ -71,8 +81,13 @@ def image_id_for(dataset_split: str, category: str | None, filename: str) -> str
     return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
-def identify(path: str) -> ImageIdentity:
-    """Derive image_id, filename, category and dataset_split from a file path or URI."""
+def identify(path: str, source: str | None = None) -> ImageIdentity:
+    """Derive image_id, filename, category and dataset_split from a file path or URI.
+
+    ``source``: the source folder the file was listed under (path or URI); the file's site
+    within it enters the image id (rule 2). None, or a path outside ``source``: rule 1 (the
+    last path components only). See the module docstring.
+    """
     parts = _path_parts(path)
     if not parts:
         raise ValueError(f"cannot derive an image id from empty path {path!r}")
@@ -84,7 +99,59 @@ def identify(path: str) -> ImageIdentity:
     else:
         split_dir = parent or "unknown"
     split = _normalise_split(split_dir)
-    return ImageIdentity(image_id_for(split, category, filename), filename, category, split)
+    image_id = image_id_for(split, category, filename)
+    if source is not None:
+        site = site_of(parts, _path_parts(source), 3 if category is not None else 2)
+        if site:
+            image_id = image_id_for(f"{site}/{split}", category, filename)
+    return ImageIdentity(image_id, filename, category, split)
+
+
+def site_of(parts: list[str], root: list[str], below_split: int) -> str:
+    """The folders from the source folder ``root`` (its name included) down to the parent of
+    the split folder, the ``below_split``-th component from the end of ``parts``, joined by
+    ``/``; empty when ``parts`` is not under ``root`` or the split folder is ``root`` itself
+    or above it."""
+    if not root or parts[: len(root)] != root:
+        return ""
+    return "/".join(parts[len(root) - 1 : len(parts) - below_split])
+
+
+def _root_for(path: str, roots: list[list[str]]) -> list[str] | None:
+    """The longest of ``roots`` (split into components) that contains ``path``."""
+    parts = _path_parts(path)
+    best = None
+    for root in roots:
+        if parts[: len(root)] == root and (best is None or len(root) > len(best)):
+            best = root
+    return best
+
+
+def identity_roots(sources: list[str], known: pa.Table | None = None) -> list[str]:
+    """The sources whose files are identified by rule 2 (the site enters the id).
+
+    ``known``: the (``file_path``, ``image_id``) rows bronze holds. A source keeps rule 1 when
+    bronze holds a file under it with a non-empty site whose id is its rule-1 id (a lakehouse
+    written before sites existed keeps its ids); every other source, new ones included,
+    follows rule 2. Both engines call this with the same rows, so they agree.
+    """
+    out = []
+    paths = known.column("file_path").to_pylist() if known is not None else []
+    ids = known.column("image_id").to_pylist() if known is not None else []
+    for source in sources:
+        root = _path_parts(source)
+        legacy = False
+        for path, image_id in zip(paths, ids, strict=True):
+            if path is None or _path_parts(path)[: len(root)] != root:
+                continue
+            new = identify(path, source)
+            old = identify(path)
+            if new.image_id != old.image_id:  # a file with a site: its id tells the rule
+                legacy = image_id == old.image_id
+                break
+        if not legacy:
+            out.append(source)
+    return out
 
 
 IDENTITY_SCHEMA = pa.schema(
@@ -97,11 +164,19 @@ IDENTITY_SCHEMA = pa.schema(
 )
 
 
-def identify_paths(paths: pa.Array | pa.ChunkedArray | list[str]) -> pa.RecordBatch:
+def identify_paths(
+    paths: pa.Array | pa.ChunkedArray | list[str], roots: list[str] | tuple[str, ...] = ()
+) -> pa.RecordBatch:
     """`identify` over a column of paths: ``image_id``, ``filename``, ``category``,
-    ``dataset_split`` (`IDENTITY_SCHEMA`), one row per path."""
+    ``dataset_split`` (`IDENTITY_SCHEMA`), one row per path. ``roots``: the sources that
+    follow rule 2 (`identity_roots`); a path is identified against the longest root that
+    holds it, by rule 1 when none does."""
     values = paths.to_pylist() if hasattr(paths, "to_pylist") else list(paths)
-    ids = [identify(p) for p in values]
+    split_roots = [_path_parts(r) for r in roots]
+    ids = []
+    for p in values:
+        root = _root_for(p, split_roots) if split_roots else None
+        ids.append(identify(p, "/" + "/".join(root) if root is not None else None))
     return pa.RecordBatch.from_arrays(
         [pa.array([i[k] for i in ids], pa.string()) for k in range(4)], schema=IDENTITY_SCHEMA
     )

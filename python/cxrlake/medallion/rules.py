@@ -282,6 +282,35 @@ from it. A good image leaves quarantine; a bad one leaves silver, features and e
 predictions (gold follows silver)."""
 
 
+PREDICTIONS_TO_REDECIDE = """
+SELECT p.image_id, p.model_name, p.model_version, p.prediction_probability, p.true_label,
+       p.predicted_label, d.threshold, d.threshold_source
+FROM predictions p
+JOIN model m ON p.model_name = m.model_name AND p.model_version = m.model_version
+CROSS JOIN decision d
+WHERE p.prediction_probability IS NOT NULL
+  AND (p.decision_threshold IS DISTINCT FROM d.threshold
+       OR p.threshold_source IS DISTINCT FROM d.threshold_source)
+ORDER BY p.image_id
+"""
+"""Predictions of the run's model decided at another threshold than the run's (the one-row
+``decision`` view: ``threshold``, ``threshold_source``), e.g. scored before ``--site`` chose a
+site's threshold: re-decide them (label, ``is_correct``, threshold columns), so every current
+prediction of a model carries the labels of the run's threshold. The ``predictions`` view needs
+`REDECIDE_COLUMNS`."""
+
+REDECIDE_COLUMNS = (
+    "image_id",
+    "model_name",
+    "model_version",
+    "prediction_probability",
+    "true_label",
+    "predicted_label",
+    "decision_threshold",
+    "threshold_source",
+)
+
+
 def model_row(model_name: str, model_version: str, feature_tag: str) -> pa.Table:
     """The one-row ``model`` view."""
     return pa.table(

@@ -73,18 +73,20 @@ def bronze_batch(
     batch: pa.RecordBatch | pa.Table,
     ingestion_batch_id: str,
     ingested_at: dt.datetime | None = None,
+    roots: Sequence[str] = (),
 ) -> pa.RecordBatch:
     """Turn a ``binaryFile``-shaped batch into ``bronze.kaggle_xray_metadata`` rows.
 
     ``batch`` columns: ``path`` string, ``modificationTime`` timestamp, ``length`` int64,
     ``content`` binary (Spark's ``binaryFile`` source has exactly these). Returns one row per input
     row in `schemas.BRONZE_METADATA` (image identity from the path, sha256 of ``content``).
-    ``ingested_at`` defaults to now (UTC).
+    ``ingested_at`` defaults to now (UTC). ``roots``: the sources whose files follow identity
+    rule 2 (`identity.identity_roots`).
     """
     ingested_at = identity.to_utc(ingested_at) or identity.utc_now()
     table = _table(batch)
     n = table.num_rows
-    ids = identity.identify_paths(table.column("path"))
+    ids = identity.identify_paths(table.column("path"), tuple(roots))
     contents = table.column("content")
     shas = identity.sha256_column(contents)
     mtime = table.column("modificationTime")

@@ -1,8 +1,9 @@
 """Current labels for training: folder labels with the radiologists' corrections applied.
 
-`cxrlake train --labels-from LAKEHOUSE` relabels each training file whose image (same identity
-rule as the pipeline: `cxrlake.medallion.identity.identify`) has a current
-``silver.label_history`` row from a radiologist, and says how many labels differ.
+`cxrlake train --labels-from LAKEHOUSE` relabels each training file whose image has a current
+``silver.label_history`` row from a radiologist, and says how many labels differ. A file's image
+is the bronze row of its path (so it has the id the pipeline gave it, whichever identity rule its
+source follows); a file bronze never saw gets `cxrlake.medallion.identity.identify`'s rule-1 id.
 """
 
 from __future__ import annotations
@@ -31,15 +32,28 @@ def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -
     }
 
 
+def _image_ids_by_path(lakehouse: str | os.PathLike, env: str) -> dict[str, str]:
+    """Absolute file path -> the image id bronze recorded for it."""
+    from cxrlake.medallion.schemas import BRONZE
+    from cxrlake.lakehouse.storage import Lakehouse
+
+    rows = Lakehouse(lakehouse, env).read(BRONZE, ["file_path", "image_id"])
+    return dict(
+        zip(rows.column("file_path").to_pylist(), rows.column("image_id").to_pylist(), strict=True)
+    )
+
+
 def apply_current_labels(
     records: Sequence[Any], lakehouse: str | os.PathLike, env: str = "dev"
 ) -> tuple[list[Any], int]:
     """Records (dataclasses with ``path`` and ``label``) with the current labels; returns them
     and how many labels differ from the folder ones."""
     corrected = current_radiologist_labels(lakehouse, env)
+    ids = _image_ids_by_path(lakehouse, env)
     out, changed = [], 0
     for record in records:
-        label = corrected.get(identify(record.path).image_id)
+        path = os.path.abspath(os.fspath(record.path))
+        label = corrected.get(ids.get(path) or identify(path).image_id)
         if label is not None and label != record.label:
             record = dataclasses.replace(record, label=label)
             changed += 1

@@ -241,13 +241,14 @@ def decide_bronze(
 
     now = now or dt.datetime.now(dt.timezone.utc)
     register_state(spark, tables, model)
+    roots = identity_roots(spark.table("bronze"), source_path)
     files = spark.read.format("binaryFile").option("recursiveFileLookup", "true")
     # materialised once: every listing rule reads it, and listing a volume is the slow part
-    _materialise(to_listing(files.load(source_path))).createOrReplaceTempView("listing")
+    _materialise(to_listing(files.load(source_path), roots)).createOrReplaceTempView("listing")
     wanted = [r[0] for r in spark.sql(rules.BRONZE_TO_READ).select("file_path").collect()]
     changes = {view: TableChange() for view in rules.VIEWS}
     if wanted:
-        incoming = to_bronze(files.load(wanted), ingestion_batch_id, now)
+        incoming = to_bronze(files.load(wanted), ingestion_batch_id, now, roots)
         incoming.createOrReplaceTempView("incoming")
         stats = spark.sql(rules.BRONZE_STAT_UPDATES).select(
             "image_id",
@@ -261,6 +262,37 @@ def decide_bronze(
         changes["bronze"] = TableChange(upserts=spark.sql(rules.BRONZE_INSERTS), updates=stats)
     changes.update(_decide_listing(spark, ingestion_batch_id, now))
     return changes
+
+
+#: Bronze rows under a source read to tell which identity rule it follows (`identity_roots`).
+IDENTITY_RULE_SAMPLE = 1000
+
+
+def identity_roots(bronze: Any, source_path: str) -> tuple[str, ...]:
+    """``(source_path,)`` when the source's files follow identity rule 2 (the site enters the
+    image id), ``()`` when bronze already holds them under rule-1 ids (a lakehouse written
+    before sites keeps its ids): `cxrlake.medallion.identity.identity_roots` over at most
+    `IDENTITY_RULE_SAMPLE` bronze rows under the source."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from cxrlake.medallion import identity
+    from cxrlake.spark.udfs import local_path
+
+    root = local_path(source_path).rstrip("/")
+    rows = (
+        bronze.select("file_path", "image_id")
+        .where(F.col("file_path").startswith(root + "/"))
+        .limit(IDENTITY_RULE_SAMPLE)
+        .collect()
+    )
+    known = pa.table(
+        {
+            "file_path": pa.array([r[0] for r in rows], pa.string()),
+            "image_id": pa.array([r[1] for r in rows], pa.string()),
+        }
+    )
+    return tuple(identity.identity_roots([root], known))
 
 
 def _materialise(df: Any) -> Any:
@@ -413,7 +445,8 @@ def ingest_bronze(
         session.table(target).select(*rules.STATE_COLUMNS["bronze"]).createOrReplaceTempView(
             "bronze"
         )
-        to_bronze(batch_df, ingestion_id, now).createOrReplaceTempView("incoming")
+        roots = identity_roots(session.table("bronze"), source_path)
+        to_bronze(batch_df, ingestion_id, now, roots).createOrReplaceTempView("incoming")
         stats = session.sql(rules.BRONZE_STAT_UPDATES).select(
             "image_id",
             "content_sha256",

@@ -59,13 +59,16 @@ def _now(value: dt.datetime | None) -> dt.datetime:
     return value if value is not None else identity.utc_now()
 
 
-def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
+def bronze_rows(
+    ingestion_batch_id: str, ingested_at: dt.datetime, roots: tuple[str, ...] = ()
+) -> ArrowMap:
     """``mapInArrow`` function: ``binaryFile`` batches -> ``bronze.kaggle_xray_metadata`` batches.
 
     ``file_path`` is a path the core can open (``file:`` / ``dbfs:`` URIs become paths). Files
     whose names are not image names (`cxrlake.files.is_image_name`) are dropped, so Auto Loader
     skips them as the listings of both engines do; a name without an extension is kept when its
-    content is DICOM."""
+    content is DICOM. ``roots``: the sources whose files follow identity rule 2
+    (`cxrlake.medallion.identity.identity_roots`)."""
     from cxrlake.files import has_no_extension, is_image_name
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -77,28 +80,33 @@ def bronze_rows(ingestion_batch_id: str, ingested_at: dt.datetime) -> ArrowMap:
             batch = batch.filter(pc.or_(named, pc.and_(bare, dicom)))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
             batch = batch.set_column(batch.schema.get_field_index("path"), "path", paths)
-            yield medallion.bronze_batch(batch, ingestion_batch_id, ingested_at)
+            yield medallion.bronze_batch(batch, ingestion_batch_id, ingested_at, roots=roots)
 
     return fn
 
 
 def to_bronze(
-    binary_files: DataFrame, ingestion_batch_id: str, ingested_at: dt.datetime | None = None
+    binary_files: DataFrame,
+    ingestion_batch_id: str,
+    ingested_at: dt.datetime | None = None,
+    roots: tuple[str, ...] = (),
 ) -> DataFrame:
     """Bronze rows (schema `schemas.BRONZE`) of a DataFrame shaped like Spark's ``binaryFile``
-    source (``path``, ``modificationTime``, ``length``, ``content``)."""
-    fn = bronze_rows(ingestion_batch_id, _now(ingested_at))
+    source (``path``, ``modificationTime``, ``length``, ``content``); ``roots`` as in
+    `bronze_rows`."""
+    fn = bronze_rows(ingestion_batch_id, _now(ingested_at), tuple(roots))
     return binary_files.select(*schemas.BINARY_FILE_SCHEMA.fieldNames()).mapInArrow(
         fn, schemas.BRONZE
     )
 
 
-def listing_rows() -> ArrowMap:
+def listing_rows(roots: tuple[str, ...] = ()) -> ArrowMap:
     """``mapInArrow`` function: ``binaryFile`` listing batches (``path``, ``modificationTime``,
     ``length``) -> rows of the rules' ``listing`` view (`rules.LISTING_SCHEMA`). Files whose
     names are not image names (`cxrlake.files.is_image_name`, as in the local listing) are
     dropped: never read, stored nor quarantined; a name without an extension is kept when the
-    file starts like DICOM (`cxrlake.files.sniff_dicom` reads its first 132 bytes)."""
+    file starts like DICOM (`cxrlake.files.sniff_dicom` reads its first 132 bytes). ``roots``
+    as in `bronze_rows`."""
     from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -109,7 +117,7 @@ def listing_rows() -> ArrowMap:
             ]
             batch = batch.filter(pa.array(keep, pa.bool_()))
             paths = pa.array([local_path(p) for p in batch.column("path").to_pylist()], pa.string())
-            ids = identity.identify_paths(paths)
+            ids = identity.identify_paths(paths, roots)
             yield pa.RecordBatch.from_arrays(
                 [
                     paths,
@@ -124,10 +132,11 @@ def listing_rows() -> ArrowMap:
     return fn
 
 
-def to_listing(binary_files: DataFrame) -> DataFrame:
-    """The ``listing`` view of the rules from a ``binaryFile`` DataFrame (content not read)."""
+def to_listing(binary_files: DataFrame, roots: tuple[str, ...] = ()) -> DataFrame:
+    """The ``listing`` view of the rules from a ``binaryFile`` DataFrame (content not read);
+    ``roots`` as in `bronze_rows`."""
     return binary_files.select("path", "modificationTime", "length").mapInArrow(
-        listing_rows(), LISTING
+        listing_rows(tuple(roots)), LISTING
     )
 
 
