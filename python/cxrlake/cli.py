@@ -18,6 +18,7 @@ import os
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from cxrlake.cli_support import (
     EXIT_INTERRUPTED,
@@ -86,7 +87,7 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 def _run_predict(args: argparse.Namespace) -> int:
     import cxrlake
-    from cxrlake.files import select_images, skip_summary
+    from cxrlake.files import select_images
 
     model = cxrlake.Model(args.model)
     selection = select_images(args.paths)
@@ -103,9 +104,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         batch = cxrlake.predict(chunk, model=model, threads=args.threads)
         columns = {name: batch.column(name).to_pylist() for name in fields[1:]}
         for i, path in enumerate(chunk):
-            # A file name that is not UTF-8 is printed with \xNN escapes (as `ls -b` does).
-            shown = os.fsencode(path).decode("utf-8", "backslashreplace")
-            record = {"path": shown, **{name: columns[name][i] for name in fields[1:]}}
+            record = {"path": _shown(path), **{name: columns[name][i] for name in fields[1:]}}
             if record["error"] is None:
                 scored += 1
             else:
@@ -116,18 +115,144 @@ def _run_predict(args: argparse.Namespace) -> int:
                 out.write(json.dumps(record) + "\n")
         out.flush()
         progress.update(len(chunk))
+    return _summarise(selection, args.paths, scored, errors, "scored")
+
+
+def _summarise(selection: Any, inputs: list[str], done: int, errors: int, verb: str) -> int:
+    """Print ``<verb> N, M errors, K skipped`` (and what was skipped) on stderr; raise when a
+    named path is missing or no image went through. Shared by ``predict`` and ``explain``."""
+    from cxrlake.files import skip_summary
+
     skipped = len(selection.skipped)
-    print(f"scored {scored}, {errors} errors, {skipped} skipped", file=sys.stderr)
+    print(f"{verb} {done}, {errors} errors, {skipped} skipped", file=sys.stderr)
     if skipped:
         print(skip_summary(selection.skipped), file=sys.stderr)
     if selection.missing:
         shown = ", ".join(selection.missing[:3]) + (", ..." if len(selection.missing) > 3 else "")
         raise CommandError(f"not found: {shown}")
-    if scored == 0:
-        if not paths:
-            raise CommandError(f"no images found in {', '.join(args.paths)}")
-        raise CommandError("no image could be scored (see the error column)")
+    if done == 0:
+        if not selection.images:
+            raise CommandError(f"no images found in {', '.join(inputs)}")
+        raise CommandError(f"no image could be {verb} (see the error column)")
     return EXIT_OK
+
+
+def _shown(path: str) -> str:
+    """A path for output: a file name that is not UTF-8 gets \\xNN escapes (as `ls -b`)."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+# ------------------------------------------------------------------ explain
+#: Images explained per call to the Rust kernel (their overlay PNGs are held until written).
+EXPLAIN_CHUNK = 32
+
+
+def _add_explain(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "explain",
+        help="write a heatmap overlay PNG and the map of each chest X-ray",
+        description=(
+            "For each JPEG/PNG/DICOM chest X-ray: the film with the model's class-activation "
+            "map over it (red where the map pushes towards PNEUMONIA, blue towards NORMAL, "
+            "transparent where it is weak, a colour scale at the right) written to "
+            "DIR/<name>.png, and one JSON line (on stdout and in DIR/explain.jsonl) with path, "
+            "overlay, probability, predicted_label, label_name, heatmap (the map upsampled and "
+            "smoothed: rows, cols, values), model_heatmap (the model's own cells), "
+            "hottest_region (box as fractions of width and height) and error. Files and "
+            "folders are taken as by `cxrlake predict` (same filter, same summary on stderr)."
+        ),
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders")
+    parser.add_argument(
+        "--out", required=True, metavar="DIR", help="folder for the overlays (created if missing)"
+    )
+    parser.add_argument(
+        "--size", type=positive_int, default=512, help="overlay's longer side in pixels (16..4096)"
+    )
+    parser.add_argument(
+        "--model", help="ONNX model file (default: the model shipped in the package)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="worker threads (default: CXRLAKE_NUM_THREADS, else the number of CPUs)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="do not report progress on stderr"
+    )
+    parser.set_defaults(handler=_run_explain)
+
+
+def _overlay_name(path: str, taken: set[str]) -> str:
+    """``<stem>.png``, or ``<stem>-2.png`` ... when another film of the run has that name."""
+    stem = os.path.splitext(os.path.basename(path))[0] or "image"
+    stem = "".join(c if c.isprintable() and c not in "/\\" else "_" for c in _shown(stem))
+    name, n = f"{stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
+
+
+def _run_explain(args: argparse.Namespace) -> int:
+    import cxrlake
+    from cxrlake.files import select_images
+    from cxrlake.heatmap import hottest_region, refine
+
+    if not 16 <= args.size <= 4096:
+        raise CommandError(f"--size must be 16..4096 pixels, got {args.size}", EXIT_USAGE)
+    model = cxrlake.Model(args.model)
+    if not model.has_heatmap:
+        raise CommandError(f"model {model.path} has no heatmap output: nothing to explain", 3)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise CommandError(f"--out {args.out}: not a directory")
+    os.makedirs(args.out, exist_ok=True)
+    selection = select_images(args.paths)
+    paths = selection.images
+    progress = Progress(len(paths), "cxrlake explain", enabled=not args.no_progress)
+    taken: set[str] = set()
+    done = errors = 0
+    lines_path = os.path.join(args.out, "explain.jsonl")
+    with open(lines_path + ".tmp", "w", encoding="utf-8") as lines:
+        for start in range(0, len(paths), EXPLAIN_CHUNK):
+            chunk = paths[start : start + EXPLAIN_CHUNK]
+            batch = cxrlake.explain(
+                chunk, model=model, threads=args.threads, overlay_size=args.size
+            ).to_pylist()
+            for path, row in zip(chunk, batch, strict=True):
+                record: dict[str, Any] = {"path": _shown(path), "overlay": None}
+                if row["error"] is None:
+                    name = _overlay_name(path, taken)
+                    target = os.path.join(args.out, name)
+                    with open(target + ".tmp", "wb") as f:
+                        f.write(row["overlay"])
+                    os.replace(target + ".tmp", target)
+                    record["overlay"] = target
+                    done += 1
+                else:
+                    errors += 1
+                fine = refine(row["heatmap"])
+                record |= {
+                    "probability": row["probability"],
+                    "predicted_label": row["predicted_label"],
+                    "label_name": None
+                    if row["predicted_label"] is None
+                    else model.labels[row["predicted_label"]],
+                    "heatmap": fine,
+                    "model_heatmap": row["heatmap"],
+                    "hottest_region": None if fine is None else hottest_region(fine),
+                    "model_name": row["model_name"],
+                    "model_version": row["model_version"],
+                    "error": row["error"],
+                }
+                line = json.dumps(record) + "\n"
+                sys.stdout.write(line)
+                lines.write(line)
+            sys.stdout.flush()
+            progress.update(len(chunk))
+    os.replace(lines_path + ".tmp", lines_path)
+    return _summarise(selection, args.paths, done, errors, "explained")
 
 
 # ------------------------------------------------------------------ parser
@@ -191,6 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_predict(subparsers)
+    _add_explain(subparsers)
     for module_name in SUBCOMMAND_MODULES:
         try:
             module = importlib.import_module(module_name)

@@ -121,6 +121,45 @@ def test_nothing_to_score_is_a_failure(tmp_path: Path):
     assert "skipped 1 file that is not an image" in result.stderr
 
 
+def test_explain_writes_an_overlay_and_a_json_line_per_film(mixed_dir: Path, tmp_path: Path):
+    from PIL import Image
+
+    out = tmp_path / "maps"
+    # the same file name twice (a named file and the folder's copy): two overlays
+    twin = mixed_dir / Path(sorted(mixed_dir.glob("*.jpeg"))[0]).name
+    result = run_cli("explain", "--out", str(out), "--size", "96", str(mixed_dir), str(twin))
+    assert result.returncode == 0, result.stderr
+    # the same filter and summary as predict: 4 good films (one twice), 3 bad, notes.txt skipped
+    assert "explained 4, 3 errors, 1 skipped" in result.stderr and "notes.txt" in result.stderr
+    lines = records(result.stdout)
+    assert lines == records((out / "explain.jsonl").read_text())
+    assert len(lines) == 7
+    model = cxrlake.Model()
+    good = [r for r in lines if r["error"] is None]
+    assert len({r["overlay"] for r in good}) == 4
+    assert sorted(os.listdir(out)) == sorted(
+        [Path(r["overlay"]).name for r in good] + ["explain.jsonl"]
+    )
+    predicted = {r["path"]: r for r in records(run_cli("predict", str(mixed_dir)).stdout)}
+    for row in good:
+        with Image.open(row["overlay"]) as picture:
+            assert max(picture.size) >= 96 and picture.mode == "RGB"
+        assert row["probability"] == pytest.approx(predicted[row["path"]]["probability"], abs=1e-6)
+        assert row["label_name"] == model.labels[row["predicted_label"]]
+        fine, coarse = row["heatmap"], row["model_heatmap"]
+        assert (fine["rows"], fine["cols"]) == (4 * coarse["rows"], 4 * coarse["cols"])
+        assert len(fine["values"]) == fine["rows"] * fine["cols"]
+        region = row["hottest_region"]
+        left, top, right, bottom = region["box"]
+        assert 0 <= left < right <= 1 and 0 <= top < bottom <= 1
+        assert region["mean"] <= max(fine["values"]) + 1e-9
+    bad = {Path(r["path"]).name: r for r in lines if r["error"]}
+    assert set(bad) == {"corrupt.jpeg", "empty.jpg", "readme.png"}
+    assert all(r["overlay"] is None and r["heatmap"] is None for r in bad.values())
+    missing = run_cli("explain", "--out", str(out), str(tmp_path / "nope.jpeg"))
+    assert missing.returncode == 1 and "nope.jpeg" in one_error_line(missing, "explain")
+
+
 def test_csv_output_has_the_documented_header(fullres_paths):
     result = run_cli("predict", "--format", "csv", fullres_paths[0])
     assert result.returncode == 0, result.stderr
