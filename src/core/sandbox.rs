@@ -1,8 +1,10 @@
 //! Path sandbox: the only place that opens image files named by callers.
 //!
-//! Paths are resolved (`..` and symlinks) before the check, so neither can escape the roots.
-//! Non-regular files (FIFOs, devices, directories) are refused from their metadata, and files are
-//! opened non-blocking so a FIFO swapped in after the check cannot hang a worker.
+//! Paths are resolved (`..` and symlinks) before the check, so neither can escape the roots, and
+//! every spelling of a path outside the roots gets the same answer, `outside sandbox roots:
+//! <path>`, whatever exists out there. Non-regular files (FIFOs, devices, directories) are refused
+//! from their metadata, files are opened non-blocking so a FIFO swapped in after the check cannot
+//! hang a worker, and the opened descriptor is checked to be the file that was judged.
 
 use std::fs::File;
 use std::io::{ErrorKind, Read};
@@ -108,7 +110,7 @@ impl Sandbox {
         // a dangling symlink or unreadable: otherwise errors would tell what exists out there.
         // So the check runs on where the path points (symlinks followed even when dangling,
         // missing components applied lexically) before anything else is looked at.
-        if !self.roots.is_empty() && !self.allows(&resolve_for_check(Path::new(path))) {
+        if !self.roots.is_empty() && !self.allows(&self.resolve_for_check(Path::new(path))) {
             return Err(outside_roots(path));
         }
         let canonical = Path::new(path)
@@ -123,10 +125,16 @@ impl Sandbox {
         }
         let mut file = open_no_follow(&canonical).map_err(|e| io_row_error(&e, path))?;
         // Check again on the opened descriptor: the path may have been swapped since `metadata`.
-        let metadata = file.metadata().map_err(|e| io_row_error(&e, path))?;
-        if !metadata.is_file() {
+        let opened = file.metadata().map_err(|e| io_row_error(&e, path))?;
+        if !opened.is_file() {
             return Err(RowError::new(format!("not a regular file: {path}")));
         }
+        // ... and it must be the file that was judged: a directory on the way swapped for a
+        // symlink since `canonicalize` would have led the open elsewhere.
+        if !self.roots.is_empty() && !self.opened_what_was_checked(&file, &canonical, &metadata) {
+            return Err(outside_roots(path));
+        }
+        let metadata = opened;
         let size = metadata.len();
         limits
             .check_encoded_size(size, "file")
@@ -148,6 +156,99 @@ impl Sandbox {
         }
         Ok(bytes)
     }
+}
+
+impl Sandbox {
+    /// Whether the open descriptor `file` lies under a root: on Linux by where `/proc/self/fd`
+    /// says the open file is, elsewhere (or without `/proc`) by comparing its device and inode
+    /// with `checked`, the metadata of `canonical` before the open.
+    fn opened_what_was_checked(
+        &self,
+        file: &File,
+        canonical: &Path,
+        checked: &std::fs::Metadata,
+    ) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::io::AsRawFd;
+            if let Ok(real) = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+                return self.allows(&real);
+            }
+        }
+        same_file(file, checked) && self.allows(canonical)
+    }
+
+    /// Where `path` points, for the sandbox check: components walked one by one from the
+    /// working directory, every symlink followed (dangling ones too), components that do not
+    /// exist applied lexically. `..` is only followed out of a place the caller cannot choose
+    /// to probe: a root or a folder inside one, an ancestor of a root, or the working directory
+    /// and its ancestors. From anywhere else (`<outside>/x/../../<root>/file`) the answer would
+    /// depend on what exists out there (a file, a folder, nothing), so the path resolves to
+    /// nowhere. Never fails: a loop or an unreadable link resolves to the empty path, which lies
+    /// under no root.
+    fn resolve_for_check(&self, path: &Path) -> PathBuf {
+        let cwd = std::env::current_dir().ok();
+        let absolute = if path.is_absolute() {
+            path.to_path_buf()
+        } else {
+            match &cwd {
+                Some(cwd) => cwd.join(path),
+                None => return PathBuf::new(),
+            }
+        };
+        let mut pending: std::collections::VecDeque<Step> = steps(&absolute).into();
+        let mut resolved = PathBuf::from("/");
+        let mut links = 0;
+        while let Some(step) = pending.pop_front() {
+            match step {
+                Step::Root => resolved = PathBuf::from("/"),
+                Step::Parent => {
+                    let known = self.allows(&resolved)
+                        || self.roots.iter().any(|root| root.starts_with(&resolved))
+                        || cwd.as_ref().is_some_and(|cwd| cwd.starts_with(&resolved));
+                    if !known {
+                        return PathBuf::new();
+                    }
+                    resolved.pop();
+                }
+                Step::Name(name) => {
+                    let candidate = resolved.join(&name);
+                    let is_link = std::fs::symlink_metadata(&candidate)
+                        .map(|m| m.file_type().is_symlink())
+                        .unwrap_or(false);
+                    if !is_link {
+                        resolved = candidate;
+                        continue;
+                    }
+                    links += 1;
+                    let Ok(target) = std::fs::read_link(&candidate) else {
+                        return PathBuf::new();
+                    };
+                    if links > MAX_SYMLINKS {
+                        return PathBuf::new();
+                    }
+                    for step in steps(&target).into_iter().rev() {
+                        pending.push_front(step);
+                    }
+                }
+            }
+        }
+        resolved
+    }
+}
+
+/// Whether the open `file` has the device and inode of `checked`.
+#[cfg(unix)]
+fn same_file(file: &File, checked: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata()
+        .map(|m| m.dev() == checked.dev() && m.ino() == checked.ino())
+        .unwrap_or(false)
+}
+
+#[cfg(not(unix))]
+fn same_file(_file: &File, _checked: &std::fs::Metadata) -> bool {
+    true
 }
 
 #[cfg(unix)]
@@ -198,7 +299,7 @@ fn shown_path(path: &str) -> String {
 /// Most symlinks followed while resolving one path (Linux's own limit is 40).
 const MAX_SYMLINKS: usize = 40;
 
-/// One step of a path being resolved by [`resolve_for_check`].
+/// One step of a path being resolved by `Sandbox::resolve_for_check`.
 enum Step {
     Root,
     Parent,
@@ -214,53 +315,6 @@ fn steps(path: &Path) -> Vec<Step> {
             Component::CurDir => None,
         })
         .collect()
-}
-
-/// Where `path` points, for the sandbox check: components walked one by one from the working
-/// directory, every symlink followed (dangling ones too), components that do not exist applied
-/// lexically. Never fails: a loop or an unreadable link resolves to the empty path, which lies
-/// under no root.
-fn resolve_for_check(path: &Path) -> PathBuf {
-    let absolute = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        match std::env::current_dir() {
-            Ok(cwd) => cwd.join(path),
-            Err(_) => return PathBuf::new(),
-        }
-    };
-    let mut pending: std::collections::VecDeque<Step> = steps(&absolute).into();
-    let mut resolved = PathBuf::from("/");
-    let mut links = 0;
-    while let Some(step) = pending.pop_front() {
-        match step {
-            Step::Root => resolved = PathBuf::from("/"),
-            Step::Parent => {
-                resolved.pop();
-            }
-            Step::Name(name) => {
-                let candidate = resolved.join(&name);
-                let is_link = std::fs::symlink_metadata(&candidate)
-                    .map(|m| m.file_type().is_symlink())
-                    .unwrap_or(false);
-                if !is_link {
-                    resolved = candidate;
-                    continue;
-                }
-                links += 1;
-                let Ok(target) = std::fs::read_link(&candidate) else {
-                    return PathBuf::new();
-                };
-                if links > MAX_SYMLINKS {
-                    return PathBuf::new();
-                }
-                for step in steps(&target).into_iter().rev() {
-                    pending.push_front(step);
-                }
-            }
-        }
-    }
-    resolved
 }
 
 fn io_row_error(error: &std::io::Error, path: &str) -> RowError {
