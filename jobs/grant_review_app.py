@@ -10,7 +10,10 @@
 # MAGIC
 # MAGIC ## Widgets
 # MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
-# MAGIC - `bronze_schema`, `silver_schema`, `gold_schema`, `models_schema`: the schemas as the bundle deployed them (`dev_<user>_...` in development mode).
+# MAGIC - `bronze_schema`: the bronze schema as the bundle deployed it (`dev_<user>_bronze` in development mode).
+# MAGIC - `silver_schema`: the silver schema as deployed.
+# MAGIC - `gold_schema`: the gold schema as deployed.
+# MAGIC - `models_schema`: the models schema as deployed.
 # MAGIC - `review_app_principal`: the app's service principal application ID (`${resources.apps.review.service_principal_client_id}`).
 
 # COMMAND ----------

@@ -9,7 +9,7 @@
 -- own permission (radiologists only, bundle/databricks.yml).
 -- Parameters: ${catalog}, ${bronze_schema}, ${silver_schema}, ${gold_schema} (as deployed) and
 -- ${app_principal} (the app's service principal application ID,
--- ${resources.apps.review.service_principal_client_id} in the bundle).
+-- resources.apps.review.service_principal_client_id in the bundle).
 
 GRANT SELECT ON TABLE ${catalog}.${bronze_schema}.kaggle_xray_metadata TO `${app_principal}`;
 GRANT SELECT ON TABLE ${catalog}.${silver_schema}.xray_metadata TO `${app_principal}`;

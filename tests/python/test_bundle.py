@@ -15,7 +15,7 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 
 REPO = Path(__file__).resolve().parents[2]
 # tools/bundle_check.py is a development tool, not part of the installed package.
@@ -364,11 +364,11 @@ def test_groups_warehouse_and_service_principal_are_required_where_the_user_must
         assert set(required) == {
             "engineers_group",
             "readers_group",
+            "radiologists_group",
             "service_principal",
             "warehouse_id",
         }
         assert config["run_as"] == {"service_principal_name": "${var.service_principal}"}
-            "radiologists_group",
         assert config["workspace"]["root_path"].startswith(
             "/Workspace/Users/${var.service_principal}/"
         )
@@ -509,6 +509,9 @@ def test_review_app_grants_file_covers_every_table_the_app_queries():
     statements = sql_files.rendered_statements(REPO / "sql" / "14_review_app_grants.sql", params)
     granted = {}
     for statement in statements:
+        statement = "\n".join(
+            line for line in statement.splitlines() if not line.startswith("--")
+        ).strip()
         privileges, rest = statement.removeprefix("GRANT ").split(" ON TABLE ")
         table, principal = rest.split(" TO ")
         assert principal == f"`{params['app_principal']}`"
