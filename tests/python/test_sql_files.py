@@ -11,7 +11,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from cxrlake.medallion import schemas
+from cxrlake.lakehouse import schemas
 from cxrlake.review import tables as review_tables
 from cxrlake.spark import sql_files
 from cxrlake.spark.schemas import spark_type
@@ -161,6 +161,8 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     statements = _statements(SQL_DIR / "30_predict_function.sql")
     python_udf, struct_fn, table_fn, *grants = statements
     assert "PARAMETER STYLE PANDAS" in python_udf
+    assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
+    handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
     # the batch UDF returns a scalar (the documented form): JSON, parsed by a SQL function
     assert "predict_image_json(content BINARY)\nRETURNS STRING\n" in python_udf
     from cxrlake.spark.warehouse_udf import PREDICT_JSON_SCHEMA
@@ -169,8 +171,6 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     assert f"from_json(\n  healthcare_catalog_dev.{DEPLOYED['models']}.predict_image_json(" in (
         struct_fn
     )
-    assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
-    handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
     body = re.search(r"AS \$\$(.*)\$\$", python_udf, re.S).group(1)
     tree = ast.parse(body)
     imported = {
@@ -220,10 +220,10 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     bronze_fn = f"healthcare_catalog_dev.{DEPLOYED['bronze']}.predict"
     assert sorted(granted) == sorted(
         [
-            (json_fn, "`cxrlake-readers`"),
-            (json_fn, "`cxrlake-engineers`"),
             (models_fn, "`cxrlake-readers`"),
             (models_fn, "`cxrlake-engineers`"),
+            (json_fn, "`cxrlake-readers`"),
+            (json_fn, "`cxrlake-engineers`"),
             (bronze_fn, "`cxrlake-engineers`"),
         ]
     )

@@ -6,7 +6,7 @@ one entry point (`ingest_bronze`, `transform_silver`, `predict_gold`, `maintain`
 names the bundle deployed, from `validate_deployment`) or, without a bundle, a catalog name
 (undecorated schema names). The image work is the ``mapInArrow`` transforms of
 `cxrlake.spark.transforms`; writes are Delta ``MERGE`` statements keyed as in
-`cxrlake.medallion.schemas` (bronze is insert-only on (image_id, content_sha256)), so re-running
+`cxrlake.lakehouse.schemas` (bronze is insert-only on (image_id, content_sha256)), so re-running
 a job, or retrying a micro-batch, never duplicates a row.
 """
 
@@ -22,15 +22,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import rules
 from cxrlake.medallion import schemas as lake_schemas
 from cxrlake.medallion.schemas import TableSpec
 from cxrlake.spark import sql_files
 from cxrlake.spark.deployment import Deployment, DeploymentError
-from cxrlake.spark.local_runtime import storage_path
 
-CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+|spark_catalog")  # spark_catalog: local runtime
+CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+")
 VOLUME_PATH = re.compile(
     r"/Volumes/[A-Za-z0-9_]+/[A-Za-z0-9_]+/[A-Za-z0-9_]+(?:/[A-Za-z0-9_.=-]+)*/?"
 )
@@ -49,7 +47,7 @@ REVIEW_APP_GRANTS_SQL = "14_review_app_grants.sql"
 MAINTENANCE_SQL = "90_maintenance.sql"
 
 
-class JobParameterError(CxrlakeError, ValueError):
+class JobParameterError(ValueError):
     """A notebook widget holds an invalid value; the message says which and what is expected."""
 
 
@@ -166,6 +164,10 @@ def merge_into(df: Any, target: str, keys: tuple[str, ...], update: bool) -> dic
         df.sparkSession.catalog.dropTempView(view)
     metrics = rows[0].asDict() if rows else {}
     return {k: int(v) for k, v in metrics.items() if isinstance(v, int)}
+
+
+def _batch_id(prefix: str, when: dt.datetime) -> str:
+    return f"{prefix}-{when:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 class TableChange(NamedTuple):
@@ -372,38 +374,6 @@ def decide_performance(
     return {"performance": TableChange(upserts=spark.sql(rules.PERFORMANCE_INSERTS))}
 
 
-def decide_drift(
-    spark: Any, catalog: str | Deployment, model: Any, now: dt.datetime | None = None
-) -> Any:
-    """Drift stage of the rules: the current model's ``gold.drift_metrics`` rows that are new or
-    changed (`rules.DRIFT_METRICS`, the SQL the local engine runs), with ``computed_at``."""
-    import pyspark.sql.functions as F
-
-    predictions = spark.table(table_name(catalog, lake_schemas.PREDICTIONS))
-    predictions.select(*rules.DRIFT_PREDICTION_COLUMNS).createOrReplaceTempView("predictions")
-    silver = spark.table(table_name(catalog, lake_schemas.SILVER))
-    silver.select("image_id", "content_sha256", "quality_score").createOrReplaceTempView("silver")
-    spark.table(table_name(catalog, lake_schemas.DRIFT_METRICS)).createOrReplaceTempView("drift")
-    from cxrlake.medallion.transforms import feature_tag
-
-    _arrow_frame(
-        spark, rules.model_row(model.name, model.version, feature_tag(model))
-    ).createOrReplaceTempView("model")
-    reference = rules.drift_reference_rows(model.name, model.version, model.drift_reference)
-    _arrow_frame(spark, reference).createOrReplaceTempView("drift_reference")
-    when = now or dt.datetime.now(dt.timezone.utc)
-    return spark.sql(rules.DRIFT_METRICS).withColumn("computed_at", F.lit(when).cast("timestamp"))
-
-
-def write_drift(
-    spark: Any, catalog: str | Deployment, model: Any, now: dt.datetime | None = None
-) -> dict[str, int]:
-    """MERGE `decide_drift`'s rows into ``gold.drift_metrics`` on its keys."""
-    spec = lake_schemas.DRIFT_METRICS
-    rows = decide_drift(spark, catalog, model, now)
-    return merge_into(rows, table_name(catalog, spec), spec.keys, update=True)
-
-
 def delete_statement(target: str, source: str) -> str:
     """``DELETE`` of the rows of ``target`` whose image_id is in view ``source``."""
     return f"DELETE FROM {target} WHERE image_id IN (SELECT image_id FROM {source})"
@@ -467,7 +437,6 @@ def ingest_bronze(
 
     configure_session(spark)
     target = table_name(catalog, lake_schemas.BRONZE)
-    source_path = storage_path(source_path)
 
     def merge_batch(batch_df: Any, batch_id: int) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -491,13 +460,17 @@ def ingest_bronze(
         rows = session.sql(rules.BRONZE_INSERTS)
         merge_into(rows, target, lake_schemas.BRONZE.keys, update=False)
 
-    # Every file with an image name (`to_bronze` drops the others, as the listings do): what
-    # cannot be decoded is quarantined by silver, with the reason. (Names starting with '_' or
-    # '.' are skipped by the file source, as are zero-byte files.)
-    stream = file_stream(spark, source_path)
+    stream = (
+        spark.readStream.format("cloudFiles")
+        .option("cloudFiles.format", "binaryFile")
+        # Every file with an image name (`to_bronze` drops the others, as the listings do): what
+        # cannot be decoded is quarantined by silver, with the reason. (Names starting with '_'
+        # or '.' are skipped by the file source, as are zero-byte files.)
+        .load(source_path)
+    )
     query = (
         stream.writeStream.foreachBatch(merge_batch)
-        .option("checkpointLocation", storage_path(checkpoint_path))
+        .option("checkpointLocation", checkpoint_path)
         .trigger(availableNow=True)
         .start()
     )
@@ -508,27 +481,6 @@ def ingest_bronze(
         "micro_batches": len(progress),
         "files": sum(int(p.get("numInputRows", 0)) for p in progress),
     }
-
-
-def file_stream(spark: Any, source_path: str) -> Any:
-    """The streaming source of bronze: Auto Loader (``cloudFiles``, ``binaryFile``) on
-    Databricks; where it does not exist (open-source Spark, `cxrlake.spark.local_runtime`),
-    Spark's own file stream source in ``binaryFile`` format, recursive like Auto Loader."""
-    try:
-        return (
-            spark.readStream.format("cloudFiles")
-            .option("cloudFiles.format", "binaryFile")
-            .load(source_path)
-        )
-    except Exception as e:  # noqa: BLE001 - Py4J or PySpark error, by Spark version
-        if "DATA_SOURCE_NOT_FOUND" not in str(e):
-            raise
-    return (
-        spark.readStream.format("binaryFile")
-        .schema("path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY")
-        .option("recursiveFileLookup", "true")
-        .load(source_path)
-    )
 
 
 def read_deid_key(
@@ -624,10 +576,6 @@ def predict_gold(
             deid_key=deid_key,
         ),
     )
-    # Labels of this model decided at another threshold (silver scored at the model's, or an
-    # earlier run at another site's) are re-decided at this run's, so that the labels and the
-    # metrics below agree: `rules.PREDICTIONS_TO_REDECIDE`, as the local engine does.
-    counts["redecided"] = redecide(spark, catalog, loaded, threshold)
     counts.update(
         apply_changes(
             spark,
@@ -636,63 +584,10 @@ def predict_gold(
         )
     )
     counts["threshold_source"] = threshold.source if threshold else "model"
-    counts["drift"] = write_drift(spark, catalog, loaded)
     # model-radiologist agreement over the review app's verdicts (gold.review_agreement)
     for key, value in review_agreement(spark, catalog).items():
         counts[f"review_agreement_{key}"] = value
     return counts
-
-
-REDECIDED_COLUMNS = ("predicted_label", "is_correct", "decision_threshold", "threshold_source")
-"""Prediction columns `redecide` sets (the label and what it depends on; never the score)."""
-
-
-def decide_redecide(spark: Any, tables: Mapping[str, Any], model: Any, threshold: Any) -> Any:
-    """The predictions of ``model`` decided at another threshold than ``threshold`` (a
-    `cxrlake.calibration.SiteThreshold`; None = the model's own), re-decided: keys plus
-    `REDECIDED_COLUMNS` (`rules.PREDICTIONS_TO_REDECIDE`)."""
-    import pyarrow as pa
-    from pyspark.sql import functions as F
-
-    from cxrlake.medallion.transforms import feature_tag
-
-    value = float(threshold.threshold if threshold else model.threshold)
-    source = threshold.source if threshold else "model"
-    tables["predictions"].select(*rules.REDECIDE_COLUMNS).createOrReplaceTempView("predictions")
-    _arrow_frame(
-        spark, rules.model_row(model.name, model.version, feature_tag(model))
-    ).createOrReplaceTempView("model")
-    _arrow_frame(
-        spark, pa.table({"threshold": [value], "threshold_source": [source]})
-    ).createOrReplaceTempView("decision")
-    label = (F.col("prediction_probability") >= F.col("threshold")).cast("int")
-    return spark.sql(rules.PREDICTIONS_TO_REDECIDE).select(
-        "image_id",
-        "model_name",
-        "model_version",
-        label.alias("predicted_label"),
-        (label == F.col("true_label")).alias("is_correct"),
-        F.col("threshold").alias("decision_threshold"),
-        "threshold_source",
-    )
-
-
-def redecide_statement(target: str, source: str) -> str:
-    """``MERGE`` setting `REDECIDED_COLUMNS` of the predictions matched on their keys."""
-    on = " AND ".join(f"t.{k} = s.{k}" for k in lake_schemas.PREDICTIONS.keys)
-    sets = ", ".join(f"t.{c} = s.{c}" for c in REDECIDED_COLUMNS)
-    return (
-        f"MERGE INTO {target} AS t USING {source} AS s ON {on} WHEN MATCHED THEN UPDATE SET {sets}"
-    )
-
-
-def redecide(spark: Any, catalog: str | Deployment, model: Any, threshold: Any) -> int:
-    """Apply `decide_redecide` to ``gold.pneumonia_predictions``; return the rows re-decided."""
-    target = table_name(catalog, lake_schemas.PREDICTIONS)
-    updates = decide_redecide(spark, {"predictions": spark.table(target)}, model, threshold)
-    counts = _run_with_view(spark, _materialise(updates), redecide_statement, target)
-    spark.catalog.clearCache()
-    return int(counts.get("num_updated_rows", 0))
 
 
 REVIEW_VIEWS: dict[str, TableSpec] = {
@@ -798,25 +693,9 @@ def add_columns_statement(target: str, spec: TableSpec, existing: Iterable[str])
             f"{target} lacks required column(s) {', '.join(required)}: rebuild the table"
         )
     columns = ", ".join(
-        f"`{f.name}` {spark_type_ddl(f.dataType)}" for f in to_spark_schema(pa.schema(missing))
+        f"{f.name} {f.dataType.simpleString().upper()}" for f in to_spark_schema(pa.schema(missing))
     )
     return f"ALTER TABLE {target} ADD COLUMNS ({columns})"
-
-
-def spark_type_ddl(data_type: Any) -> str:
-    """SQL of a Spark type with the field names of structs as they are (back-quoted): keywords
-    in capitals, names never (``STRUCT<`rows`: INT>``; the table's nested fields keep the
-    schema's case)."""
-    from pyspark.sql import types as T
-
-    if isinstance(data_type, T.StructType):
-        fields = ", ".join(f"`{f.name}`: {spark_type_ddl(f.dataType)}" for f in data_type.fields)
-        return f"STRUCT<{fields}>"
-    if isinstance(data_type, T.ArrayType):
-        return f"ARRAY<{spark_type_ddl(data_type.elementType)}>"
-    if isinstance(data_type, T.MapType):
-        return f"MAP<{spark_type_ddl(data_type.keyType)}, {spark_type_ddl(data_type.valueType)}>"
-    return data_type.simpleString().upper()
 
 
 def newest_wheel(wheel_glob: str) -> Path:
@@ -843,7 +722,7 @@ def create_sql_functions(
     deployment = _deployment(catalog)
     wheel = newest_wheel(wheel_glob)
     target = f"{deployment.volume_path('models', 'libraries')}/{wheel.name}"
-    shutil.copyfile(wheel, storage_path(target))
+    shutil.copyfile(wheel, target)
     params = {
         **deployment.sql_params(),
         "wheel_path": target,
@@ -883,3 +762,5 @@ def maintain(
         "retain_hours": validate_retain_hours(retain_hours),
     }
     return sql_files.run_sql_file(spark, _sql_dir(sql_dir) / MAINTENANCE_SQL, params)
+
+
