@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${silver_schema}.label_history (
   feedback_id STRING COMMENT 'Verdict that set this label; NULL for the folder label',
   valid_from TIMESTAMP NOT NULL COMMENT 'Start of validity (UTC)',
   valid_to TIMESTAMP COMMENT 'End of validity (UTC); NULL while current',
-  is_current BOOLEAN NOT NULL COMMENT 'The label in force'
+  is_current BOOLEAN NOT NULL COMMENT 'The label in force',
+  content_sha256 STRING COMMENT 'Bytes a radiologist label judged (sha256); NULL for the folder label'
 )
 USING DELTA
 CLUSTER BY (image_id, valid_from)

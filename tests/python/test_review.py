@@ -803,3 +803,40 @@ def test_training_split_uses_the_label_overrides(built):
     assert len(labels) == len(records)
     assert labels[records[0].path] == flipped[records[0].path]
     assert all(labels[r.path] == r.label for r in records[1:])
+
+
+def test_a_label_given_on_earlier_bytes_is_marked_and_the_image_comes_back(shared_data, tmp_path):
+    from cxrlake.lakehouse.pipeline import run_pipeline
+    from cxrlake.review.labels import current_radiologist_labels
+
+    lakehouse, source = build_lakehouse(shared_data, tmp_path)
+    running = Running(lakehouse, "dr.alice")
+    try:
+        item, other = _correct_one(running)
+        judged = running.store.prediction(item["prediction_id"])["content_sha256"]
+        (label,) = [h for h in running.store.label_history(item["image_id"]) if h["is_current"]]
+        assert label["source"] == "dr.alice" and label["content_sha256"] == judged
+        assert current_radiologist_labels(lakehouse) == {item["image_id"]: label["label"]}
+        # the film is replaced by other bytes and scored again
+        path = next(
+            p
+            for p in source.rglob("*.jpeg")
+            if hashlib.sha256(p.read_bytes()).hexdigest() == judged
+        )
+        replacement = sorted((shared_data / "chest_xray_fullres" / "NORMAL").glob("*.jpeg"))[-1]
+        path.write_bytes(replacement.read_bytes())
+        os.utime(path, (2_000_000_000, 2_000_000_000))
+        run_pipeline([str(source)], str(lakehouse), progress=False)
+        items = running.get("/api/worklist")[1]["items"]
+        back = next(i for i in items if i["image_id"] == item["image_id"])
+        assert back["prediction_id"] != item["prediction_id"]
+        assert back["current_label_on_earlier_bytes"] is True
+        assert "label given on earlier bytes" in back["reasons"]
+        assert items[0]["image_id"] == item["image_id"] and back["verdicts"] == 0
+        assert not any(i["current_label_on_earlier_bytes"] for i in items[1:])
+        # the history still says which bytes the label judged; training no longer uses it
+        (label,) = [h for h in running.store.label_history(item["image_id"]) if h["is_current"]]
+        assert label["content_sha256"] == judged
+        assert current_radiologist_labels(lakehouse) == {}
+    finally:
+        running.close()

@@ -256,3 +256,170 @@ def test_heatmap_overlay_toggles_when_the_prediction_has_a_map(browser, app):
     _case_loaded(driver)
     assert not driver.find_element(By.ID, "heatmap-toggle-label").is_displayed()
     assert driver.find_element(By.ID, "heatmap-none").is_displayed()
+
+
+def _screenshot(driver):
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(driver.get_screenshot_as_png())) as shot:
+        return shot.convert("RGB")
+
+
+def _points(display: dict) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Centres (x, y as fractions of the film) of the hottest fine cell and of a cell the overlay
+    leaves transparent: below the display floor, at least two cells from any cell above it (so
+    no smoothing reaches it), and the strongest such cell (an overlay that tints low values
+    tints it visibly)."""
+    from cxrlake.heatmap import DISPLAY_FLOOR
+
+    rows, cols = display["rows"], display["cols"]
+    values = display["values"]
+    peak = max(values)
+    lit = [(i // cols, i % cols) for i, v in enumerate(values) if v >= DISPLAY_FLOOR * peak]
+    quiet = [
+        i
+        for i, v in enumerate(values)
+        if v < DISPLAY_FLOOR * peak
+        and all(max(abs(i // cols - r), abs(i % cols - c)) > 2 for r, c in lit)
+    ]
+    assert quiet, "the map lights the whole film"
+    low = max(quiet, key=lambda i: values[i])
+    hot = max(range(len(values)), key=lambda i: values[i])
+    centre = lambda i: ((i % cols + 0.5) / cols, (i // cols + 0.5) / rows)  # noqa: E731
+    return centre(hot), centre(low)
+
+
+def test_heatmap_overlay_keeps_the_film_outside_the_hot_region(browser, app):
+    """Screenshots with and without the map: a pixel outside the hot region is the film's own
+    grey (the overlay is transparent there), a pixel at the hottest point is tinted red."""
+    from selenium.webdriver.common.by import By
+
+    driver = browser
+    items = app.get("/api/worklist")[1]["items"]
+    with_map = next(i for i in items if i["has_heatmap"])
+    case = app.get("/api/case/" + with_map["prediction_id"])[1]
+    display = case["heatmap_display"]
+    assert (display["rows"], display["cols"]) == (
+        4 * case["heatmap"]["rows"],
+        4 * case["heatmap"]["cols"],
+    )
+    _viewport(driver, 1280, 800)
+    driver.get(app.url + "/#/case/" + with_map["prediction_id"])
+    driver.refresh()
+    _ready(driver)
+    _case_loaded(driver)
+    assert not driver.find_element(By.ID, "heatmap").is_displayed()
+    rect = driver.execute_script(
+        "const r = document.getElementById('image').getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height];"
+    )
+    without = _screenshot(driver)
+    _keys(driver, "h")
+    _wait(driver, lambda d: d.find_element(By.ID, "heatmap").is_displayed())
+    driver.execute_script("return new Promise(r => requestAnimationFrame(() => r()))")
+    with_overlay = _screenshot(driver)
+    _keys(driver, "h")
+    (hot_x, hot_y), (low_x, low_y) = _points(display)
+
+    def at(shot, fx, fy):
+        return shot.getpixel((int(rect[0] + fx * rect[2]), int(rect[1] + fy * rect[3])))
+
+    plain, shown = at(without, low_x, low_y), at(with_overlay, low_x, low_y)
+    assert max(abs(a - b) for a, b in zip(plain, shown, strict=True)) <= 2, (plain, shown)
+    assert plain[0] == plain[1] == plain[2]  # a grey film
+    hot_plain, hot_shown = at(without, hot_x, hot_y), at(with_overlay, hot_x, hot_y)
+    assert hot_shown[0] - hot_shown[2] > 40 and hot_plain[0] == hot_plain[2], (hot_plain, hot_shown)
+
+
+@pytest.fixture(scope="module")
+def dicom_app(shared_data, tmp_path_factory):
+    """A lakehouse of one JPEG and one DICOM chest film (pydicom-data's RG1_UNCR.dcm)."""
+    from dicom_support import TEST_KEY, find
+
+    from cxrlake.lakehouse.pipeline import run_pipeline
+
+    root = tmp_path_factory.mktemp("review-dicom")
+    source = root / "src"
+    (source / "NORMAL").mkdir(parents=True)
+    (source / "PNEUMONIA").mkdir(parents=True)
+    jpeg = sorted((shared_data / "chest_xray_fullres" / "NORMAL").glob("*.jpeg"))[0]
+    shutil.copyfile(jpeg, source / "NORMAL" / jpeg.name)
+    shutil.copyfile(find("RG1_UNCR.dcm"), source / "PNEUMONIA" / "RG1_UNCR.dcm")
+    previous = os.environ.get("CXRLAKE_DEID_KEY")
+    os.environ["CXRLAKE_DEID_KEY"] = TEST_KEY
+    try:
+        run_pipeline([str(source)], str(root / "lakehouse"), progress=False)
+    finally:
+        if previous is None:
+            del os.environ["CXRLAKE_DEID_KEY"]
+        else:
+            os.environ["CXRLAKE_DEID_KEY"] = previous
+    running = Running(root / "lakehouse", "dr.dicom")
+    yield running, source / "PNEUMONIA" / "RG1_UNCR.dcm"
+    running.close()
+
+
+def test_review_a_dicom_case_with_window_level(browser, dicom_app):
+    import io
+
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    import cxrlake
+    from cxrlake.medallion import schemas
+
+    app, film = dicom_app
+    silver = app.store.lh.read(
+        schemas.SILVER, ["image_id", "filename", "image_width", "image_height"]
+    )
+    (dicom,) = [r for r in silver.to_pylist() if r["filename"] == "RG1_UNCR.dcm"]
+    item = next(
+        i for i in app.get("/api/worklist")[1]["items"] if i["image_id"] == dicom["image_id"]
+    )
+    # the film is served as the PNG the core renders: the pipeline's decode, pixel for pixel
+    status, body, headers = app.request("GET", "/api/image/" + dicom["image_id"])
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    decoded = cxrlake.decode([str(film)]).to_pylist()[0]
+    with Image.open(io.BytesIO(body)) as served:
+        assert served.mode == "L" and served.size == (decoded["width"], decoded["height"])
+        assert served.tobytes() == decoded["pixels"]
+    assert served.size == (dicom["image_width"], dicom["image_height"])
+
+    driver = browser
+    _viewport(driver, 1280, 800)
+    driver.get(app.url + "/#/case/" + item["prediction_id"])
+    driver.refresh()
+    _ready(driver)
+    _case_loaded(driver)
+    natural = driver.execute_script(
+        "const i = document.getElementById('image'); return [i.naturalWidth, i.naturalHeight];"
+    )
+    assert natural == [dicom["image_width"], dicom["image_height"]]
+    rect = driver.execute_script(
+        "const r = document.getElementById('image').getBoundingClientRect();"
+        "return [r.left, r.top, r.width, r.height];"
+    )
+    centre = (int(rect[0] + rect[2] / 2), int(rect[1] + rect[3] / 3))
+    before = _screenshot(driver).getpixel(centre)
+    _keys(driver, "[", "[", "[", ",", ",")  # narrower window, lower level
+    after = _screenshot(driver).getpixel(centre)
+    assert before != after, (before, after)
+    # and the case is reviewed like any other
+    _keys(driver, "r")  # reset the view
+    _keys(driver, "a", "2", Keys.ENTER)
+    _wait(
+        driver,
+        lambda d: any(f["prediction_id"] == item["prediction_id"] for f in app.store.feedback()),
+    )
+    (verdict,) = [f for f in app.store.feedback() if f["prediction_id"] == item["prediction_id"]]
+    assert verdict["feedback_type"] == "agree" and verdict["radiologist_id"] == "dr.dicom"
+    severe = [
+        e
+        for e in driver.get_log("browser")
+        if e["level"] == "SEVERE" and "favicon" not in e["message"]
+    ]
+    assert severe == [], severe
+    assert driver.find_element(By.ID, "case-view")

@@ -278,10 +278,13 @@ SILVER_LABEL_HISTORY = pa.schema(
         pa.field("valid_from", TS, nullable=False),
         pa.field("valid_to", TS),  # NULL while current
         pa.field("is_current", pa.bool_(), nullable=False),
+        # the bytes a radiologist's label judged (the prediction's); NULL for folder labels
+        pa.field("content_sha256", pa.string()),
     ]
 )
 """``silver.label_history``: SCD type 2 of every image's label, one row per (image_id,
-valid_from)."""
+valid_from). A radiologist's label whose ``content_sha256`` is not the image's current one was
+given on earlier bytes: the worklist marks it and brings the image back."""
 
 GOLD_REVIEW_AGREEMENT = pa.schema(
     [

@@ -19,16 +19,25 @@ from cxrlake.medallion.identity import identify
 def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -> dict[str, int]:
     """image_id -> current label, for images whose current label comes from a radiologist."""
     from cxrlake.lakehouse.storage import Lakehouse
-    from cxrlake.review.tables import FOLDER_SOURCE, HISTORY
+    from cxrlake.medallion.schemas import SILVER
+    from cxrlake.review.tables import FOLDER_SOURCE, HISTORY, judged_other_bytes
 
     lh = Lakehouse(lakehouse, env)
     if not os.path.isdir(lh.catalog):
         raise FileNotFoundError(f"no lakehouse catalog at {lh.catalog}")
-    rows = lh.read(HISTORY, ["image_id", "label", "source", "is_current"]).to_pylist()
+    rows = lh.read(HISTORY).to_pylist()
+    silver = lh.read(SILVER, ["image_id", "content_sha256"])
+    contents = dict(
+        zip(silver["image_id"].to_pylist(), silver["content_sha256"].to_pylist(), strict=True)
+    )
+    # a label given on earlier bytes of the file no longer stands for the bytes trained on
     return {
         r["image_id"]: int(r["label"])
         for r in rows
-        if r["is_current"] and r["source"] != FOLDER_SOURCE and r["label"] is not None
+        if r["is_current"]
+        and r["source"] != FOLDER_SOURCE
+        and r["label"] is not None
+        and not judged_other_bytes(r, contents.get(r["image_id"]))
     }
 
 

@@ -59,6 +59,48 @@ def sniff_image_type(head: bytes) -> str | None:
     return None
 
 
+def grayscale_png(pixels: bytes, width: int, height: int) -> bytes:
+    """An 8-bit grayscale PNG of ``width x height`` row-major pixels (no filter, zlib level 6)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body))
+            + kind
+            + body
+            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+        )
+
+    rows = b"".join(b"\0" + pixels[y * width : (y + 1) * width] for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows, 6))
+        + chunk(b"IEND", b"")
+    )
+
+
+def servable_image(data: bytes) -> tuple[bytes, str]:
+    """What the browser is sent for an image's bytes, and its type: JPEG and PNG as they are; a
+    DICOM film rendered by the core exactly as the pipeline decodes it (Modality LUT, the
+    file's window or its full range, MONOCHROME1 inverted, 8-bit) as a grayscale PNG, so the
+    app's window/level acts on the grey levels the model saw. Raises `ReviewError` (415) for
+    anything else, or a DICOM file the core cannot decode (naming why)."""
+    kind = sniff_image_type(data[:8])
+    if kind is not None:
+        return data, kind
+    if data[128:132] != b"DICM":
+        raise ReviewError("not a JPEG, PNG or DICOM image", 415)
+    import cxrlake
+
+    row = cxrlake.decode([data]).to_pylist()[0]
+    if row["error"] is not None:
+        raise ReviewError(f"DICOM film cannot be rendered: {row['error']}", 415)
+    return grayscale_png(row["pixels"], row["width"], row["height"]), "image/png"
+
+
 def inside(path: str, roots: Sequence[str]) -> bool:
     """Whether the canonical ``path`` lies under one of the canonical ``roots``."""
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
@@ -128,6 +170,11 @@ class LocalStore:
             self._ensure(spec)
 
     def _ensure(self, spec: schemas.TableSpec) -> None:
+        if self.lh.exists(spec):
+            # a table of an earlier version gets the nullable columns it lacks
+            # (label_history.content_sha256); its rows read them as null
+            self.lh.add_columns(spec)
+            return
         if not self.lh.exists(spec):
             os.makedirs(self.lh.path(spec), exist_ok=True)
             DeltaTable.create(
@@ -248,10 +295,7 @@ class LocalStore:
             if kept.num_rows == 0:
                 raise ReviewError("image bytes not found", 404)
             data = kept.column("content")[0].as_py()
-        kind = sniff_image_type(data[:8])
-        if kind is None:
-            raise ReviewError("not a JPEG or PNG image", 415)
-        return data, kind
+        return servable_image(data)
 
     # ------------------------------------------------------------------ writing
     @contextmanager
@@ -298,7 +342,11 @@ class LocalStore:
     def _sync_history_locked(self) -> int:
         self._ensure(HISTORY)
         change = tables.label_history_changes(
-            self.label_history(), self.folder_labels(), self.feedback(), tables.utc_now()
+            self.label_history(),
+            self.folder_labels(),
+            self.feedback(),
+            tables.utc_now(),
+            judged=tables.judged_contents(self.predictions()),
         )
         if not change:
             return 0

@@ -190,11 +190,17 @@ class HistoryChange:
         return bool(self.close or self.insert)
 
 
+def judged_contents(predictions: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+    """prediction_id -> content_sha256 of the bytes it scored (what a verdict on it judges)."""
+    return {p["prediction_id"]: p["content_sha256"] for p in predictions if p.get("content_sha256")}
+
+
 def label_history_changes(
     history: Iterable[Mapping[str, Any]],
     folder_labels: Mapping[str, int | None],
     feedback: Iterable[Mapping[str, Any]],
     now: dt.datetime,
+    judged: Mapping[str, str] | None = None,
 ) -> HistoryChange:
     """SCD2 changes that bring the label history up to date with folder labels and verdicts.
 
@@ -204,7 +210,10 @@ def label_history_changes(
     verdict) are applied in time order: a label different
     from the current one closes the current row at the verdict's time and opens a new one.
     Deterministic and idempotent: applying the result and calling again gives no change.
+    ``judged``: prediction_id -> the content_sha256 it scored (`judged_contents`), recorded on
+    the label a verdict opens (NULL when its prediction is no longer current).
     """
+    judged = judged or {}
     current: dict[str, dict[str, Any]] = {}
     applied: set[str] = set()
     for row in history:
@@ -225,6 +234,7 @@ def label_history_changes(
                 "valid_from": now,
                 "valid_to": None,
                 "is_current": True,
+                "content_sha256": None,
             }
             current[image_id] = row
             inserts[(image_id, now)] = row
@@ -270,6 +280,7 @@ def label_history_changes(
             "valid_from": at,
             "valid_to": None,
             "is_current": True,
+            "content_sha256": judged.get(f.get("prediction_id")),
         }
         current[image_id] = row
         inserts[(image_id, at)] = row
@@ -279,6 +290,16 @@ def label_history_changes(
 def current_labels(history: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
     """image_id -> the current label history row."""
     return {r["image_id"]: dict(r) for r in history if r["is_current"]}
+
+
+def judged_other_bytes(label: Mapping[str, Any] | None, content_sha256: str | None) -> bool:
+    """Whether a current label is a radiologist's given on other bytes than ``content_sha256``
+    (the image's bytes now): the file changed after the verdict, so the label no longer stands
+    for what is scored. Folder labels and labels of unknown content are not."""
+    if not label or label.get("source") == FOLDER_SOURCE or content_sha256 is None:
+        return False
+    judged = label.get("content_sha256")
+    return judged is not None and judged != content_sha256
 
 
 def need_score(prediction: Mapping[str, Any]) -> tuple[float, list[str]]:

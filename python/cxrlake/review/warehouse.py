@@ -100,7 +100,8 @@ USING (SELECT :image_id AS image_id, CAST(:label AS INT) AS label, :label_name A
               :source AS source, :feedback_id AS feedback_id,
               CAST(:valid_from AS TIMESTAMP) AS valid_from,
               CAST(:valid_to AS TIMESTAMP) AS valid_to,
-              CAST(:is_current AS BOOLEAN) AS is_current) AS s
+              CAST(:is_current AS BOOLEAN) AS is_current,
+              :content_sha256 AS content_sha256) AS s
 ON t.image_id = s.image_id AND t.valid_from = s.valid_from
 WHEN MATCHED THEN UPDATE SET valid_to = s.valid_to, is_current = s.is_current
 WHEN NOT MATCHED THEN INSERT *""",
@@ -193,16 +194,12 @@ class WarehouseStore:
         return self._query("agreement")
 
     def image(self, image_id: str) -> tuple[bytes, str]:
-        from cxrlake.review.store import sniff_image_type
+        from cxrlake.review.store import servable_image
 
         rows = self._query("image", {"image_id": image_id})
         if not rows:
             raise ReviewError("unknown image", 404)
-        data = bytes(rows[0]["content"])
-        kind = sniff_image_type(data[:8])
-        if kind is None:
-            raise ReviewError("not a JPEG or PNG image", 415)
-        return data, kind
+        return servable_image(bytes(rows[0]["content"]))
 
     def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[dict, bool]:
         reviewer = tables.validate_reviewer(reviewer)
@@ -225,7 +222,11 @@ class WarehouseStore:
     def _sync_history_locked(self) -> int:
         for attempt in range(HISTORY_RETRIES):
             change = tables.label_history_changes(
-                self.label_history(), self.folder_labels(), self.feedback(), tables.utc_now()
+                self.label_history(),
+                self.folder_labels(),
+                self.feedback(),
+                tables.utc_now(),
+                judged=tables.judged_contents(self.predictions()),
             )
             try:
                 for row in change.close + change.insert:

@@ -30,7 +30,11 @@ def build_worklist(
     model_version: str | None = None,
     reviewed: str | None = None,
 ) -> dict[str, Any]:
-    """Items ordered by `tables.need_score` (then image_id), filtered, with progress.
+    """Items ordered by `tables.need_score` (then image_id), filtered, with progress. A film
+    flagged ``out_of_distribution`` goes first (need + 5, its ``ood_reason`` first among the
+    reasons); an image whose current label a radiologist gave on earlier bytes
+    (`tables.judged_other_bytes`) is marked ``current_label_on_earlier_bytes`` and comes next
+    (need + 2).
 
     ``label``: folder label NORMAL / PNEUMONIA / UNLABELLED. ``reviewed``: ``yes`` / ``no``
     (any reviewer's verdict), ``mine`` / ``not-mine`` (this reviewer's). Progress counts the
@@ -59,6 +63,16 @@ def build_worklist(
         mine = next((v for v in verdicts if v["radiologist_id"] == reviewer), None)
         score, reasons = need_score(p)
         cur = current.get(p["image_id"])
+        stale = tables.judged_other_bytes(cur, p.get("content_sha256"))
+        if stale:
+            # the file changed after a radiologist labelled it: back to the top of the list
+            score += 2.0
+            reasons = [*reasons, "label given on earlier bytes"]
+        flagged = bool(p.get("out_of_distribution"))
+        if flagged:
+            # unlike the training films: the probability means little, a radiologist looks first
+            score += 5.0  # above any film not flagged (at most 2.25 + 2)
+            reasons = [f"out of distribution: {p.get('ood_reason') or 'flagged'}", *reasons]
         items.append(
             {
                 "prediction_id": p["prediction_id"],
@@ -67,6 +81,7 @@ def build_worklist(
                 "folder_label": folder,
                 "current_label": cur["label_name"] if cur else None,
                 "current_label_source": cur["source"] if cur else None,
+                "current_label_on_earlier_bytes": stale,
                 "predicted_label": tables.label_name_of(p.get("predicted_label")),
                 "probability": p.get("prediction_probability"),
                 "threshold": p.get("threshold"),

@@ -2,9 +2,13 @@
 //! and a colour scale beside it, encoded as PNG.
 //!
 //! Colours are diverging and centred on 0: red where a cell pushes the logit towards label 1
-//! (PNEUMONIA), blue where it pushes towards label 0, transparent at 0. Opacity grows with
-//! `|value| / scale`, where `scale` is the largest `|value|` of the image's map, so the colour scale
-//! on the right runs from `-scale` (bottom, blue) through 0 (middle line) to `+scale` (top, red).
+//! (PNEUMONIA), blue where it pushes towards label 0. Where `|value| / scale` is below
+//! [`DISPLAY_FLOOR`] the picture is left untouched (its own grey levels), above it the opacity
+//! rises to [`MAX_ALPHA`] at `|value| = scale`, where `scale` is the largest `|value|` of the image's
+//! map: only the regions that drove the score are tinted, not the whole film. The colour scale on
+//! the right runs from `-scale` (bottom, blue) through 0 (middle line) to `+scale` (top, red), grey
+//! in the band the picture leaves untouched. The review app draws its overlay by the same floor
+//! (`cxrlake.heatmap.DISPLAY_FLOOR`).
 
 use crate::core::decode::GrayImage;
 use crate::core::kernels::columns::Heatmap;
@@ -17,6 +21,8 @@ pub const OVERLAY_SIDE_RANGE: std::ops::RangeInclusive<u32> = 16..=4096;
 const POSITIVE: [f32; 3] = [235.0, 40.0, 25.0];
 const NEGATIVE: [f32; 3] = [30.0, 100.0, 240.0];
 const MAX_ALPHA: f32 = 0.6;
+/// Fraction of the map's scale below which the overlay is fully transparent.
+pub const DISPLAY_FLOOR: f32 = 0.4;
 
 /// The largest `|value|` of a map (0 for an empty or all-zero map; non-finite values ignored).
 pub fn heatmap_scale(heatmap: &Heatmap) -> f32 {
@@ -55,7 +61,7 @@ pub fn sample(heatmap: &Heatmap, width: u32, height: u32, x: u32, y: u32) -> f32
 fn tint(gray: u8, t: f32) -> [u8; 3] {
     let t = t.clamp(-1.0, 1.0);
     let colour = if t >= 0.0 { POSITIVE } else { NEGATIVE };
-    let alpha = MAX_ALPHA * t.abs();
+    let alpha = MAX_ALPHA * ((t.abs() - DISPLAY_FLOOR) / (1.0 - DISPLAY_FLOOR)).clamp(0.0, 1.0);
     let g = gray as f32;
     let mix = |c: f32| (g * (1.0 - alpha) + c * alpha).round().clamp(0.0, 255.0) as u8;
     [mix(colour[0]), mix(colour[1]), mix(colour[2])]
@@ -195,5 +201,28 @@ mod tests {
         assert_eq!(bottom, [128, 128, 128]);
         let png = render_png(&picture, &h).unwrap();
         assert!(png.starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn weak_cells_leave_the_grey_levels_untouched() {
+        // a cell at 30 % of the scale (below the display floor) and one at the scale
+        let h = map(vec![0.3, 0.3, 0.3, 1.0]);
+        let picture = GrayImage {
+            width: 64,
+            height: 64,
+            pixels: (0..64 * 64).map(|i| (i % 251) as u8).collect(),
+        };
+        let (width, _, rgb) = render_rgb(&picture, &h);
+        let px = |x: u32, y: u32| {
+            let i = ((y * width + x) * 3) as usize;
+            [rgb[i], rgb[i + 1], rgb[i + 2]]
+        };
+        let grey = |x: u32, y: u32| picture.pixels[(y * 64 + x) as usize];
+        for (x, y) in [(2, 2), (61, 2), (2, 61), (20, 20)] {
+            let g = grey(x, y);
+            assert_eq!(px(x, y), [g, g, g], "pixel ({x}, {y}) tinted");
+        }
+        let hot = px(62, 62);
+        assert!(hot[0] > hot[2] + 50, "{hot:?}");
     }
 }

@@ -357,10 +357,18 @@ function setLevel(l) {
   applyWindowLevel();
 }
 
+// The overlay rule of cxrlake.heatmap.display_alpha: fully transparent where the map is below
+// HEAT_FLOOR of its largest positive value (the film keeps its grey levels and window/level
+// there), then red whose opacity rises to HEAT_TOP_ALPHA at the hottest point. The server sends
+// the map upsampled and smoothed (heatmap_display, cxrlake.heatmap.refine).
+const HEAT_FLOOR = 0.4;
+const HEAT_TOP_ALPHA = 0.55;
+
 function drawHeatmap() {
   const canvas = $("heatmap");
   const img = $("image");
-  const map = state.caseData && state.caseData.heatmap;
+  const data = state.caseData || {};
+  const map = data.heatmap_display || data.heatmap;
   const on = $("heatmap-toggle").checked && map && map.values && map.values.length;
   canvas.hidden = !on;
   if (!on || !img.naturalWidth) return;
@@ -371,24 +379,20 @@ function drawHeatmap() {
   small.height = map.rows;
   const ctx = small.getContext("2d");
   const pixels = ctx.createImageData(map.cols, map.rows);
-  let lo = Infinity;
-  let hi = -Infinity;
-  for (const v of map.values) {
-    lo = Math.min(lo, v);
-    hi = Math.max(hi, v);
-  }
-  const span = hi > lo ? hi - lo : 1;
+  let peak = 0;
+  for (const v of map.values) peak = Math.max(peak, v);
   map.values.forEach((v, i) => {
-    const t = (v - lo) / span;
-    pixels.data[4 * i] = Math.round(255 * Math.min(1, 2 * t));
-    pixels.data[4 * i + 1] = Math.round(255 * Math.max(0, 1 - Math.abs(2 * t - 1)));
-    pixels.data[4 * i + 2] = Math.round(255 * Math.max(0, 1 - 2 * t));
-    pixels.data[4 * i + 3] = Math.round(150 * t);
+    const t = peak > 0 ? Math.min(1, Math.max(0, (v / peak - HEAT_FLOOR) / (1 - HEAT_FLOOR))) : 0;
+    pixels.data[4 * i] = 235;
+    pixels.data[4 * i + 1] = 40;
+    pixels.data[4 * i + 2] = 25;
+    pixels.data[4 * i + 3] = Math.round(255 * HEAT_TOP_ALPHA * t);
   });
   ctx.putImageData(pixels, 0, 0);
   const big = canvas.getContext("2d");
   big.clearRect(0, 0, canvas.width, canvas.height);
   big.imageSmoothingEnabled = true;
+  big.imageSmoothingQuality = "high";
   big.drawImage(small, 0, 0, canvas.width, canvas.height);
 }
 
