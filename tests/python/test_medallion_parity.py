@@ -319,7 +319,7 @@ def test_both_engines_compare_champion_and_challenger_alike(spark):
     from cxrlake.medallion import schemas
     from cxrlake.medallion import serving as serving_tables
     from cxrlake.serving.registry import decide_comparison
-    from cxrlake.spark.schemas import to_spark_schema
+    from cxrlake.spark.jobs import _arrow_frame
     from cxrlake.spark.serving import decide_comparison as spark_decide
 
     images = [bytes([i]) * (10 + i) for i in range(6)]
@@ -390,7 +390,7 @@ def test_both_engines_compare_champion_and_challenger_alike(spark):
     local_rows = decide_comparison(payload_table, feedback, predictions, t0).to_pylist()
 
     def frame(table):
-        return spark.createDataFrame(table.to_pandas(), schema=to_spark_schema(table.schema))
+        return _arrow_frame(spark, table)  # Arrow straight in, as the Spark jobs do
 
     spark_rows = [
         r.asDict()

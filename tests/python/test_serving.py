@@ -5,10 +5,12 @@ champion/challenger comparison, promote, and `mlflow models serve` of the logged
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -67,6 +69,14 @@ def _request(
 
 def _post(url: str, payload: object, path: str = "/invocations", **headers: str):
     return _request(url, "POST", path, json.dumps(payload).encode(), headers)
+
+
+def _read_all(sock: socket.socket) -> str:
+    """Everything the server sends until it closes the connection."""
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
 
 
 def _b64(path: str) -> str:
@@ -152,7 +162,56 @@ def lakehouse(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def served(lakehouse, challenger_path):
+def mlflow_served(tmp_path_factory):
+    """`mlflow models serve --env-manager local` of the pyfunc `cxrlake.serving.pyfunc.save_model`
+    writes, started at the first test of the module (it takes seconds to import MLflow twice)
+    and run in its own process group."""
+    pytest.importorskip("mlflow")
+    folder = tmp_path_factory.mktemp("mlflow")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    save = f"from cxrlake.serving import pyfunc; pyfunc.save_model({str(folder / 'pyfunc')!r})"
+    serve = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "models",
+        "serve",
+        "-m",
+        str(folder / "pyfunc"),
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "--env-manager",
+        "local",
+        "-w",
+        "1",
+    ]
+    script = f"{shlex.quote(sys.executable)} -c {shlex.quote(save)} && exec {shlex.join(serve)}"
+    log = open(folder / "mlflow-serve.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        ["sh", "-c", script],
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        start_new_session=True,
+        env=dict(
+            os.environ,
+            MLFLOW_TRACKING_URI=f"file://{folder}/mlruns",
+            # mlflow starts `uvicorn` by name: the venv's bin first
+            PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
+        ),
+    )
+    yield proc, f"http://127.0.0.1:{port}", folder
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def served(lakehouse, challenger_path, mlflow_served):
     """Champion (the shipped model) and challenger at 0.5, logging to the lakehouse; the log is
     committed at shutdown only (flush interval longer than the tests)."""
     server = Served(
@@ -212,23 +271,25 @@ def test_bad_rows_get_their_error_and_the_other_rows_are_scored(served, films, c
         "not base64 at all!",
         base64.b64encode(b"hello").decode(),
         None,
+        "\ud800",  # a lone surrogate: still just a bad row
         _b64(films[-1]),
     ]
     status, body, _ = _champion(served.url, {"inputs": {"content": rows_in}})
     assert status == 200, body
     rows = body["predictions"]
-    assert [r["error"] for r in rows[1:4]] == [
+    assert [r["error"] for r in rows[1:5]] == [
         "content is not valid base64",
         "not an image (unknown format)",
         "content is not a base64 string (got null)",
+        "content is not valid base64",
     ]
-    for bad in rows[1:4]:
+    for bad in rows[1:5]:
         assert bad["probability"] is None and bad["predicted_label"] is None
         assert bad["model_name"] == cxrlake.Model().name
     assert {k: rows[0][k] for k in ("probability", "error")} == {
         k: cli_predictions[films[0]][k] for k in ("probability", "error")
     }
-    assert rows[4]["probability"] == cli_predictions[films[-1]]["probability"]
+    assert rows[5]["probability"] == cli_predictions[films[-1]]["probability"]
 
 
 @pytest.mark.parametrize(
@@ -239,6 +300,8 @@ def test_bad_rows_get_their_error_and_the_other_rows_are_scored(served, films, c
         (b'{"dataframe_split": {"columns": ["image"], "data": [["x"]]}}', 'no "content" column'),
         (b'{"inputs": {"content": []}, "dataframe_records": []}', "exactly one of"),
         (b"\xff\xfe", "not UTF-8 JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"inputs": {"content": [NaN]}}', "NaN is not JSON"),
     ],
 )
 def test_a_bad_request_is_400_with_a_message(served, body, message):
@@ -254,9 +317,22 @@ def test_a_body_over_16_mib_is_413_without_being_read(served):
             b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
             b"application/json\r\nContent-Length: 16777217\r\n\r\n{"
         )
-        answer = sock.recv(65536).decode()
+        answer = _read_all(sock)
     assert answer.startswith("HTTP/1.1 413")
     assert "16 MiB" in answer
+
+
+@pytest.mark.parametrize("length", [b"+2", b"0x2", b"1_0", b"-1", b"2, 2"])
+def test_a_content_length_that_is_not_one_decimal_number_is_411(served, length):
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: "
+            + length
+            + b"\r\n\r\n{}"
+        )
+        answer = _read_all(sock)
+    assert answer.startswith("HTTP/1.1 411"), answer
 
 
 def test_only_loopback_and_allowed_host_headers_are_answered(served):
@@ -354,6 +430,32 @@ def test_eight_concurrent_clients_get_their_own_answers(served, films, cli_predi
         assert row["probability"] == cli_predictions[path]["probability"]
 
 
+# ------------------------------------------------------------------ mlflow
+def test_mlflow_models_serve_of_the_pyfunc_answers_like_cxrlake_serve(served, mlflow_served, films):
+    proc, url, folder = mlflow_served
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            if _request(url, "GET", "/ping")[0] == 200:
+                break
+        except OSError:
+            pass
+        log = (folder / "mlflow-serve.log").read_text()
+        assert proc.poll() is None and time.monotonic() < deadline, log
+        time.sleep(0.2)
+    mlmodel = (folder / "pyfunc" / "MLmodel").read_text()
+    assert '"name": "content"' in mlmodel and '"name": "probability"' in mlmodel  # signature
+    contents = [_b64(p) for p in films] + ["not base64!", base64.b64encode(b"GIF89a").decode()]
+    payload = {"dataframe_split": {"columns": ["content"], "data": [[c] for c in contents]}}
+    status, by_mlflow, _ = _post(url, payload)
+    assert status == 200, by_mlflow
+    status, by_cxrlake, _ = _champion(served.url, payload)
+    assert status == 200, by_cxrlake
+    # every column, every row, bad rows included
+    assert by_mlflow == by_cxrlake
+    assert by_mlflow["predictions"][-2]["error"] == "content is not valid base64"
+
+
 # ------------------------------------------------------------------ lakehouse
 def _seed_feedback(lakehouse: Path, films: list[str]) -> None:
     """Radiologist verdicts on gold predictions of the films' bytes: the folder label."""
@@ -408,7 +510,7 @@ def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champ
     lh = Lakehouse(lakehouse)
     payload = lh.read(serving_tables.SERVING_PAYLOAD).to_pylist()
     statuses = [r["status_code"] for r in payload]
-    assert set(statuses) <= {200, 400, 413, 503} and 400 in statuses
+    assert set(statuses) <= {200, 400, 411, 413, 503} and 400 in statuses
     assert len({r["databricks_request_id"] for r in payload}) == len(payload)
     # every row in one commit at shutdown (version 0 created the table), not one per request
     assert lh.table(serving_tables.SERVING_PAYLOAD).version() == 1
@@ -494,81 +596,3 @@ def _sens_spec(served_rows, films, model):
         tn += not truth and not predicted
         fp += not truth and predicted
     return tp / (tp + fn), tn / (tn + fp)
-
-
-# ------------------------------------------------------------------ mlflow
-# MLflow's own modules warn while importing (its response types, its deprecations)
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")
-@pytest.mark.filterwarnings("ignore:.*Any type hint is inferred:UserWarning")
-def test_mlflow_models_serve_of_the_pyfunc_answers_like_cxrlake_serve(
-    tmp_path, films, cli_predictions
-):
-    pytest.importorskip("mlflow")
-    from cxrlake.serving import pyfunc
-
-    model_dir = tmp_path / "pyfunc"
-    pyfunc.save_model(model_dir)
-    mlmodel = (model_dir / "MLmodel").read_text()
-    assert '"name": "content"' in mlmodel and '"name": "probability"' in mlmodel  # signature
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(tmp_path / "mlflow-serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "models",
-            "serve",
-            "-m",
-            str(model_dir),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "--env-manager",
-            "local",
-            "-w",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-        env=dict(
-            os.environ,
-            MLFLOW_TRACKING_URI=f"file://{tmp_path}/mlruns",
-            # mlflow starts `uvicorn` by name: the venv's bin first
-            PATH=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]),
-        ),
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if _request(url, "GET", "/ping")[0] == 200:
-                    break
-            except OSError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, (
-                tmp_path / "mlflow-serve.log"
-            ).read_text()
-            time.sleep(0.2)
-        contents = [_b64(p) for p in films] + ["not base64!"]
-        status, body, _ = _post(
-            url, {"dataframe_split": {"columns": ["content"], "data": [[c] for c in contents]}}
-        )
-        assert status == 200, body
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
-    rows = body["predictions"]
-    model = cxrlake.Model()
-    for path, row in zip(films, rows, strict=False):
-        assert {k: row[k] for k in ("probability", "predicted_label", "label_name", "error")} == (
-            _expected(cli_predictions, path)
-        )
-        assert (row["model_name"], row["model_version"]) == (model.name, model.version)
-    assert rows[-1]["error"] == "content is not valid base64"
-    assert rows[-1]["probability"] is None

@@ -39,7 +39,7 @@ def _port(text: str) -> int:
 
 
 def _env(text: str) -> str:
-    from cxrlake.lakehouse.schemas import validate_env
+    from cxrlake.medallion.schemas import validate_env
 
     try:
         return validate_env(text)

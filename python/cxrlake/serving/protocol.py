@@ -131,12 +131,18 @@ def _record_value(i: int, record: Any, key: str) -> Any:
     return record[INPUT_COLUMN]
 
 
+def _refuse_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
 def parse_request(body: bytes) -> ParsedRequest:
     """Split a request body into image rows; raises `ProtocolError` for a bad request."""
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = json.loads(body.decode("utf-8"), parse_constant=_refuse_constant)
     except UnicodeDecodeError:
         raise ProtocolError("request body is not UTF-8 JSON") from None
+    except RecursionError:
+        raise ProtocolError("request body is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ProtocolError(
             f"request body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}"
@@ -177,7 +183,7 @@ def decode_contents(
         if data is not None:
             digests.append(hashlib.sha256(data).hexdigest())
         elif isinstance(value, str):
-            digests.append(hashlib.sha256(value.encode("utf-8")).hexdigest())
+            digests.append(hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest())
         else:
             digests.append(None)
     return images, errors, digests

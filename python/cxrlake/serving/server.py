@@ -240,13 +240,20 @@ class _Handler(BaseHTTPRequestHandler):
                 ),
             )
             return
-        length_text = self.headers.get("Content-Length")
-        try:
-            length = int(length_text) if length_text is not None else -1
-        except ValueError:
-            length = -1
+        length_text = self.headers.get_all("Content-Length") or []
+        # exactly one plain decimal number (int() would also take "+1", " 1" and "1_0")
+        plain = len(length_text) == 1 and length_text[0].isascii() and length_text[0].isdigit()
+        length = int(length_text[0]) if plain else -1
         if length < 0:
-            finish(411, self._error(411, "Content-Length header required", ids, close=True))
+            finish(
+                411,
+                self._error(
+                    411,
+                    "one Content-Length header with a decimal number of bytes is required",
+                    ids,
+                    close=True,
+                ),
+            )
             return
         if length > MAX_BODY_BYTES:
             finish(

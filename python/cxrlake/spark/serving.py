@@ -42,6 +42,7 @@ def decide_comparison(
     DataFrames: the rule `cxrlake promote` runs in DuckDB, in Spark SQL."""
     import pyspark.sql.functions as F
 
+    from cxrlake.spark.jobs import _materialise
     from cxrlake.spark.schemas import to_spark_schema
 
     rows = (
@@ -49,7 +50,8 @@ def decide_comparison(
         .select(*PAYLOAD_COLUMNS)
         .mapInArrow(_rows, to_spark_schema(tables.INFERENCE_ROWS))
     )
-    rows.createOrReplaceTempView("inference_rows")
+    # the rule reads the rows five times: parse the JSON once
+    _materialise(rows).createOrReplaceTempView("inference_rows")
     feedback.select(*tables.COMPARISON_FEEDBACK_COLUMNS).createOrReplaceTempView("feedback")
     predictions.select(*tables.COMPARISON_PREDICTION_COLUMNS).createOrReplaceTempView("predictions")
     computed_at = now or dt.datetime.now(dt.timezone.utc)
