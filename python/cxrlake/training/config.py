@@ -92,6 +92,7 @@ RECIPES: dict[str, dict] = {
     "1.0.0+label-smoothing": {"size": 160, "augment": _NO_SHIFT, "label_smoothing": 0.1},
     "1.0.0+mixup": {"size": 160, "augment": _NO_SHIFT, "mixup_alpha": 0.4},
     "1.0.0+longer": {"size": 160, "augment": _NO_SHIFT, "budget_factor": 2},
+    "1.0.0+224px": {"size": 224, "augment": _NO_SHIFT},
 }
 
 #: The step budget every candidate got (``steps``; ``longer`` gets ``budget_factor`` times it).
