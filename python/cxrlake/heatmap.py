@@ -5,11 +5,11 @@ The model's ``heatmap`` output is coarse (5x5 cells for the 160 px model: one ce
 the film per side). `refine` upsamples it ``factor`` times per side with the rule the overlay PNG
 uses (bilinear between cell centres, edges clamped: ``sample`` in ``src/core/kernels/overlay.rs``)
 and smooths it with a Gaussian of ``sigma`` fine cells, which removes the creases bilinear
-interpolation leaves at the cell centres. `hottest_region` is the square window, one coarse cell
+interpolation leaves at the cell centres. `hottest_region` is the square window, two coarse cells
 wide, with the largest mean of the fine map: it can sit anywhere on the fine grid, not only on the
 coarse cells. The occlusion test of ``benches/heatmap_occlusion.py`` (figures in MODEL_CARD.md)
-measures that grid: hiding the hottest region moves P(pneumonia) more than hiding a random region
-of the same size.
+measures that grid: hiding the hottest region (blurred) moves P(pneumonia) more than hiding a
+random region of the same size.
 
 Display rule (`DISPLAY_FLOOR`): the review app and the overlay PNG are transparent where the map is
 below that fraction of its largest value, so a film keeps its grey levels everywhere but in the
@@ -29,6 +29,9 @@ REFINE_FACTOR = 4
 REFINE_SIGMA = 1.0
 #: Below this fraction of the map's largest value the overlay is fully transparent.
 DISPLAY_FLOOR = 0.4
+#: Side of the hottest region, in fine cells: two model cells (64 px at the 160 px input: 40% of
+#: each side, 16% of the film), the size the occlusion test of MODEL_CARD.md measured.
+HOTTEST_SIDE = 2 * REFINE_FACTOR
 
 
 def _values(heatmap: Mapping[str, Any]) -> np.ndarray:
@@ -93,7 +96,7 @@ def refine(
     }
 
 
-def hottest_region(fine: Mapping[str, Any], side_cells: int = REFINE_FACTOR) -> dict[str, Any]:
+def hottest_region(fine: Mapping[str, Any], side_cells: int = HOTTEST_SIDE) -> dict[str, Any]:
     """The ``side_cells`` x ``side_cells`` window of a fine map with the largest mean.
 
     Returns ``row``, ``col`` (its top-left fine cell), ``rows``, ``cols`` (its size in fine

@@ -500,7 +500,11 @@ def render_card(summary: dict) -> str:
 #: Sections measured by scripts outside the training run (e.g. the heatmap deletion test of
 #: benches/heatmap_faithfulness.py): kept from the existing card when it is re-rendered, placed
 #: before "## Reproduce".
-PRESERVED_SECTIONS = ("## Heatmap: exactness and faithfulness",)
+PRESERVED_SECTIONS = (
+    "## Heatmap: exactness and faithfulness",
+    # benches/heatmap_occlusion.py: the grid the reader sees (cxrlake.heatmap.refine)
+    "## Heatmap: the grid the reader sees",
+)
 
 
 def _preserved(existing: str) -> str:
