@@ -4,6 +4,7 @@ registry requires. Real MLflow (sqlite registry), real ONNX models, real images.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -124,6 +125,15 @@ def test_gold_scores_with_the_registered_champion_else_the_shipped_model(tmp_pat
     info = mlflow.models.get_model_info(f"models:/{UC_NAME}/{result['model_version']}")
     assert info.signature is not None
     assert info.signature.inputs is not None and info.signature.outputs is not None
+    # the version is the pyfunc Model Serving serves: base64 bytes in, the predict columns out
+    import pandas as pd
+
+    assert info.signature.inputs.input_names() == ["content"]
+    served = mlflow.pyfunc.load_model(f"models:/{UC_NAME}/{result['model_version']}")
+    content = base64.b64encode(Path(IMAGES[0]).read_bytes()).decode()
+    answer = served.predict(pd.DataFrame({"content": [content]})).to_dict("records")[0]
+    expected = cxrlake.predict([str(IMAGES[0])]).to_pylist()[0]
+    assert answer["probability"] == expected["probability"]
     source = model_source.resolve_champion(UC_NAME, dest, registry_uri=None, client=client)
     assert source.version == result["model_version"] == "1"
     assert Path(source.path).parent == dest and not list(dest.glob("*.partial"))

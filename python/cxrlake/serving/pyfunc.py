@@ -133,6 +133,46 @@ def save_model(
     )
 
 
+def installed_wheel() -> str | None:
+    """The wheel file the running cxrlake was installed from, when pip recorded one that still
+    exists (``direct_url.json``: a Databricks job library installs the bundle's wheel this way);
+    None for an editable or index install."""
+    import json
+    import urllib.parse
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        text = distribution("cxrlake").read_text("direct_url.json")
+    except PackageNotFoundError:
+        return None
+    url = (json.loads(text) if text else {}).get("url", "")
+    if not (url.startswith("file://") and url.endswith(".whl")):
+        return None
+    path = urllib.parse.unquote(urllib.parse.urlparse(url).path)
+    return path if os.path.isfile(path) else None
+
+
+def log_in_run(
+    onnx_file: str | os.PathLike[str],
+    name: str = "model",
+    registered_model_name: str | None = None,
+    wheel: str | None = None,
+) -> Any:
+    """Log the pyfunc of ``onnx_file`` in the active MLflow run (and register it); returns
+    MLflow's ModelInfo. ``wheel`` None: `installed_wheel`, else the installed version by name."""
+    requirements, code_paths = _requirements(wheel or installed_wheel())
+    return mlflow.pyfunc.log_model(
+        name=name,
+        python_model=PneumoniaModel(),
+        artifacts={MODEL_ARTIFACT: str(onnx_file)},
+        signature=signature(onnx_file),
+        input_example=input_example(),
+        pip_requirements=requirements,
+        code_paths=code_paths,
+        registered_model_name=registered_model_name,
+    )
+
+
 def log_model(
     model_path: str | None = None,
     wheel: str | None = None,
@@ -148,19 +188,10 @@ def log_model(
     import cxrlake
 
     onnx_file = cxrlake.Model(model_path).path
-    requirements, code_paths = _requirements(wheel)
     started = mlflow.active_run() is None
     run = mlflow.start_run() if started else mlflow.active_run()
     try:
-        info = mlflow.pyfunc.log_model(
-            name=name,
-            python_model=PneumoniaModel(),
-            artifacts={MODEL_ARTIFACT: onnx_file},
-            signature=signature(onnx_file),
-            pip_requirements=requirements,
-            code_paths=code_paths,
-            registered_model_name=registered_model_name,
-        )
+        info = log_in_run(onnx_file, name, registered_model_name, wheel)
     finally:
         if started:
             mlflow.end_run()

@@ -8,7 +8,9 @@ Locally the default store is ``sqlite:///<runs>/mlflow.db`` (outside the repo; `
 
 Unity Catalog's registry only accepts model versions with a signature that has inputs and
 outputs (https://docs.databricks.com/aws/en/machine-learning/manage-model-lifecycle/#train-and-register-unity-catalog-compatible-models),
-so `model_signature` infers one from a real run of the ONNX model on an input of its shape.
+so the version is the pyfunc of `cxrlake.serving.pyfunc` with its explicit signature (base64
+image bytes in, the predict columns out); `model_signature` gives the ONNX tensors' signature
+from a real run of the model on an input of its shape.
 """
 
 from __future__ import annotations
@@ -62,14 +64,21 @@ def log_and_register(
     name: str = "cxrlake_pneumonia",
     registry_uri: str | None = None,
     alias: str = "champion",
+    wheel: str | None = None,
 ) -> dict[str, str]:
     """Log params, metrics and the shipped ONNX file of ``run_dir``; register it as ``name``.
 
     Reads ``metrics.json`` and ``model.onnx`` written by ``finalize``. The registered model
     version gets the alias ``alias``. Returns ``run_id``, ``model_name`` and ``model_version``.
+
+    The version is the MLflow pyfunc of `cxrlake.serving.pyfunc` (signature: base64 image bytes
+    in, the predict columns out) with the ONNX file as an artifact and ``wheel`` (default: the
+    wheel cxrlake was installed from, `cxrlake.serving.pyfunc.installed_wheel`) as its only code,
+    so Model Serving serves the version the gold job scores with.
     """
     import mlflow
-    import onnx
+
+    from cxrlake.serving import pyfunc
 
     run_dir = Path(run_dir)
     with open(run_dir / "metrics.json") as handle:
@@ -102,13 +111,11 @@ def log_and_register(
             )
         mlflow.log_artifact(str(run_dir / "metrics.json"))
         mlflow.log_artifact(str(run_dir / "model.onnx"), artifact_path="onnx_file")
-        info = mlflow.onnx.log_model(
-            onnx.load(str(run_dir / "model.onnx")),
-            name="model",
-            registered_model_name=name,
-            signature=model_signature(run_dir / "model.onnx"),
-            # one self-contained file (a few MB): what gold copies to the workers' volume
-            save_as_external_data=False,
+        # The pyfunc (cxrlake.serving.pyfunc): Model Serving and `mlflow models serve` serve it,
+        # and the gold job finds its ONNX file among the artifacts (model_source). The ONNX file
+        # is one self-contained file (a few MB): what gold copies to the workers' volume.
+        info = pyfunc.log_in_run(
+            run_dir / "model.onnx", name="model", registered_model_name=name, wheel=wheel
         )
         version = str(info.registered_model_version)
         mlflow.MlflowClient().set_registered_model_alias(name, alias, version)
