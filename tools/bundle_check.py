@@ -1010,26 +1010,23 @@ def _import_nodes(node: ast.AST) -> Iterator[tuple[str, list[str]]]:
         stack.extend(ast.iter_child_nodes(child))
 
 
-def _called_names(node: ast.AST) -> set[str]:
-    """Names ``node``'s own code calls or passes on (callbacks), not counting the bodies of the
-    functions it defines (they run only when called themselves)."""
-    names = set()
+def _called_names(node: ast.AST) -> tuple[set[str], set[str]]:
+    """(bare names, attribute names) ``node``'s own code calls or passes on (callbacks), not
+    counting the bodies of the functions it defines (they run only when called themselves)."""
+    bare: set[str] = set()
+    attributes: set[str] = set()
     stack = list(ast.iter_child_nodes(node))
     while stack:
         child = stack.pop()
         if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
             stack.extend(child.decorator_list)
             continue
-        if isinstance(child, ast.Call):
-            func = child.func
-            if isinstance(func, ast.Name):
-                names.add(func.id)
-            elif isinstance(func, ast.Attribute):
-                names.add(func.attr)
+        if isinstance(child, ast.Call) and isinstance(child.func, ast.Attribute):
+            attributes.add(child.func.attr)
         elif isinstance(child, ast.Name):
-            names.add(child.id)
+            bare.add(child.id)
         stack.extend(ast.iter_child_nodes(child))
-    return names
+    return bare, attributes
 
 
 def _functions(tree: ast.AST) -> dict[str, list[ast.AST]]:
@@ -1110,8 +1107,12 @@ def reachable_code(
         for module, names in _import_nodes(body):
             if module.split(".")[0] == package:
                 visible.extend(f for f in load(module, names) if f not in visible)
-        for name in _called_names(body):
-            candidates = [file, *visible, *(loaded if methods_anywhere else [])]
+        bare, attributes = _called_names(body)
+        for name in sorted(bare | attributes):
+            if name in bare and name not in attributes and name in defs(file):
+                candidates = [file]  # a bare name defined in the module is that definition
+            else:
+                candidates = [file, *visible, *(loaded if methods_anywhere else [])]
             for module_file in dict.fromkeys(candidates):
                 if module_file == path:
                     continue
@@ -1123,9 +1124,15 @@ def reachable_code(
     visible_of: dict[Path, list[Path]] = {}
     todo.append((path, tree(path)))
     while todo:
-        file, body = todo.pop(0)
-        scanned.append((file, body))
-        scan(file, body, visible_of.setdefault(file, []))
+        while todo:
+            file, body = todo.pop(0)
+            scanned.append((file, body))
+            scan(file, body, visible_of.setdefault(file, []))
+        # A module a file imports later (inside a function reached afterwards) makes more of its
+        # calls resolvable: scan the calls again until nothing new is reached, so the result does
+        # not depend on the order of the bodies (set iteration order varies between runs).
+        for file, body in list(scanned):
+            scan(file, body, visible_of.setdefault(file, []))
     return tuple(scanned)
 
 

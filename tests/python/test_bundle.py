@@ -729,3 +729,25 @@ def test_first_deployment_checklist_gives_the_rights_the_order_and_a_proof_per_s
     assert "GRANT USE CATALOG, CREATE SCHEMA, MANAGE ON CATALOG ${catalog} TO `${deployer}`" in (
         catalog
     )
+
+
+def test_checker_call_graph_prefers_the_module_s_own_definition_and_is_order_free(tmp_path):
+    """A bare call resolves to the module's own function, not to a same-named one of a module it
+    imports (the Spark job's decide_comparison is not the DuckDB one); the result is the same
+    whatever order the bodies are scanned in (sets iterate differently between runs)."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "local.py").write_text(
+        "def decide():\n    import duckdb\n    return duckdb\n\n"
+        "def later():\n    import polars\n    return polars\n"
+    )
+    (package / "spark.py").write_text(
+        "from pkg import local\n\n"
+        "def decide():\n    return 1\n\n"
+        "def run():\n    from pkg import local as again\n    again.later()\n    return decide()\n"
+    )
+    notebook = tmp_path / "job.py"
+    notebook.write_text("# Databricks notebook source\nfrom pkg import spark\nspark.run()\n")
+    found = bundle_check.third_party_imports(notebook, tmp_path, "pkg")
+    assert found == {"polars": "local.py"}
