@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 from review_support import Running, build_lakehouse
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 from cxrlake.review.tables import FEEDBACK
 
 
@@ -269,3 +269,52 @@ def test_listening_everywhere_prints_the_real_address_and_a_warning(built):
     from cxrlake.review.server import served_hosts
 
     assert host in served_hosts("0.0.0.0", int(host.rsplit(":", 1)[1]))
+
+
+def test_behind_the_apps_proxy_the_forwarded_host_is_checked(app, monkeypatch):
+    """Databricks Apps mode: the proxy's X-Forwarded-Host is the host name, checked against
+    CXRLAKE_REVIEW_ALLOWED_HOSTS; the Origin must be that host."""
+    import threading
+
+    from cxrlake.review.server import make_server
+
+    monkeypatch.setenv("CXRLAKE_REVIEW_ALLOWED_HOSTS", "cxrlake-review-1234.aws.databricksapps.com")
+    server = make_server(app.store, "127.0.0.1", 0, trust_proxy_headers=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    proxied = type("Proxied", (), {"url": server.url.rstrip("/")})()
+    try:
+        who = {"X-Forwarded-Email": "ana@hospital.example", "Connection": "close"}
+        ok_host = "cxrlake-review-1234.aws.databricksapps.com"
+        local = server.url.split("://", 1)[1].rstrip("/")
+        status, body = _raw(
+            proxied, "GET", "/api/session", {"Host": local, "X-Forwarded-Host": ok_host, **who}
+        )
+        assert status == 200 and body["reviewer"] == "ana@hospital.example"
+        token = body["csrf_token"]
+        status, body = _raw(
+            proxied,
+            "GET",
+            "/api/session",
+            {"Host": local, "X-Forwarded-Host": "evil.example", **who},
+        )
+        assert status == 400 and body["error"] == "unknown host"
+        post = {
+            "Host": local,
+            "X-Forwarded-Host": ok_host,
+            "Content-Type": "application/json",
+            "X-CSRF-Token": token,
+            "Content-Length": "2",
+            **who,
+        }
+        status, body = _raw(
+            proxied, "POST", "/api/feedback", {**post, "Origin": "https://evil.example"}, b"{}"
+        )
+        assert status == 403 and "Origin does not match" in body["error"]
+        status, body = _raw(
+            proxied, "POST", "/api/feedback", {**post, "Origin": f"https://{ok_host}"}, b"{}"
+        )
+        assert status == 400 and "prediction_id is required" in body["error"]  # past the checks
+    finally:
+        server.shutdown()
+        server.server_close()
