@@ -24,6 +24,7 @@ import pyarrow as pa
 import pytest
 
 import cxrlake
+from cxrlake.cli import main as cli_main
 from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as serving_tables
@@ -171,7 +172,14 @@ def mlflow_served(tmp_path_factory):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    save = f"from cxrlake.serving import pyfunc; pyfunc.save_model({str(folder / 'pyfunc')!r})"
+    # a stand-in wheel file: the saved model must carry it as its code and pip requirement
+    # (`--env-manager local` installs nothing, so its contents do not matter here)
+    wheel = folder / "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.whl"
+    wheel.write_bytes(b"PK\x05\x06" + bytes(18))  # an empty zip archive
+    save = (
+        "from cxrlake.serving import pyfunc; "
+        f"pyfunc.save_model({str(folder / 'pyfunc')!r}, wheel={str(wheel)!r})"
+    )
     serve = [
         sys.executable,
         "-m",
@@ -445,6 +453,9 @@ def test_mlflow_models_serve_of_the_pyfunc_answers_like_cxrlake_serve(served, ml
         time.sleep(0.2)
     mlmodel = (folder / "pyfunc" / "MLmodel").read_text()
     assert '"name": "content"' in mlmodel and '"name": "probability"' in mlmodel  # signature
+    wheel = "cxrlake-0.1.0-cp310-abi3-manylinux_2_17_x86_64.whl"
+    assert (folder / "pyfunc" / "code" / wheel).is_file()  # the only code the model needs
+    assert f"code/{wheel}" in (folder / "pyfunc" / "requirements.txt").read_text().split()
     contents = [_b64(p) for p in films] + ["not base64!", base64.b64encode(b"GIF89a").decode()]
     payload = {"dataframe_split": {"columns": ["content"], "data": [[c] for c in contents]}}
     status, by_mlflow, _ = _post(url, payload)
@@ -490,7 +501,7 @@ def _full(schema: pa.Schema, rows: list[dict]) -> pa.Table:
 
 
 def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champion(
-    served, lakehouse, films, challenger_path
+    served, lakehouse, films, challenger_path, capsys
 ):
     # each film twice in a row through the router: with share 0.5 one answer of each model
     for path in films:
@@ -528,23 +539,14 @@ def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champ
     assert {r["served_entity_id"] for r in ok} == {"champion", "challenger"}
 
     _seed_feedback(lakehouse, films)
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cxrlake.cli",
-            "promote",
-            "--lakehouse",
-            str(lakehouse),
-            "--alias",
-            "challenger",
-            challenger_path,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "@challenger -> cxrlake-challenger v2.0.0" in run.stdout
+
+    # the promote command in process (the server above is the subprocess that matters)
+    def promote(*args: str) -> str:
+        assert cli_main(["promote", "--lakehouse", str(lakehouse), *args]) == 0
+        return capsys.readouterr().out
+
+    out = promote("--alias", "challenger", challenger_path)
+    assert "@challenger -> cxrlake-challenger v2.0.0" in out
 
     comparison = {r["model_name"]: r for r in lh.read(serving_tables.COMPARISON_TABLE).to_pylist()}
     champion, challenger = comparison[cxrlake.Model().name], comparison["cxrlake-challenger"]
@@ -554,21 +556,10 @@ def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champ
     assert champion["reviewed_images"] == len(films)
     expected = _sens_spec(served_rows=mine, films=films, model=cxrlake.Model().name)
     assert (champion["sensitivity"], champion["specificity"]) == expected
-    assert "agreement" in run.stdout and "sensitivity" in run.stdout
+    assert "agreement" in out and "sensitivity" in out
 
-    run = subprocess.run(
-        [sys.executable, "-m", "cxrlake.cli", "promote", "--lakehouse", str(lakehouse)],
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr
-    assert "@champion -> cxrlake-challenger v2.0.0" in run.stdout
-    again = subprocess.run(
-        [sys.executable, "-m", "cxrlake.cli", "promote", "--lakehouse", str(lakehouse)],
-        capture_output=True,
-        text=True,
-    )
-    assert "(unchanged)" in again.stdout
+    assert "@champion -> cxrlake-challenger v2.0.0" in promote()
+    assert "(unchanged)" in promote()
     from cxrlake.serving.registry import LocalRegistry
 
     history = LocalRegistry(lakehouse).history()
