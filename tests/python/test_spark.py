@@ -281,9 +281,11 @@ def test_warehouse_udf_runs_as_sql_declares_it_under_sparks_pandas_udf_serialize
     returns = re.search(r"predict_image_json\(content BINARY\)\nRETURNS (\w+)\n", text).group(1)
     schema = re.search(r"from_json\(\n  [^\n]+\n  '([^']+)'", text).group(1)
 
-    def handler(batches: Iterator[pd.Series]) -> Iterator[pd.Series]:
+    def handler(batches):
         yield from warehouse_udf.predict_handler(batches)
 
+    # real types, not the strings of `from __future__ import annotations`: pandas_udf reads them
+    handler.__annotations__ = {"batches": Iterator[pd.Series], "return": Iterator[pd.Series]}
     predict_image_json = pandas_udf(handler, returnType=returns)
     images = sorted((TRAIN / "PNEUMONIA").iterdir())[:3]
     rows = [(0, images[0].read_bytes()), (1, None), (2, images[1].read_bytes())]
