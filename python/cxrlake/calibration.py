@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import schemas
 
 #: z for a two-sided 95 % interval.
@@ -52,7 +53,7 @@ SITE_THRESHOLDS_SCHEMA = schemas.GOLD_SITE_THRESHOLDS
 """``gold.site_thresholds`` (defined with the other tables in `cxrlake.medallion.schemas`)."""
 
 
-class CalibrationError(ValueError):
+class CalibrationError(CxrlakeError, ValueError):
     """The site's films cannot support a threshold; the message says why and what to do."""
 
 

@@ -13,6 +13,13 @@ import sys
 import time
 from typing import TextIO
 
+from cxrlake.exceptions import (
+    CxrlakeError,
+    InvalidArgumentError,
+    ModelError,
+    RuntimeLibraryError,
+)
+
 __all__ = [
     "EXIT_FAILURE",
     "EXIT_INTERRUPTED",
@@ -23,6 +30,7 @@ __all__ = [
     "Progress",
     "UsageError",
     "describe_error",
+    "exit_code",
     "non_negative_int",
     "positive_int",
     "report_error",
@@ -35,7 +43,7 @@ EXIT_MODEL = 3
 EXIT_INTERRUPTED = 130
 
 
-class CommandError(Exception):
+class CommandError(CxrlakeError):
     """A failure a command reports as one line; ``exit_code`` defaults to 1."""
 
     def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
@@ -113,16 +121,6 @@ def _one_line(text: str) -> str:
     return lines[0] if lines else ""
 
 
-#: Rust libraries (delta-rs, object_store) bury the OS error deep in their message: name it first.
-_OS_ERRORS = {
-    28: "disk full",
-    27: "file too large",
-    122: "disk quota exceeded",
-    30: "read-only file system",
-    13: "permission denied",
-}
-
-
 #: Optional packages and the pyproject extra that installs each (the wheel's runtime is only
 #: pyarrow, numpy and onnxruntime).
 _EXTRA_OF_MODULE = {
@@ -135,51 +133,59 @@ _EXTRA_OF_MODULE = {
     "pyspark": "spark",
 }
 
+#: The exit code of each error class (first match; `CommandError` carries its own, every other
+#: error exits 1). The one place where exceptions become exit codes.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (ModelError, EXIT_MODEL),
+    (RuntimeLibraryError, EXIT_MODEL),
+    (InvalidArgumentError, EXIT_USAGE),
+)
+
+
+def exit_code(error: BaseException) -> int:
+    """The exit code for an exception escaping a command handler (see `EXIT_CODES`)."""
+    if isinstance(error, CommandError):
+        return error.exit_code
+    for cls, code in EXIT_CODES:
+        if isinstance(error, cls):
+            return code
+    return EXIT_FAILURE
+
+
+def _engine_errors() -> tuple[type[BaseException], ...]:
+    """Error classes of the engines whose messages read well without the class name: DuckDB,
+    delta-rs and Arrow, among those this process has imported (an engine that is not imported
+    raised nothing)."""
+    classes: list[type[BaseException]] = []
+    if (duckdb := sys.modules.get("duckdb")) is not None:
+        classes.append(duckdb.Error)
+    if (delta := sys.modules.get("deltalake.exceptions")) is not None:
+        classes.append(delta.DeltaError)
+    if (arrow := sys.modules.get("pyarrow.lib")) is not None:
+        classes.append(arrow.ArrowException)
+    return tuple(classes)
+
 
 def describe_error(error: BaseException) -> tuple[str, int]:
     """The one-line message and exit code for an exception escaping a command handler."""
-    message, code = _describe(error)
-    for number, words in _OS_ERRORS.items():
-        if f"(os error {number})" in message and not message.startswith(words):
-            message = f"{words}: {message}"
-    return message, code
+    return _message(error), exit_code(error)
 
 
-def _describe(error: BaseException) -> tuple[str, int]:
-    from cxrlake.exceptions import (
-        CxrlakeError,
-        InvalidArgumentError,
-        ModelError,
-        RuntimeLibraryError,
-    )
-
-    if isinstance(error, CommandError):
-        return _one_line(str(error)), error.exit_code
-    if isinstance(error, (ModelError, RuntimeLibraryError)):
-        return _one_line(str(error)), EXIT_MODEL
-    if isinstance(error, InvalidArgumentError):
-        return _one_line(str(error)), EXIT_USAGE
-    if isinstance(error, CxrlakeError):
-        return _one_line(str(error)), EXIT_FAILURE
-    if isinstance(error, OSError):
-        reason = error.strerror or _one_line(str(error)) or type(error).__name__
-        where = error.filename
-        if where is None and error.args and not error.strerror:
-            return _one_line(str(error)), EXIT_FAILURE
-        return (f"{where}: {reason}" if where else reason), EXIT_FAILURE
+def _message(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}" if error.filename else error.strerror
+    if isinstance(error, (CxrlakeError, OSError, *_engine_errors())):
+        return _one_line(str(error)) or type(error).__name__
     if isinstance(error, ModuleNotFoundError) and error.name:
         extra = _EXTRA_OF_MODULE.get(error.name.split(".")[0])
         if extra:
             return (
                 f"this command needs {error.name!r}, which the 'cxrlake[{extra}]' extra installs: "
                 f"pip install 'cxrlake[{extra}]'"
-            ), EXIT_FAILURE
-    module = type(error).__module__ or ""
-    if module.split(".")[0] in ("duckdb", "_duckdb", "deltalake", "_internal", "pyarrow"):
-        return _one_line(str(error)), EXIT_FAILURE
+            )
     text = _one_line(str(error))
     name = type(error).__name__
-    return (f"{name}: {text}" if text else name), EXIT_FAILURE
+    return f"{name}: {text}" if text else name
 
 
 def _print_error(command: str, message: str) -> None:

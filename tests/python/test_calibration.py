@@ -308,8 +308,8 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
     lake = tmp_path / "lake"
     _pipeline(lake, site)
     capsys.readouterr()
-    from cxrlake.medallion.schemas import BRONZE
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.medallion.schemas import BRONZE
 
     bronze = Lakehouse(lake).read(BRONZE, columns=["image_id", "category"]).to_pylist()
     now = dt.datetime.now(dt.timezone.utc)
@@ -349,8 +349,8 @@ def test_calibrate_with_radiologist_verdicts(tmp_path, fullres_paths, capsys):
 
 def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
     from cxrlake.lakehouse.pipeline import run_pipeline
-    from cxrlake.medallion.schemas import PREDICTIONS
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.medallion.schemas import PREDICTIONS
 
     lake, site = site_lake
     stored = calibration.site_threshold(lake, "site_a")
@@ -384,8 +384,8 @@ def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
 
 def test_a_site_run_redecides_earlier_predictions_and_says_which_changed(site_lake, tmp_path):
     from cxrlake.lakehouse.pipeline import run_pipeline
-    from cxrlake.medallion.schemas import PREDICTIONS
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.medallion.schemas import PREDICTIONS
 
     lake, site = site_lake
     if calibration.site_threshold(lake, "site_a") is None:
@@ -442,8 +442,8 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
 
     from pyspark.sql import SparkSession
 
-    from cxrlake.medallion.schemas import BRONZE, SILVER
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.medallion.schemas import BRONZE, SILVER
     from cxrlake.spark.transforms import GOLD_INPUT_COLUMNS, to_gold_predictions
 
     lake, _ = site_lake

@@ -276,20 +276,67 @@ def test_ctrl_c_exits_130_with_one_line(tmp_path: Path):
     assert "Traceback" not in stderr and stderr.strip().endswith("cxrlake sql: interrupted")
 
 
-def test_os_errors_buried_in_engine_messages_are_named_first():
+def test_os_errors_buried_in_engine_messages_are_named_first(tmp_path: Path):
+    """delta-rs buries the OS error deep in its message: the Delta write wraps it into a typed
+    `LakehouseWriteError` that names it first, and the command line maps that error by class."""
     from deltalake.exceptions import DeltaError
 
     from cxrlake.cli import describe_error
+    from cxrlake.exceptions import CxrlakeError
+    from cxrlake.lakehouse.storage import Lakehouse, LakehouseWriteError
+    from cxrlake.medallion import schemas
 
-    engine = DeltaError(
-        "Failed to parse parquet: External: Generic LocalFileSystem error: Unable to copy data "
-        "to file: No space left on device (os error 28)\nat some/rust/frame.rs:1"
-    )
-    message, code = describe_error(engine)
-    assert message.startswith("disk full: Failed to parse parquet") and "\n" not in message
+    lakehouse = Lakehouse(tmp_path)
+    with pytest.raises(LakehouseWriteError) as raised, lakehouse._writing(schemas.BRONZE):
+        raise DeltaError(
+            "Failed to parse parquet: External: Generic LocalFileSystem error: Unable to copy "
+            "data to file: No space left on device (os error 28)\nat some/rust/frame.rs:1"
+        )
+    error = raised.value
+    assert isinstance(error, CxrlakeError) and isinstance(error, OSError) and error.errno == 28
+    message, code = describe_error(error)
+    assert message.startswith("disk full: cannot write bronze") and "\n" not in message
     assert code == 1
     message, code = describe_error(OSError(30, "Read-only file system", "/lh/_cxrlake.lock"))
     assert message == "/lh/_cxrlake.lock: Read-only file system" and code == 1
+
+
+def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
+    """One hierarchy: the errors the modules raise are `CxrlakeError`s (and keep their builtin
+    base), and `cli_support.EXIT_CODES` maps them by class."""
+    from cxrlake.calibration import CalibrationError
+    from cxrlake.cli_support import CommandError, UsageError, describe_error
+    from cxrlake.exceptions import CxrlakeError, InvalidArgumentError, ModelError
+    from cxrlake.lakehouse.sql import LakehouseNotFoundError
+    from cxrlake.lakehouse.storage import LakehouseWriteError
+    from cxrlake.review.tables import ReviewError
+    from cxrlake.spark.deployment import DeploymentError
+    from cxrlake.spark.jobs import JobParameterError
+    from cxrlake.spark.sql_files import SqlParameterError
+
+    builtin_base = {
+        CalibrationError: ValueError,
+        ReviewError: ValueError,
+        JobParameterError: ValueError,
+        SqlParameterError: ValueError,
+        DeploymentError: ValueError,
+        LakehouseNotFoundError: FileNotFoundError,
+        LakehouseWriteError: OSError,
+    }
+    for cls, base in builtin_base.items():
+        assert issubclass(cls, CxrlakeError) and issubclass(cls, base), cls
+    assert issubclass(CommandError, CxrlakeError)
+    assert describe_error(CalibrationError("one class only")) == ("one class only", 1)
+    assert describe_error(LakehouseNotFoundError("no lakehouse at x")) == ("no lakehouse at x", 1)
+    assert describe_error(UsageError("--data is required")) == ("--data is required", 2)
+    assert describe_error(ModelError("no model")) == ("no model", 3)
+    assert describe_error(InvalidArgumentError("bad threads")) == ("bad threads", 2)
+
+
+def test_train_without_data_is_a_usage_error_through_the_one_handler():
+    result = run_cli("train", "--epochs", "1")
+    assert result.returncode == 2, result.stderr
+    assert one_error_line(result, "train") == "cxrlake train: error: --data is required"
 
 
 def test_a_missing_optional_package_names_the_extra_that_installs_it(tmp_path: Path):

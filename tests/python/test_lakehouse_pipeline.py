@@ -17,9 +17,9 @@ import pytest
 from deltalake import DeltaTable
 
 import cxrlake
-from cxrlake.medallion import schemas
 from cxrlake.lakehouse.pipeline import run_pipeline
 from cxrlake.lakehouse.storage import LakehouseLock
+from cxrlake.medallion import schemas
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -49,6 +49,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse
 
@@ -67,7 +68,7 @@ _SHOW_TABLES = re.compile(
 )
 
 
-class LakehouseNotFoundError(FileNotFoundError):
+class LakehouseNotFoundError(CxrlakeError, FileNotFoundError):
     """The lakehouse folder holds no catalog for this environment."""
 
 

@@ -12,6 +12,7 @@ commit boundary and check that the next run repairs it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -34,6 +35,7 @@ from deltalake import (
 )
 from deltalake import Field as DeltaField
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import TableSpec
 
@@ -59,12 +61,24 @@ def commits_made() -> int:
     return _commits
 
 
-class LakehouseWriteError(OSError):
+class LakehouseWriteError(CxrlakeError, OSError):
     """A Delta write failed for an operating-system reason (``errno``: ENOSPC, EFBIG, EROFS ...);
-    the commit did not happen, so the table is unchanged. ``panics`` holds the report of any Rust
-    writer thread that panicked on the way (printed to nobody)."""
+    the commit did not happen, so the table is unchanged. The message starts with the reason in
+    plain words (``disk full: cannot write ...``). ``panics`` holds the report of any Rust writer
+    thread that panicked on the way (printed to nobody)."""
 
     panics: list[str]
+
+
+#: delta-rs and object_store bury the OS error deep in their message ("... (os error 28)"):
+#: these reasons are named first in a `LakehouseWriteError`.
+_OS_ERROR_WORDS = {
+    errno.ENOSPC: "disk full",
+    errno.EFBIG: "file too large",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+}
 
 
 _PANIC_LINE = re.compile(r"^thread '.*' (\(\d+\) )?panicked at ")
@@ -283,6 +297,8 @@ class Lakehouse:
                 f"cannot write {spec.qualified_name} ({self.path(spec)}): "
                 f"{os.strerror(code)} (os error {code})"
             )
+            if code in _OS_ERROR_WORDS:
+                message = f"{_OS_ERROR_WORDS[code]}: {message}"
             error = LakehouseWriteError(code, message)
             error.panics = panics
             raise error from e

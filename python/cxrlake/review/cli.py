@@ -7,6 +7,8 @@ import getpass
 import sys
 from typing import Any
 
+from cxrlake.cli_support import CommandError, UsageError
+
 
 def register(subparsers: Any) -> None:
     """Add ``review`` to the main parser's subparsers."""
@@ -53,7 +55,7 @@ def _with_current_labels(inner: Any) -> Any:
             from cxrlake.review.labels import label_overrides
 
             if not args.data:
-                raise SystemExit("cxrlake train: --labels-from needs --data")
+                raise UsageError("--labels-from needs --data")
             overrides, total = label_overrides(Path(args.data).resolve(), args.labels_from)
             print(
                 f"cxrlake train: current labels from {args.labels_from}: "
@@ -74,19 +76,13 @@ def _review(args: argparse.Namespace) -> int:
     try:
         reviewer = validate_reviewer(args.reviewer or getpass.getuser())
     except (ReviewError, KeyError, OSError) as e:
-        print(f"cxrlake review: no reviewer id ({e}); pass --reviewer", file=sys.stderr)
-        return 2
-    try:
-        store = LocalStore(args.lakehouse, args.env)
-    except FileNotFoundError as e:
-        print(f"cxrlake review: {e}", file=sys.stderr)
-        return 1
+        raise UsageError(f"no reviewer id ({e}); pass --reviewer") from e
+    store = LocalStore(args.lakehouse, args.env)
     added = store.sync_history()
     try:
         server = make_server(store, args.host, args.port, reviewer, verbose=args.verbose)
     except OSError as e:
-        print(f"cxrlake review: cannot listen on {args.host}:{args.port}: {e}", file=sys.stderr)
-        return 1
+        raise CommandError(f"cannot listen on {args.host}:{args.port}: {e}") from e
     if added:
         print(f"label history: {added} row(s) added", flush=True)
     print(f"cxrlake review: serving {store.lh.catalog} for {reviewer} at {server.url}", flush=True)

@@ -43,8 +43,8 @@ def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -
 
 def _image_ids_by_path(lakehouse: str | os.PathLike, env: str) -> dict[str, str]:
     """Absolute file path -> the image id bronze recorded for it."""
-    from cxrlake.medallion.schemas import BRONZE
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.medallion.schemas import BRONZE
 
     rows = Lakehouse(lakehouse, env).read(BRONZE, ["file_path", "image_id"])
     return dict(

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import schemas
 from cxrlake.medallion.metrics import latest_verdicts  # noqa: F401 - re-export
 from cxrlake.medallion.schemas import TableSpec
@@ -47,7 +48,7 @@ EXTRA_PROPERTIES: dict[str, dict[str, str]] = {FEEDBACK.name: {"delta.appendOnly
 _HEX32 = re.compile(r"^[0-9a-f]{32}$")
 
 
-class ReviewError(ValueError):
+class ReviewError(CxrlakeError, ValueError):
     """A verdict that is refused; ``status`` is the HTTP status to answer with."""
 
     def __init__(self, message: str, status: int = 400) -> None:

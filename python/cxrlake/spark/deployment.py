@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.spark import sql_files
 
 MODEL_KEY = "pneumonia_classifier"
@@ -31,7 +32,7 @@ _SCHEMA = re.compile(r"[a-z0-9_]{1,255}")
 _SCOPE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")
 
 
-class DeploymentError(ValueError):
+class DeploymentError(CxrlakeError, ValueError):
     """A catalog or schema name is not of the form a bundle target deploys."""
 
 

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import rules
 from cxrlake.medallion import schemas as lake_schemas
 from cxrlake.medallion.schemas import TableSpec
@@ -47,7 +48,7 @@ REVIEW_APP_GRANTS_SQL = "14_review_app_grants.sql"
 MAINTENANCE_SQL = "90_maintenance.sql"
 
 
-class JobParameterError(ValueError):
+class JobParameterError(CxrlakeError, ValueError):
     """A notebook widget holds an invalid value; the message says which and what is expected."""
 
 
@@ -762,5 +763,3 @@ def maintain(
         "retain_hours": validate_retain_hours(retain_hours),
     }
     return sql_files.run_sql_file(spark, _sql_dir(sql_dir) / MAINTENANCE_SQL, params)
-
-

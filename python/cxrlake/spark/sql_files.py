@@ -15,6 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from cxrlake.exceptions import CxrlakeError
+
 PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 
 SCHEMA_KEYS = ("bronze", "silver", "gold", "models")
@@ -47,7 +49,7 @@ PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 
 
-class SqlParameterError(ValueError):
+class SqlParameterError(CxrlakeError, ValueError):
     """A SQL file parameter is missing, unknown or does not have the required form."""
 
 

@@ -7,6 +7,8 @@ import json
 import time
 from pathlib import Path
 
+from cxrlake.cli_support import UsageError
+
 DEFAULT_RUNS = "train_runs"
 
 
@@ -119,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run_dir or Path(DEFAULT_RUNS) / time.strftime("%Y%m%d-%H%M%S"))
     if not args.finalize_only:
         if not args.data:
-            raise SystemExit("cxrlake train: --data is required")
+            raise UsageError("--data is required")
         common = dict(
             val_fraction=args.val_fraction,
             split=args.split,
