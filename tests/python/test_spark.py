@@ -303,6 +303,16 @@ def test_warehouse_udf_runs_as_sql_declares_it_under_sparks_pandas_udf_serialize
     assert got[2]["model_version"] == want[1]["model_version"] and got[2]["error"] is None
     assert got[1]["error"] == warehouse_udf.NOT_INGESTED and got[1]["probability"] is None
 
+    # why not a STRUCT-typed batch UDF yielding dicts: this serializer refuses a Series for it
+    def dicts(batches):
+        for series in batches:
+            yield pd.Series([{"probability": 0.5}] * len(series))
+
+    dicts.__annotations__ = handler.__annotations__
+    as_struct = pandas_udf(dicts, returnType="struct<probability: double>")
+    with pytest.raises(Exception, match="UDF_RETURN_TYPE"):
+        frame.select(as_struct("content")).collect()
+
 
 def test_local_path_turns_spark_uris_into_paths():
     assert local_path("file:/work/a.jpeg") == "/work/a.jpeg"
