@@ -61,7 +61,7 @@ pub fn check_preprocess(data: &[u8]) {
     let prep = fuzz_preprocessing();
     let mut tensor = vec![f32::NAN; prep.tensor_len()];
     match prep.encoded_into(data, &fuzz_limits(), &mut tensor) {
-        Ok(()) => assert!(
+        Ok(_) => assert!(
             tensor.iter().all(|x| x.is_finite()),
             "non-finite tensor value"
         ),

@@ -37,6 +37,18 @@ pub struct Decoded {
     pub full_width: u32,
     /// Upright height of the encoded image, in pixels.
     pub full_height: u32,
+    /// DICOM acquisition attributes (`None` for JPEG and PNG).
+    pub acquisition: Option<Acquisition>,
+}
+
+/// The DICOM attributes that say what kind of film an image is, read from the header the decoder
+/// parses anyway (the out-of-distribution flag looks at them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Acquisition {
+    /// Modality (0008,0060), e.g. `CR`, `DX`, `CT`; `None` when absent or empty.
+    pub modality: Option<String>,
+    /// ViewPosition (0018,5101), e.g. `PA`, `AP`, `LL`; `None` when absent or empty.
+    pub view_position: Option<String>,
 }
 
 /// Image container formats recognised from their first bytes.
@@ -247,6 +259,7 @@ fn decode_jpeg_with(
         image,
         full_width,
         full_height,
+        acquisition: None,
     })
 }
 
@@ -438,6 +451,7 @@ fn decode_png(data: &[u8], limits: &Limits) -> RowResult<Decoded> {
         full_width: image.width,
         full_height: image.height,
         image,
+        acquisition: None,
     })
 }
 

@@ -11,13 +11,14 @@ pub mod input;
 pub mod kernels;
 pub mod limits;
 pub mod model;
+pub mod ood;
 pub mod preprocess;
 pub mod quality;
 pub mod resize;
 pub mod sandbox;
 pub mod threads;
 
-pub use decode::{decode_gray, Decoded, GrayImage};
+pub use decode::{decode_gray, Acquisition, Decoded, GrayImage};
 pub use error::{CoreError, RowError, RowResult};
 pub use input::{ImageColumn, ImageRef};
 pub use kernels::{
@@ -26,6 +27,7 @@ pub use kernels::{
 };
 pub use limits::Limits;
 pub use model::{init_runtime, ModelInfo, Outputs, PneumoniaModel};
+pub use ood::{ood_flag, OodFlag};
 pub use preprocess::Preprocessing;
 pub use quality::{measure_quality, ImageQuality};
 pub use sandbox::Sandbox;

@@ -31,6 +31,14 @@ pub const EMBEDDING_NAME: &str = "embedding";
 pub const HEATMAP_NAME: &str = "heatmap";
 /// Metadata key of the head's bias: `logit = head_bias + mean(heatmap)`.
 pub const HEAD_BIAS_KEY: &str = "cxrlake.head_bias";
+/// Name of the optional out-of-distribution score output (`[N]`, higher = less like the training
+/// films), computed in the graph from the embedding (`cxrlake.training.ood`).
+pub const OOD_SCORE_NAME: &str = "ood_score";
+/// Metadata key of the score above which a film is flagged out of distribution (required with
+/// the `ood_score` output).
+pub const OOD_THRESHOLD_KEY: &str = "cxrlake.ood_threshold";
+/// Metadata key of the training films' drift reference (JSON, `cxrlake.training.ood`).
+pub const DRIFT_REFERENCE_KEY: &str = "cxrlake.drift_reference";
 
 static ENVIRONMENT: Mutex<Option<Environment>> = Mutex::new(None);
 
@@ -97,6 +105,12 @@ pub struct ModelInfo {
     pub has_heatmap: bool,
     /// `cxrlake.head_bias`: the head's bias, so that `logit = head_bias + mean(heatmap)`.
     pub head_bias: Option<f64>,
+    /// `cxrlake.ood_threshold` when the model has an `ood_score` output: a film whose score is
+    /// above it is flagged out of distribution. `None` = the model has no such output.
+    pub ood_threshold: Option<f64>,
+    /// `cxrlake.drift_reference`: the training films' reference for drift metrics (JSON text,
+    /// read by the Python layer), when the model carries one.
+    pub drift_reference: Option<String>,
 }
 
 /// A loaded model: its metadata and an ONNX Runtime session (one run at a time).
@@ -112,6 +126,8 @@ pub struct Outputs {
     pub embedding: bool,
     /// The `heatmap` output, when the model has one.
     pub heatmap: bool,
+    /// The `ood_score` output, when the model has one.
+    pub ood_score: bool,
 }
 
 impl Outputs {
@@ -119,6 +135,13 @@ impl Outputs {
     pub const PROBABILITY: Self = Self {
         embedding: false,
         heatmap: false,
+        ood_score: false,
+    };
+    /// The probability and the out-of-distribution score (what `predict` asks for).
+    pub const PREDICTION: Self = Self {
+        embedding: false,
+        heatmap: false,
+        ood_score: true,
     };
 }
 
@@ -150,6 +173,8 @@ pub struct InferenceOutput {
     pub embeddings: Option<Vec<f32>>,
     /// Class-activation maps, when requested and available.
     pub heatmaps: Option<Heatmaps>,
+    /// Out-of-distribution score per image, when requested and available.
+    pub ood_scores: Option<Vec<f32>>,
 }
 
 struct SessionCache {
@@ -237,11 +262,13 @@ impl PneumoniaModel {
         let prep = &self.info.preprocessing;
         let embedding = want.embedding && self.info.embedding_dim.is_some();
         let heatmap = want.heatmap && self.info.has_heatmap;
+        let ood_score = want.ood_score && self.info.ood_threshold.is_some();
         if n == 0 {
             return Ok(InferenceOutput {
                 probabilities: Vec::new(),
                 embeddings: embedding.then(Vec::new),
                 heatmaps: None,
+                ood_scores: ood_score.then(Vec::new),
             });
         }
         if tensors.len() != n * prep.tensor_len() {
@@ -259,6 +286,9 @@ impl PneumoniaModel {
         }
         if heatmap {
             selector = selector.with(HEATMAP_NAME);
+        }
+        if ood_score {
+            selector = selector.with(OOD_SCORE_NAME);
         }
         let run_options = RunOptions::new()
             .map_err(|e| format!("inference failed: {e}"))?
@@ -318,10 +348,25 @@ impl PneumoniaModel {
         } else {
             None
         };
+        let ood_scores = if ood_score {
+            let (_, values) = outputs[OOD_SCORE_NAME]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| format!("inference failed: ood_score output: {e}"))?;
+            if values.len() != n {
+                return Err(format!(
+                    "model returned {} ood scores for {n} images",
+                    values.len()
+                ));
+            }
+            Some(values.to_vec())
+        } else {
+            None
+        };
         Ok(InferenceOutput {
             probabilities,
             embeddings,
             heatmaps,
+            ood_scores,
         })
     }
 }
@@ -412,6 +457,23 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
             _ => return Err(fail(format!("has a non-numeric {HEAD_BIAS_KEY} {text:?}"))),
         },
     };
+    let has_ood_score = session.outputs().iter().any(|o| o.name() == OOD_SCORE_NAME);
+    let ood_threshold = match (has_ood_score, metadata.custom(OOD_THRESHOLD_KEY)) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(fail(format!(
+                "has an {OOD_SCORE_NAME} output but no {OOD_THRESHOLD_KEY}"
+            )))
+        }
+        (true, Some(text)) => match text.trim().parse::<f64>() {
+            Ok(t) if t.is_finite() => Some(t),
+            _ => {
+                return Err(fail(format!(
+                    "has a non-numeric {OOD_THRESHOLD_KEY} {text:?}"
+                )))
+            }
+        },
+    };
     let preprocessing = Preprocessing::new(
         parse_u32("cxrlake.input_width")?,
         parse_u32("cxrlake.input_height")?,
@@ -430,5 +492,7 @@ fn read_model_info(path: &Path, session: &Session) -> Result<ModelInfo, CoreErro
         embedding_dim,
         has_heatmap,
         head_bias,
+        ood_threshold,
+        drift_reference: metadata.custom(DRIFT_REFERENCE_KEY),
     })
 }

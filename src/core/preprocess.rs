@@ -1,6 +1,6 @@
 //! Turning a grayscale image into the model's input tensor, as the ONNX model contract specifies.
 
-use crate::core::decode::{decode_gray, GrayImage};
+use crate::core::decode::{decode_gray, Acquisition, GrayImage};
 use crate::core::error::{CoreError, RowResult};
 use crate::core::limits::Limits;
 use crate::core::resize::resize_gray;
@@ -92,12 +92,18 @@ impl Preprocessing {
     }
 
     /// Decodes (with DCT scaling down to no less than twice the model size), resizes and
-    /// normalises one encoded image into `out`.
-    pub fn encoded_into(&self, data: &[u8], limits: &Limits, out: &mut [f32]) -> RowResult<()> {
+    /// normalises one encoded image into `out`. Returns the DICOM acquisition attributes
+    /// (`None` for JPEG and PNG).
+    pub fn encoded_into(
+        &self,
+        data: &[u8],
+        limits: &Limits,
+        out: &mut [f32],
+    ) -> RowResult<Option<Acquisition>> {
         let decoded = decode_gray(data, limits, Some((self.width, self.height)))?;
         let resized = self.resize(&decoded.image);
         self.normalise_into(&resized, out);
-        Ok(())
+        Ok(decoded.acquisition)
     }
 }
 

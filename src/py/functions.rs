@@ -67,6 +67,8 @@ pub fn model_info<'py>(
     dict.set_item("embedding_dim", info.embedding_dim)?;
     dict.set_item("has_heatmap", info.has_heatmap)?;
     dict.set_item("head_bias", info.head_bias)?;
+    dict.set_item("ood_threshold", info.ood_threshold)?;
+    dict.set_item("drift_reference", info.drift_reference.as_deref())?;
     Ok(dict)
 }
 

@@ -20,6 +20,7 @@ Nothing about an image (bytes, names) is printed; the access log is off unless `
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -46,6 +47,7 @@ ERROR_CODES = {
     404: "ENDPOINT_NOT_FOUND",
     411: "LENGTH_REQUIRED",
     413: "REQUEST_ENTITY_TOO_LARGE",
+    408: "REQUEST_TIMEOUT",
     415: "UNSUPPORTED_MEDIA_TYPE",
     500: "INTERNAL_ERROR",
     503: "TEMPORARILY_UNAVAILABLE",
@@ -116,6 +118,9 @@ class ScoringApp:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # an idle keep-alive connection, or a body that stops arriving, is closed after this long
+    # (seconds), so idle clients cannot hold threads forever
+    timeout = 30
     server: ScoringServer
     server_version = "cxrlake-serve"
 
@@ -305,9 +310,14 @@ class _Handler(BaseHTTPRequestHandler):
             self.app._inflight.release()
 
     def _score(self, length: int, entity: ServedModel, ids: dict[str, str], finish: Any) -> None:
-        body = self.rfile.read(length)
+        try:
+            body = self.rfile.read(length)
+        except OSError:  # the body stopped arriving (timeout) or the client went away
+            body = b""
         if len(body) != length:
             self.close_connection = True
+            with contextlib.suppress(OSError):
+                finish(408, self._error(408, "the request body did not arrive", ids, close=True))
             return
         served = entity.describe()
         headers = {**ids, "X-Served-Model-Name": entity.entity_name}

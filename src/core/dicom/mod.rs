@@ -48,7 +48,7 @@ use dicom_parser::dataset::DataToken;
 use dicom_pixeldata::{PixelDecoder, VoiLutFunction};
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use crate::core::decode::{Decoded, GrayImage};
+use crate::core::decode::{Acquisition, Decoded, GrayImage};
 use crate::core::error::{RowError, RowResult};
 use crate::core::limits::Limits;
 
@@ -92,6 +92,31 @@ pub fn decode_dicom(
     min_size: Option<(u32, u32)>,
 ) -> RowResult<Decoded> {
     let object = parse(data, limits)?;
+    let mut decoded = decode_object(&object, limits, min_size)?;
+    decoded.acquisition = Some(acquisition(&object));
+    Ok(decoded)
+}
+
+/// Modality and ViewPosition of a data set (trimmed, upper case; `None` when absent or empty).
+fn acquisition(object: &DefaultDicomObject) -> Acquisition {
+    let text = |tag: Tag| {
+        object
+            .get(tag)
+            .and_then(|e| e.to_str().ok())
+            .map(|t| t.trim_end_matches('\0').trim().to_ascii_uppercase())
+            .filter(|t| !t.is_empty())
+    };
+    Acquisition {
+        modality: text(tags::MODALITY),
+        view_position: text(tags::VIEW_POSITION),
+    }
+}
+
+fn decode_object(
+    object: &DefaultDicomObject,
+    limits: &Limits,
+    min_size: Option<(u32, u32)>,
+) -> RowResult<Decoded> {
     let ts_uid = object
         .meta()
         .transfer_syntax()
@@ -188,6 +213,7 @@ pub fn decode_dicom(
         },
         full_width: width,
         full_height: height,
+        acquisition: None,
     })
 }
 
@@ -972,6 +998,7 @@ fn decode_jpeg12(
         },
         full_width: width,
         full_height: height,
+        acquisition: None,
     })
 }
 
@@ -1121,6 +1148,7 @@ fn decode_j2k_reduced(
         },
         full_width: cols,
         full_height: rows,
+        acquisition: None,
     })
 }
 

@@ -37,8 +37,9 @@ pub fn analyze_schema() -> Schema {
 /// `width`, `height` (full-resolution upright pixels), `mean_pixel_value`, `std_pixel_value`,
 /// `quality_score` (measured on the decoded image: for JPEGs larger than twice the model input
 /// that is the DCT-scaled image, see docs/architecture.md), `embedding`, `probability`,
-/// `predicted_label`, `label_name`, `model_name`, `model_version`, `heatmap` (NULL when the model
-/// has no heatmap output or `heatmap` is false) and `error`.
+/// `predicted_label`, `label_name`, `model_name`, `model_version`, `ood_score`,
+/// `out_of_distribution`, `ood_reason`, `heatmap` (NULL when the model has no heatmap output or
+/// `heatmap` is false) and `error`.
 pub fn analyze_batch(
     images: &ImageColumn,
     model: &PneumoniaModel,
@@ -50,6 +51,7 @@ pub fn analyze_batch(
         outputs: Outputs {
             embedding: true,
             heatmap,
+            ood_score: true,
         },
         picture: None,
     };
@@ -64,13 +66,13 @@ pub fn analyze_batch(
             Ok(r) => {
                 let q = r.quality.as_ref().expect("statistics were requested");
                 stats.append(r.width, r.height, q, r.embedding.as_deref());
-                prediction.append(Some(r.probability));
+                prediction.append(Some(r.probability), Some(&r.ood));
                 heatmaps.append(r.heatmap.as_ref());
                 error.append_null();
             }
             Err(e) => {
                 stats.append_null();
-                prediction.append(None);
+                prediction.append(None, None);
                 heatmaps.append(None);
                 error.append_value(&e.0);
             }

@@ -3,12 +3,14 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, Float32Builder, Float64Builder, Int32Builder, ListBuilder, StringBuilder, StructArray,
+    ArrayRef, BooleanBuilder, Float32Builder, Float64Builder, Int32Builder, ListBuilder,
+    StringBuilder, StructArray,
 };
 use arrow::buffer::NullBuffer;
 use arrow::datatypes::{DataType, Field, Fields};
 
 use crate::core::model::ModelInfo;
+use crate::core::ood::OodFlag;
 use crate::core::quality::ImageQuality;
 
 /// Fields of the heatmap struct: `rows int32, cols int32, values list<float32>` (row-major).
@@ -176,7 +178,9 @@ impl StatsBuilder {
 }
 
 /// The prediction columns of one model: `probability`, `predicted_label`, `label_name`,
-/// `model_name`, `model_version` (the last two filled on every row, for lineage).
+/// `model_name`, `model_version` (the last two filled on every row, for lineage), then the
+/// out-of-distribution flag `ood_score`, `out_of_distribution`, `ood_reason` (see
+/// [`crate::core::ood`]).
 pub(crate) struct PredictionBuilder<'a> {
     info: &'a ModelInfo,
     probability: Float64Builder,
@@ -184,6 +188,9 @@ pub(crate) struct PredictionBuilder<'a> {
     label_name: StringBuilder,
     model_name: StringBuilder,
     model_version: StringBuilder,
+    ood_score: Float64Builder,
+    out_of_distribution: BooleanBuilder,
+    ood_reason: StringBuilder,
 }
 
 impl<'a> PredictionBuilder<'a> {
@@ -195,12 +202,23 @@ impl<'a> PredictionBuilder<'a> {
             label_name: StringBuilder::new(),
             model_name: StringBuilder::new(),
             model_version: StringBuilder::new(),
+            ood_score: Float64Builder::with_capacity(n),
+            out_of_distribution: BooleanBuilder::with_capacity(n),
+            ood_reason: StringBuilder::new(),
         }
     }
 
-    pub(crate) fn append(&mut self, probability: Option<f64>) {
+    /// One row: its probability (`None` for a failed row) and out-of-distribution flag (`None`
+    /// = NULL flag columns).
+    pub(crate) fn append(&mut self, probability: Option<f64>, flag: Option<&OodFlag>) {
         self.model_name.append_value(&self.info.name);
         self.model_version.append_value(&self.info.version);
+        let flag = flag.filter(|_| probability.is_some());
+        self.ood_score.append_option(flag.and_then(|f| f.score));
+        self.out_of_distribution
+            .append_option(flag.and_then(|f| f.flagged));
+        self.ood_reason
+            .append_option(flag.and_then(|f| f.reason.as_deref()));
         match probability {
             Some(p) => {
                 let positive = p >= self.info.threshold;
@@ -217,25 +235,32 @@ impl<'a> PredictionBuilder<'a> {
         }
     }
 
-    /// `[probability, predicted_label, label_name, model_name, model_version]`.
-    pub(crate) fn finish(mut self) -> [ArrayRef; 5] {
+    /// `[probability, predicted_label, label_name, model_name, model_version, ood_score,
+    /// out_of_distribution, ood_reason]`.
+    pub(crate) fn finish(mut self) -> [ArrayRef; 8] {
         [
             Arc::new(self.probability.finish()),
             Arc::new(self.label.finish()),
             Arc::new(self.label_name.finish()),
             Arc::new(self.model_name.finish()),
             Arc::new(self.model_version.finish()),
+            Arc::new(self.ood_score.finish()),
+            Arc::new(self.out_of_distribution.finish()),
+            Arc::new(self.ood_reason.finish()),
         ]
     }
 
     /// The fields of [`PredictionBuilder::finish`]'s columns.
-    pub(crate) fn fields() -> [Field; 5] {
+    pub(crate) fn fields() -> [Field; 8] {
         [
             Field::new("probability", DataType::Float64, true),
             Field::new("predicted_label", DataType::Int32, true),
             Field::new("label_name", DataType::Utf8, true),
             Field::new("model_name", DataType::Utf8, true),
             Field::new("model_version", DataType::Utf8, true),
+            Field::new("ood_score", DataType::Float64, true),
+            Field::new("out_of_distribution", DataType::Boolean, true),
+            Field::new("ood_reason", DataType::Utf8, true),
         ]
     }
 }

@@ -26,6 +26,9 @@ pub fn explain_schema() -> Schema {
         Field::new("overlay", DataType::Binary, true),
         Field::new("model_name", DataType::Utf8, true),
         Field::new("model_version", DataType::Utf8, true),
+        Field::new("ood_score", DataType::Float64, true),
+        Field::new("out_of_distribution", DataType::Boolean, true),
+        Field::new("ood_reason", DataType::Utf8, true),
         Field::new("error", DataType::Utf8, true),
     ])
 }
@@ -35,7 +38,7 @@ pub fn explain_schema() -> Schema {
 /// `heatmap_scale` (the largest `|value|`, the ends of the overlay's colour scale), `probability`,
 /// `predicted_label`, `overlay` (PNG, when `overlay_side` is given: the upright image with its
 /// longer side `overlay_side` pixels, the upsampled map over it and a colour scale to its right;
-/// else NULL), `model_name`, `model_version`, `error`.
+/// else NULL), `model_name`, `model_version`, `ood_score`, `out_of_distribution`, `ood_reason`, `error`.
 ///
 /// Fails when the model has no `heatmap` output or `overlay_side` is out of range.
 pub fn explain_batch(
@@ -66,6 +69,7 @@ pub fn explain_batch(
         outputs: Outputs {
             embedding: false,
             heatmap: true,
+            ood_score: true,
         },
         picture: overlay_side,
     };
@@ -101,7 +105,7 @@ pub fn explain_batch(
             Ok((r, h, png)) => {
                 heatmaps.append(Some(h));
                 scale.append_value(heatmap_scale(h) as f64);
-                prediction.append(Some(r.probability));
+                prediction.append(Some(r.probability), Some(&r.ood));
                 match png {
                     Some(bytes) => overlay.append_value(bytes),
                     None => overlay.append_null(),
@@ -111,13 +115,14 @@ pub fn explain_batch(
             Err(e) => {
                 heatmaps.append(None);
                 scale.append_null();
-                prediction.append(None);
+                prediction.append(None, None);
                 overlay.append_null();
                 error.append_value(&e.0);
             }
         }
     }
-    let [probability, label, _label_name, model_name, model_version] = prediction.finish();
+    let [probability, label, _label_name, model_name, model_version, ood_score, ood_flag, ood_reason] =
+        prediction.finish();
     let columns: Vec<ArrayRef> = vec![
         heatmaps.finish(),
         Arc::new(scale.finish()),
@@ -126,6 +131,9 @@ pub fn explain_batch(
         Arc::new(overlay.finish()),
         model_name,
         model_version,
+        ood_score,
+        ood_flag,
+        ood_reason,
         Arc::new(error.finish()),
     ];
     Ok(

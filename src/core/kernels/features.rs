@@ -88,7 +88,7 @@ pub fn features_batch(
             if let Some(model) = embedding_model {
                 let want = Outputs {
                     embedding: true,
-                    heatmap: false,
+                    ..Outputs::PROBABILITY
                 };
                 infer_and_scatter(
                     model,

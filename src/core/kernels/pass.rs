@@ -7,10 +7,11 @@ use rayon::prelude::*;
 use super::columns::Heatmap;
 use super::options::{guarded, KernelOptions};
 use super::schedule::{infer_and_scatter, pipelined};
-use crate::core::decode::{decode_gray, GrayImage};
+use crate::core::decode::{decode_gray, Acquisition, GrayImage};
 use crate::core::error::{CoreError, RowError, RowResult};
 use crate::core::input::ImageColumn;
 use crate::core::model::{Outputs, PneumoniaModel};
+use crate::core::ood::{ood_flag, OodFlag};
 use crate::core::quality::{measure_quality, ImageQuality};
 use crate::core::resize::resize_gray;
 
@@ -42,16 +43,19 @@ pub(crate) struct PassRow {
     pub heatmap: Option<Heatmap>,
     /// The resized upright image, when requested.
     pub picture: Option<GrayImage>,
+    /// The out-of-distribution flag (score from the same forward pass, DICOM attributes).
+    pub ood: OodFlag,
 }
 
-/// Probability, embedding and heatmap of one scored row.
-type Scored = (f64, Option<Vec<f64>>, Option<Heatmap>);
+/// Probability, embedding, heatmap and out-of-distribution score of one scored row.
+type Scored = (f64, Option<Vec<f64>>, Option<Heatmap>, Option<f64>);
 
 struct Prepared {
     width: u32,
     height: u32,
     quality: Option<ImageQuality>,
     picture: Option<GrayImage>,
+    acquisition: Option<Acquisition>,
 }
 
 /// Runs the pass; one result per row of `images`.
@@ -63,6 +67,7 @@ pub(crate) fn run_pass(
 ) -> Result<Vec<RowResult<PassRow>>, CoreError> {
     let pool = options.pool()?;
     let prep = &model.info().preprocessing;
+    let ood_threshold = model.info().ood_threshold;
     let len = prep.tensor_len();
     let n = images.len();
     let mut rows: Vec<RowResult<PassRow>> = (0..n)
@@ -99,6 +104,7 @@ pub(crate) fn run_pass(
                             height: decoded.full_height,
                             quality,
                             picture,
+                            acquisition: decoded.acquisition,
                         })
                     })
                 })
@@ -124,6 +130,7 @@ pub(crate) fn run_pass(
                             cols,
                             values: values.to_vec(),
                         }),
+                        out.ood_score,
                     ));
                 },
             );
@@ -132,15 +139,19 @@ pub(crate) fn run_pass(
             {
                 rows[range.start + offset] = match (prepared, error, scored) {
                     (_, Some(e), _) | (Err(e), _, _) => Err(e),
-                    (Ok(p), None, Some((probability, embedding, heatmap))) => Ok(PassRow {
-                        width: p.width,
-                        height: p.height,
-                        quality: p.quality,
-                        probability,
-                        embedding,
-                        heatmap,
-                        picture: p.picture,
-                    }),
+                    (Ok(p), None, Some((probability, embedding, heatmap, score))) => {
+                        let ood = ood_flag(score, ood_threshold, p.acquisition.as_ref());
+                        Ok(PassRow {
+                            width: p.width,
+                            height: p.height,
+                            quality: p.quality,
+                            probability,
+                            embedding,
+                            heatmap,
+                            picture: p.picture,
+                            ood,
+                        })
+                    }
                     (Ok(_), None, None) => Err(RowError::new("no prediction")),
                 };
             }

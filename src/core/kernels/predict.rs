@@ -11,9 +11,11 @@ use rayon::prelude::*;
 use super::columns::PredictionBuilder;
 use super::options::{guarded, KernelOptions};
 use super::schedule::{infer_and_scatter, pipelined};
+use crate::core::decode::Acquisition;
 use crate::core::error::{CoreError, RowError};
 use crate::core::input::ImageColumn;
 use crate::core::model::{Outputs, PneumoniaModel};
+use crate::core::ood::ood_flag;
 use crate::core::preprocess::Preprocessing;
 
 /// The model input tensors of every image (`[N, C, H, W]` row-major, zeros for failed rows) and
@@ -26,7 +28,7 @@ pub fn preprocess_batch(
     let pool = options.pool()?;
     let len = preprocessing.tensor_len();
     let mut tensors = vec![0f32; images.len() * len];
-    let errors = pool.install(|| {
+    let results = pool.install(|| {
         preprocess_rows(
             images,
             0..images.len(),
@@ -37,19 +39,19 @@ pub fn preprocess_batch(
     });
     Ok((
         tensors,
-        errors.into_iter().map(|e| e.map(|e| e.0)).collect(),
+        results.into_iter().map(|r| r.err().map(|e| e.0)).collect(),
     ))
 }
 
-/// Fills `tensors` (`rows.len()` tensors) in parallel; returns each row's error. Runs on the
-/// current rayon pool.
+/// Fills `tensors` (`rows.len()` tensors) in parallel; returns each row's result: its DICOM
+/// acquisition attributes (`None` for JPEG/PNG) or its error. Runs on the current rayon pool.
 fn preprocess_rows(
     images: &ImageColumn,
     rows: Range<usize>,
     preprocessing: &Preprocessing,
     options: &KernelOptions,
     tensors: &mut [f32],
-) -> Vec<Option<RowError>> {
+) -> Vec<Result<Option<Acquisition>, RowError>> {
     let len = preprocessing.tensor_len();
     tensors
         .par_chunks_mut(len)
@@ -59,13 +61,10 @@ fn preprocess_rows(
                 let data = images.load(i, &options.limits, &options.sandbox)?;
                 preprocessing.encoded_into(&data, &options.limits, out)
             });
-            match result {
-                Ok(()) => None,
-                Err(e) => {
-                    out.fill(0.0);
-                    Some(e)
-                }
+            if result.is_err() {
+                out.fill(0.0);
             }
+            result
         })
         .collect()
 }
@@ -78,7 +77,8 @@ pub fn predict_schema() -> Schema {
 }
 
 /// Scores every image: `probability` of pneumonia (0..1), `predicted_label` (1 when
-/// probability >= the model threshold), `label_name`, `model_name`, `model_version`, `error`.
+/// probability >= the model threshold), `label_name`, `model_name`, `model_version`,
+/// `ood_score`, `out_of_distribution`, `ood_reason` (see [`crate::core::ood`]), `error`.
 /// Model name and version are filled on every row, including failed ones.
 pub fn predict_batch(
     images: &ImageColumn,
@@ -91,6 +91,8 @@ pub fn predict_batch(
     let len = prep.tensor_len();
     let n = images.len();
     let mut probability: Vec<Option<f64>> = vec![None; n];
+    let mut ood_scores: Vec<Option<f64>> = vec![None; n];
+    let mut acquisitions: Vec<Option<Acquisition>> = vec![None; n];
     let mut errors: Vec<Option<RowError>> = vec![None; n];
 
     pipelined(
@@ -102,14 +104,27 @@ pub fn predict_batch(
             let row_errors = preprocess_rows(images, rows, prep, options, &mut tensors);
             (tensors, row_errors)
         },
-        |rows, (mut tensors, mut row_errors)| {
+        |rows, (mut tensors, results)| {
+            let mut row_errors: Vec<Option<RowError>> = Vec::with_capacity(results.len());
+            for (offset, result) in results.into_iter().enumerate() {
+                match result {
+                    Ok(acquisition) => {
+                        acquisitions[rows.start + offset] = acquisition;
+                        row_errors.push(None);
+                    }
+                    Err(e) => row_errors.push(Some(e)),
+                }
+            }
             infer_and_scatter(
                 model,
                 &mut tensors,
                 &mut row_errors,
                 len,
-                Outputs::PROBABILITY,
-                |offset, output| probability[rows.start + offset] = Some(output.probability),
+                Outputs::PREDICTION,
+                |offset, output| {
+                    probability[rows.start + offset] = Some(output.probability);
+                    ood_scores[rows.start + offset] = output.ood_score;
+                },
             );
             for (offset, error) in row_errors.into_iter().enumerate() {
                 errors[rows.start + offset] = error;
@@ -119,14 +134,20 @@ pub fn predict_batch(
 
     let mut prediction = PredictionBuilder::new(info, n);
     let mut error = StringBuilder::new();
-    for (p, e) in probability.into_iter().zip(&errors) {
+    for (((p, e), score), acquisition) in probability
+        .into_iter()
+        .zip(&errors)
+        .zip(ood_scores)
+        .zip(&acquisitions)
+    {
         match e {
             None if p.is_some() => {
-                prediction.append(p);
+                let flag = ood_flag(score, info.ood_threshold, acquisition.as_ref());
+                prediction.append(p, Some(&flag));
                 error.append_null();
             }
             _ => {
-                prediction.append(None);
+                prediction.append(None, None);
                 error.append_value(e.as_ref().map_or("no prediction", |e| e.0.as_str()));
             }
         }

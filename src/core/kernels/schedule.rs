@@ -89,6 +89,8 @@ pub(crate) struct RowOutput<'a> {
     pub embedding: Option<&'a [f32]>,
     /// The class-activation map `(rows, cols, values)`, when asked for and the model has one.
     pub heatmap: Option<(usize, usize, &'a [f32])>,
+    /// The out-of-distribution score, when asked for and the model has one.
+    pub ood_score: Option<f64>,
 }
 
 /// Runs `model` on the rows of a chunk whose `errors` entry is `None` (their tensors, `len`
@@ -125,12 +127,14 @@ pub(crate) fn infer_and_scatter(
                     .heatmaps
                     .as_ref()
                     .map(|h| (h.rows, h.cols, h.grid(k)));
+                let ood_score = output.ood_scores.as_ref().map(|s| s[k] as f64);
                 scatter(
                     offset,
                     RowOutput {
                         probability,
                         embedding,
                         heatmap,
+                        ood_score,
                     },
                 );
             }
