@@ -587,3 +587,76 @@ def _sens_spec(served_rows, films, model):
         tn += not truth and not predicted
         fp += not truth and predicted
     return tp / (tp + fn), tn / (tn + fp)
+
+
+def test_promote_reads_the_databricks_comparison_through_a_warehouse(capsys):
+    """The Statement Execution answer (strings, JSON_ARRAY) becomes the comparison's types; the
+    table name comes from the model's catalog and the deployed gold schema, validated."""
+    from types import SimpleNamespace
+
+    from databricks.sdk.service.sql import StatementState
+
+    from cxrlake.serving.registry import (
+        comparison_table_name,
+        format_comparison,
+        read_databricks_comparison,
+    )
+
+    names = serving_tables.GOLD_COMPARISON.names
+    row = dict.fromkeys(names)
+    row.update(
+        model_name="m",
+        model_version="7",
+        served_entity_id="challenger",
+        requests="12",
+        images="12",
+        image_errors="0",
+        positive_rate="0.5",
+        paired_images="6",
+        agreement_rate="0.8333333333333334",
+        reviewed_images="6",
+        sensitivity="1.0",
+        specificity="0.6666666666666666",
+        computed_at="2026-12-06T10:00:00.000Z",
+    )
+    asked = []
+
+    class Statements:
+        def execute_statement(self, statement, warehouse_id, wait_timeout):
+            asked.append((statement, warehouse_id))
+            return SimpleNamespace(
+                status=SimpleNamespace(state=StatementState.SUCCEEDED),
+                manifest=SimpleNamespace(
+                    schema=SimpleNamespace(columns=[SimpleNamespace(name=n) for n in names])
+                ),
+                result=SimpleNamespace(data_array=[[row[n] for n in names]]),
+            )
+
+    table_name = comparison_table_name("healthcare_catalog_prod.models.clf", "gold")
+    assert table_name == "healthcare_catalog_prod.gold.champion_challenger_comparison"
+    with pytest.raises(ValueError):
+        comparison_table_name("healthcare_catalog_prod.models.clf", "gold; DROP TABLE x")
+    table = read_databricks_comparison(
+        table_name, "wh1", SimpleNamespace(statement_execution=Statements())
+    )
+    assert asked == [(f"SELECT * FROM {table_name} ORDER BY model_name, model_version", "wh1")]
+    got = table.to_pylist()[0]
+    assert (got["requests"], got["agreement_rate"], got["specificity"]) == (12, 5 / 6, 2 / 3)
+    assert got["computed_at"].isoformat() == "2026-12-06T10:00:00+00:00"
+    assert "83.3%" in format_comparison(table)
+    # without a lakehouse or a warehouse there is nothing to show: refused before any change
+    assert (
+        cli_main(
+            [
+                "promote",
+                "--registry-uri",
+                "databricks-uc",
+                "--model-name",
+                "a.b.c",
+                "--model-version",
+                "2",
+            ]
+        )
+        == 2
+    )
+    assert "--warehouse-id" in capsys.readouterr().err

@@ -138,7 +138,9 @@ def register(subparsers: Any) -> None:
         "registry) the registered model's alias moves instead. --dry-run only prints.",
     )
     promote.add_argument("model", nargs="?", metavar="MODEL", help="ONNX model file")
-    promote.add_argument("--lakehouse", required=True, help="lakehouse with the inference table")
+    promote.add_argument(
+        "--lakehouse", help="lakehouse with the inference table (required without --registry-uri)"
+    )
     promote.add_argument("--env", type=_env, default="dev", help="environment of the lakehouse")
     promote.add_argument(
         "--alias", choices=("champion", "challenger"), default="champion", help="alias to move"
@@ -148,6 +150,15 @@ def register(subparsers: Any) -> None:
     )
     promote.add_argument("--model-name", help="registered model name (with --registry-uri)")
     promote.add_argument("--model-version", help="registered model version (with --registry-uri)")
+    promote.add_argument(
+        "--warehouse-id",
+        help="with --registry-uri databricks-uc and no --lakehouse: SQL warehouse to read "
+        "<catalog>.<gold>.champion_challenger_comparison through (the serving_comparison job "
+        "writes it)",
+    )
+    promote.add_argument(
+        "--gold-schema", default="gold", help="gold schema as deployed (dev_<user>_gold in dev)"
+    )
     promote.add_argument("--dry-run", action="store_true", help="print the comparison only")
     promote.set_defaults(handler=_run_promote)
 
@@ -255,11 +266,25 @@ def _run_promote(args: argparse.Namespace) -> int:
         set_mlflow_alias,
     )
 
-    table = compute_comparison(args.lakehouse, args.env)
+    if args.registry_uri and not (args.model_name and args.model_version):
+        raise UsageError("--registry-uri needs --model-name and --model-version")
+    if args.lakehouse:
+        table = compute_comparison(args.lakehouse, args.env)
+    elif args.registry_uri and args.warehouse_id:
+        from cxrlake.serving.registry import comparison_table_name, read_databricks_comparison
+
+        try:
+            name = comparison_table_name(args.model_name, args.gold_schema)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        table = read_databricks_comparison(name, args.warehouse_id)
+    else:
+        raise UsageError(
+            "pass --lakehouse (local), or --registry-uri with --warehouse-id (Databricks): "
+            "the comparison is printed before the alias moves"
+        )
     print(format_comparison(table))
     if args.registry_uri:
-        if not (args.model_name and args.model_version):
-            raise UsageError("--registry-uri needs --model-name and --model-version")
         if args.dry_run:
             return EXIT_OK
         set_mlflow_alias(args.model_name, args.alias, args.model_version, args.registry_uri)

@@ -167,6 +167,52 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
     return table
 
 
+def comparison_table_name(model_name: str, gold_schema: str = "gold") -> str:
+    """``<catalog>.<gold>.champion_challenger_comparison`` of a Unity Catalog model name
+    ``<catalog>.<schema>.<model>`` (names validated: they go into statement text)."""
+    from cxrlake.spark.sql_files import validate_parameter
+
+    catalog = model_name.split(".")[0]
+    validate_parameter("catalog", catalog)
+    validate_parameter("gold_schema", gold_schema)
+    return f"{catalog}.{gold_schema}.{tables.COMPARISON_TABLE.name}"
+
+
+def read_databricks_comparison(table: str, warehouse_id: str, client: Any = None) -> pa.Table:
+    """The comparison table in Unity Catalog, read through a SQL warehouse with the Statement
+    Execution API of the Databricks SDK (credentials from the environment / ~/.databrickscfg)."""
+    from databricks.sdk.service.sql import StatementState
+
+    if client is None:
+        from databricks.sdk import WorkspaceClient
+
+        client = WorkspaceClient()
+    response = client.statement_execution.execute_statement(
+        statement=f"SELECT * FROM {table} ORDER BY model_name, model_version",
+        warehouse_id=warehouse_id,
+        wait_timeout="50s",
+    )
+    if response.status.state != StatementState.SUCCEEDED:
+        error = getattr(response.status, "error", None)
+        raise RuntimeError(f"reading {table}: {response.status.state}: {error}")
+    names = [c.name for c in response.manifest.schema.columns]
+    rows = [dict(zip(names, values, strict=True)) for values in (response.result.data_array or [])]
+    # JSON_ARRAY results are strings: convert to the table's types
+    convert = {
+        pa.int64(): int,
+        pa.float64(): float,
+        TS: lambda v: dt.datetime.fromisoformat(v.replace("Z", "+00:00")),
+    }
+    records = [
+        {
+            f.name: None if r.get(f.name) is None else convert.get(f.type, str)(r[f.name])
+            for f in tables.GOLD_COMPARISON
+        }
+        for r in rows
+    ]
+    return pa.Table.from_pylist(records, schema=tables.GOLD_COMPARISON)
+
+
 def format_comparison(table: pa.Table) -> str:
     """The comparison as a small text table for the terminal."""
     if table.num_rows == 0:
