@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 import cxrlake
-from cxrlake.training.evaluate import roc_auc
+from cxrlake.medallion.metrics import roc_auc
 from cxrlake.training.operating_point import validation_pixels
 from cxrlake.training.shift import OUTSIDE_AUGMENTATION, SHIFTS, model_logits, shifted_inputs
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 from cxrlake import _internal
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.model import Model, resolve_model_path
+from cxrlake.threshold import apply_threshold, resolve_threshold
 
 __all__ = [
     "analyze",
@@ -280,14 +281,13 @@ def predict(
     Decoding of the next chunk of images overlaps inference of the current one.
 
     ``threshold``: a probability, or a site's stored threshold
-    (`cxrlake.calibration.site_threshold`), used instead of the model's; the batch then also has
+    (`cxrlake.calibration.site_threshold`, a `cxrlake.threshold.SiteThreshold`), used instead
+    of the model's; the batch then also has
     ``threshold double`` and ``threshold_source string`` (``argument`` or ``site:<id>:v<n>``).
     """
     array, unnamable = _prepare(images)
     path = resolve_model_path(model)
     if threshold is not None:
-        from cxrlake.calibration import apply_threshold, resolve_threshold
-
         decision = resolve_threshold(threshold)  # a bad threshold fails before any decoding
     batch = _with_row_errors(
         _internal.predict(array, path, **_options(threads, roots, max_pixels, max_file_bytes)),

@@ -14,6 +14,9 @@ __all__ = ["Model", "default_model_path", "onnxruntime_library_path", "resolve_m
 
 MODEL_FILE_NAME = "cxrlake_pneumonia.onnx"
 
+LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
+"""Class names of the model contract (``cxrlake.labels``); the index is the integer label."""
+
 _runtime_lock = threading.Lock()
 _runtime_ready = False
 

@@ -38,7 +38,7 @@ def ensure_heatmap(lakehouse: Path) -> None:
     writes them (one is then removed), else a synthetic 5x5 map on the first row."""
     from deltalake import DeltaTable, write_deltalake
 
-    from cxrlake.lakehouse import schemas
+    from cxrlake.medallion import schemas
 
     path = schemas.PREDICTIONS.path(lakehouse)
     table = DeltaTable(path).to_pyarrow_table()

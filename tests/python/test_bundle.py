@@ -15,7 +15,7 @@ import sqlglot
 import yaml
 from sqlglot import exp
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 
 REPO = Path(__file__).resolve().parents[2]
 # tools/bundle_check.py is a development tool, not part of the installed package.

@@ -19,12 +19,12 @@ from deltalake import DeltaTable
 
 import cxrlake
 from cxrlake.exceptions import SandboxError
-from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.maintain import maintain
 from cxrlake.lakehouse.pipeline import run_pipeline
 from cxrlake.lakehouse.report import build_report, write_report
 from cxrlake.lakehouse.report.charts import bar_chart, count_ticks, histogram
 from cxrlake.lakehouse.sql import connect, format_result, query, split_statements
+from cxrlake.medallion import schemas
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))

@@ -11,23 +11,24 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from cxrlake.lakehouse import listing, schemas, transforms
+from cxrlake.lakehouse import listing
+from cxrlake.medallion import identity, metrics, schemas, transforms
 
 
 def test_identity_from_labelled_and_unlabelled_paths():
-    a = transforms.identify("/data/chest_xray/train/NORMAL/IM-0115-0001.jpeg")
+    a = identity.identify("/data/chest_xray/train/NORMAL/IM-0115-0001.jpeg")
     assert (a.filename, a.category, a.dataset_split) == ("IM-0115-0001.jpeg", "NORMAL", "train")
-    b = transforms.identify("/x/chest_xray_fullres/PNEUMONIA/person1_virus_6.jpeg")
+    b = identity.identify("/x/chest_xray_fullres/PNEUMONIA/person1_virus_6.jpeg")
     assert (b.category, b.dataset_split) == ("PNEUMONIA", "chest_xray_fullres")
-    c = transforms.identify("/tmp/Incoming Scans/scan 1.jpeg")
+    c = identity.identify("/tmp/Incoming Scans/scan 1.jpeg")
     assert (c.category, c.dataset_split) == (None, "incoming_scans")
     # a lower-case label folder and a URI give the same identity as the local path
-    d = transforms.identify("dbfs:/Volumes/cat/bronze/xray_images/train/normal/IM-0115-0001.jpeg")
+    d = identity.identify("dbfs:/Volumes/cat/bronze/xray_images/train/normal/IM-0115-0001.jpeg")
     assert d == a
     # the id depends on split, label and name only, not on the mount point
-    assert transforms.identify("/elsewhere/train/NORMAL/IM-0115-0001.jpeg").image_id == a.image_id
+    assert identity.identify("/elsewhere/train/NORMAL/IM-0115-0001.jpeg").image_id == a.image_id
     assert len({a.image_id, b.image_id, c.image_id}) == 3
-    assert a.image_id == transforms.image_id_for("train", "NORMAL", "IM-0115-0001.jpeg")
+    assert a.image_id == identity.image_id_for("train", "NORMAL", "IM-0115-0001.jpeg")
     assert len(a.image_id) == 32 and int(a.image_id, 16) >= 0
 
 
@@ -60,9 +61,9 @@ def test_identity_rule_2_takes_the_site_within_the_source_not_the_mount():
 
 
 def test_label_of():
-    assert transforms.label_of("NORMAL") == 0
-    assert transforms.label_of("PNEUMONIA") == 1
-    assert transforms.label_of(None) is None
+    assert identity.label_of("NORMAL") == 0
+    assert identity.label_of("PNEUMONIA") == 1
+    assert identity.label_of(None) is None
 
 
 def test_bronze_batch_schema_and_hash():
@@ -113,12 +114,12 @@ def test_sha256_column_reads_the_arrow_buffers_in_place(layout):
 
 def test_prediction_id_is_deterministic_and_sensitive_to_each_input():
     base = ("img", "model", "1.0", "sha")
-    pid = transforms.prediction_id(*base)
-    assert pid == transforms.prediction_id(*base)
+    pid = identity.prediction_id(*base)
+    assert pid == identity.prediction_id(*base)
     for i in range(4):
         changed = list(base)
         changed[i] = changed[i] + "x"
-        assert transforms.prediction_id(*changed) != pid
+        assert identity.prediction_id(*changed) != pid
 
 
 def _pairwise_auc(y, p):
@@ -132,8 +133,8 @@ def test_roc_auc_matches_pairwise_definition_with_ties():
     rng = np.random.default_rng(7)
     y = rng.integers(0, 2, 200).astype(bool)
     p = np.round(rng.random(200) * 0.5 + y * 0.3, 1)  # coarse rounding -> many ties
-    assert transforms.roc_auc(y, p) == pytest.approx(_pairwise_auc(y, p), abs=1e-12)
-    assert transforms.roc_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+    assert metrics.roc_auc(y, p) == pytest.approx(_pairwise_auc(y, p), abs=1e-12)
+    assert metrics.roc_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
 
 
 def _predictions(rows):
@@ -166,7 +167,7 @@ def test_model_performance_metrics_and_confusion_matrix():
             ("incoming", None, 0.4),  # unlabelled: no row for this split
         ]
     )
-    out = transforms.model_performance(preds, threshold=0.5)
+    out = metrics.model_performance(preds, threshold=0.5)
     assert out.schema == schemas.GOLD_PERFORMANCE
     rows = {r["dataset_split"]: r for r in out.to_pylist()}
     assert set(rows) == {"train", "val"}
@@ -184,14 +185,12 @@ def test_model_performance_metrics_and_confusion_matrix():
     assert rows["val"]["auc_roc"] is None  # one class only
     # same predictions -> same evaluation ids; one more prediction -> a new id for that split
     again = {
-        r["dataset_split"]: r["evaluation_id"]
-        for r in transforms.model_performance(preds).to_pylist()
+        r["dataset_split"]: r["evaluation_id"] for r in metrics.model_performance(preds).to_pylist()
     }
     assert again == {s: r["evaluation_id"] for s, r in rows.items()}
     more = pa.concat_tables([preds, _predictions([("val", 0, 0.1)] * 9)])
     changed = {
-        r["dataset_split"]: r["evaluation_id"]
-        for r in transforms.model_performance(more).to_pylist()
+        r["dataset_split"]: r["evaluation_id"] for r in metrics.model_performance(more).to_pylist()
     }
     assert changed["train"] == again["train"] and changed["val"] != again["val"]
 
@@ -230,7 +229,7 @@ def test_sample_per_label_is_deterministic_and_stable(tmp_path):
     def files(names):
         return [
             listing.SourceFile(
-                f"/s/train/{lab}/{n}", 1, 0, transforms.identify(f"/s/train/{lab}/{n}")
+                f"/s/train/{lab}/{n}", 1, 0, identity.identify(f"/s/train/{lab}/{n}")
             )
             for lab in ("NORMAL", "PNEUMONIA")
             for n in names

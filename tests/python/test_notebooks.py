@@ -168,7 +168,7 @@ def test_jobs_address_the_schemas_the_bundle_deployed():
         registered_model="dev_ana_pneumonia_classifier",
         deid_secret_scope="cxrlake-dev",
     )
-    from cxrlake.lakehouse import schemas
+    from cxrlake.medallion import schemas
 
     assert jobs.table_name(names, schemas.BRONZE) == (
         "healthcare_catalog_dev.dev_ana_bronze.kaggle_xray_metadata"
@@ -234,7 +234,7 @@ def test_volume_paths_must_stay_in_the_catalog():
 def test_merge_statement_is_keyed_and_insert_only_for_bronze():
     import sqlglot
 
-    from cxrlake.lakehouse import schemas
+    from cxrlake.medallion import schemas
 
     target = jobs.table_name("healthcare_catalog_dev", schemas.BRONZE)
     sql = jobs.merge_statement(target, "updates", schemas.BRONZE.keys, update=False)

@@ -64,7 +64,7 @@ def test_worklist_is_ordered_by_need_filters_and_shows_progress(app):
         assert 0 < i["threshold"] < 1 and 0 <= i["quality_score"] <= 1
     assert data["progress"]["total"] == 8
     # the threshold shown is the one that decided the row (gold.decision_threshold)
-    from cxrlake.lakehouse import schemas
+    from cxrlake.medallion import schemas
 
     decided = {
         r["prediction_id"]: r["decision_threshold"]
@@ -278,7 +278,7 @@ def test_images_are_served_only_from_the_sandbox_roots(built, app, tmp_path):
     assert status == 200 and headers["Content-Type"] == "image/jpeg"
     sha = hashlib.sha256(data).hexdigest()
     row = app.store.lh.read(
-        __import__("cxrlake.lakehouse.schemas", fromlist=["SILVER"]).SILVER,
+        __import__("cxrlake.medallion.schemas", fromlist=["SILVER"]).SILVER,
         ["image_id", "file_path", "content_sha256"],
     ).to_pylist()
     path = next(r for r in row if r["image_id"] == image_id)
@@ -707,7 +707,7 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
     lakehouse tables: same worklist as the local store, verdicts, SCD2 history, images."""
     import duckdb
 
-    from cxrlake.lakehouse import schemas
+    from cxrlake.medallion import schemas
     from cxrlake.review.warehouse import WarehouseNames, WarehouseStore
 
     con = duckdb.connect()

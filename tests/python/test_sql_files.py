@@ -11,7 +11,7 @@ import pytest
 import sqlglot
 from sqlglot import exp
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 from cxrlake.review import tables as review_tables
 from cxrlake.spark import sql_files
 from cxrlake.spark.schemas import spark_type

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 
 import cxrlake
+from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training import data as data_mod
 from cxrlake.training import registry
-from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training.export import (
     HEAD_BIAS_KEY,
     onnx_session,

@@ -2,8 +2,8 @@
 
 Public entry points: `run_pipeline` (``cxrlake pipeline run``), `connect` / `query`
 (``cxrlake sql``), `write_report` (``cxrlake report``) and `maintain` (``cxrlake maintain``).
-Table names and schemas live in `cxrlake.lakehouse.schemas`; the batch transforms shared with
-Spark in `cxrlake.lakehouse.transforms`.
+Table names and schemas live in `cxrlake.medallion.schemas`; the batch transforms shared with
+Spark in `cxrlake.medallion.transforms`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ __all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    # lazy: `import cxrlake.lakehouse.schemas` (e.g. on a Spark executor) must not import DuckDB
+    # lazy: `import cxrlake.lakehouse.storage` must not import DuckDB
     if name in _EXPORTS:
         import importlib
 

@@ -20,7 +20,7 @@ from cxrlake.cli_support import positive_int as _positive_int
 
 
 def _env(text: str) -> str:
-    from cxrlake.lakehouse.schemas import validate_env
+    from cxrlake.medallion.schemas import validate_env
 
     try:
         return validate_env(text)

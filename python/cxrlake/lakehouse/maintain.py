@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock, commit_properties
+from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import REVIEW_TABLES
 
 MIN_RETENTION_HOURS = 168

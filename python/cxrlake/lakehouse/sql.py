@@ -50,8 +50,8 @@ import duckdb
 import pyarrow as pa
 
 from cxrlake.exceptions import CxrlakeError
-from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse
+from cxrlake.medallion import schemas
 
 OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 

@@ -2,9 +2,7 @@
 
 `analyze` returns, per image, the statistics and quality score of silver, the embedding of
 ``silver.image_features`` and the probability (and heatmap) of gold, all from the same decode
-and the same preprocessed tensor. It calls the core's combined kernel `cxrlake.analyze`; on a
-build without it, it falls back to `cxrlake.features` plus `cxrlake.predict` (two decodes, same
-columns), so the medallion code does not depend on which build is installed.
+and the same preprocessed tensor: the core's combined kernel `cxrlake.analyze`.
 """
 
 from __future__ import annotations
@@ -12,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 ANALYSIS_SCHEMA = pa.schema(
     [
@@ -50,13 +47,5 @@ def analyze(images: Any, model: Any, threads: int | None = None) -> pa.RecordBat
     """
     import cxrlake
 
-    if hasattr(cxrlake, "analyze"):
-        out = cxrlake.analyze(images, model=model, threads=threads)
-        return out.select(ANALYSIS_SCHEMA.names)
-    feats = cxrlake.features(images, model=model, threads=threads, embedding=model.has_embedding)
-    pred = cxrlake.predict(images, model=model, threads=threads)
-    error = pc.coalesce(feats.column("error"), pred.column("error"))
-    columns = [feats.column(n) for n in ANALYSIS_SCHEMA.names[:6]]
-    columns += [pred.column(n) for n in ANALYSIS_SCHEMA.names[6:11]]
-    columns += [pa.nulls(feats.num_rows, ANALYSIS_SCHEMA.field("heatmap").type), error]
-    return pa.RecordBatch.from_arrays(columns, schema=ANALYSIS_SCHEMA)
+    out = cxrlake.analyze(images, model=model, threads=threads)
+    return out.select(ANALYSIS_SCHEMA.names)

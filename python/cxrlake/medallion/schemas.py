@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cxrlake.model import LABEL_NAMES as MODEL_LABEL_NAMES
+
 CATALOG_PREFIX = "healthcare_catalog_"
 """Catalog name is ``healthcare_catalog_<env>`` (dev, pilot, prod ...)."""
 
-LABEL_NAMES: tuple[str, ...] = ("NORMAL", "PNEUMONIA")
-"""Class names; the index is the integer label (0 = NORMAL, 1 = PNEUMONIA)."""
+LABEL_NAMES: tuple[str, ...] = MODEL_LABEL_NAMES
+"""Class names (the model contract's); the index is the integer label (0 = NORMAL, 1 =
+PNEUMONIA)."""
 
 TABLE_PROPERTIES: dict[str, str] = {
     "delta.enableChangeDataFeed": "true",

@@ -366,7 +366,7 @@ def analyze_batch(
     pred_label = ok.column("a_predicted_label")
     decision, source = model.threshold, "model"
     if threshold is not None:
-        from cxrlake.calibration import SiteThreshold
+        from cxrlake.threshold import SiteThreshold
 
         if not isinstance(threshold, SiteThreshold) or (
             threshold.model_name,

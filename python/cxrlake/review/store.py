@@ -25,8 +25,8 @@ from typing import Any
 import pyarrow as pa
 from deltalake import DeltaTable
 
-from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.storage import Lakehouse, commit_properties
+from cxrlake.medallion import schemas
 from cxrlake.review import tables, worklist
 from cxrlake.review.tables import AGREEMENT, FEEDBACK, HISTORY, ReviewError
 

@@ -6,7 +6,7 @@ one entry point (`ingest_bronze`, `transform_silver`, `predict_gold`, `maintain`
 names the bundle deployed, from `validate_deployment`) or, without a bundle, a catalog name
 (undecorated schema names). The image work is the ``mapInArrow`` transforms of
 `cxrlake.spark.transforms`; writes are Delta ``MERGE`` statements keyed as in
-`cxrlake.lakehouse.schemas` (bronze is insert-only on (image_id, content_sha256)), so re-running
+`cxrlake.medallion.schemas` (bronze is insert-only on (image_id, content_sha256)), so re-running
 a job, or retrying a micro-batch, never duplicates a row.
 """
 
@@ -165,10 +165,6 @@ def merge_into(df: Any, target: str, keys: tuple[str, ...], update: bool) -> dic
         df.sparkSession.catalog.dropTempView(view)
     metrics = rows[0].asDict() if rows else {}
     return {k: int(v) for k, v in metrics.items() if isinstance(v, int)}
-
-
-def _batch_id(prefix: str, when: dt.datetime) -> str:
-    return f"{prefix}-{when:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
 class TableChange(NamedTuple):

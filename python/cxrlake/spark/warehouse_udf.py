@@ -31,21 +31,6 @@ def _model() -> Any:
     return _MODEL[0]
 
 
-def predict_frame(contents: Any) -> Any:
-    """Score a pandas Series of image bytes (None allowed); return a DataFrame with the columns
-    of `cxrlake.predict` (the UDF's STRUCT fields), one row per input row, same order."""
-    import cxrlake
-
-    values = [None if v is None else bytes(v) for v in contents.tolist()]
-    result = cxrlake.predict(pa.array(values, type=pa.binary()), model=_model())
-    frame = result.to_pandas()
-    missing = [i for i, v in enumerate(values) if v is None]
-    if missing:
-        frame.loc[missing, "error"] = NOT_INGESTED
-    frame.index = contents.index
-    return frame
-
-
 PREDICT_JSON_SCHEMA = (
     "probability DOUBLE, predicted_label INT, label_name STRING, model_name STRING, "
     "model_version STRING, error STRING"

@@ -52,8 +52,8 @@ def evaluate_candidate(run_dir: str | Path, pixel_cache: dict | None = None) -> 
     """
     import torch
 
+    from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
     from cxrlake.training import data as data_mod
-    from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
     from cxrlake.training.shift import shifted_inputs
     from cxrlake.training.train import (
         heldout_metrics,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from cxrlake.training.evaluate import binary_metrics, roc_auc
+from cxrlake.medallion.metrics import binary_metrics, roc_auc
 
 #: Logit thresholds searched by the rules (probability 0.00034 .. 0.99995).
 LOGIT_GRID = np.linspace(-8.0, 10.0, 3601)

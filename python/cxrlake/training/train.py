@@ -23,10 +23,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training import data as data_mod
 from cxrlake.training import provenance
 from cxrlake.training.config import MODEL_NAME, TrainConfig  # noqa: F401 (re-exported)
-from cxrlake.training.evaluate import binary_metrics, choose_threshold, roc_auc
 from cxrlake.training.export import (
     contract_metadata,
     export_onnx,

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from cxrlake.lakehouse import schemas
 from cxrlake.lakehouse.report import queries
+from cxrlake.medallion import schemas
 
 OVERLAY_SIZE = 200
 """Longer side of an overlay, in pixels."""

@@ -11,8 +11,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from cxrlake.lakehouse import schemas, transforms
 from cxrlake.lakehouse.report import attribution, charts, queries
+from cxrlake.medallion import identity, schemas
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1100px;
@@ -101,7 +101,7 @@ def build_page(
 ) -> str:
     """The whole HTML document."""
     out: list[str] = []
-    now = transforms.utc_now().strftime("%Y-%m-%d %H:%M UTC")
+    now = identity.utc_now().strftime("%Y-%m-%d %H:%M UTC")
     catalog = schemas.catalog_path(os.path.abspath(os.fspath(lakehouse)), env)
     out.append(f"<h1>cxrlake report</h1><p class='muted'>{html.escape(catalog)} · {now}</p>")
     out.append(f"<p class='notice'>{IMAGES_NOTICE if thumbnails else NO_IMAGES_NOTICE}</p>")
@@ -215,12 +215,9 @@ def build_page(
 
     out.append(overlay_section(con, preds, thumbnails))
 
-    try:  # radiologist review (cxrlake.review), when that package is present
-        from cxrlake.review.report import review_section
-    except ImportError:
-        review_section = None
-    if review_section is not None:
-        out.append(review_section(lakehouse, env))
+    from cxrlake.review.report import review_section
+
+    out.append(review_section(lakehouse, env))
 
     out.append("<h2 id='quarantine'>Quarantine</h2>")
     out.append(

@@ -7,7 +7,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from cxrlake.lakehouse import schemas
+from cxrlake.medallion import schemas
 
 
 def has_table(con: Any, qualified: str) -> bool:
