@@ -408,7 +408,7 @@ def test_the_queue_is_bounded_and_a_full_queue_refuses():
 
 
 def test_too_many_requests_in_flight_get_503(films):
-    with_limit = Served("--max-inflight", "1")
+    with_limit = Served("--max-inflight", "1", "--max-inflight-mib", "1")
     host, port = with_limit.url.removeprefix("http://").split(":")
     try:
         # a request whose body never finishes holds the one slot
@@ -422,6 +422,9 @@ def test_too_many_requests_in_flight_get_503(films):
             assert "too many requests" in body["message"]
         status, _, _ = _post(with_limit.url, {"inputs": {"content": [_b64(films[0])]}})
         assert status == 200
+        # a body larger than the byte budget (1 MiB) is refused whatever the request count
+        status, body, _ = _request(with_limit.url, "POST", "/invocations", b" " * (2 << 20))
+        assert status == 503 and "request bytes" in body["message"]
     finally:
         with_limit.stop()
 
@@ -439,6 +442,22 @@ def test_eight_concurrent_clients_get_their_own_answers(served, films, cli_predi
 
 
 # ------------------------------------------------------------------ mlflow
+def test_a_missing_or_broken_model_exits_3_with_its_reason(tmp_path):
+    broken = tmp_path / "broken.onnx"
+    broken.write_text("not a model")
+    for model, reason in (
+        ("/nonexistent/m.onnx", "model file not found"),
+        (str(broken), "cannot load the model"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "cxrlake.cli", "serve", "--port", "0", "--model", model],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 3 and reason in run.stderr, run.stderr
+
+
 def test_mlflow_models_serve_of_the_pyfunc_answers_like_cxrlake_serve(served, mlflow_served, films):
     proc, url, folder = mlflow_served
     deadline = time.monotonic() + 120

@@ -124,6 +124,12 @@ def register(subparsers: Any) -> None:
         help="requests read or scored at once before answering 503",
     )
     serve.add_argument(
+        "--max-inflight-mib",
+        type=positive_int,
+        default=128,
+        help="request bodies held at once, in MiB, before answering 503",
+    )
+    serve.add_argument(
         "--verbose", action="store_true", help="print an access log line per request"
     )
     serve.set_defaults(handler=_run_serve)
@@ -188,8 +194,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         challenger_file = (
             resolve_model_file(challenger, args.lakehouse, args.env) if challenger else None
         )
-    except ValueError as e:
-        raise CommandError(str(e)) from None
+    except ValueError as e:  # a model file or alias that is not there: as predict, exit 3
+        raise CommandError(str(e), EXIT_MODEL) from None
     log = (
         InferenceLog(
             args.lakehouse,
@@ -202,7 +208,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         else None
     )
     app = ScoringApp(
-        set(args.allowed_host) | {args.host}, log, args.max_inflight, verbose=args.verbose
+        set(args.allowed_host) | {args.host},
+        log,
+        args.max_inflight,
+        verbose=args.verbose,
+        max_inflight_bytes=args.max_inflight_mib * 1024 * 1024,
     )
     server = ScoringServer((args.host, args.port), app)
     print(
@@ -231,13 +241,17 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     loader = threading.Thread(target=load, name="cxrlake-load", daemon=True)
     loader.start()
-    previous = signal.signal(
-        signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()
-    )
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:  # SIGTERM (docker stop, kill) stops like Ctrl-C: the log is written first
+        previous = signal.signal(
+            signal.SIGTERM,
+            lambda *_: threading.Thread(target=server.shutdown, daemon=True).start(),
+        )
     try:
         server.serve_forever(poll_interval=0.2)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         server.server_close()
         loader.join(timeout=60)
         if app.router is not None:

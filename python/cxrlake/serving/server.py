@@ -75,6 +75,7 @@ class ScoringApp:
         max_inflight: int = 64,
         timeout_s: float = 120.0,
         verbose: bool = False,
+        max_inflight_bytes: int = 128 * 1024 * 1024,
     ) -> None:
         self.allowed_hosts = {h.lower() for h in allowed_hosts} | LOOPBACK_HOSTS
         self.inference_log = inference_log
@@ -83,6 +84,27 @@ class ScoringApp:
         self.timeout_s = timeout_s
         self.verbose = verbose
         self._inflight = threading.BoundedSemaphore(max_inflight)
+        # request bodies held at once, in bytes (a parsed body costs a few times its size, so
+        # this, not the request count, is what bounds the memory of request handling)
+        self.max_inflight_bytes = max_inflight_bytes
+        self._inflight_bytes = 0
+        self._bytes_lock = threading.Lock()
+
+    def admit(self, length: int) -> bool:
+        """Take a request slot and ``length`` bytes of the body budget, or neither."""
+        if not self._inflight.acquire(blocking=False):
+            return False
+        with self._bytes_lock:
+            if self._inflight_bytes + length <= self.max_inflight_bytes:
+                self._inflight_bytes += length
+                return True
+        self._inflight.release()
+        return False
+
+    def release(self, length: int) -> None:
+        with self._bytes_lock:
+            self._inflight_bytes -= length
+        self._inflight.release()
 
     def ready(self, router: Router) -> None:
         self.router = router
@@ -298,16 +320,21 @@ class _Handler(BaseHTTPRequestHandler):
                     404, self._error(404, f"no served model {entity_name!r} (served: {names})", ids)
                 )
                 return
-        if not self.app._inflight.acquire(blocking=False):
+        if not self.app.admit(length):
             self._discard_body(length)
             finish(
-                503, self._error(503, "too many requests in progress", {**ids, "Retry-After": "1"})
+                503,
+                self._error(
+                    503,
+                    "too many requests (or request bytes) in progress",
+                    {**ids, "Retry-After": "1"},
+                ),
             )
             return
         try:
             self._score(length, entity or router.route(), ids, finish)
         finally:
-            self.app._inflight.release()
+            self.app.release(length)
 
     def _score(self, length: int, entity: ServedModel, ids: dict[str, str], finish: Any) -> None:
         try:
