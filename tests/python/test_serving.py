@@ -585,6 +585,11 @@ def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champ
     assert [(r["alias"], r["version"]) for r in history] == [("challenger", 1), ("champion", 1)]
     assert LocalRegistry(lakehouse).get("champion")["model_version"] == "2.0.0"
     assert len(lh.read(serving_tables.COMPARISON_TABLE)) == 2  # re-runs update, never add
+    # `cxrlake maintain` compacts and vacuums the serving tables with the others
+    assert cli_main(["maintain", "--lakehouse", str(lakehouse), "--dry-run"]) == 0
+    planned = capsys.readouterr().out
+    for spec in serving_tables.SERVING_TABLES:
+        assert spec.qualified_name in planned, planned
 
 
 def _sens_spec(served_rows, films, model):

@@ -14,6 +14,7 @@ from typing import Any
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock, commit_properties
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import REVIEW_TABLES
+from cxrlake.medallion.serving import SERVING_TABLES
 
 MIN_RETENTION_HOURS = 168
 """VACUUM never removes files younger than this (hours): the tables' deleted-file retention."""
@@ -81,7 +82,7 @@ def maintain(
 
 
 def _existing(lh: Lakehouse) -> list[schemas.TableSpec]:
-    return [spec for spec in (*schemas.TABLES, *REVIEW_TABLES) if lh.exists(spec)]
+    return [spec for spec in (*schemas.TABLES, *REVIEW_TABLES, *SERVING_TABLES) if lh.exists(spec)]
 
 
 def _optimize_action(spec: schemas.TableSpec, files: int, zorder: bool) -> str:

@@ -103,7 +103,24 @@ SERVING_PAYLOAD = TableSpec("gold", PAYLOAD_TABLE, GOLD_SERVING_PAYLOAD, ("datab
 COMPARISON_TABLE = TableSpec(
     "gold", "champion_challenger_comparison", GOLD_COMPARISON, ("model_name", "model_version")
 )
-SERVING_TABLES: tuple[TableSpec, ...] = (SERVING_PAYLOAD, COMPARISON_TABLE)
+MODEL_ALIASES_SCHEMA = pa.schema(
+    [
+        pa.field("alias", pa.string(), nullable=False),
+        pa.field("version", pa.int64(), nullable=False),  # 1, 2, ... per alias
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("model_path", pa.string(), nullable=False),  # inside the lakehouse
+        pa.field("model_sha256", pa.string(), nullable=False),
+        pa.field("previous_model_version", pa.string()),
+        pa.field("set_at", TS, nullable=False),
+    ]
+)
+"""``models.model_aliases``: the local registry of `cxrlake.serving.registry.LocalRegistry`,
+append-only, one row per alias move; the latest row of an alias is in force."""
+MODEL_ALIASES = TableSpec("models", "model_aliases", MODEL_ALIASES_SCHEMA, ("alias", "version"))
+
+SERVING_TABLES: tuple[TableSpec, ...] = (SERVING_PAYLOAD, COMPARISON_TABLE, MODEL_ALIASES)
+"""Tables of serving: written by `cxrlake serve` / `cxrlake promote`, not by the pipeline."""
 
 COMPARISON = """
 WITH scored AS (

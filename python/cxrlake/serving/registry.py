@@ -28,21 +28,10 @@ import pyarrow as pa
 
 from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as tables
-from cxrlake.medallion.schemas import TS, TableSpec
+from cxrlake.medallion.schemas import TS
 
-MODEL_ALIASES_SCHEMA = pa.schema(
-    [
-        pa.field("alias", pa.string(), nullable=False),
-        pa.field("version", pa.int64(), nullable=False),  # 1, 2, ... per alias
-        pa.field("model_name", pa.string(), nullable=False),
-        pa.field("model_version", pa.string(), nullable=False),
-        pa.field("model_path", pa.string(), nullable=False),  # inside the lakehouse
-        pa.field("model_sha256", pa.string(), nullable=False),
-        pa.field("previous_model_version", pa.string()),
-        pa.field("set_at", TS, nullable=False),
-    ]
-)
-MODEL_ALIASES = TableSpec("models", "model_aliases", MODEL_ALIASES_SCHEMA, ("alias", "version"))
+MODEL_ALIASES_SCHEMA = tables.MODEL_ALIASES_SCHEMA
+MODEL_ALIASES = tables.MODEL_ALIASES
 ALIASES = ("champion", "challenger")
 
 
