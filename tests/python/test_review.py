@@ -834,6 +834,9 @@ def test_a_label_given_on_earlier_bytes_is_marked_and_the_image_comes_back(share
         assert "label given on earlier bytes" in back["reasons"]
         assert items[0]["image_id"] == item["image_id"] and back["verdicts"] == 0
         assert not any(i["current_label_on_earlier_bytes"] for i in items[1:])
+        case = running.get("/api/case/" + back["prediction_id"])[1]
+        assert case["current_label_on_earlier_bytes"] is True
+        assert "earlier bytes" in running.request("GET", "/static/app.js")[1].decode()
         # the history still says which bytes the label judged; training no longer uses it
         (label,) = [h for h in running.store.label_history(item["image_id"]) if h["is_current"]]
         assert label["content_sha256"] == judged

@@ -108,7 +108,8 @@ function renderWorklist() {
       item.reasons.join(", "),
       item.dataset_split,
       item.folder_label,
-      item.current_label || "-",
+      // a radiologist's label given before the file's bytes changed no longer stands for them
+      (item.current_label || "-") + (item.current_label_on_earlier_bytes ? " (earlier bytes)" : ""),
       item.predicted_label,
       fmt(item.probability),
       fmt(item.threshold),
@@ -173,7 +174,9 @@ async function loadCase(predictionId) {
   $("c-quality").textContent = fmt(data.quality_score, 2);
   $("c-split").textContent = data.dataset_split;
   $("c-folder").textContent = data.folder_label;
-  $("c-current").textContent = data.current_label || "-";
+  $("c-current").textContent =
+    (data.current_label || "-") +
+    (data.current_label_on_earlier_bytes ? " (given on earlier bytes of this file)" : "");
   $("c-image-id").textContent = data.image_id;
   resetForm(data.my_verdict);
   renderVerdicts(data.verdicts);
