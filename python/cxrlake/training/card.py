@@ -259,7 +259,8 @@ films move. They stay here as a secondary check.
 
 ### Secondary check: simulated acquisition shifts
 
-The validation films under {n_shifts} simulated conditions (`cxrlake.training.shift`): exposure,
+The validation films (every third one: {summary.get("shift_films", val["n"])} films) under
+{n_shifts} simulated conditions (`cxrlake.training.shift`): exposure,
 gain, contrast, gamma, noise, blur, resolution path, edge enhancement, histogram equalisation,
 JPEG compression and a random mix of the training ranges. {moves[:1].upper() + moves[1:]}. The
 threshold rules compared
