@@ -1,9 +1,10 @@
 """Micro-batching: the images of concurrent requests go to the Rust core in one `predict` call.
 
-One worker thread per served model takes the first waiting request, then keeps taking requests
-for at most ``max_wait_s`` (or until ``max_batch`` images), and scores them all in one
-`cxrlake.predict` call (GIL released, decoding pipelined with inference inside the core). While
-a batch is scored, the next requests queue up, so under load batches fill without waiting.
+A worker thread (``workers`` of them per served model) takes the first waiting request, then
+keeps taking requests for at most ``max_wait_s`` (or until ``max_batch`` images), and scores them
+all in one `cxrlake.predict` call (GIL released, decoding pipelined with inference inside the
+core). While a batch is scored, the next requests queue up, so under load batches fill without
+waiting; with two workers one batch decodes while the other runs the model.
 
 Memory is bounded: at most ``max_queued_images`` images and ``max_queued_bytes`` bytes wait at
 any time; `submit` raises `QueueFull` beyond that (the server answers 503), never blocks.
@@ -50,7 +51,8 @@ class MicroBatcher:
     ``max_batch``: images per core call (a request larger than that is one call of its own);
     ``max_wait_s``: how long the first request of a batch waits for others (seconds);
     ``threads``: core threads (None: `cxrlake.predict`'s default); ``start=False`` queues
-    without scoring until `start`.
+    without scoring until `start`; ``workers``: batches scored at once (2: one batch decodes
+    while the other runs the model).
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class MicroBatcher:
         max_queued_bytes: int = 256 * 1024 * 1024,
         threads: int | None = None,
         start: bool = True,
+        workers: int = 1,
     ) -> None:
         self.model = model
         self.max_batch = max_batch
@@ -76,13 +79,17 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0  # core calls made (for tests and the benchmark)
         self.batched_images = 0
-        self._worker = threading.Thread(target=self._run, name="cxrlake-batcher", daemon=True)
+        self._workers = [
+            threading.Thread(target=self._run, name=f"cxrlake-batcher-{i}", daemon=True)
+            for i in range(workers)
+        ]
         if start:
-            self._worker.start()
+            self.start()
 
     def start(self) -> None:
         """Start scoring (for a batcher made with ``start=False``: requests queue until then)."""
-        self._worker.start()
+        for worker in self._workers:
+            worker.start()
 
     def submit(self, images: Sequence[bytes]) -> Future:
         """Queue ``images`` for scoring; the future resolves to `ScoredRows`.
@@ -167,8 +174,9 @@ class MicroBatcher:
                 for job in jobs:
                     job.future.set_exception(error)
                 continue
-            self.batches += 1
-            self.batched_images += len(images)
+            with self._cond:
+                self.batches += 1
+                self.batched_images += len(images)
             start = 0
             for job in jobs:
                 n = len(job.images)
@@ -180,4 +188,5 @@ class MicroBatcher:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        self._worker.join()
+        for worker in self._workers:
+            worker.join()

@@ -112,6 +112,12 @@ def register(subparsers: Any) -> None:
         help="how long a batch waits for more requests (milliseconds)",
     )
     serve.add_argument(
+        "--batch-workers",
+        type=positive_int,
+        default=2,
+        help="batches scored at once per model (2: decoding of one overlaps the other's model run)",
+    )
+    serve.add_argument(
         "--max-queued-images",
         type=positive_int,
         default=256,
@@ -225,6 +231,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         "max_wait_s": args.batch_wait_ms / 1000.0,
         "max_queued_images": args.max_queued_images,
         "threads": args.threads,
+        "workers": args.batch_workers,
     }
     failure: list[BaseException] = []
 
