@@ -20,7 +20,10 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.pneumonia_predictions (
   content_sha256 STRING COMMENT 'Hex sha256 of the scored bytes',
   heatmap STRUCT<rows: INT, cols: INT, values: ARRAY<FLOAT>> COMMENT 'Class-activation heatmap of the same forward pass (row-major logit contributions: cxrlake.head_bias + mean(values) = logit); NULL when the model has none',
   decision_threshold DOUBLE COMMENT 'The threshold that decided predicted_label',
-  threshold_source STRING COMMENT 'model (ONNX metadata) or site:<site_id>:v<version> (site_thresholds)'
+  threshold_source STRING COMMENT 'model (ONNX metadata) or site:<site_id>:v<version> (site_thresholds)',
+  ood_score DOUBLE COMMENT 'Out-of-distribution score of the same forward pass (higher = less like the training films)',
+  out_of_distribution BOOLEAN COMMENT 'ood_score above the model threshold, or a DICOM Modality/ViewPosition that is not a frontal radiograph; still scored',
+  ood_reason STRING COMMENT 'Why the film is flagged; NULL when not flagged'
 )
 USING DELTA
 CLUSTER BY (image_id)
@@ -46,7 +49,8 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.model_performance (
   evaluated_at TIMESTAMP COMMENT 'When this row was written (UTC)',
   evaluation_date DATE COMMENT 'evaluated_at as a date (UTC)',
   threshold DOUBLE COMMENT 'Decision threshold of the model',
-  predictions_fingerprint STRING COMMENT 'Hash of the evaluated prediction set'
+  predictions_fingerprint STRING COMMENT 'Hash of the evaluated prediction set',
+  flagged_samples BIGINT COMMENT 'How many of total_samples were flagged out of distribution (included)'
 )
 USING DELTA
 CLUSTER BY (evaluation_id)
@@ -80,6 +84,32 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.site_thresholds (
 USING DELTA
 CLUSTER BY (site_id, model_name, model_version, version)
 COMMENT 'Per-site operating points (cxrlake calibrate), append-only, versioned'
+TBLPROPERTIES (
+  'delta.enableChangeDataFeed' = 'true',
+  'delta.deletedFileRetentionDuration' = 'interval 7 days',
+  'delta.logRetentionDuration' = 'interval 30 days'
+);
+
+CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.drift_metrics (
+  site_id STRING NOT NULL COMMENT 'Site: the dataset_split of the source folder',
+  run_date DATE NOT NULL COMMENT 'prediction_date of the films',
+  model_name STRING NOT NULL COMMENT 'Model name',
+  model_version STRING NOT NULL COMMENT 'Model version',
+  film_count BIGINT COMMENT 'Films scored',
+  positive_rate DOUBLE COMMENT 'Share predicted PNEUMONIA',
+  mean_probability DOUBLE COMMENT 'Mean P(PNEUMONIA)',
+  probability_psi DOUBLE COMMENT 'Population stability index of the probability (10 bins) against the training films',
+  flagged_count BIGINT COMMENT 'Films flagged out of distribution',
+  flagged_share DOUBLE COMMENT 'Share flagged out of distribution',
+  mean_ood_score DOUBLE COMMENT 'Mean ood_score',
+  mean_quality_score DOUBLE COMMENT 'Mean quality_score',
+  quality_shift DOUBLE COMMENT '(mean quality_score - training mean) / training std',
+  reference_positive_rate DOUBLE COMMENT 'Positive rate of the training films',
+  computed_at TIMESTAMP COMMENT 'When this row was written (UTC)'
+)
+USING DELTA
+CLUSTER BY (site_id, run_date)
+COMMENT 'Drift of scored films against the training films, per site, run date and model version'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',
   'delta.deletedFileRetentionDuration' = 'interval 7 days',

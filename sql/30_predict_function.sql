@@ -49,16 +49,16 @@ from cxrlake.spark.warehouse_udf import predict_handler
 $$;
 
 CREATE OR REPLACE FUNCTION ${catalog}.${models_schema}.predict_image(content BINARY)
-RETURNS STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, error: STRING>
+RETURNS STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, ood_score: DOUBLE, out_of_distribution: BOOLEAN, ood_reason: STRING, error: STRING>
 DETERMINISTIC
 COMMENT 'Pneumonia probability of chest X-ray image bytes (cxrlake Rust core + shipped ONNX model)'
 RETURN from_json(
   ${catalog}.${models_schema}.predict_image_json(content),
-  'probability DOUBLE, predicted_label INT, label_name STRING, model_name STRING, model_version STRING, error STRING'
+  'probability DOUBLE, predicted_label INT, label_name STRING, model_name STRING, model_version STRING, ood_score DOUBLE, out_of_distribution BOOLEAN, ood_reason STRING, error STRING'
 );
 
 CREATE OR REPLACE FUNCTION ${catalog}.${bronze_schema}.predict(path STRING)
-RETURNS TABLE (file_path STRING, image_id STRING, ingested_at TIMESTAMP, prediction STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, error: STRING>)
+RETURNS TABLE (file_path STRING, image_id STRING, ingested_at TIMESTAMP, prediction STRUCT<probability: DOUBLE, predicted_label: INT, label_name: STRING, model_name: STRING, model_version: STRING, ood_score: DOUBLE, out_of_distribution: BOOLEAN, ood_reason: STRING, error: STRING>)
 COMMENT 'Latest ingested version of the file at path, with its pneumonia prediction (no row: not ingested)'
 RETURN SELECT b.file_path, b.image_id, b.ingested_at,
   ${catalog}.${models_schema}.predict_image(b.content) AS prediction

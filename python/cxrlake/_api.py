@@ -277,8 +277,13 @@ def predict(
 
     Columns: ``probability double`` (P(PNEUMONIA), 0..1), ``predicted_label int32`` (1 when
     probability >= the model's threshold), ``label_name string`` (e.g. NORMAL/PNEUMONIA),
-    ``model_name string``, ``model_version string`` (filled on every row) and ``error string``.
-    Decoding of the next chunk of images overlaps inference of the current one.
+    ``model_name string``, ``model_version string`` (filled on every row), the
+    out-of-distribution flag ``ood_score double`` (higher = less like the training films; NULL
+    when the model has no ``ood_score`` output), ``out_of_distribution bool`` (score above the
+    model's ``cxrlake.ood_threshold``, or a DICOM Modality other than CR/DX or a lateral
+    ViewPosition), ``ood_reason string`` (why, NULL when not flagged), and ``error string``.
+    A flagged image is still scored. Decoding of the next chunk of images overlaps inference of
+    the current one.
 
     ``threshold``: a probability, or a site's stored threshold
     (`cxrlake.calibration.site_threshold`, a `cxrlake.threshold.SiteThreshold`), used instead
@@ -311,8 +316,9 @@ def analyze(
     Columns: ``width int32``, ``height int32`` (full resolution, upright), ``mean_pixel_value
     double``, ``std_pixel_value double``, ``quality_score double``, ``embedding list<double>``,
     ``probability double``, ``predicted_label int32``, ``label_name string``, ``model_name
-    string``, ``model_version string``, ``heatmap struct<rows int32, cols int32, values
-    list<float32>>`` and ``error string``.
+    string``, ``model_version string``, ``ood_score double``, ``out_of_distribution bool``,
+    ``ood_reason string`` (as in :func:`predict`), ``heatmap struct<rows int32, cols int32,
+    values list<float32>>`` and ``error string``.
 
     Each image is decoded once, as :func:`predict` decodes it (JPEGs DCT-scaled to no less than
     twice the model input), so ``probability`` equals :func:`predict`'s and the embedding comes
@@ -350,7 +356,8 @@ def explain(
     ``head_bias + mean(values) = logit``), ``heatmap_scale double`` (largest ``|value|``: the ends
     of the overlay's colour scale), ``probability double``, ``predicted_label int32``, ``overlay
     binary`` (PNG when ``overlay_size`` is given, else NULL), ``model_name string``,
-    ``model_version string``, ``error string``.
+    ``model_version string``, ``ood_score double``,
+    ``out_of_distribution bool``, ``ood_reason string``, ``error string``.
 
     ``overlay_size`` (16..4096): the overlay shows the upright image with its longer side that many
     pixels, the map upsampled over it (red: towards label 1, blue: towards label 0, stronger where

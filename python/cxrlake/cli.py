@@ -62,7 +62,9 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
         help="score chest X-ray images for pneumonia",
         description=(
             "Score JPEG/PNG/DICOM chest X-rays for pneumonia and print one record per image with "
-            "path, probability, predicted_label (0/1), label_name and error (null when fine). "
+            "path, probability, predicted_label (0/1), label_name, ood_score, "
+            "out_of_distribution and ood_reason (the film is unlike the training films: still "
+            "scored, but the score means little) and error (null when fine). "
             "Folders are searched recursively for .jpeg/.jpg/.png/.dcm/.dicom files (others are "
             "skipped and counted); files named explicitly are always scored. A summary "
             "'scored N, M errors, K skipped' and progress go to stderr. Exits 1 when a named "
@@ -92,7 +94,16 @@ def _run_predict(args: argparse.Namespace) -> int:
     model = cxrlake.Model(args.model)
     selection = select_images(args.paths)
     paths = selection.images
-    fields = ["path", "probability", "predicted_label", "label_name", "error"]
+    fields = [
+        "path",
+        "probability",
+        "predicted_label",
+        "label_name",
+        "ood_score",
+        "out_of_distribution",
+        "ood_reason",
+        "error",
+    ]
     out = sys.stdout
     writer = csv.DictWriter(out, fieldnames=fields) if args.format == "csv" else None
     if writer is not None:

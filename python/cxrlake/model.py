@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from pathlib import Path
@@ -104,6 +105,8 @@ class Model:
     - ``has_embedding``, ``embedding_dim``: whether the model exposes its penultimate layer
     - ``has_heatmap``: whether the model has a ``heatmap`` output (class-activation map)
     - ``head_bias``: ``cxrlake.head_bias`` (``logit = head_bias + mean(heatmap)``) or None
+    - ``ood_threshold``: ``cxrlake.ood_threshold`` when the model has an ``ood_score`` output
+      (a film scoring above it is flagged out of distribution), else None
 
     Raises :class:`~cxrlake.exceptions.ModelError` when the file is missing or invalid.
     """
@@ -122,11 +125,25 @@ class Model:
         self.embedding_dim: int | None = info["embedding_dim"]
         self.has_heatmap: bool = bool(info["has_heatmap"])
         self.head_bias: float | None = info["head_bias"]
+        self.ood_threshold: float | None = info.get("ood_threshold")
+        reference = info.get("drift_reference")
+        #: the training films' reference for ``gold.drift_metrics`` (``cxrlake.drift_reference``):
+        #: ``probability_bins`` (shares of 10 equal-width bins), ``positive_rate``,
+        #: ``mean_probability``, ``quality_mean``, ``quality_std``; None when absent
+        try:
+            self.drift_reference: dict | None = json.loads(reference) if reference else None
+        except ValueError:
+            self.drift_reference = None
 
     @property
     def has_embedding(self) -> bool:
         """Whether the model has an ``embedding`` output (penultimate layer)."""
         return self.embedding_dim is not None
+
+    @property
+    def has_ood_score(self) -> bool:
+        """Whether the model has an ``ood_score`` output (``cxrlake.training.ood``)."""
+        return self.ood_threshold is not None
 
     def __repr__(self) -> str:
         return (

@@ -48,7 +48,16 @@ def test_predict_scores_every_fullres_image(shared_data, fullres_paths):
     assert sorted(r["path"] for r in rows) == sorted(fullres_paths)
     model = cxrlake.Model()
     for row in rows:
-        assert set(row) == {"path", "probability", "predicted_label", "label_name", "error"}
+        assert set(row) == {
+            "path",
+            "probability",
+            "predicted_label",
+            "label_name",
+            "ood_score",
+            "out_of_distribution",
+            "ood_reason",
+            "error",
+        }
         assert row["error"] is None, row
         assert 0.0 <= row["probability"] <= 1.0
         assert row["predicted_label"] == int(row["probability"] >= model.threshold)
@@ -164,7 +173,9 @@ def test_csv_output_has_the_documented_header(fullres_paths):
     result = run_cli("predict", "--format", "csv", fullres_paths[0])
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0]
-    assert header == "path,probability,predicted_label,label_name,error"
+    assert header == (
+        "path,probability,predicted_label,label_name,ood_score,out_of_distribution,ood_reason,error"
+    )
 
 
 def test_missing_model_exits_3_with_a_message(tmp_path: Path, fullres_paths):

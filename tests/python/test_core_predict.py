@@ -24,6 +24,9 @@ PREDICT_COLUMNS = [
     "label_name",
     "model_name",
     "model_version",
+    "ood_score",
+    "out_of_distribution",
+    "ood_reason",
     "error",
 ]
 

@@ -32,6 +32,9 @@ ANALYZE_COLUMNS = [
     "label_name",
     "model_name",
     "model_version",
+    "ood_score",
+    "out_of_distribution",
+    "ood_reason",
     "heatmap",
     "error",
 ]

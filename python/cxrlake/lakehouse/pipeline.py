@@ -747,6 +747,29 @@ class Pipeline:
         self._sql.register("evaluations", metrics.model_performance(evaluated, threshold=threshold))
         self._insert(PERFORMANCE, self._rule(rules.PERFORMANCE_INSERTS))
 
+    # ---------------------------------------------------------------- drift
+    def drift(self) -> None:
+        """MERGE the current model's ``gold.drift_metrics`` rows that are new or changed
+        (`rules.DRIFT_METRICS`; an unchanged lakehouse writes nothing)."""
+        self._sql.register(
+            "predictions", self.lh.read(PREDICTIONS, list(rules.DRIFT_PREDICTION_COLUMNS))
+        )
+        self._sql.register(
+            "silver", self.lh.read(SILVER, ["image_id", "content_sha256", "quality_score"])
+        )
+        self._sql.register("drift", self.lh.read(schemas.DRIFT_METRICS))
+        reference = rules.drift_reference_rows(
+            self.model.name, self.model.version, self.model.drift_reference
+        )
+        self._sql.register("drift_reference", reference)
+        rows = self._rule(rules.DRIFT_METRICS)
+        if rows.num_rows:
+            computed = pa.array([identity.utc_now()] * rows.num_rows, schemas.TS)
+            rows = rows.append_column("computed_at", computed)
+            self._upsert(
+                schemas.DRIFT_METRICS, rows.cast(schemas.GOLD_DRIFT_METRICS), stage="drift"
+            )
+
     # ---------------------------------------------------------------- summary
     def finish(self) -> RunSummary:
         """Fill in totals, quarantine reasons and latest metrics; return the summary."""
@@ -852,6 +875,7 @@ def run_pipeline(
             pipeline.timed("bronze", pipeline.bronze)
             pipeline.timed("silver+gold", pipeline.silver_gold)
             pipeline.timed("performance", pipeline.performance)
+            pipeline.timed("drift", pipeline.drift)
             return pipeline.finish()
         finally:
             pipeline._stop_ahead()

@@ -24,7 +24,8 @@ Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLO
 ``bronze.kaggle_xray_metadata.content``):
 
 - ``predict(path)`` -> STRUCT(probability DOUBLE, predicted_label INTEGER, label_name VARCHAR,
-  model_name VARCHAR, model_version VARCHAR, error VARCHAR): the struct the Spark ``predict``
+  model_name VARCHAR, model_version VARCHAR, ood_score DOUBLE, out_of_distribution BOOLEAN,
+  ood_reason VARCHAR, error VARCHAR): the struct the Spark ``predict``
   and the Databricks SQL functions return. Also as ``healthcare_catalog_<env>.bronze.predict``
   and ``healthcare_catalog_<env>.models.predict_image`` (bytes), the Databricks names.
 - ``features(path)`` -> STRUCT(width, height, mean_pixel_value, std_pixel_value, quality_score,

@@ -24,6 +24,9 @@ ANALYSIS_SCHEMA = pa.schema(
         pa.field("label_name", pa.string()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
+        pa.field("ood_score", pa.float64()),
+        pa.field("out_of_distribution", pa.bool_()),
+        pa.field("ood_reason", pa.string()),
         pa.field(
             "heatmap",
             pa.struct(

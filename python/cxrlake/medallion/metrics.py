@@ -161,7 +161,9 @@ def model_performance(
     ``confusion_matrix`` is JSON ``{"labels": ["NORMAL", "PNEUMONIA"], "matrix": [[tn, fp],
     [fn, tp]], "tn": .., "fp": .., "fn": .., "tp": ..}`` (rows = true label, columns = predicted).
     Precision, recall and F1 are for the positive class PNEUMONIA (0 when undefined).
-    ``threshold`` is recorded as given (the model's decision threshold).
+    ``threshold`` is recorded as given (the model's decision threshold). ``flagged_samples``:
+    how many of the evaluated films were flagged out of distribution (they are included in the
+    metrics; NULL when ``predictions`` has no ``out_of_distribution`` column).
     """
     evaluated_at = to_utc(evaluated_at) or utc_now()
     table = pa.table(predictions) if isinstance(predictions, pa.RecordBatch) else predictions
@@ -188,6 +190,11 @@ def model_performance(
             precision = _safe_div(tp, tp + fp)
             recall = _safe_div(tp, tp + fn)
             fingerprint = predictions_fingerprint(part.column("prediction_id").to_pylist())
+            flagged = (
+                int(pc.sum(pc.fill_null(part.column("out_of_distribution"), False)).as_py() or 0)
+                if "out_of_distribution" in part.column_names
+                else None
+            )
             rows.append(
                 {
                     "evaluation_id": evaluation_id(
@@ -216,6 +223,7 @@ def model_performance(
                     "evaluation_date": evaluated_at.date(),
                     "threshold": threshold,
                     "predictions_fingerprint": fingerprint,
+                    "flagged_samples": flagged,
                 }
             )
     rows.sort(key=lambda r: (r["model_name"], r["model_version"], r["dataset_split"]))

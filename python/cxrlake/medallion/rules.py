@@ -235,7 +235,7 @@ current model: decode, validate and score these (`transforms.analyze_batch`), th
 EVALUATION_INPUT = """
 SELECT
   p.prediction_id, p.image_id, p.model_name, p.model_version, p.dataset_split,
-  p.true_label, p.predicted_label, p.prediction_probability
+  p.true_label, p.predicted_label, p.prediction_probability, p.out_of_distribution
 FROM predictions p
 JOIN silver s ON s.image_id = p.image_id AND s.content_sha256 = p.content_sha256
 JOIN model m ON p.model_name = m.model_name AND p.model_version = m.model_version
@@ -253,6 +253,7 @@ EVALUATION_COLUMNS = (
     "true_label",
     "predicted_label",
     "prediction_probability",
+    "out_of_distribution",
 )
 """Columns of the ``predictions`` view `EVALUATION_INPUT` reads."""
 
@@ -320,4 +321,161 @@ def model_row(model_name: str, model_version: str, feature_tag: str) -> pa.Table
             "feature_tag": [feature_tag],
         },
         schema=MODEL_SCHEMA,
+    )
+
+
+# ---------------------------------------------------------------- drift (gold.drift_metrics)
+DRIFT_BINS = 10
+"""Equal-width probability bins of the population stability index (as the training reference
+of `cxrlake.training.ood.drift_reference` bins them)."""
+
+DRIFT_REFERENCE_SCHEMA = pa.schema(
+    [
+        pa.field("model_name", pa.string()),
+        pa.field("model_version", pa.string()),
+        pa.field("bin", pa.int32()),
+        pa.field("reference_share", pa.float64()),
+        pa.field("quality_mean", pa.float64()),
+        pa.field("quality_std", pa.float64()),
+        pa.field("positive_rate", pa.float64()),
+    ]
+)
+"""Schema of the ``drift_reference`` view: the training films' share per probability bin and
+their quality-score mean and std (`cxrlake.Model.drift_reference`); no rows when the model
+carries no reference (the PSI and quality shift are then NULL)."""
+
+DRIFT_PREDICTION_COLUMNS = (
+    "image_id",
+    "content_sha256",
+    "model_name",
+    "model_version",
+    "dataset_split",
+    "prediction_date",
+    "prediction_probability",
+    "predicted_label",
+    "out_of_distribution",
+    "ood_score",
+)
+"""Columns of the ``predictions`` view `DRIFT_METRICS` reads (``silver`` also needs
+``quality_score``; ``drift`` is ``gold.drift_metrics``)."""
+
+DRIFT_METRICS = f"""
+WITH scored AS (
+  SELECT
+    coalesce(p.dataset_split, 'unknown') AS site_id,
+    p.prediction_date AS run_date,
+    p.model_name,
+    p.model_version,
+    p.prediction_probability AS probability,
+    p.predicted_label,
+    p.out_of_distribution,
+    p.ood_score,
+    s.quality_score,
+    CAST(CASE WHEN p.prediction_probability >= 1.0 THEN {DRIFT_BINS - 1}
+              ELSE floor(p.prediction_probability * {DRIFT_BINS}) END AS INT) AS bin
+  FROM predictions p
+  JOIN model m ON p.model_name = m.model_name AND p.model_version = m.model_version
+  LEFT JOIN silver s ON s.image_id = p.image_id AND s.content_sha256 = p.content_sha256
+  WHERE p.prediction_probability IS NOT NULL AND p.prediction_date IS NOT NULL
+),
+groups AS (
+  SELECT
+    site_id, run_date, model_name, model_version,
+    count(*) AS film_count,
+    avg(CAST(predicted_label AS DOUBLE)) AS positive_rate,
+    avg(probability) AS mean_probability,
+    sum(CASE WHEN out_of_distribution THEN 1 ELSE 0 END) AS flagged_count,
+    avg(ood_score) AS mean_ood_score,
+    avg(quality_score) AS mean_quality_score
+  FROM scored
+  GROUP BY site_id, run_date, model_name, model_version
+),
+binned AS (
+  SELECT site_id, run_date, model_name, model_version, bin, count(*) AS n
+  FROM scored
+  GROUP BY site_id, run_date, model_name, model_version, bin
+),
+shares AS (
+  SELECT
+    g.site_id, g.run_date, g.model_name, g.model_version,
+    greatest(CAST(coalesce(b.n, 0) AS DOUBLE) / g.film_count, 0.0001) AS actual,
+    greatest(r.reference_share, 0.0001) AS expected
+  FROM groups g
+  JOIN drift_reference r ON r.model_name = g.model_name AND r.model_version = g.model_version
+  LEFT JOIN binned b
+    ON b.site_id = g.site_id AND b.run_date = g.run_date AND b.model_name = g.model_name
+   AND b.model_version = g.model_version AND b.bin = r.bin
+),
+psi AS (
+  SELECT site_id, run_date, model_name, model_version,
+         sum((actual - expected) * ln(actual / expected)) AS probability_psi
+  FROM shares
+  GROUP BY site_id, run_date, model_name, model_version
+),
+reference AS (
+  SELECT model_name, model_version, max(quality_mean) AS quality_mean,
+         max(quality_std) AS quality_std, max(positive_rate) AS positive_rate
+  FROM drift_reference
+  GROUP BY model_name, model_version
+),
+metrics AS (
+  SELECT
+    g.site_id, g.run_date, g.model_name, g.model_version,
+    CAST(g.film_count AS BIGINT) AS film_count,
+    round(g.positive_rate, 9) AS positive_rate,
+    round(g.mean_probability, 9) AS mean_probability,
+    round(x.probability_psi, 9) AS probability_psi,
+    CAST(g.flagged_count AS BIGINT) AS flagged_count,
+    round(CAST(g.flagged_count AS DOUBLE) / g.film_count, 9) AS flagged_share,
+    round(g.mean_ood_score, 9) AS mean_ood_score,
+    round(g.mean_quality_score, 9) AS mean_quality_score,
+    round(CASE WHEN r.quality_std > 0
+               THEN (g.mean_quality_score - r.quality_mean) / r.quality_std END, 9)
+      AS quality_shift,
+    r.positive_rate AS reference_positive_rate
+  FROM groups g
+  LEFT JOIN psi x
+    ON x.site_id = g.site_id AND x.run_date = g.run_date AND x.model_name = g.model_name
+   AND x.model_version = g.model_version
+  LEFT JOIN reference r ON r.model_name = g.model_name AND r.model_version = g.model_version
+)
+SELECT t.* FROM metrics t
+WHERE NOT EXISTS (
+  SELECT 1 FROM drift d
+  WHERE d.site_id = t.site_id AND d.run_date = t.run_date AND d.model_name = t.model_name
+    AND d.model_version = t.model_version AND d.film_count = t.film_count
+    AND d.positive_rate IS NOT DISTINCT FROM t.positive_rate
+    AND d.mean_probability IS NOT DISTINCT FROM t.mean_probability
+    AND d.probability_psi IS NOT DISTINCT FROM t.probability_psi
+    AND d.flagged_count IS NOT DISTINCT FROM t.flagged_count
+    AND d.mean_ood_score IS NOT DISTINCT FROM t.mean_ood_score
+    AND d.mean_quality_score IS NOT DISTINCT FROM t.mean_quality_score
+    AND d.quality_shift IS NOT DISTINCT FROM t.quality_shift
+)
+ORDER BY t.site_id, t.run_date
+"""
+"""``gold.drift_metrics`` rows of the current model that are new or changed (MERGE them on the
+keys, with ``computed_at``): per site (the source folder's ``dataset_split``), run date
+(``prediction_date``) and model version: film count, positive rate, mean probability, the
+population stability index ``sum((a - e) ln(a / e))`` of the probability over `DRIFT_BINS`
+equal-width bins against the training films (shares floored at 0.0001), the flagged count and
+share, the mean OOD score, the mean quality score and its shift in training standard deviations.
+Rounded to 9 decimals so both engines (and a re-run) give identical values."""
+
+
+def drift_reference_rows(model_name: str, model_version: str, reference: dict | None) -> pa.Table:
+    """The ``drift_reference`` view of a model's ``cxrlake.drift_reference`` (no rows: None)."""
+    shares = (reference or {}).get("probability_bins") or []
+    n = len(shares)
+    return pa.table(
+        {
+            "model_name": [model_name] * n,
+            "model_version": [model_version] * n,
+            "bin": list(range(n)),
+            "reference_share": [float(s) for s in shares],
+            "quality_mean": [reference.get("quality_mean") if reference else None] * n,
+            "quality_std": [reference.get("quality_std") if reference else None] * n,
+            "positive_rate": [reference.get("positive_rate") if reference else None] * n,
+        },
+        schema=DRIFT_REFERENCE_SCHEMA,
     )

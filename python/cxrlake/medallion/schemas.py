@@ -151,6 +151,11 @@ GOLD_PREDICTIONS = pa.schema(
         # metadata cxrlake.threshold) or "site:<site_id>:v<version>" (gold.site_thresholds)
         pa.field("decision_threshold", pa.float64()),
         pa.field("threshold_source", pa.string()),
+        # out-of-distribution flag of the same forward pass (cxrlake.predict's columns): the
+        # film is still scored and stored; NULL for rows written before the flag existed
+        pa.field("ood_score", pa.float64()),
+        pa.field("out_of_distribution", pa.bool_()),
+        pa.field("ood_reason", pa.string()),
     ]
 )
 """``gold.pneumonia_predictions``: one row per (image_id, model_name, model_version), MERGEd on
@@ -174,6 +179,8 @@ GOLD_PERFORMANCE = pa.schema(
         # extra columns
         pa.field("threshold", pa.float64()),
         pa.field("predictions_fingerprint", pa.string()),
+        # how many of total_samples were flagged out of distribution (they are included)
+        pa.field("flagged_samples", pa.int64()),
     ]
 )
 """``gold.model_performance``: one row per labelled split and distinct prediction set;
@@ -204,6 +211,33 @@ GOLD_SITE_THRESHOLDS = pa.schema(
 )
 """``gold.site_thresholds``: append-only, one row per calibration of a site for a model version
 (``cxrlake calibrate``); the latest version of (site, model name, model version) is in force."""
+
+
+GOLD_DRIFT_METRICS = pa.schema(
+    [
+        pa.field("site_id", pa.string(), nullable=False),  # the source folder's dataset_split
+        pa.field("run_date", pa.date32(), nullable=False),  # prediction_date
+        pa.field("model_name", pa.string(), nullable=False),
+        pa.field("model_version", pa.string(), nullable=False),
+        pa.field("film_count", pa.int64()),
+        pa.field("positive_rate", pa.float64()),  # share predicted PNEUMONIA
+        pa.field("mean_probability", pa.float64()),
+        # population stability index of the probability (10 equal-width bins) against the
+        # training films' histogram shipped with the model; NULL when the model has none
+        pa.field("probability_psi", pa.float64()),
+        pa.field("flagged_count", pa.int64()),  # out_of_distribution films
+        pa.field("flagged_share", pa.float64()),
+        pa.field("mean_ood_score", pa.float64()),
+        pa.field("mean_quality_score", pa.float64()),
+        # (mean quality score - training mean) / training std
+        pa.field("quality_shift", pa.float64()),
+        pa.field("reference_positive_rate", pa.float64()),
+        pa.field("computed_at", TS),
+    ]
+)
+"""``gold.drift_metrics``: per site (source folder), run date and model version, how the scored
+films compare with the training films (`cxrlake.medallion.rules.DRIFT_METRICS`); MERGEd on
+the keys, so a re-run replaces a group's row and adds none."""
 
 
 @dataclass(frozen=True)
@@ -243,6 +277,13 @@ SITE_THRESHOLDS = TableSpec(
     ("site_id", "model_name", "model_version", "version"),
 )
 
+DRIFT_METRICS = TableSpec(
+    "gold",
+    "drift_metrics",
+    GOLD_DRIFT_METRICS,
+    ("site_id", "run_date", "model_name", "model_version"),
+)
+
 TABLES: tuple[TableSpec, ...] = (
     BRONZE,
     SILVER,
@@ -251,6 +292,7 @@ TABLES: tuple[TableSpec, ...] = (
     PREDICTIONS,
     PERFORMANCE,
     SITE_THRESHOLDS,
+    DRIFT_METRICS,
 )
 """Every Delta table of the lakehouse, in pipeline order."""
 

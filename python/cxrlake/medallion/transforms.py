@@ -406,6 +406,9 @@ def analyze_batch(
             "heatmap": ok.column("a_heatmap").cast(schemas.HEATMAP),
             "decision_threshold": _const(float(decision), n_ok, pa.float64()),
             "threshold_source": _const(source, n_ok, pa.string()),
+            "ood_score": ok.column("a_ood_score"),
+            "out_of_distribution": ok.column("a_out_of_distribution"),
+            "ood_reason": ok.column("a_ood_reason"),
         }
     )
     quarantine = pa.table(

@@ -208,7 +208,14 @@ class LocalStore:
         heatmap."""
         table = self.lh.table(schemas.PREDICTIONS)
         names = set(table.schema().to_arrow().names)
-        optional = ["heatmap", "decision_threshold", "threshold_source"]
+        optional = [
+            "heatmap",
+            "decision_threshold",
+            "threshold_source",
+            "ood_score",
+            "out_of_distribution",
+            "ood_reason",
+        ]
         columns = _PREDICTION_COLUMNS + [c for c in optional if c in names]
         preds = self.lh.read(schemas.PREDICTIONS, columns).to_pylist()
         silver = {

@@ -64,7 +64,10 @@ class WarehouseNames:
 
 def statements(n: WarehouseNames, with_heatmap: bool = True) -> dict[str, str]:
     """Every SQL statement the store runs (Databricks SQL; tests parse them with sqlglot)."""
-    heatmap = ", p.heatmap" if with_heatmap else ""
+    # a table written before the heatmap (or the OOD flag) existed is read without them
+    heatmap = (
+        ", p.heatmap, p.ood_score, p.out_of_distribution, p.ood_reason" if with_heatmap else ""
+    )
     predictions = f"""
 SELECT p.prediction_id, p.image_id, p.predicted_label, p.prediction_probability, p.true_label,
        p.model_name, p.model_version, p.dataset_split, p.content_sha256, s.quality_score,

@@ -371,9 +371,46 @@ def decide_performance(
     return {"performance": TableChange(upserts=spark.sql(rules.PERFORMANCE_INSERTS))}
 
 
+def decide_drift(
+    spark: Any, catalog: str | Deployment, model: Any, now: dt.datetime | None = None
+) -> Any:
+    """Drift stage of the rules: the current model's ``gold.drift_metrics`` rows that are new or
+    changed (`rules.DRIFT_METRICS`, the SQL the local engine runs), with ``computed_at``."""
+    import pyspark.sql.functions as F
+
+    predictions = spark.table(table_name(catalog, lake_schemas.PREDICTIONS))
+    predictions.select(*rules.DRIFT_PREDICTION_COLUMNS).createOrReplaceTempView("predictions")
+    silver = spark.table(table_name(catalog, lake_schemas.SILVER))
+    silver.select("image_id", "content_sha256", "quality_score").createOrReplaceTempView("silver")
+    spark.table(table_name(catalog, lake_schemas.DRIFT_METRICS)).createOrReplaceTempView("drift")
+    from cxrlake.medallion.transforms import feature_tag
+
+    _arrow_frame(
+        spark, rules.model_row(model.name, model.version, feature_tag(model))
+    ).createOrReplaceTempView("model")
+    reference = rules.drift_reference_rows(model.name, model.version, model.drift_reference)
+    _arrow_frame(spark, reference).createOrReplaceTempView("drift_reference")
+    when = now or dt.datetime.now(dt.timezone.utc)
+    return spark.sql(rules.DRIFT_METRICS).withColumn("computed_at", F.lit(when).cast("timestamp"))
+
+
+def write_drift(
+    spark: Any, catalog: str | Deployment, model: Any, now: dt.datetime | None = None
+) -> dict[str, int]:
+    """MERGE `decide_drift`'s rows into ``gold.drift_metrics`` on its keys."""
+    spec = lake_schemas.DRIFT_METRICS
+    rows = decide_drift(spark, catalog, model, now)
+    return merge_into(rows, table_name(catalog, spec), spec.keys, update=True)
+
+
 def delete_statement(target: str, source: str) -> str:
-    """``DELETE`` of the rows of ``target`` whose image_id is in view ``source``."""
-    return f"DELETE FROM {target} WHERE image_id IN (SELECT image_id FROM {source})"
+    """Delete the rows of ``target`` whose image_id is in view ``source``: a ``MERGE ... WHEN
+    MATCHED THEN DELETE`` (open-source Delta refuses a subquery in a ``DELETE`` condition:
+    DELTA_UNSUPPORTED_SUBQUERY; Databricks runs both)."""
+    return (
+        f"MERGE INTO {target} AS t USING (SELECT DISTINCT image_id FROM {source}) AS s "
+        "ON t.image_id = s.image_id WHEN MATCHED THEN DELETE"
+    )
 
 
 def bronze_stats_statement(target: str, source: str) -> str:
@@ -581,6 +618,7 @@ def predict_gold(
         )
     )
     counts["threshold_source"] = threshold.source if threshold else "model"
+    counts["drift"] = write_drift(spark, catalog, loaded)
     # model-radiologist agreement over the review app's verdicts (gold.review_agreement)
     for key, value in review_agreement(spark, catalog).items():
         counts[f"review_agreement_{key}"] = value

@@ -32,6 +32,9 @@ PREDICT_RESULT = pa.struct(
         pa.field("label_name", pa.string()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
+        pa.field("ood_score", pa.float64()),
+        pa.field("out_of_distribution", pa.bool_()),
+        pa.field("ood_reason", pa.string()),
         pa.field("error", pa.string()),
     ]
 )
@@ -78,6 +81,9 @@ EXPLAIN_RESULT = pa.struct(
         pa.field("overlay", pa.binary()),
         pa.field("model_name", pa.string()),
         pa.field("model_version", pa.string()),
+        pa.field("ood_score", pa.float64()),
+        pa.field("out_of_distribution", pa.bool_()),
+        pa.field("ood_reason", pa.string()),
         pa.field("error", pa.string()),
     ]
 )
@@ -311,7 +317,8 @@ def register(
     ``spark``; return the UDFs.
 
     ``predict(images)`` -> STRUCT<probability DOUBLE, predicted_label INT, label_name STRING,
-    model_name STRING, model_version STRING, error STRING>; ``features(images)`` ->
+    model_name STRING, model_version STRING, ood_score DOUBLE, out_of_distribution BOOLEAN,
+    ood_reason STRING, error STRING>; ``features(images)`` ->
     STRUCT<width INT, height INT, mean_pixel_value DOUBLE, std_pixel_value DOUBLE,
     quality_score DOUBLE, embedding ARRAY<DOUBLE>, error STRING>; ``analyze(images)`` -> both
     plus ``heatmap STRUCT<rows INT, cols INT, values ARRAY<FLOAT>>`` from one forward pass;

@@ -33,7 +33,8 @@ def _model() -> Any:
 
 PREDICT_JSON_SCHEMA = (
     "probability DOUBLE, predicted_label INT, label_name STRING, model_name STRING, "
-    "model_version STRING, error STRING"
+    "model_version STRING, ood_score DOUBLE, out_of_distribution BOOLEAN, ood_reason STRING, "
+    "error STRING"
 )
 """The fields of `cxrlake.predict` as a Spark DDL schema: ``from_json`` of the handler's JSON
 with this schema is the ``STRUCT`` that ``models.predict_image`` returns

@@ -707,9 +707,103 @@ def write_card(run_dir: str | os.PathLike[str], *targets: str | os.PathLike[str]
     """Render the card of ``run_dir/metrics.json`` into every path of ``targets``, keeping the
     `PRESERVED_SECTIONS` a target already holds."""
     with open(Path(run_dir) / "metrics.json") as handle:
-        text = render_card(json.load(handle))
+        metrics = json.load(handle)
+    text = render_card(metrics)
+    version = metrics.get("config", {}).get("model_version")
     for target in targets:
         path = Path(target)
         kept = _preserved(path.read_text()) if path.is_file() else ""
         out = text.replace("## Reproduce\n", kept + "## Reproduce\n", 1) if kept else text
+        out = insert_ood_section(out, _ood_summary(version, Path(run_dir), path.parent))
         path.write_text(out)
+
+
+OOD_TITLE = "## Out-of-distribution flag"
+
+
+def ood_section(summary: dict) -> str:
+    """The model card section of ``ood.json`` (written by ``cxrlake.training.ood fit``)."""
+    fit = summary["fit"]
+    ev = summary.get("evaluation") or {}
+    ref = fit["drift_reference"]
+    command = "python -m cxrlake.training.ood fit --model MODEL.onnx --data DIR"
+    lines = [
+        f"""{OOD_TITLE}
+
+Every prediction carries `ood_score` (higher = less like the training films),
+`out_of_distribution` and `ood_reason`, from the same forward pass: the graph's `ood_score`
+output is the {fit["method"]}. The reference (mean, {fit["components"]} scaled principal
+directions, the variance of the rest) is fitted on the **{fit["training_films"]} training films**
+only ({fit["split"]}) and stored in the model as initializers. Threshold
+(`cxrlake.ood_threshold`): **{fit["threshold"]:.4f}**, the {fit["quantile"]} quantile of
+{fit["folds"]}-fold out-of-fold scores (patient-grouped folds, each scored by a reference fitted
+without it: in-sample distances would set it too low). A DICOM header with a Modality other than
+CR/DX (or DR/RG), or a lateral ViewPosition, also flags, with the reason in `ood_reason`. A
+flagged film is still scored and stored. Re-fit on a new model with `{command}` (DIR: the
+training folder, `../shared/data/chest_xray/train`; `cxrlake train` runs it after export).
+Training-film reference for `gold.drift_metrics` (metadata `cxrlake.drift_reference`): the
+probability histogram (10 bins), positive rate {ref["positive_rate"]:.3f}, quality score
+{ref["quality_mean"]:.3f} +- {ref["quality_std"]:.3f}.
+""",
+    ]
+    if ev:
+        val, nc = ev["validation"], ev["non_chest"]
+        lines += [
+            "Flag rates (`python -m cxrlake.training.ood evaluate`; the fixed set is",
+            "`cxrlake.training.ood_set`, the validation films were never used by the fit):",
+            "",
+            "| inputs | n | flagged | median score | goal |",
+            "| --- | ---: | ---: | ---: | --- |",
+            f"| validation chest films (in distribution) | {val['films']} | "
+            f"{val['flag_rate']:.1%} | {val['median_score']:.2f} | <= 5% |",
+            f"| **all non-chest inputs** | {nc['inputs']} | **{nc['flag_rate']:.1%}** | | >= 95% |",
+        ]
+        for name, g in nc["groups"].items():
+            score = "" if g["median_score"] is None else f"{g['median_score']:.2f}"
+            rate = "n/a" if g["flag_rate"] is None else f"{g['flag_rate']:.1%}"
+            lines.append(
+                f"| non-chest: {name} (by {g['by']}) | {g['inputs']} | {rate} | {score} | |"
+            )
+        for name, g in ev["shifted_chest"].items():
+            lines.append(
+                f"| shifted chest: {name} | {g['inputs']} | {g['flag_rate']:.1%} "
+                f"| {g['median_score']:.2f} | measured |"
+            )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def insert_ood_section(text: str, summary: dict | None) -> str:
+    """``text`` (a card) with its OOD section replaced by ``summary``'s (placed before "## Known
+    limits", else at the end); unchanged when ``summary`` is None."""
+    if summary is None:
+        return text
+    start = text.find(OOD_TITLE + "\n")
+    if start >= 0:
+        end = text.find("\n## ", start + len(OOD_TITLE))
+        text = text[:start] + text[end + 1 if end >= 0 else len(text) :]
+    anchor = text.find("## Known limits\n")
+    if anchor < 0:
+        anchor = text.find("<!-- metrics-json")
+    section = ood_section(summary)
+    if anchor < 0:
+        return text.rstrip("\n") + "\n\n" + section
+    return text[:anchor] + section + text[anchor:]
+
+
+def update_ood_section(card: str | os.PathLike[str], summary: dict) -> None:
+    """Rewrite the OOD section of the card file ``card`` from ``summary`` (``ood.json``)."""
+    path = Path(card)
+    path.write_text(insert_ood_section(path.read_text(), summary))
+
+
+def _ood_summary(version: str | None, *folders: Path) -> dict | None:
+    """The first ``ood.json`` of ``folders`` fitted on model ``version`` (another version's
+    figures are not this model's)."""
+    for folder in folders:
+        path = folder / "ood.json"
+        if path.is_file():
+            summary = json.loads(path.read_text())
+            if summary.get("fit", {}).get("model_version") == version:
+                return summary
+    return None

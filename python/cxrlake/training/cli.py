@@ -93,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "directory and next to --out)",
     )
     parser.add_argument("--experiment", default="cxrlake-pneumonia")
+    parser.add_argument(
+        "--no-ood",
+        action="store_true",
+        help="do not fit the out-of-distribution reference into the shipped file "
+        "(python -m cxrlake.training.ood fit does it later)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,6 +167,11 @@ def run(args: argparse.Namespace) -> int:
         try_int8=not args.no_int8,
         target_sensitivity=args.target_sensitivity,
     )
+    if not getattr(args, "no_ood", False):
+        # the out-of-distribution reference of the shipped file (cxrlake.training.ood)
+        from cxrlake.training.ood import fit_run
+
+        summary["ood"] = fit_run(run_dir, ship_to=args.out, threads=args.threads)
     cards = [run_dir / "MODEL_CARD.md", *args.card]
     if args.out:
         cards.append(Path(args.out) / "MODEL_CARD.md")

@@ -191,3 +191,34 @@ def calibration_points(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tup
         for b in range(bins)
         if np.any(idx == b)
     ]
+
+
+def time_series(title: str, ylabel: str, dates: list[str], series: dict[str, list]) -> str:
+    """One line per series over ``dates`` (category axis, in order); ``None`` values are gaps.
+    Values are plotted from 0 to the largest value (at least 1e-9)."""
+    w, h, x0, y0, pw, ph = 460, 290, 60, 240, 370, 210
+    values = [v for vs in series.values() for v in vs if v is not None]
+    top = max([*values, 1e-9])
+    ticks = [top * i / 4 for i in range(5)]
+    body = [_axes(x0, y0, pw, ph, "run date", ylabel, ticks)]
+    step = pw / max(len(dates) - 1, 1)
+    for i, d in enumerate(dates):
+        if len(dates) <= 8 or i % max(len(dates) // 8, 1) == 0:
+            body.append(
+                f'<text x="{x0 + step * i:.1f}" y="{y0 + 14}" text-anchor="middle">'
+                f"{html.escape(str(d)[5:])}</text>"
+            )
+    palette = ["#e34a33", "#2b8cbe", "#31a354", "#756bb1", "#636363", "#ff7f00"]
+    for k, (name, vs) in enumerate(series.items()):
+        color = palette[k % len(palette)]
+        points = [(x0 + step * i, y0 - ph * v / top) for i, v in enumerate(vs) if v is not None]
+        if len(points) > 1:
+            path = " ".join(f"{x:.1f},{y:.1f}" for x, y in points)
+            body.append(
+                f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="2"/>'
+            )
+        for x, y in points:
+            body.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
+        label = html.escape(name)
+        body.append(f'<text x="{x0 + pw + 5}" y="{y0 - ph + 14 * k}" fill="{color}">{label}</text>')
+    return _svg(w + 60, h, "".join(body), title)

@@ -151,6 +151,7 @@ def build_page(
                 "recall",
                 "f1_score",
                 "auc_roc",
+                "flagged_samples",
                 "evaluated_at",
             ],
             ("model_name", "model_version", "dataset_split", "evaluated_at"),
@@ -207,6 +208,8 @@ def build_page(
         )
     else:
         out.append('<p class="muted">(no labelled predictions)</p>')
+
+    out.append(_drift_section(con, preds))
 
     out.append("<h2 id='examples'>Example predictions</h2>")
     out.append(_examples(con, preds, examples, thumbnails))
@@ -316,3 +319,75 @@ def _examples(con: Any, preds: list[dict[str, Any]], n: int, thumbnails: bool) -
             f"<div>P(PNEUMONIA) = {r['prediction_probability']:.3f}</div></div>"
         )
     return "<div class='grid'>" + "".join(cards) + "</div>"
+
+
+def _drift_section(con: Any, preds: list[dict[str, Any]]) -> str:
+    """Out-of-distribution films (still scored) and `gold.drift_metrics` over time."""
+    out = ["<h2 id='drift'>Out of distribution and drift</h2>"]
+    flagged = [p for p in preds if p.get("out_of_distribution")]
+    scored = [p for p in preds if p.get("ood_score") is not None]
+    out.append(
+        f"<p>{len(flagged)} of {len(preds)} current predictions are flagged out of distribution "
+        f"({len(scored)} carry an OOD score): the film is unlike the model's training films, so "
+        "its probability means little. Flagged films are scored, stored and counted in the "
+        "metrics (<code>flagged_samples</code> above) and come first in the review worklist.</p>"
+    )
+    if flagged:
+        rows = sorted(flagged, key=lambda p: -(p.get("ood_score") or 0.0))[:20]
+        out.append(
+            _table(
+                rows,
+                ["image_id", "dataset_split", "ood_score", "ood_reason", "prediction_probability"],
+                ("image_id", "dataset_split", "ood_reason"),
+            )
+        )
+    drift = queries.drift_metrics(con).to_pylist()
+    if not drift:
+        out.append('<p class="muted">(no gold.drift_metrics rows)</p>')
+        return "\n".join(out)
+    latest = max((r["model_name"], r["model_version"]) for r in drift)
+    rows = [r for r in drift if (r["model_name"], r["model_version"]) == latest]
+    dates = sorted({str(r["run_date"]) for r in rows})
+    sites = sorted({r["site_id"] for r in rows})
+    by_key = {(r["site_id"], str(r["run_date"])): r for r in rows}
+
+    def series(column: str) -> dict[str, list]:
+        return {s: [(by_key.get((s, d)) or {}).get(column) for d in dates] for s in sites}
+
+    out.append(
+        f"<p class='muted'>gold.drift_metrics of {html.escape(' '.join(latest))} per site (the "
+        "source folder) and run date. PSI: population stability index of the probability against "
+        "the training films (under 0.1 stable, 0.1-0.25 moderate shift, above 0.25 large "
+        "shift); quality shift in training standard deviations.</p><div class='grid'>"
+    )
+    out.append(
+        charts.time_series(
+            "Share flagged out of distribution", "share", dates, series("flagged_share")
+        )
+    )
+    out.append(
+        charts.time_series("PSI of the probability", "PSI", dates, series("probability_psi"))
+    )
+    out.append(
+        charts.time_series("Mean probability", "P(PNEUMONIA)", dates, series("mean_probability"))
+    )
+    out.append(charts.time_series("Mean OOD score", "score", dates, series("mean_ood_score")))
+    out.append("</div>")
+    out.append(
+        _table(
+            rows,
+            [
+                "site_id",
+                "run_date",
+                "film_count",
+                "positive_rate",
+                "mean_probability",
+                "probability_psi",
+                "flagged_share",
+                "mean_ood_score",
+                "quality_shift",
+            ],
+            ("site_id", "run_date"),
+        )
+    )
+    return "\n".join(out)

@@ -8,6 +8,7 @@ from typing import Any
 import pyarrow as pa
 
 from cxrlake.medallion import schemas
+from cxrlake.medallion.schemas import DRIFT_METRICS
 
 
 def has_table(con: Any, qualified: str) -> bool:
@@ -113,3 +114,13 @@ def image_bytes(con: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], 
     finally:
         con.execute("DROP TABLE __wanted")
     return {(r["image_id"], r["content_sha256"]): r["content"] for r in rows.to_pylist()}
+
+
+def drift_metrics(con: Any) -> pa.Table:
+    """`gold.drift_metrics` ordered by model version, site and run date."""
+    return _query(
+        con,
+        "gold.drift_metrics",
+        "SELECT * FROM gold.drift_metrics ORDER BY model_name, model_version, site_id, run_date",
+        {f.name: f.type for f in DRIFT_METRICS.arrow_schema},
+    )
