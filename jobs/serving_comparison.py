@@ -8,15 +8,21 @@
 # MAGIC rate, agreement with the other version on the same images, and sensitivity and specificity
 # MAGIC against the radiologists' verdicts (`gold.prediction_feedback`), into
 # MAGIC `gold.champion_challenger_comparison` (`cxrlake.spark.serving`, the rule `cxrlake promote` runs
-# MAGIC locally). With `promote_version`, prints the comparison and then moves `@champion` of the
-# MAGIC registered model to that version. Job: `bundle/resources/serving_comparison.job.yml`.
+# MAGIC locally). (Re)creates `models.predict_endpoint(content)`, the `ai_query` form of predict
+# MAGIC (`sql/40_predict_endpoint_function.sql`). With `promote_version`, prints the comparison and
+# MAGIC then moves `@champion` of the registered model to that version. Job:
+# MAGIC `bundle/resources/serving_comparison.job.yml`.
 # MAGIC
 # MAGIC ## Widgets
 # MAGIC - `catalog`: Unity Catalog catalog, `healthcare_catalog_<env>`.
-# MAGIC - `bronze_schema`, `silver_schema`, `gold_schema`, `models_schema`: the schemas as the bundle deployed them.
+# MAGIC - `bronze_schema`: the bronze schema as the bundle deployed it (`dev_<user>_bronze` in development mode).
+# MAGIC - `silver_schema`: the silver schema as deployed.
+# MAGIC - `gold_schema`: the gold schema as deployed (the inference table and the comparison live there).
+# MAGIC - `models_schema`: the models schema as deployed (the registered model and `predict_endpoint`).
 # MAGIC - `registered_model`: the registered model's deployed name.
-# MAGIC - `serving_endpoint`: the endpoint's deployed name; `models.predict_endpoint(content)` (the `ai_query` form of predict, `sql/40_predict_endpoint_function.sql`) is (re)created over it.
-# MAGIC - `readers_group`, `engineers_group`: principals granted EXECUTE on `predict_endpoint`.
+# MAGIC - `serving_endpoint`: the endpoint's deployed name, called by `predict_endpoint`.
+# MAGIC - `readers_group`: principal granted EXECUTE on `predict_endpoint`.
+# MAGIC - `engineers_group`: principal granted EXECUTE on `predict_endpoint`.
 # MAGIC - `promote_version`: empty = compare only; a version number = move `@champion` to it after printing the comparison.
 
 # COMMAND ----------
@@ -34,7 +40,7 @@ dbutils.widgets.text("promote_version", "", "Version to make the champion (empty
 
 # COMMAND ----------
 
-from cxrlake.spark import jobs, serving
+from cxrlake.spark import jobs
 
 names = jobs.validate_deployment(
     dbutils.widgets.get("catalog"),
@@ -44,21 +50,15 @@ names = jobs.validate_deployment(
     dbutils.widgets.get("models_schema"),
     registered_model=dbutils.widgets.get("registered_model"),
 )
-serving.create_endpoint_function(
-    spark,
-    names,
-    dbutils.widgets.get("serving_endpoint"),
-    readers_group=dbutils.widgets.get("readers_group"),
-    engineers_group=dbutils.widgets.get("engineers_group") or None,
-)
-comparison = serving.serving_comparison(spark, names)
-if comparison is None:
-    print("the endpoint has logged no request yet (no inference table in the gold schema)")
-else:
-    comparison.orderBy("model_name", "model_version").show(truncate=False)
 
 # COMMAND ----------
 
-version = dbutils.widgets.get("promote_version").strip()
-if version:
-    print(serving.promote(names, version))
+report = jobs.serving_comparison(
+    spark,
+    names,
+    serving_endpoint=dbutils.widgets.get("serving_endpoint"),
+    readers_group=dbutils.widgets.get("readers_group"),
+    engineers_group=dbutils.widgets.get("engineers_group") or None,
+    promote_version=dbutils.widgets.get("promote_version").strip() or None,
+)
+print(report)

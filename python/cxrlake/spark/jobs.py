@@ -684,6 +684,29 @@ def review_agreement(spark: Any, catalog: str | Deployment) -> dict[str, int]:
     return merge_into(rows, target, lake_schemas.REVIEW_AGREEMENT.keys, update=False)
 
 
+def serving_comparison(
+    spark: Any,
+    catalog: str | Deployment,
+    serving_endpoint: str,
+    readers_group: str,
+    engineers_group: str | None = None,
+    promote_version: str | None = None,
+) -> str:
+    """The serving comparison job (`cxrlake.spark.serving.run_comparison_job`): the ai_query
+    function over the endpoint, ``gold.champion_challenger_comparison`` from its inference
+    table, and with ``promote_version`` the ``@champion`` move after it. Returns the report."""
+    from cxrlake.spark.serving import run_comparison_job
+
+    return run_comparison_job(
+        spark,
+        _deployment(catalog),
+        serving_endpoint,
+        readers_group,
+        engineers_group,
+        promote_version,
+    )
+
+
 def _sql_dir(sql_dir: str | os.PathLike[str] | None) -> Path:
     path = Path(sql_dir) if sql_dir else sql_files.default_sql_dir()
     if not path.is_dir():

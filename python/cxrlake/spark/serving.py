@@ -123,3 +123,32 @@ def create_endpoint_function(
         "engineers_group": validate_principal(engineers_group or readers_group),
     }
     sql_files.run_sql_file(spark, _sql_dir(sql_dir) / ENDPOINT_FUNCTION_SQL, params)
+
+
+def run_comparison_job(
+    spark: Any,
+    names: Deployment,
+    serving_endpoint: str,
+    readers_group: str,
+    engineers_group: str | None = None,
+    promote_version: str | None = None,
+) -> str:
+    """The serving comparison job: (re)create ``predict_endpoint``, compute and MERGE the
+    comparison, and with ``promote_version`` move ``@champion`` after it. Returns what to print:
+    the comparison table, then the alias move."""
+    import pyarrow as pa
+
+    from cxrlake.serving.registry import format_comparison
+
+    if promote_version is not None and not promote_version.isdigit():
+        raise ValueError(f"promote_version must be a model version number, got {promote_version!r}")
+    create_endpoint_function(spark, names, serving_endpoint, readers_group, engineers_group)
+    comparison = serving_comparison(spark, names)
+    if comparison is None:
+        lines = ["the endpoint has logged no request yet (no inference table in the gold schema)"]
+    else:
+        rows = [r.asDict() for r in comparison.orderBy("model_name", "model_version").collect()]
+        lines = [format_comparison(pa.Table.from_pylist(rows, schema=tables.GOLD_COMPARISON))]
+    if promote_version is not None:
+        lines.append(promote(names, promote_version))
+    return "\n".join(lines)
