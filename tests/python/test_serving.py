@@ -584,6 +584,17 @@ def test_requests_are_logged_in_batches_and_compared_and_promote_moves_the_champ
     history = LocalRegistry(lakehouse).history()
     assert [(r["alias"], r["version"]) for r in history] == [("challenger", 1), ("champion", 1)]
     assert LocalRegistry(lakehouse).get("champion")["model_version"] == "2.0.0"
+    # `cxrlake serve --champion @champion` (or --lakehouse alone) serves the copy in the lakehouse,
+    # and refuses it once its bytes changed
+    from cxrlake.serving.models import resolve_model_file
+
+    served_file = Path(resolve_model_file("@champion", str(lakehouse)))
+    assert (
+        served_file.is_relative_to(lakehouse) and cxrlake.Model(str(served_file)).version == "2.0.0"
+    )
+    served_file.write_bytes(served_file.read_bytes() + b"\0")
+    with pytest.raises(ValueError, match="missing or changed"):
+        resolve_model_file("@champion", str(lakehouse))
     assert len(lh.read(serving_tables.COMPARISON_TABLE)) == 2  # re-runs update, never add
     # `cxrlake maintain` compacts and vacuums the serving tables with the others
     assert cli_main(["maintain", "--lakehouse", str(lakehouse), "--dry-run"]) == 0
