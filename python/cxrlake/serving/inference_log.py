@@ -14,6 +14,7 @@ import datetime as dt
 import os
 import sys
 import threading
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -129,7 +130,7 @@ class InferenceLog:
         try:
             batch = pa.Table.from_pylist(rows, schema=tables.GOLD_SERVING_PAYLOAD)
             with self._write_lock:
-                self.lakehouse.append(tables.SERVING_PAYLOAD, batch, operation="serve")
+                self._append(batch)
         except Exception as e:  # the server keeps answering; the loss is reported
             self.dropped += len(rows)
             print(
@@ -138,6 +139,18 @@ class InferenceLog:
             return
         self.commits += 1
         self.written += len(rows)
+
+    def _append(self, batch: pa.Table, attempts: int = 3) -> None:
+        """Append in one commit; a commit that lost a race with another writer (`cxrlake
+        maintain` compacting the table) is tried again."""
+        for attempt in range(attempts):
+            try:
+                self.lakehouse.append(tables.SERVING_PAYLOAD, batch, operation="serve")
+                return
+            except Exception:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.2 * (attempt + 1))
 
     def flush(self) -> None:
         """Write what is pending now (used by tests and at shutdown)."""

@@ -73,12 +73,20 @@ class LocalRegistry:
         """Point ``alias`` at ``model_file`` (None: the shipped model). Returns (row in force,
         whether a row was written)."""
         import cxrlake
-        from cxrlake.serving.inference_log import ensure_table
 
         if alias not in ALIASES:
             raise ValueError(f"alias must be one of {', '.join(ALIASES)}, got {alias!r}")
+        from cxrlake.lakehouse.storage import LakehouseLock
+
         model = cxrlake.Model(model_file)
         digest = _sha256(model.path)
+        # one alias move at a time (versions 1, 2, ... per alias are read, then written)
+        with LakehouseLock(self.lakehouse.root, self.lakehouse.env):
+            return self._set_locked(alias, model, digest)
+
+    def _set_locked(self, alias: str, model: Any, digest: str) -> tuple[dict[str, Any], bool]:
+        from cxrlake.serving.inference_log import ensure_table
+
         rows = [r for r in self.history() if r["alias"] == alias]
         current = rows[-1] if rows else None
         if current is not None and current["model_sha256"] == digest:
@@ -151,8 +159,11 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
         lh.read(schemas.PREDICTIONS, list(tables.COMPARISON_PREDICTION_COLUMNS)),
         dt.datetime.now(dt.timezone.utc),
     )
-    ensure_table(lh, tables.COMPARISON_TABLE)
-    lh.merge(tables.COMPARISON_TABLE, table, operation="serving_comparison")
+    from cxrlake.lakehouse.storage import LakehouseLock
+
+    with LakehouseLock(lakehouse, env):
+        ensure_table(lh, tables.COMPARISON_TABLE)
+        lh.merge(tables.COMPARISON_TABLE, table, operation="serving_comparison")
     return table
 
 
