@@ -381,15 +381,18 @@ def test_health_answers_while_the_model_loads_and_after():
 
 
 # ------------------------------------------------------------------ load
-def test_concurrent_requests_are_batched_into_fewer_core_calls(films, cli_predictions):
+def test_concurrent_requests_are_batched_into_one_core_call(films, cli_predictions):
+    """Requests that arrive while the core is busy (here: before the worker starts) are scored
+    together: twelve one-film requests from twelve threads, one `predict` call."""
     model = cxrlake.Model()
-    batcher = MicroBatcher(model, max_batch=16, max_wait_s=0.05)
+    batcher = MicroBatcher(model, max_batch=16, start=False)
     images = [Path(p).read_bytes() for p in films] * 2
     with ThreadPoolExecutor(len(images)) as pool:
-        results = list(pool.map(lambda image: batcher.submit([image]).result(), images))
+        futures = list(pool.map(lambda image: batcher.submit([image]), images))
+    batcher.start()
+    results = [f.result() for f in futures]
     batcher.close()
-    assert batcher.batched_images == len(images)
-    assert batcher.batches < len(images)
+    assert (batcher.batches, batcher.batched_images) == (1, len(images))
     for path, scored in zip(films * 2, results, strict=True):
         assert scored.rows[0]["probability"] == cli_predictions[path]["probability"]
 
