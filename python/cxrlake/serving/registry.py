@@ -213,45 +213,4 @@ def read_databricks_comparison(table: str, warehouse_id: str, client: Any = None
     return pa.Table.from_pylist(records, schema=tables.GOLD_COMPARISON)
 
 
-def format_comparison(table: pa.Table) -> str:
-    """The comparison as a small text table for the terminal."""
-    if table.num_rows == 0:
-        return "no scored requests in the inference table yet"
-
-    def pct(value: Any) -> str:
-        return "-" if value is None else f"{100 * value:.1f}%"
-
-    header = (
-        "model",
-        "served as",
-        "requests",
-        "images",
-        "errors",
-        "positive",
-        "paired",
-        "agreement",
-        "reviewed",
-        "sensitivity",
-        "specificity",
-    )
-    lines = [header]
-    for r in table.to_pylist():
-        lines.append(
-            (
-                f"{r['model_name']} v{r['model_version']}",
-                r["served_entity_id"] or "-",
-                str(r["requests"]),
-                str(r["images"]),
-                str(r["image_errors"]),
-                pct(r["positive_rate"]),
-                str(r["paired_images"]),
-                pct(r["agreement_rate"]),
-                str(r["reviewed_images"]),
-                pct(r["sensitivity"]),
-                pct(r["specificity"]),
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
-    )
+format_comparison = tables.format_comparison

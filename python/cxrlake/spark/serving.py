@@ -92,11 +92,12 @@ def serving_comparison(spark: Any, names: Deployment, now: dt.datetime | None = 
 
 def promote(names: Deployment, version: str, alias: str = "champion") -> str:
     """Move ``<catalog>.<models>.<registered model>@alias`` to ``version`` in Unity Catalog."""
-    from cxrlake.serving.registry import set_mlflow_alias
+    import mlflow
 
     if not version.isdigit():
         raise ValueError(f"promote_version must be a model version number, got {version!r}")
-    set_mlflow_alias(names.model_name(), alias, version, registry_uri="databricks-uc")
+    mlflow.set_registry_uri("databricks-uc")
+    mlflow.MlflowClient().set_registered_model_alias(names.model_name(), alias, version)
     return f"{names.model_name()}@{alias} -> version {version}"
 
 
@@ -138,8 +139,6 @@ def run_comparison_job(
     the comparison table, then the alias move."""
     import pyarrow as pa
 
-    from cxrlake.serving.registry import format_comparison
-
     if promote_version is not None and not promote_version.isdigit():
         raise ValueError(f"promote_version must be a model version number, got {promote_version!r}")
     create_endpoint_function(spark, names, serving_endpoint, readers_group, engineers_group)
@@ -148,7 +147,9 @@ def run_comparison_job(
         lines = ["the endpoint has logged no request yet (no inference table in the gold schema)"]
     else:
         rows = [r.asDict() for r in comparison.orderBy("model_name", "model_version").collect()]
-        lines = [format_comparison(pa.Table.from_pylist(rows, schema=tables.GOLD_COMPARISON))]
+        lines = [
+            tables.format_comparison(pa.Table.from_pylist(rows, schema=tables.GOLD_COMPARISON))
+        ]
     if promote_version is not None:
         lines.append(promote(names, promote_version))
     return "\n".join(lines)
