@@ -265,3 +265,16 @@ def test_pipeline_adds_the_columns_stores_flagged_films_and_writes_drift_once(
     version = drift_table.version()
     run_pipeline([tmp_path / "src"], lakehouse, progress=False)
     assert DeltaTable(f"{catalog}/gold/drift_metrics").version() == version
+    # the report lists the flagged film with its reason and plots the drift rows
+    from cxrlake.lakehouse.report import build_report
+
+    html = build_report(lakehouse)
+    assert "Out of distribution and drift" in html and "unlike the training films" in html
+    assert "PSI of the probability" in html and "flagged_samples" in html
+    # SQL predict() on DuckDB carries the columns
+    from cxrlake.lakehouse.sql import query
+
+    row = query(
+        lakehouse, f"SELECT predict('{source / 'PNEUMONIA' / 'photo.png'}') AS p"
+    ).to_pylist()[0]["p"]
+    assert row["out_of_distribution"] is True and row["ood_score"] > shipped.ood_threshold
