@@ -99,13 +99,13 @@ def _register_udfs(
     con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None, catalog: str
 ) -> None:
     import cxrlake
-    from cxrlake.spark.udfs import EXPLAIN_RESULT, FEATURES_RESULT, PREDICT_RESULT
+    from cxrlake.columns import EXPLAIN, FEATURES, PREDICT
 
     model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
     # A misconfigured sandbox (an empty or missing root) fails here, not at the first row.
     cxrlake.decode(pa.array([], pa.string()), roots=roots)
-    predict_fields = [f.name for f in PREDICT_RESULT]
-    feature_fields = [f.name for f in FEATURES_RESULT]
+    predict_fields = PREDICT.names
+    feature_fields = FEATURES.names
 
     def predict(images: pa.Array) -> pa.Array:
         return _struct_of(cxrlake.predict(images, model=model, roots=roots), predict_fields)
@@ -114,7 +114,7 @@ def _register_udfs(
         batch = cxrlake.features(images, model=model, roots=roots, embedding=model.has_embedding)
         return _struct_of(batch, feature_fields)
 
-    explain_fields = [f.name for f in EXPLAIN_RESULT]
+    explain_fields = EXPLAIN.names
 
     def explain(images: pa.Array) -> pa.Array:
         return _struct_of(cxrlake.explain(images, model=model, roots=roots), explain_fields)
@@ -148,13 +148,13 @@ def _register_udfs(
         return reasons.combine_chunks() if isinstance(reasons, pa.ChunkedArray) else reasons
 
     functions = [
-        ("predict", predict, _duck_type(PREDICT_RESULT)),
-        ("features", features, _duck_type(FEATURES_RESULT)),
+        ("predict", predict, _duck_type(pa.struct(PREDICT))),
+        ("features", features, _duck_type(pa.struct(FEATURES))),
         ("quality_score", quality_score, "DOUBLE"),
         ("image_error", image_error, "VARCHAR"),
     ]
     if model.has_heatmap:
-        functions.append(("explain", explain, _duck_type(EXPLAIN_RESULT)))
+        functions.append(("explain", explain, _duck_type(pa.struct(EXPLAIN))))
     # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
     for name, fn, return_type in functions:
         for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):

@@ -11,35 +11,9 @@ from typing import Any
 
 import pyarrow as pa
 
-ANALYSIS_SCHEMA = pa.schema(
-    [
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("mean_pixel_value", pa.float64()),
-        pa.field("std_pixel_value", pa.float64()),
-        pa.field("quality_score", pa.float64()),
-        pa.field("embedding", pa.list_(pa.float64())),
-        pa.field("probability", pa.float64()),
-        pa.field("predicted_label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("ood_score", pa.float64()),
-        pa.field("out_of_distribution", pa.bool_()),
-        pa.field("ood_reason", pa.string()),
-        pa.field(
-            "heatmap",
-            pa.struct(
-                [
-                    pa.field("rows", pa.int32()),
-                    pa.field("cols", pa.int32()),
-                    pa.field("values", pa.list_(pa.float32())),
-                ]
-            ),
-        ),
-        pa.field("error", pa.string()),
-    ]
-)
+from cxrlake import columns
+
+ANALYSIS_SCHEMA = columns.ANALYZE
 """Columns of `analyze` (those of `cxrlake.analyze`)."""
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from cxrlake import columns
 from cxrlake.model import LABEL_NAMES as MODEL_LABEL_NAMES
 
 CATALOG_PREFIX = "healthcare_catalog_"
@@ -43,13 +44,7 @@ quarantined (`image WxH smaller than 64 px minimum`)."""
 
 TS = pa.timestamp("us", tz="UTC")
 
-HEATMAP = pa.struct(
-    [
-        pa.field("rows", pa.int32()),
-        pa.field("cols", pa.int32()),
-        pa.field("values", pa.list_(pa.float32())),  # row-major logit contributions
-    ]
-)
+HEATMAP = columns.HEATMAP
 """Type of ``gold.pneumonia_predictions.heatmap`` (as returned by `cxrlake.analyze`)."""
 
 BRONZE_METADATA = pa.schema(

@@ -25,68 +25,18 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-PREDICT_RESULT = pa.struct(
-    [
-        pa.field("probability", pa.float64()),
-        pa.field("predicted_label", pa.int32()),
-        pa.field("label_name", pa.string()),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("ood_score", pa.float64()),
-        pa.field("out_of_distribution", pa.bool_()),
-        pa.field("ood_reason", pa.string()),
-        pa.field("error", pa.string()),
-    ]
-)
+from cxrlake import columns
+
+PREDICT_RESULT = pa.struct(columns.PREDICT)
 """Struct returned by ``predict``: the columns of `cxrlake.predict`."""
 
-FEATURES_RESULT = pa.struct(
-    [
-        pa.field("width", pa.int32()),
-        pa.field("height", pa.int32()),
-        pa.field("mean_pixel_value", pa.float64()),
-        pa.field("std_pixel_value", pa.float64()),
-        pa.field("quality_score", pa.float64()),
-        pa.field("embedding", pa.list_(pa.float64())),
-        pa.field("error", pa.string()),
-    ]
-)
+FEATURES_RESULT = pa.struct(columns.FEATURES)
 """Struct returned by ``features``: the columns of `cxrlake.features`."""
 
-HEATMAP = pa.struct(
-    [
-        pa.field("rows", pa.int32()),
-        pa.field("cols", pa.int32()),
-        pa.field("values", pa.list_(pa.float32())),
-    ]
-)
-"""The class-activation map: ``rows x cols`` row-major values (logit contributions)."""
-
-ANALYZE_RESULT = pa.struct(
-    [
-        *list(FEATURES_RESULT)[:-1],
-        *list(PREDICT_RESULT)[:-1],
-        pa.field("heatmap", HEATMAP),
-        pa.field("error", pa.string()),
-    ]
-)
+ANALYZE_RESULT = pa.struct(columns.ANALYZE)
 """Struct returned by ``analyze``: the columns of `cxrlake.analyze`."""
 
-EXPLAIN_RESULT = pa.struct(
-    [
-        pa.field("heatmap", HEATMAP),
-        pa.field("heatmap_scale", pa.float64()),
-        pa.field("probability", pa.float64()),
-        pa.field("predicted_label", pa.int32()),
-        pa.field("overlay", pa.binary()),
-        pa.field("model_name", pa.string()),
-        pa.field("model_version", pa.string()),
-        pa.field("ood_score", pa.float64()),
-        pa.field("out_of_distribution", pa.bool_()),
-        pa.field("ood_reason", pa.string()),
-        pa.field("error", pa.string()),
-    ]
-)
+EXPLAIN_RESULT = pa.struct(columns.EXPLAIN)
 """Struct returned by ``explain``: the columns of `cxrlake.explain`."""
 
 ARROW_RECORDS_PER_BATCH = 64
