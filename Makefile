@@ -67,13 +67,14 @@ test-rust: sysdeps $(VENV)/.deps ## Rust unit and integration tests of the core
 test-python: develop ## pytest suites (real images from ../shared/data)
 	CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q
 
-lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check
+lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check, import contracts (.importlinter)
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
 	cargo clippy --all-targets --features python --quiet -- -D warnings
 	$(VENV)/bin/ruff check python tests benches fuzz tools
 	$(VENV)/bin/ruff format --check python tests benches fuzz tools
+	PYTHONPATH=python $(VENV)/bin/lint-imports --no-cache
 
 fmt: setup ## Format Rust and Python sources
 	cargo fmt --all
