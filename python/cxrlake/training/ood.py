@@ -41,6 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlake.exceptions import CxrlakeError
+
 OOD_OUTPUT = "ood_score"
 PREFIX = "ood/"
 THRESHOLD_KEY = "cxrlake.ood_threshold"
@@ -53,7 +55,7 @@ DEFAULT_FOLDS = 5
 PROBABILITY_BINS = 10
 
 
-class OodFitError(Exception):
+class OodFitError(CxrlakeError):
     """The reference cannot be fitted (wrong data folder, too few films, graph mismatch)."""
 
 
@@ -243,6 +245,12 @@ def _card_config(model_path: Path) -> dict:
     return {**data, **data.get("config", {})}
 
 
+def _given(cfg: dict, key: str, default: object) -> object:
+    """``cfg[key]`` unless absent or null (the card writes null for unused settings)."""
+    value = cfg.get(key)
+    return default if value is None else value
+
+
 def training_split(model_path: Path, data: str, run_dir: str | None) -> tuple[list, list, str]:
     """(train, validation, how) records of the model's own split."""
     from cxrlake.training import data as data_mod
@@ -257,10 +265,10 @@ def training_split(model_path: Path, data: str, run_dir: str | None) -> tuple[li
     cfg = _card_config(model_path)
     records = data_mod.list_labelled_images(data)
     if cfg.get("split") == "acquisition":
-        n, held = int(cfg.get("n_batches", 12)), int(cfg.get("held_out_batches", 3))
+        n, held = int(_given(cfg, "n_batches", 12)), int(_given(cfg, "held_out_batches", 3))
         train, val = data_mod.acquisition_split(records, n, held)
         return train, val, f"acquisition split ({held} of {n} batches held out)"
-    seed, fraction = int(cfg.get("seed", 42)), float(cfg.get("val_fraction", 0.18))
+    seed, fraction = int(_given(cfg, "seed", 42)), float(_given(cfg, "val_fraction", 0.18))
     train, val = data_mod.patient_grouped_split(records, fraction, seed)
     return train, val, f"patient-grouped split (seed {seed}, val_fraction {fraction})"
 
@@ -521,9 +529,8 @@ def _group(model_path, items: list, threads) -> dict:
 
 def write_results(model_path: Path, summary: dict) -> Path:
     """``ood.json`` next to the model, and the OOD section of the model cards there."""
-    from cxrlake.training.card import update_ood_section
-
     import cxrlake
+    from cxrlake.training.card import update_ood_section
 
     path = Path(model_path).parent / RESULT_FILE
     path.write_text(json.dumps(summary, indent=2) + "\n")
