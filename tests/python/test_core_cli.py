@@ -334,6 +334,11 @@ def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
         LakehouseNotFoundError: FileNotFoundError,
         LakehouseWriteError: OSError,
     }
+    from cxrlake.serving.batcher import QueueFull
+    from cxrlake.serving.protocol import ProtocolError
+    from cxrlake.training.ood import OodFitError
+
+    builtin_base |= {ProtocolError: ValueError, QueueFull: RuntimeError, OodFitError: Exception}
     for cls, base in builtin_base.items():
         assert issubclass(cls, CxrlakeError) and issubclass(cls, base), cls
     assert issubclass(CommandError, CxrlakeError)

@@ -22,8 +22,10 @@ from typing import Any
 
 import pyarrow as pa
 
+from cxrlake.exceptions import CxrlakeError
 
-class QueueFull(RuntimeError):
+
+class QueueFull(CxrlakeError, RuntimeError):
     """The batcher holds as many images or bytes as it may; retry later (HTTP 503)."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cxrlake.exceptions import CxrlakeError
+
 INPUT_COLUMN = "content"
 """Name of the input column: base64 image bytes."""
 
@@ -34,7 +36,7 @@ MAX_CLIENT_REQUEST_ID = 128
 PAYLOAD_KEYS = ("dataframe_split", "dataframe_records", "inputs", "instances")
 
 
-class ProtocolError(ValueError):
+class ProtocolError(CxrlakeError, ValueError):
     """A request that cannot be scored at all; ``status`` is the HTTP status to answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:
