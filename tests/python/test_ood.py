@@ -278,3 +278,18 @@ def test_pipeline_adds_the_columns_stores_flagged_films_and_writes_drift_once(
         lakehouse, f"SELECT predict('{source / 'PNEUMONIA' / 'photo.png'}') AS p"
     ).to_pylist()[0]["p"]
     assert row["out_of_distribution"] is True and row["ood_score"] > shipped.ood_threshold
+
+
+def test_card_section_is_replaced_not_duplicated_and_kept_only_for_its_model_version(tmp_path):
+    from cxrlake.training.card import OOD_TITLE, _ood_summary, insert_ood_section
+
+    summary = json.loads((REPO / "python" / "cxrlake" / "models" / ood.RESULT_FILE).read_text())
+    card = "# Model card\n\n## Reproduce\n\nx\n\n## Known limits\n\n- y\n"
+    once = insert_ood_section(card, summary)
+    twice = insert_ood_section(once, summary)
+    assert once == twice and once.count(OOD_TITLE) == 1
+    assert once.index(OOD_TITLE) < once.index("## Known limits")
+    (tmp_path / ood.RESULT_FILE).write_text(json.dumps(summary))
+    version = summary["fit"]["model_version"]
+    assert _ood_summary(version, tmp_path) == summary
+    assert _ood_summary("another version", tmp_path) is None  # a retrained model's card
