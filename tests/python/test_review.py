@@ -60,6 +60,9 @@ def test_worklist_is_ordered_by_need_filters_and_shows_progress(app):
                 "true_label": tables.LABEL_NAMES.index(i["folder_label"]),
             }
         )
+        if i["out_of_distribution"]:  # unlike the training films: first, with the reason
+            score += 5.0
+            reasons = [f"out of distribution: {i['ood_reason']}", *reasons]
         assert i["need"] == round(score, 4) and i["reasons"] == reasons
         assert 0 < i["threshold"] < 1 and 0 <= i["quality_score"] <= 1
     assert data["progress"]["total"] == 8
