@@ -12,14 +12,15 @@ LOCK := flock /tmp/cxrlake-build.lock
 
 .DEFAULT_GOAL := help
 .PHONY: help sysdeps setup develop wheel wheel-smoke test test-rust test-python lint fmt bench bench-rust \
-        demo report train bundle-validate fuzz fuzz-smoke clean
+        demo report train bundle-validate fuzz fuzz-smoke clean databricks-jars databricks-local
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for PySpark, Chromium for the browser test) if missing
+sysdeps: ## Install system packages the build needs (cmake, nasm, Java 17 for PySpark, Maven for Delta's jars, Chromium for the browser test) if missing
 	@missing=""; command -v cmake >/dev/null || missing="$$missing cmake"; \
 	command -v nasm >/dev/null || missing="$$missing nasm"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
@@ -64,8 +65,24 @@ ORT_LIB = $(firstword $(wildcard $(VENV)/lib/python3*/site-packages/onnxruntime/
 test-rust: sysdeps $(VENV)/.deps ## Rust unit and integration tests of the core
 	ORT_DYLIB_PATH=$(abspath $(ORT_LIB)) CXRLAKE_SHARED_DATA=$(DATA) cargo test --release --quiet
 
-test-python: develop ## pytest suites (real images from ../shared/data)
+test-python: develop databricks-jars ## pytest suites (real images from ../shared/data)
 	CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q
+
+# Delta Lake for the pinned pyspark, from Maven Central (tools/databricks_local/pom.xml), into a
+# git-ignored cache; cxrlake.spark.local_runtime puts them on the Spark class path.
+JARS := .cache/databricks-jars
+DATABRICKS_LOCAL ?= databricks-local
+$(JARS)/.fetched: tools/databricks_local/pom.xml
+	rm -rf $(JARS)
+	mvn -B -q -f tools/databricks_local/pom.xml dependency:copy-dependencies \
+	  -DincludeScope=runtime -DoutputDirectory=$(abspath $(JARS))
+	touch $@
+
+databricks-jars: sysdeps $(JARS)/.fetched ## Fetch Delta Lake's jars for the pinned pyspark (Maven Central) into .cache/
+
+databricks-local: develop databricks-jars ## Run the bundle's dev job graph (jobs/ notebooks) on PySpark + Delta Lake; tables in databricks-local/
+	CXRLAKE_SHARED_DATA=$(DATA) $(PY) -m cxrlake.spark.databricks_local --out $(DATABRICKS_LOCAL) \
+	  --source $(DATA)/chest_xray/train --per-label 12
 
 lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check, import contracts (.importlinter)
 	cargo fmt --all -- --check
@@ -108,4 +125,4 @@ fuzz-smoke: setup ## Short fuzz smoke run (30 s per target), as in CI; fails on 
 	PYTHON=$(PY) ./fuzz/run.sh 30
 
 clean: ## Remove build outputs, the local lakehouse and the report
-	rm -rf target dist $(LAKEHOUSE) report.html .pytest_cache
+	rm -rf target dist $(LAKEHOUSE) report.html .pytest_cache $(DATABRICKS_LOCAL)

@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS ${catalog}.${gold_schema}.site_thresholds (
   calibrated_at TIMESTAMP COMMENT 'When this version was written (UTC)'
 )
 USING DELTA
-CLUSTER BY (site_id, model_name, model_version, version)
+CLUSTER BY (site_id, model_name, model_version, `version`)  -- quoted: open-source Delta reads a bare VERSION there as an expression
 COMMENT 'Per-site operating points (cxrlake calibrate), append-only, versioned'
 TBLPROPERTIES (
   'delta.enableChangeDataFeed' = 'true',

@@ -183,16 +183,19 @@ def test_model_performance_metrics_and_confusion_matrix():
     cm = json.loads(t["confusion_matrix"])
     assert cm["matrix"] == [[2, 1], [1, 2]] and cm["labels"] == ["NORMAL", "PNEUMONIA"]
     assert rows["val"]["auc_roc"] is None  # one class only
+
     # same predictions -> same evaluation ids; one more prediction -> a new id for that split
-    again = {
-        r["dataset_split"]: r["evaluation_id"] for r in metrics.model_performance(preds).to_pylist()
-    }
+    def ids(table, threshold=0.5):
+        out = metrics.model_performance(table, threshold=threshold).to_pylist()
+        return {r["dataset_split"]: r["evaluation_id"] for r in out}
+
+    again = ids(preds)
     assert again == {s: r["evaluation_id"] for s, r in rows.items()}
     more = pa.concat_tables([preds, _predictions([("val", 0, 0.1)] * 9)])
-    changed = {
-        r["dataset_split"]: r["evaluation_id"] for r in metrics.model_performance(more).to_pylist()
-    }
+    changed = ids(more)
     assert changed["train"] == again["train"] and changed["val"] != again["val"]
+    # the same predictions decided at another threshold (a site's) are a new evaluation
+    assert set(ids(preds, threshold=0.3).values()).isdisjoint(again.values())
 
 
 def test_listing_skips_fifo_without_opening_and_refuses_symlink_out_of_root(tmp_path):

@@ -161,8 +161,6 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     statements = _statements(SQL_DIR / "30_predict_function.sql")
     python_udf, struct_fn, table_fn, *grants = statements
     assert "PARAMETER STYLE PANDAS" in python_udf
-    assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
-    handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
     # the batch UDF returns a scalar (the documented form): JSON, parsed by a SQL function
     assert "predict_image_json(content BINARY)\nRETURNS STRING\n" in python_udf
     from cxrlake.spark.warehouse_udf import PREDICT_JSON_SCHEMA
@@ -171,6 +169,8 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     assert f"from_json(\n  healthcare_catalog_dev.{DEPLOYED['models']}.predict_image_json(" in (
         struct_fn
     )
+    assert f"dependencies = '[\"{PARAMS['wheel_path']}\"]'" in python_udf
+    handler = re.search(r"HANDLER '(\w+)'", python_udf).group(1)
     body = re.search(r"AS \$\$(.*)\$\$", python_udf, re.S).group(1)
     tree = ast.parse(body)
     imported = {
@@ -220,10 +220,10 @@ def test_warehouse_predict_functions_scan_only_what_they_score_and_keep_readers_
     bronze_fn = f"healthcare_catalog_dev.{DEPLOYED['bronze']}.predict"
     assert sorted(granted) == sorted(
         [
-            (models_fn, "`cxrlake-readers`"),
-            (models_fn, "`cxrlake-engineers`"),
             (json_fn, "`cxrlake-readers`"),
             (json_fn, "`cxrlake-engineers`"),
+            (models_fn, "`cxrlake-readers`"),
+            (models_fn, "`cxrlake-engineers`"),
             (bronze_fn, "`cxrlake-engineers`"),
         ]
     )
@@ -294,3 +294,27 @@ def test_split_statements_respects_quotes_dollar_bodies_and_comments():
     assert len(statements) == 2
     assert statements[0].endswith("$$") and "x = 1; y = 2" in statements[0]
     assert statements[1] == "SELECT 'a;b', `c;d` FROM t"
+
+
+def test_what_only_databricks_runs_is_listed_in_the_docs_and_the_rest_runs_locally():
+    """`sql_files.databricks_only` (skipped by `make databricks-local`, with the reason) matches
+    the table of docs/databricks.md; every other statement is in a file the local job graph
+    runs (deploy: 00-02, setup: `jobs.TABLES_SQL`, maintenance), so none is silently left out."""
+    from cxrlake.spark import jobs
+
+    docs = (REPO / "docs" / "databricks.md").read_text()
+    listed = set(re.findall(r"^\| `(\d\d_[a-z_]+\.sql)` \| [^|]+ \| ([^|]+) \|$", docs, re.M))
+    found = set()
+    run_locally = {"00_catalog.sql", "01_schemas.sql", "02_volumes.sql", *jobs.TABLES_SQL}
+    run_locally.add(jobs.MAINTENANCE_SQL)
+    for path in FILES:
+        statements = _statements(path)
+        skipped = sql_files.databricks_only(statements)
+        found |= {(path.name, reason) for reason in skipped.values()}
+        if len(skipped) < len(statements):
+            assert path.name in run_locally, path.name
+    assert found == {(name, reason.strip()) for name, reason in listed}
+    # what the rules name
+    grant = sql_files.databricks_only(["GRANT SELECT ON TABLE c.s.t TO `x`"])
+    assert "GRANT" in grant[0]
+    assert sql_files.databricks_only(["CREATE TABLE c.s.t (a INT) USING DELTA"]) == {}

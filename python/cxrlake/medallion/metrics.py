@@ -138,9 +138,18 @@ def predictions_fingerprint(prediction_ids: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def evaluation_id(model_name: str, model_version: str, split: str, fingerprint: str) -> str:
-    """Deterministic evaluation id of one (model, split, prediction set)."""
-    key = "\x1f".join((model_name, model_version, split, fingerprint))
+def evaluation_id(
+    model_name: str,
+    model_version: str,
+    split: str,
+    fingerprint: str,
+    threshold: float | None = None,
+) -> str:
+    """Deterministic evaluation id of one (model, split, prediction set, decision threshold):
+    the same predictions re-decided at another threshold (a site's) are evaluated again, so the
+    newest metrics are always those of the labels the predictions carry."""
+    decided = "" if threshold is None else repr(float(threshold))
+    key = "\x1f".join((model_name, model_version, split, fingerprint, decided))
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:32]
 
 
@@ -198,7 +207,11 @@ def model_performance(
             rows.append(
                 {
                     "evaluation_id": evaluation_id(
-                        key["model_name"], key["model_version"], key["dataset_split"], fingerprint
+                        key["model_name"],
+                        key["model_version"],
+                        key["dataset_split"],
+                        fingerprint,
+                        threshold,
                     ),
                     "model_name": key["model_name"],
                     "model_version": key["model_version"],

@@ -26,7 +26,9 @@ SECRET_SCOPE = "cxrlake"
 """Secret scope of the de-identification key without a bundle; a bundle job gets its
 environment's scope (``deid_secret_scope`` parameter, ``cxrlake-<env>``)."""
 
-_CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+")
+# healthcare_catalog_<env>, or Spark's session catalog on the local runtime
+# (`make databricks-local`, cxrlake.spark.local_runtime.LOCAL_CATALOG: no Unity Catalog there)
+_CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+|spark_catalog")
 _SCHEMA = re.compile(r"[a-z0-9_]{1,255}")
 # secret scope names: letters, digits, '-', '_', '.', '@' (https://docs.databricks.com/aws/en/security/secrets/)
 _SCOPE = re.compile(r"[A-Za-z0-9_.@-]{1,128}")

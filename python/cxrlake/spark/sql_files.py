@@ -27,7 +27,8 @@ _SCHEMA = re.compile(r"[a-z0-9_]{1,255}")
 # What each parameter may look like. Anything else is rejected, so substitution is safe.
 PARAMETER_PATTERNS: dict[str, re.Pattern[str]] = {
     # Unity Catalog catalog of one environment: healthcare_catalog_<env>.
-    "catalog": re.compile(r"healthcare_catalog_[a-z0-9_]+"),
+    # (spark_catalog: Spark's session catalog on the local runtime, cxrlake.spark.local_runtime)
+    "catalog": re.compile(r"healthcare_catalog_[a-z0-9_]+|spark_catalog"),
     # The cxrlake wheel in a UC volume (a valid wheel file name, no quotes or spaces).
     "wheel_path": re.compile(
         r"/Volumes/[A-Za-z0-9_]+/[A-Za-z0-9_]+/[A-Za-z0-9_]+/(?:[A-Za-z0-9_.-]+/)*"
@@ -137,9 +138,65 @@ def sql_files(sql_dir: str | Path | None = None, pattern: str = "*.sql") -> Iter
     yield from sorted(Path(sql_dir or default_sql_dir()).glob(pattern))
 
 
+_DATABRICKS_ONLY: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"CREATE\s+CATALOG\b", re.I),
+        "a catalog is a Unity Catalog object; Spark's session catalog cannot create one",
+    ),
+    (
+        re.compile(r"(GRANT|REVOKE)\b", re.I),
+        "Unity Catalog privileges: open-source Spark has no GRANT and no principals",
+    ),
+    (
+        re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?VOLUME\b", re.I),
+        "a volume is a Unity Catalog object; locally each volume is a folder under "
+        "$CXRLAKE_VOLUMES_ROOT",
+    ),
+    (
+        re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?FUNCTION\b.*\bLANGUAGE\s+PYTHON\b", re.I | re.S),
+        "a Unity Catalog Python UDF (sandboxed, ENVIRONMENT dependencies) runs on Databricks only",
+    ),
+    (
+        re.compile(r"CREATE\s+(OR\s+REPLACE\s+)?FUNCTION\b.*\bai_query\s*\(", re.I | re.S),
+        "ai_query calls a Model Serving endpoint: Databricks SQL only",
+    ),
+)
+_FUNCTION_NAME = re.compile(r"CREATE\s+(?:OR\s+REPLACE\s+)?FUNCTION\s+([\w.]+)", re.I)
+
+
+def databricks_only(statements: list[str]) -> dict[int, str]:
+    """Statements (by index) that only Databricks runs, with the reason: Unity Catalog objects and
+    privileges, Python UDFs, ``ai_query``, and SQL functions calling a function skipped before.
+    Everything else runs on open-source Spark with Delta Lake (`cxrlake.spark.local_runtime`)."""
+    out: dict[int, str] = {}
+    skipped: list[str] = []
+    for i, statement in enumerate(statements):
+        text = _strip_comments(statement).strip()
+        reason = next((why for rule, why in _DATABRICKS_ONLY if rule.match(text)), None)
+        name = _FUNCTION_NAME.match(text)
+        if reason is None and name:
+            calls = [f for f in skipped if re.search(rf"\b{re.escape(f)}\s*\(", text)]
+            if calls:
+                reason = f"calls {calls[0]}, which runs on Databricks only"
+        if reason is not None:
+            out[i] = reason
+            if name:
+                skipped.append(name.group(1).rsplit(".", 1)[-1])
+    return out
+
+
 def run_sql_file(spark: Any, path: str | Path, params: Mapping[str, Any]) -> int:
-    """Run every statement of a SQL file on ``spark``; return how many ran."""
+    """Run every statement of a SQL file on ``spark``; return how many ran. On the local runtime
+    (`cxrlake.spark.local_runtime.is_oss`) the statements `databricks_only` names are skipped,
+    each printed with its reason (docs/databricks.md lists them)."""
+    from cxrlake.spark.local_runtime import is_oss
+
     statements = rendered_statements(path, params)
-    for statement in statements:
+    skip = databricks_only(statements) if is_oss(spark) else {}
+    for i, statement in enumerate(statements):
+        if i in skip:
+            first = _strip_comments(statement).strip().splitlines()[0]
+            print(f"skipped on open-source Spark ({Path(path).name}): {first[:90]}: {skip[i]}")
+            continue
         spark.sql(statement)
-    return len(statements)
+    return len(statements) - len(skip)
