@@ -597,6 +597,7 @@ def test_summary_escapes_control_characters_of_file_names(tmp_path):
         "bronze",
         "silver+gold",
         "performance",
+        "drift",
     }
 
 
