@@ -15,41 +15,10 @@ use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 
 use crate::core::error::{RowError, RowResult};
 use crate::core::exif::{orientation_from_tiff, scan_jpeg_markers};
+// Re-exported for the modules that still name them here (the kernels).
+pub use crate::core::image::{Acquisition, Decoded, GrayImage};
+use crate::core::jpeg::{jpeg_scan_limit, segments, Stop, JPEG_SCAN_LIMIT};
 use crate::core::limits::Limits;
-
-/// An 8-bit grayscale image, row-major, `pixels.len() == width * height`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GrayImage {
-    /// Width in pixels.
-    pub width: u32,
-    /// Height in pixels.
-    pub height: u32,
-    /// Row-major luma values, 0 (black) ..= 255 (white).
-    pub pixels: Vec<u8>,
-}
-
-/// A decoded image and the size of the full-resolution upright image it came from.
-#[derive(Debug, Clone)]
-pub struct Decoded {
-    /// The grayscale image; smaller than `full_width x full_height` when DCT scaling was used.
-    pub image: GrayImage,
-    /// Upright width of the encoded image, in pixels.
-    pub full_width: u32,
-    /// Upright height of the encoded image, in pixels.
-    pub full_height: u32,
-    /// DICOM acquisition attributes (`None` for JPEG and PNG).
-    pub acquisition: Option<Acquisition>,
-}
-
-/// The DICOM attributes that say what kind of film an image is, read from the header the decoder
-/// parses anyway (the out-of-distribution flag looks at them).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Acquisition {
-    /// Modality (0008,0060), e.g. `CR`, `DX`, `CT`; `None` when absent or empty.
-    pub modality: Option<String>,
-    /// ViewPosition (0018,5101), e.g. `PA`, `AP`, `LL`; `None` when absent or empty.
-    pub view_position: Option<String>,
-}
 
 /// Image container formats recognised from their first bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,27 +89,6 @@ pub fn decode_gray(
 thread_local! {
     // A TurboJPEG handle per worker thread: creating one costs more than decoding a small image.
     static DECOMPRESSOR: RefCell<Option<Decompressor>> = const { RefCell::new(None) };
-}
-
-/// Maximum number of progressive scans accepted for any image (libjpeg-turbo's recommended guard
-/// against scan-bomb JPEGs).
-const JPEG_SCAN_LIMIT: u32 = 500;
-
-/// Progressive work budget: scans x pixels. Each scan costs up to one entropy-decoding pass over
-/// the image (a 100-megapixel progressive JPEG takes about 0.15 s per scan on one core), so the
-/// worst case is 16 scans of the largest allowed image, about 2.5 s. Ordinary progressive
-/// encoders write 10 scans or fewer.
-const JPEG_SCAN_PIXEL_BUDGET: u64 = 200_000_000;
-
-/// At least this many scans are always allowed, whatever the image size.
-const JPEG_MIN_SCAN_LIMIT: u32 = 16;
-
-/// The number of progressive scans allowed for a `width x height` JPEG:
-/// `clamp(2e8 / (width * height), 16, 500)`.
-pub fn jpeg_scan_limit(width: u64, height: u64) -> u32 {
-    let pixels = width.saturating_mul(height).max(1);
-    (JPEG_SCAN_PIXEL_BUDGET / pixels).clamp(JPEG_MIN_SCAN_LIMIT as u64, JPEG_SCAN_LIMIT as u64)
-        as u32
 }
 
 fn decode_jpeg(data: &[u8], limits: &Limits, min_size: Option<(u32, u32)>) -> RowResult<Decoded> {
@@ -263,35 +211,16 @@ fn decode_jpeg_with(
     })
 }
 
-/// Whether the marker segments reach a frame header (SOFn) before the data ends.
+/// Whether the marker segments reach a complete frame header (SOFn) before the data ends.
+/// Anything else that ends the header walk (a scan, EOI, a byte that is not a marker, a bad
+/// length) is left for TurboJPEG to name.
 fn has_frame_header(data: &[u8]) -> bool {
-    let mut pos = 2usize;
-    while pos + 4 <= data.len() {
-        if data[pos] != 0xFF {
-            // Not a marker where one should be: let TurboJPEG name the corruption.
-            return true;
-        }
-        let marker = data[pos + 1];
-        if marker == 0xFF {
-            pos += 1;
-            continue;
-        }
-        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-            pos += 2;
-            continue;
-        }
-        if (0xC0..=0xCF).contains(&marker) && ![0xC4, 0xC8, 0xCC].contains(&marker) {
-            // The frame header must be complete: length, precision, height, width, components.
-            let length = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
-            return pos + 2 + length.max(8) <= data.len();
-        }
-        if marker == 0xD9 || marker == 0xDA {
-            return true;
-        }
-        let length = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
-        pos += 2 + length;
+    let mut walk = segments(data);
+    if let Some(frame) = walk.find(|s| s.is_frame_header()) {
+        // The frame header must be complete: length, precision, height, width, components.
+        return frame.offset + 2 + frame.length.max(8) <= data.len();
     }
-    false
+    walk.stop() != Some(Stop::EndOfData)
 }
 
 fn is_benign_jpeg_warning(message: &str) -> bool {

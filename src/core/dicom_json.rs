@@ -472,7 +472,7 @@ mod tests {
             dicom_metadata_json(b"\xFF\xD8\xFF", &Limits::default()).unwrap(),
             None
         );
-        let file = crate::core::dicom::tests::file_declaring_4_gib();
+        let file = crate::core::dicom::file_declaring_4_gib();
         let err = dicom_metadata_json(&file, &Limits::default()).unwrap_err();
         assert!(err.0.contains("declares 4294967294 bytes"), "{}", err.0);
     }

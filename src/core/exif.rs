@@ -1,5 +1,7 @@
 //! Minimal, bounds-checked EXIF reader: only the orientation tag (0x0112) of IFD0 is needed.
 
+use crate::core::jpeg::segments;
+
 /// The EXIF orientation (1..=8) stored in a TIFF-structured EXIF blob, or 1 when absent/invalid.
 pub fn orientation_from_tiff(tiff: &[u8]) -> u8 {
     parse_orientation(tiff).unwrap_or(1)
@@ -62,38 +64,13 @@ pub fn scan_jpeg_markers(data: &[u8]) -> JpegMarkers {
         orientation: 1,
         adobe: false,
     };
-    if data.get(0..2) != Some(&[0xFF, 0xD8]) {
-        return markers;
-    }
-    let mut pos = 2usize;
-    while pos + 4 <= data.len() {
-        if data[pos] != 0xFF {
-            break;
-        }
-        let marker = data[pos + 1];
-        if marker == 0xFF {
-            pos += 1; // fill byte
-            continue;
-        }
-        if marker == 0xD9 || marker == 0xDA {
-            break;
-        }
-        if marker == 0x01 || (0xD0..=0xD7).contains(&marker) {
-            pos += 2;
-            continue;
-        }
-        let length = u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize;
-        if length < 2 {
-            break;
-        }
-        let end = (pos + 2 + length).min(data.len());
-        let segment = &data[pos + 4..end];
-        if marker == 0xE1 && segment.starts_with(b"Exif\0\0") && markers.orientation == 1 {
-            markers.orientation = orientation_from_tiff(&segment[6..]);
-        } else if marker == 0xEE && segment.starts_with(b"Adobe") {
+    for segment in segments(data) {
+        let payload = segment.payload();
+        if segment.marker == 0xE1 && payload.starts_with(b"Exif\0\0") && markers.orientation == 1 {
+            markers.orientation = orientation_from_tiff(&payload[6..]);
+        } else if segment.marker == 0xEE && payload.starts_with(b"Adobe") {
             markers.adobe = true;
         }
-        pos = pos + 2 + length;
     }
     markers
 }

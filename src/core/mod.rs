@@ -7,7 +7,9 @@ pub mod dicom_json;
 pub mod error;
 pub mod exif;
 pub mod failpoint;
+pub mod image;
 pub mod input;
+pub mod jpeg;
 pub mod kernels;
 pub mod limits;
 pub mod model;
@@ -18,8 +20,9 @@ pub mod resize;
 pub mod sandbox;
 pub mod threads;
 
-pub use decode::{decode_gray, Acquisition, Decoded, GrayImage};
+pub use decode::decode_gray;
 pub use error::{CoreError, RowError, RowResult};
+pub use image::{Acquisition, Decoded, GrayImage};
 pub use input::{ImageColumn, ImageRef};
 pub use kernels::{
     analyze_batch, decode_batch, dicom_metadata_batch, explain_batch, features_batch,

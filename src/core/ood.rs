@@ -9,7 +9,7 @@
 //!
 //! A flagged film is still scored: the flag is a column beside the probability, never a filter.
 
-use crate::core::decode::Acquisition;
+use crate::core::image::Acquisition;
 
 /// Modalities of projection radiographs (PS3.3 C.7.3.1.1.1: CR, DX, RG; DR is not a defined term
 /// but some digital radiography systems write it).

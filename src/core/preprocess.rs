@@ -1,7 +1,8 @@
 //! Turning a grayscale image into the model's input tensor, as the ONNX model contract specifies.
 
-use crate::core::decode::{decode_gray, Acquisition, GrayImage};
+use crate::core::decode::decode_gray;
 use crate::core::error::{CoreError, RowResult};
+use crate::core::image::{Acquisition, GrayImage};
 use crate::core::limits::Limits;
 use crate::core::resize::resize_gray;
 

@@ -14,7 +14,7 @@
 //! `quality_score = (e * c * s * k)^(1/4)`: any single failure (black frame, flat image, heavy
 //! blur, saturation) pulls the score towards 0.
 
-use crate::core::decode::GrayImage;
+use crate::core::image::GrayImage;
 use crate::core::resize::resize_gray;
 
 /// Side of the square image the sharpness term is measured on, in pixels.

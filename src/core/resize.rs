@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use fast_image_resize::images::{Image, ImageRef};
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 
-use crate::core::decode::GrayImage;
+use crate::core::image::GrayImage;
 
 thread_local! {
     // The resizer keeps its coefficient and scratch buffers between calls on the same thread.
