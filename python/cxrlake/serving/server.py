@@ -120,8 +120,12 @@ class ScoringApp:
         return 503, {"status": "loading"}
 
     def version(self) -> dict[str, Any]:
-        from cxrlake.cli import _version
+        from importlib.metadata import PackageNotFoundError, version
 
+        try:
+            package_version = version("cxrlake")
+        except PackageNotFoundError:  # a source checkout without metadata
+            package_version = "unknown"
         router = self.router
         entities = [] if router is None else [m.describe() for m in router.entities]
         share = 0.0 if router is None else router.share
@@ -131,7 +135,7 @@ class ScoringApp:
             "images": sum(b.batched_images for b in batchers),
         }
         return {
-            "cxrlake": _version(),
+            "cxrlake": package_version,
             "served_entities": entities,
             "challenger_share": share,
             "batching": batching,
