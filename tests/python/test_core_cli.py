@@ -336,9 +336,11 @@ def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
     }
     from cxrlake.serving.batcher import QueueFull
     from cxrlake.serving.protocol import ProtocolError
+    from cxrlake.spark.local_runtime import LocalRuntimeError
     from cxrlake.training.ood import OodFitError
 
     builtin_base |= {ProtocolError: ValueError, QueueFull: RuntimeError, OodFitError: Exception}
+    builtin_base[LocalRuntimeError] = RuntimeError
     for cls, base in builtin_base.items():
         assert issubclass(cls, CxrlakeError) and issubclass(cls, base), cls
     assert issubclass(CommandError, CxrlakeError)

@@ -20,6 +20,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cxrlake.exceptions import CxrlakeError
+
 LOCAL_CATALOG = "spark_catalog"
 """Catalog of the local runtime: Spark's session catalog (there is no other catalog plugin for
 Delta tables without Unity Catalog)."""
@@ -32,7 +34,7 @@ RUNTIME_CONF = "spark.cxrlake.runtime"
 the statements only Databricks runs (`sql_files.DATABRICKS_ONLY`)."""
 
 
-class LocalRuntimeError(RuntimeError):
+class LocalRuntimeError(CxrlakeError, RuntimeError):
     """The local Spark runtime cannot start (jars missing, wrong pyspark); says what to run."""
 
 
