@@ -46,13 +46,10 @@ names = jobs.validate_deployment(
     registered_model=dbutils.widgets.get("registered_model"),
     deid_secret_scope=dbutils.widgets.get("deid_secret_scope"),
 )
-model = jobs.validate_model(dbutils.widgets.get("model"))
-if model is None:
-    source = model_source.resolve_champion(
-        names.model_name(), dest_dir=names.volume_path("models", "libraries") + "/models"
-    )
-    print(source.reason)
-    model = source.path  # None: the shipped model
+# the one model resolution of silver and gold: model parameter, else @champion, else shipped
+source = model_source.job_model(names, jobs.validate_model(dbutils.widgets.get("model")))
+print(source.reason)
+model = source.path  # None: the shipped model
 
 # COMMAND ----------
 

@@ -19,7 +19,7 @@
 # MAGIC - `models_schema`: the models schema as deployed.
 # MAGIC - `registered_model`: the registered model's name as the bundle deployed it (`${resources.registered_models.pneumonia_classifier.name}`: `dev_<user>_pneumonia_classifier` in development mode).
 # MAGIC - `deid_secret_scope`: the secret scope of this environment holding the DICOM de-identification key `deid-key` (`cxrlake-<env>`).
-# MAGIC - `model`: `.onnx` model for the feature vectors, readable on the workers (e.g. a `/Volumes/...` path); empty = the model shipped in the wheel.
+# MAGIC - `model`: `.onnx` model, readable on the workers (e.g. a `/Volumes/...` path); empty = `<catalog>.<models_schema>.<registered_model>@champion` when it is registered, else the model shipped in the wheel: the same resolution as the gold job (`cxrlake.spark.model_source.job_model`), so both score with one model version.
 
 # COMMAND ----------
 
@@ -34,7 +34,7 @@ dbutils.widgets.text("model", "", "Model (.onnx path, empty = shipped)")
 
 # COMMAND ----------
 
-from cxrlake.spark import jobs
+from cxrlake.spark import jobs, model_source
 
 names = jobs.validate_deployment(
     dbutils.widgets.get("catalog"),
@@ -45,7 +45,10 @@ names = jobs.validate_deployment(
     registered_model=dbutils.widgets.get("registered_model"),
     deid_secret_scope=dbutils.widgets.get("deid_secret_scope"),
 )
-model = jobs.validate_model(dbutils.widgets.get("model"))
+# the one model resolution of silver and gold: model parameter, else @champion, else shipped
+source = model_source.job_model(names, jobs.validate_model(dbutils.widgets.get("model")))
+print(source.reason)
+model = source.path  # None: the shipped model
 
 # COMMAND ----------
 

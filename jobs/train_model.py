@@ -34,10 +34,12 @@ dbutils.widgets.dropdown("register_model", "true", ["true", "false"], "Register 
 
 # COMMAND ----------
 
+import os
 import time
 from pathlib import Path
 
 from cxrlake.spark import jobs
+from cxrlake.spark.local_runtime import storage_path
 from cxrlake.training import registry
 from cxrlake.training.train import TrainConfig, finalize, fit
 
@@ -59,11 +61,14 @@ if not epochs_text.isdigit() or not 1 <= int(epochs_text) <= 50:
     raise ValueError(f"epochs must be an integer in 1..50, got {epochs_text!r}")
 register_model = dbutils.widgets.get("register_model") == "true"
 model_name = names.model_name()  # <catalog>.<models schema>.<registered_model>, as deployed
-run_dir = Path("/local_disk0/cxrlake_train") / time.strftime("%Y%m%d-%H%M%S")
+# the cluster's local SSD (CXRLAKE_LOCAL_DISK: another folder, e.g. for `make databricks-local`)
+run_dir = Path(os.environ.get("CXRLAKE_LOCAL_DISK", "/local_disk0")) / "cxrlake_train" / time.strftime("%Y%m%d-%H%M%S")
 
 # COMMAND ----------
 
-config = TrainConfig(data=data_path, run_dir=str(run_dir), epochs=int(epochs_text), threads=8)
+config = TrainConfig(
+    data=storage_path(data_path), run_dir=str(run_dir), epochs=int(epochs_text), threads=min(8, os.cpu_count() or 1)
+)
 fit(config)
 summary = finalize(run_dir)
 print({k: summary["validation"][k] for k in ("auc", "sensitivity", "specificity", "threshold")})
@@ -73,8 +78,9 @@ print({k: summary["validation"][k] for k in ("auc", "sensitivity", "specificity"
 if register_model:
     result = registry.log_and_register(
         run_dir,
-        tracking_uri="databricks",
-        registry_uri="databricks-uc",
+        # the workspace's MLflow and Unity Catalog registry (MLFLOW_*_URI: another, e.g. locally)
+        tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or "databricks",
+        registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or "databricks-uc",
         experiment=f"/Shared/cxrlake-pneumonia-{names.catalog}-{names.models}",
         name=model_name,
     )

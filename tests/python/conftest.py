@@ -16,6 +16,38 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 
 
+def _delta_on_the_driver_class_path() -> None:
+    """Every Spark session of this process runs in the JVM the first one starts: put Delta's jars
+    (`make databricks-jars`) on its class path, so that `delta_spark` works whichever suite
+    starts Spark first. Without the jars, `delta_spark` fails saying what to run."""
+    try:
+        from cxrlake.spark import local_runtime
+
+        os.environ.setdefault(
+            "PYSPARK_SUBMIT_ARGS", local_runtime.submit_args(local_runtime.delta_jars())
+        )
+    except Exception:  # noqa: BLE001 - no jars or no pyspark: delta_spark reports it
+        pass
+
+
+_delta_on_the_driver_class_path()
+
+
+@pytest.fixture(scope="module")
+def delta_spark(tmp_path_factory: pytest.TempPathFactory):
+    """One PySpark session per module with Delta Lake (`cxrlake.spark.local_runtime`, local[2],
+    Spark's in-memory catalog; managed Delta tables in a temporary warehouse), for the suites
+    that write real Delta tables through the Spark jobs. Give each test its own schema names.
+    Stopped at the end of the module, as the other suites' sessions are."""
+    from cxrlake.spark import local_runtime
+
+    spark = local_runtime.session(
+        tmp_path_factory.mktemp("delta-spark"), hive=False, app_name="cxrlake-tests-delta"
+    )
+    yield spark
+    spark.stop()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (env ``CXRLAKE_SHARED_DATA`` overrides); fails when absent."""

@@ -270,7 +270,7 @@ def test_spark_tables_of_an_earlier_version_get_the_dicom_columns():
     bronze = [f.name for f in schemas.BRONZE.arrow_schema if f.name != "dicom_metadata"]
     assert (
         add_columns_statement("c.bronze.kaggle_xray_metadata", schemas.BRONZE, bronze)
-        == "ALTER TABLE c.bronze.kaggle_xray_metadata ADD COLUMNS (dicom_metadata STRING)"
+        == "ALTER TABLE c.bronze.kaggle_xray_metadata ADD COLUMNS (`dicom_metadata` STRING)"
     )
     assert add_columns_statement("c.s.t", schemas.SILVER, schemas.SILVER.arrow_schema.names) is None
     with pytest.raises(ValueError, match="lacks required column"):

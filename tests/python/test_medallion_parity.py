@@ -2,10 +2,11 @@
 Spark engine (PySpark local), over real images. After every step each table holds the same rows
 in both (keys and values; timestamps, batch ids and bronze bytes aside: bronze compares hashes).
 
-Delta's Spark jars cannot be installed here, so the Spark side keeps its tables as Arrow tables:
-each stage's decision (`cxrlake.spark.jobs.decide_*`: rows to MERGE, rows to update, image ids to
-delete) is collected and applied by `_apply` below, the way `apply_changes` writes it with
-MERGE/DELETE on Databricks. The local engine writes real Delta tables.
+The Spark side is the Spark jobs' own code on PySpark local with Delta Lake
+(`cxrlake.spark.local_runtime`): each stage's decision (`cxrlake.spark.jobs.decide_*`) is
+written by `cxrlake.spark.jobs.apply_changes` (MERGE / MERGE ... DELETE on real Delta tables that
+`jobs.create_tables` made from sql/, addressed by three-part names); both sides are then read
+back from their Delta tables.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import datetime as dt
 import json
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -32,22 +32,12 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 @pytest.fixture(scope="module")
-def spark():
-    from pyspark.sql import SparkSession
-
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    session = (
-        SparkSession.builder.master("local[2]")
-        .appName("cxrlake-parity")
-        .config("spark.sql.shuffle.partitions", "1")
-        .config("spark.default.parallelism", "2")
-        .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.enabled", "false")
-        .config("spark.sql.execution.arrow.maxRecordsPerBatch", "16")
-        .getOrCreate()
-    )
-    yield session
-    session.stop()
+def spark(delta_spark):
+    # one partition of files per read, as the local engine batches them (the network's output
+    # may move in the last bits with the batch)
+    delta_spark.conf.set("spark.sql.shuffle.partitions", "1")
+    delta_spark.conf.set("spark.sql.files.maxPartitionBytes", str(128 * 1024 * 1024))
+    return delta_spark
 
 
 def _images(folder: Path, start: int, count: int) -> list[Path]:
@@ -55,19 +45,48 @@ def _images(folder: Path, start: int, count: int) -> list[Path]:
 
 
 class SparkState:
-    """The Spark engine's tables, as Arrow tables, written by applying its decisions."""
+    """The Spark engine's tables: real Delta tables in their own schemas of Spark's catalog
+    (``spark_catalog.<name>_bronze`` ...), written by applying its decisions."""
+
+    _count = 0
 
     def __init__(self, spark, model_path: str | None):
+        from cxrlake.spark import jobs
+        from cxrlake.spark.deployment import Deployment
+
+        SparkState._count += 1
+        prefix = f"parity{SparkState._count}"
         self.spark = spark
         self.model_path = model_path
-        self.tables = {view: spec.arrow_schema.empty_table() for view, spec in rules.VIEWS.items()}
+        self.names = Deployment(
+            "spark_catalog",
+            bronze=f"{prefix}_bronze",
+            silver=f"{prefix}_silver",
+            gold=f"{prefix}_gold",
+            models=f"{prefix}_models",
+        )
+        for key in ("bronze", "silver", "gold", "models"):
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS spark_catalog.{self.names.schema(key)}")
+        jobs.create_tables(spark, self.names)
         self.runs = 0
         self.deid_key: bytes | None = None  # shipped to the tasks, as the jobs do
+        self._read: dict[str, pa.Table] | None = None
 
-    def frames(self) -> dict:
-        from cxrlake.spark.jobs import _arrow_frame
+    @property
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table, read back from Delta (once per run)."""
+        from cxrlake.spark import jobs
+        from cxrlake.spark.transforms import to_arrow
 
-        return {view: _arrow_frame(self.spark, t) for view, t in self.tables.items()}
+        if self._read is None:
+            self._read = self._read_tables(jobs, to_arrow)
+        return self._read
+
+    def _read_tables(self, jobs, to_arrow) -> dict[str, pa.Table]:
+        return {
+            view: to_arrow(self.spark.table(jobs.table_name(self.names, spec)), spec.arrow_schema)
+            for view, spec in rules.VIEWS.items()
+        }
 
     def run(self, source: Path, model_path: str | None) -> dict[str, dict[str, int]]:
         """One run: bronze, silver+gold, performance; returns rows upserted/updated/deleted."""
@@ -75,76 +94,28 @@ class SparkState:
         from cxrlake.spark.udfs import model_for
 
         self.runs += 1
+        self._read = None
         model = model_for(model_path)
         now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(hours=self.runs)
         counts: dict[str, dict[str, int]] = {}
         batch = f"spark-run-{self.runs}"
         for decide in (
-            lambda: jobs.decide_bronze(self.spark, self.frames(), str(source), model, batch, now),
-            lambda: jobs.decide_analysis(
-                self.spark, self.frames(), model, model_path, now, deid_key=self.deid_key
+            lambda t: jobs.decide_bronze(self.spark, t, str(source), model, batch, now),
+            lambda t: jobs.decide_analysis(
+                self.spark, t, model, model_path, now, deid_key=self.deid_key
             ),
-            lambda: jobs.decide_performance(self.spark, self.frames(), model, now),
+            lambda t: jobs.decide_performance(self.spark, t, model, now),
         ):
-            for view, n in _apply(self.tables, decide()).items():
+            state = jobs.catalog_tables(self.spark, self.names)
+            written = jobs.apply_changes(self.spark, self.names, decide(state))
+            for view, n in written.items():
                 total = counts.setdefault(view, {"upserted": 0, "updated": 0, "deleted": 0})
-                for k, v in n.items():
-                    total[k] += v
-            self.spark.catalog.clearCache()
+                merge, stats, delete = (n.get(k, {}) for k in ("merge", "stats", "delete"))
+                total["upserted"] += merge.get("num_inserted_rows", 0)
+                total["upserted"] += merge.get("num_updated_rows", 0)
+                total["updated"] += stats.get("num_updated_rows", 0)
+                total["deleted"] += delete.get("num_deleted_rows", 0)
         return counts
-
-
-def _keys(table: pa.Table, keys: tuple[str, ...]) -> pa.Array:
-    cols = [table.column(k).cast(pa.string()) for k in keys]
-    return cols[0] if len(cols) == 1 else pc.binary_join_element_wise(*cols, "\x1f")
-
-
-def _apply(tables: dict[str, pa.Table], changes: dict) -> dict[str, dict[str, int]]:
-    """Apply one stage's decision to the Arrow tables as `jobs.apply_changes` does on Delta:
-    MERGE the upserts on the keys (insert-only for bronze and performance), update bronze stats,
-    delete image ids."""
-    from cxrlake.spark.jobs import BRONZE_STAT_COLUMNS
-    from cxrlake.spark.transforms import to_arrow
-
-    done = {}
-    collected = {
-        view: (
-            None if c.upserts is None else to_arrow(c.upserts, rules.VIEWS[view].arrow_schema),
-            None if c.updates is None else to_arrow(c.updates),
-            None if c.deletes is None else to_arrow(c.deletes),
-        )
-        for view, c in changes.items()
-    }
-    for view, (upserts, updates, deletes) in collected.items():
-        spec = rules.VIEWS[view]
-        table = tables[view]
-        n = {"upserted": 0, "updated": 0, "deleted": 0}
-        if upserts is not None and upserts.num_rows:
-            present = pc.is_in(_keys(upserts, spec.keys), _keys(table, spec.keys))
-            if view in ("bronze", "performance"):
-                upserts = upserts.filter(pc.invert(present))
-            else:
-                table = table.filter(
-                    pc.invert(pc.is_in(_keys(table, spec.keys), _keys(upserts, spec.keys)))
-                )
-            n["upserted"] = upserts.num_rows
-            table = pa.concat_tables([table, upserts.cast(table.schema)])
-        if updates is not None and updates.num_rows:
-            rows = table.to_pylist()
-            new = {(u["image_id"], u["content_sha256"]): u for u in updates.to_pylist()}
-            for r in rows:
-                u = new.get((r["image_id"], r["content_sha256"]))
-                if u is not None:
-                    r.update({c: u[c] for c in BRONZE_STAT_COLUMNS})
-                    n["updated"] += 1
-            table = pa.Table.from_pylist(rows, schema=table.schema)
-        if deletes is not None and deletes.num_rows:
-            gone = pc.is_in(table.column("image_id"), deletes.column("image_id"))
-            n["deleted"] = pc.sum(gone).as_py() or 0
-            table = table.filter(pc.invert(gone))
-        tables[view] = table
-        done[view] = n
-    return done
 
 
 def _comparable(table: pa.Table) -> list[str]:
@@ -187,9 +158,19 @@ def _assert_same(step: str, local: dict[str, pa.Table], spark: dict[str, pa.Tabl
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
         assert not missing and not extra, (
-            f"after {step}: {view} differs; only local: {missing[:2]}, only Spark: {extra[:2]}"
+            f"after {step}: {view} differs: {_columns_apart(missing, extra)}; only local: "
+            f"{missing[:2]}, only Spark: {extra[:2]}"
         )
         assert got == want, f"after {step}: {view} has duplicate rows"
+
+
+def _columns_apart(local: list[str], spark: list[str]) -> list[str]:
+    """Columns whose values differ between the first rows of each side with one image_id."""
+    a = {json.loads(r).get("image_id"): json.loads(r) for r in local}
+    b = {json.loads(r).get("image_id"): json.loads(r) for r in spark}
+    for key in a.keys() & b.keys():
+        return sorted(c for c in a[key] if a[key][c] != b[key].get(c))
+    return []
 
 
 def _ids(table: pa.Table, filename: str) -> set[str]:

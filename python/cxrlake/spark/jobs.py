@@ -28,8 +28,9 @@ from cxrlake.medallion import schemas as lake_schemas
 from cxrlake.medallion.schemas import TableSpec
 from cxrlake.spark import sql_files
 from cxrlake.spark.deployment import Deployment, DeploymentError
+from cxrlake.spark.local_runtime import storage_path
 
-CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+")
+CATALOG = re.compile(r"healthcare_catalog_[a-z0-9_]+|spark_catalog")  # spark_catalog: local runtime
 VOLUME_PATH = re.compile(
     r"/Volumes/[A-Za-z0-9_]+/[A-Za-z0-9_]+/[A-Za-z0-9_]+(?:/[A-Za-z0-9_.=-]+)*/?"
 )
@@ -157,6 +158,8 @@ def merge_statement(target: str, source: str, keys: tuple[str, ...], update: boo
 
 def merge_into(df: Any, target: str, keys: tuple[str, ...], update: bool) -> dict[str, int]:
     """MERGE a DataFrame into a Delta table (one row per key kept); return Delta's row counts."""
+    if df.isEmpty():  # nothing to write: no MERGE, no empty commit
+        return {}
     view = f"cxrlake_merge_{uuid.uuid4().hex}"
     df.dropDuplicates(list(keys)).createOrReplaceTempView(view)
     try:
@@ -447,6 +450,8 @@ def apply_changes(
 
 
 def _run_with_view(spark: Any, df: Any, statement: Any, target: str) -> dict[str, int]:
+    if df.isEmpty():  # nothing to change: no statement, no empty commit
+        return {}
     view = f"cxrlake_change_{uuid.uuid4().hex}"
     df.createOrReplaceTempView(view)
     try:
@@ -471,6 +476,7 @@ def ingest_bronze(
 
     configure_session(spark)
     target = table_name(catalog, lake_schemas.BRONZE)
+    source_path = storage_path(source_path)
 
     def merge_batch(batch_df: Any, batch_id: int) -> None:
         now = dt.datetime.now(dt.timezone.utc)
@@ -494,17 +500,13 @@ def ingest_bronze(
         rows = session.sql(rules.BRONZE_INSERTS)
         merge_into(rows, target, lake_schemas.BRONZE.keys, update=False)
 
-    stream = (
-        spark.readStream.format("cloudFiles")
-        .option("cloudFiles.format", "binaryFile")
-        # Every file with an image name (`to_bronze` drops the others, as the listings do): what
-        # cannot be decoded is quarantined by silver, with the reason. (Names starting with '_'
-        # or '.' are skipped by the file source, as are zero-byte files.)
-        .load(source_path)
-    )
+    # Every file with an image name (`to_bronze` drops the others, as the listings do): what
+    # cannot be decoded is quarantined by silver, with the reason. (Names starting with '_' or
+    # '.' are skipped by the file source, as are zero-byte files.)
+    stream = file_stream(spark, source_path)
     query = (
         stream.writeStream.foreachBatch(merge_batch)
-        .option("checkpointLocation", checkpoint_path)
+        .option("checkpointLocation", storage_path(checkpoint_path))
         .trigger(availableNow=True)
         .start()
     )
@@ -515,6 +517,27 @@ def ingest_bronze(
         "micro_batches": len(progress),
         "files": sum(int(p.get("numInputRows", 0)) for p in progress),
     }
+
+
+def file_stream(spark: Any, source_path: str) -> Any:
+    """The streaming source of bronze: Auto Loader (``cloudFiles``, ``binaryFile``) on
+    Databricks; where it does not exist (open-source Spark, `cxrlake.spark.local_runtime`),
+    Spark's own file stream source in ``binaryFile`` format, recursive like Auto Loader."""
+    try:
+        return (
+            spark.readStream.format("cloudFiles")
+            .option("cloudFiles.format", "binaryFile")
+            .load(source_path)
+        )
+    except Exception as e:  # noqa: BLE001 - Py4J or PySpark error, by Spark version
+        if "DATA_SOURCE_NOT_FOUND" not in str(e):
+            raise
+    return (
+        spark.readStream.format("binaryFile")
+        .schema("path STRING, modificationTime TIMESTAMP, length BIGINT, content BINARY")
+        .option("recursiveFileLookup", "true")
+        .load(source_path)
+    )
 
 
 def read_deid_key(
@@ -610,6 +633,10 @@ def predict_gold(
             deid_key=deid_key,
         ),
     )
+    # Labels of this model decided at another threshold (silver scored at the model's, or an
+    # earlier run at another site's) are re-decided at this run's, so that the labels and the
+    # metrics below agree: `rules.PREDICTIONS_TO_REDECIDE`, as the local engine does.
+    counts["redecided"] = redecide(spark, catalog, loaded, threshold)
     counts.update(
         apply_changes(
             spark,
@@ -623,6 +650,58 @@ def predict_gold(
     for key, value in review_agreement(spark, catalog).items():
         counts[f"review_agreement_{key}"] = value
     return counts
+
+
+REDECIDED_COLUMNS = ("predicted_label", "is_correct", "decision_threshold", "threshold_source")
+"""Prediction columns `redecide` sets (the label and what it depends on; never the score)."""
+
+
+def decide_redecide(spark: Any, tables: Mapping[str, Any], model: Any, threshold: Any) -> Any:
+    """The predictions of ``model`` decided at another threshold than ``threshold`` (a
+    `cxrlake.calibration.SiteThreshold`; None = the model's own), re-decided: keys plus
+    `REDECIDED_COLUMNS` (`rules.PREDICTIONS_TO_REDECIDE`)."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from cxrlake.medallion.transforms import feature_tag
+
+    value = float(threshold.threshold if threshold else model.threshold)
+    source = threshold.source if threshold else "model"
+    tables["predictions"].select(*rules.REDECIDE_COLUMNS).createOrReplaceTempView("predictions")
+    _arrow_frame(
+        spark, rules.model_row(model.name, model.version, feature_tag(model))
+    ).createOrReplaceTempView("model")
+    _arrow_frame(
+        spark, pa.table({"threshold": [value], "threshold_source": [source]})
+    ).createOrReplaceTempView("decision")
+    label = (F.col("prediction_probability") >= F.col("threshold")).cast("int")
+    return spark.sql(rules.PREDICTIONS_TO_REDECIDE).select(
+        "image_id",
+        "model_name",
+        "model_version",
+        label.alias("predicted_label"),
+        (label == F.col("true_label")).alias("is_correct"),
+        F.col("threshold").alias("decision_threshold"),
+        "threshold_source",
+    )
+
+
+def redecide_statement(target: str, source: str) -> str:
+    """``MERGE`` setting `REDECIDED_COLUMNS` of the predictions matched on their keys."""
+    on = " AND ".join(f"t.{k} = s.{k}" for k in lake_schemas.PREDICTIONS.keys)
+    sets = ", ".join(f"t.{c} = s.{c}" for c in REDECIDED_COLUMNS)
+    return (
+        f"MERGE INTO {target} AS t USING {source} AS s ON {on} WHEN MATCHED THEN UPDATE SET {sets}"
+    )
+
+
+def redecide(spark: Any, catalog: str | Deployment, model: Any, threshold: Any) -> int:
+    """Apply `decide_redecide` to ``gold.pneumonia_predictions``; return the rows re-decided."""
+    target = table_name(catalog, lake_schemas.PREDICTIONS)
+    updates = decide_redecide(spark, {"predictions": spark.table(target)}, model, threshold)
+    counts = _run_with_view(spark, _materialise(updates), redecide_statement, target)
+    spark.catalog.clearCache()
+    return int(counts.get("num_updated_rows", 0))
 
 
 REVIEW_VIEWS: dict[str, TableSpec] = {
@@ -751,9 +830,25 @@ def add_columns_statement(target: str, spec: TableSpec, existing: Iterable[str])
             f"{target} lacks required column(s) {', '.join(required)}: rebuild the table"
         )
     columns = ", ".join(
-        f"{f.name} {f.dataType.simpleString().upper()}" for f in to_spark_schema(pa.schema(missing))
+        f"`{f.name}` {spark_type_ddl(f.dataType)}" for f in to_spark_schema(pa.schema(missing))
     )
     return f"ALTER TABLE {target} ADD COLUMNS ({columns})"
+
+
+def spark_type_ddl(data_type: Any) -> str:
+    """SQL of a Spark type with the field names of structs as they are (back-quoted): keywords
+    in capitals, names never (``STRUCT<`rows`: INT>``; the table's nested fields keep the
+    schema's case)."""
+    from pyspark.sql import types as T
+
+    if isinstance(data_type, T.StructType):
+        fields = ", ".join(f"`{f.name}`: {spark_type_ddl(f.dataType)}" for f in data_type.fields)
+        return f"STRUCT<{fields}>"
+    if isinstance(data_type, T.ArrayType):
+        return f"ARRAY<{spark_type_ddl(data_type.elementType)}>"
+    if isinstance(data_type, T.MapType):
+        return f"MAP<{spark_type_ddl(data_type.keyType)}, {spark_type_ddl(data_type.valueType)}>"
+    return data_type.simpleString().upper()
 
 
 def newest_wheel(wheel_glob: str) -> Path:
@@ -780,7 +875,7 @@ def create_sql_functions(
     deployment = _deployment(catalog)
     wheel = newest_wheel(wheel_glob)
     target = f"{deployment.volume_path('models', 'libraries')}/{wheel.name}"
-    shutil.copyfile(wheel, target)
+    shutil.copyfile(wheel, storage_path(target))
     params = {
         **deployment.sql_params(),
         "wheel_path": target,

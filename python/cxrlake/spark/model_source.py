@@ -126,18 +126,23 @@ def _not_found(error: Exception) -> bool:
 def resolve_champion(
     model_name: str,
     dest_dir: str | os.PathLike[str],
-    registry_uri: str | None = "databricks-uc",
+    registry_uri: str | None = None,
     client: Any = None,
     alias: str = CHAMPION,
 ) -> ModelSource:
     """The ``model_name@alias`` version as a local ONNX file in ``dest_dir``, or the shipped model
-    (``path`` None) when the model or the alias does not exist."""
+    (``path`` None) when the model or the alias does not exist. ``registry_uri``: default
+    ``$MLFLOW_REGISTRY_URI``, else ``databricks-uc``."""
     import mlflow
 
+    from cxrlake.spark.local_runtime import storage_path
+
     if client is None:
-        if registry_uri:
-            mlflow.set_registry_uri(registry_uri)
+        mlflow.set_registry_uri(
+            registry_uri or os.environ.get("MLFLOW_REGISTRY_URI") or "databricks-uc"
+        )
         client = mlflow.MlflowClient()
+    dest_dir = storage_path(str(dest_dir))
     try:
         version = client.get_model_version_by_alias(model_name, alias)
     except Exception as e:  # MlflowException / RestException
@@ -166,4 +171,19 @@ def resolve_champion(
     shutil.move(str(partial), str(target))  # never a half-written model at the final path
     return ModelSource(
         str(target), model_name, str(version.version), f"{model_name}@{alias} = v{version.version}"
+    )
+
+
+def job_model(deployment: Any, model: str | None) -> ModelSource:
+    """The one model resolution of the silver and gold jobs: ``model`` (an ``.onnx`` path, the
+    job parameter) when given, else ``<registered model>@champion`` when registered (written to
+    the models libraries volume), else the shipped model. Both jobs resolve alike, so silver's
+    features and gold's predictions come from one model version and the "done" rule of the
+    medallion (keyed on the model) finds yesterday's images done; a silver pass with another
+    model than gold's would re-decode and re-score all of bronze every day."""
+    if model:
+        return ModelSource(model, model, None, f"model parameter {model}")
+    return resolve_champion(
+        deployment.model_name(),
+        dest_dir=deployment.volume_path("models", "libraries") + "/models",
     )
