@@ -19,6 +19,7 @@ from deltalake import DeltaTable
 from review_support import Running, build_lakehouse
 
 from cxrlake.review import tables, worklist
+from cxrlake.review.service import compute_agreement
 from cxrlake.review.tables import FEEDBACK, HISTORY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -305,8 +306,34 @@ def test_images_are_served_only_from_the_sandbox_roots(built, app, tmp_path):
         assert status == 404 and body["error"] == "unknown image"
 
 
+def test_both_stores_implement_the_review_store_port_with_its_signatures():
+    """The server is typed against `ReviewStore`: each adapter has every member of the port,
+    with the port's parameters, and neither keeps logic of its own that the service owns."""
+    import inspect
+
+    from cxrlake.review.ports import ReviewStore
+    from cxrlake.review.store import LocalStore
+    from cxrlake.review.warehouse import WarehouseStore
+
+    members = [n for n, v in vars(ReviewStore).items() if callable(v) and not n.startswith("_")] + [
+        n
+        for c in ReviewStore.__mro__
+        if c.__name__ == "ReviewReader"
+        for n in vars(c)
+        if not n.startswith("_")
+    ]
+    assert {"predictions", "record_verdict", "write_agreement", "label_history"} <= set(members)
+    for store in (LocalStore, WarehouseStore):
+        assert isinstance(store.engine, str)
+        for name in members:
+            want = list(inspect.signature(getattr(ReviewStore, name)).parameters)
+            got = list(inspect.signature(getattr(store, name)).parameters)
+            assert got == want, (store.__name__, name)
+        assert not hasattr(store, "compute_agreement"), store.__name__
+
+
 def test_read_sandboxed_judges_symlinks_and_dotdot_by_their_target(tmp_path):
-    from cxrlake.review.store import read_sandboxed
+    from cxrlake.review.images import read_sandboxed
 
     root = tmp_path / "root"
     root.mkdir()
@@ -560,7 +587,7 @@ def test_html_report_shows_the_agreement(built, app):
     text = build_report(built[0])
     section = text.split("id='review'", 1)[1].split("<h2", 1)[0]
     assert "Radiologist review" in text and "dr.alice" in section
-    row = app.store.compute_agreement()[0]
+    row = compute_agreement(app.store)[0]
     assert f"{row['agreement_rate']:.3f}" in section
 
 
@@ -786,7 +813,7 @@ def test_spark_engine_computes_the_same_agreement_figures(app):
             frames[view] = _arrow_frame(spark, data)
         when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
         got = [r.asDict() for r in decide_review_agreement(spark, frames, now=when).collect()]
-        want = app.store.compute_agreement()
+        want = compute_agreement(app.store)
         assert len(got) == len(want) == 1
         for key in want[0]:
             if key != "evaluated_at":

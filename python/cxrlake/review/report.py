@@ -28,6 +28,7 @@ def review_section(lakehouse: str | os.PathLike, env: str = "dev") -> str:
     """HTML: agreement of the model with the radiologists over the current verdicts (Cohen's
     kappa, agreement rate, accuracy against the current labels, per-reviewer counts)."""
     from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.review.service import compute_agreement
     from cxrlake.review.store import LocalStore
     from cxrlake.review.tables import FEEDBACK
 
@@ -39,7 +40,7 @@ def review_section(lakehouse: str | os.PathLike, env: str = "dev") -> str:
             "<code>cxrlake review --lakehouse ...</code>.</p>"
         )
         return "\n".join(out)
-    rows = LocalStore(lakehouse, env).compute_agreement()
+    rows = compute_agreement(LocalStore(lakehouse, env))
     columns = [
         "model_name",
         "model_version",

@@ -7,7 +7,7 @@ Routes (all answers ``Cache-Control: no-store``):
 - ``GET /api/worklist?split=&label=&model_version=&reviewed=``: items ordered by need, progress.
 - ``GET /api/case/<prediction_id>``: prediction, quality, threshold, heatmap, verdicts, label
   history of the image.
-- ``GET /api/image/<image_id>``: the image bytes (sandboxed: see `store.read_sandboxed`).
+- ``GET /api/image/<image_id>``: the image bytes (sandboxed: see `images.read_sandboxed`).
 - ``GET /api/agreement``: agreement figures over the current verdicts.
 - ``POST /api/feedback``: record a verdict (JSON). ``POST /api/agreement``: append the figures
   to ``gold.review_agreement``.
@@ -47,7 +47,8 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from cxrlake.review import tables, worklist
+from cxrlake.review import service, tables, worklist
+from cxrlake.review.ports import ReviewStore
 from cxrlake.review.tables import ReviewError
 
 MAX_BODY_BYTES = 64 * 1024
@@ -116,7 +117,9 @@ def served_hosts(host: str, port: int, extra: frozenset[str] = frozenset()) -> f
 class ReviewApp:
     """Store + identity + CSRF secret: everything a request handler needs."""
 
-    def __init__(self, store: Any, reviewer: str | None = None, trust_proxy_headers: bool = False):
+    def __init__(
+        self, store: ReviewStore, reviewer: str | None = None, trust_proxy_headers: bool = False
+    ):
         self.store = store
         self.reviewer = reviewer
         self.trust_proxy_headers = trust_proxy_headers
@@ -291,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
             data, kind = store.image(path[len("/api/image/") :])
             self._send(200, data, kind)
         elif path == "/api/agreement":
-            rows = store.compute_agreement()
+            rows = service.compute_agreement(store)
             self._json(200, {"rows": [_jsonable(r) for r in rows]})
         else:
             raise ReviewError("not found", 404)
@@ -432,7 +435,7 @@ class ReviewServer(ThreadingHTTPServer):
 
 
 def make_server(
-    store: Any,
+    store: ReviewStore,
     host: str = "127.0.0.1",
     port: int = 8765,
     reviewer: str | None = None,

@@ -1,8 +1,9 @@
 """Where the review app reads and writes: the local lakehouse (delta-rs) or, on Databricks, the
 Unity Catalog tables through a SQL warehouse (`cxrlake.review.warehouse`).
 
-Both stores expose the same methods; every rule (validation, label history, worklist, agreement)
-lives in `cxrlake.review.tables` and `cxrlake.review.worklist` and runs unchanged on either.
+Both implement the port `cxrlake.review.ports.ReviewStore`; every rule (validation, label
+history, worklist, agreement) lives in `cxrlake.review.tables`, `cxrlake.review.worklist` and
+`cxrlake.review.service` and runs unchanged on either.
 
 Writes are serialised: one ``threading.Lock`` per store plus, locally, an exclusive ``flock`` on
 ``<catalog>/_cxrlake_review.lock`` (other processes serving the same lakehouse). A verdict is one
@@ -16,9 +17,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import stat
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -27,11 +27,12 @@ from deltalake import DeltaTable
 
 from cxrlake.lakehouse.storage import Lakehouse, commit_properties
 from cxrlake.medallion import schemas
-from cxrlake.review import tables, worklist
+from cxrlake.model import Model
+from cxrlake.review import service, tables
+from cxrlake.review.images import read_sandboxed, servable_image
 from cxrlake.review.tables import AGREEMENT, FEEDBACK, HISTORY, ReviewError
 
 REVIEW_LOCK = "_cxrlake_review.lock"
-MAX_IMAGE_BYTES = 64 * 1024 * 1024
 _PREDICTION_COLUMNS = [
     "prediction_id",
     "image_id",
@@ -48,91 +49,6 @@ _PREDICTION_COLUMNS = [
 def _eq(column: str, value: str) -> dict[str, str]:
     """``column = value`` as a `Lakehouse.read` filter."""
     return {column: value}
-
-
-def sniff_image_type(head: bytes) -> str | None:
-    """``image/jpeg`` or ``image/png`` from the magic bytes; None otherwise."""
-    if head.startswith(b"\xff\xd8\xff"):
-        return "image/jpeg"
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "image/png"
-    return None
-
-
-def grayscale_png(pixels: bytes, width: int, height: int) -> bytes:
-    """An 8-bit grayscale PNG of ``width x height`` row-major pixels (no filter, zlib level 6)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    rows = b"".join(b"\0" + pixels[y * width : (y + 1) * width] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, 6))
-        + chunk(b"IEND", b"")
-    )
-
-
-def servable_image(data: bytes) -> tuple[bytes, str]:
-    """What the browser is sent for an image's bytes, and its type: JPEG and PNG as they are; a
-    DICOM film rendered by the core exactly as the pipeline decodes it (Modality LUT, the
-    file's window or its full range, MONOCHROME1 inverted, 8-bit) as a grayscale PNG, so the
-    app's window/level acts on the grey levels the model saw. Raises `ReviewError` (415) for
-    anything else, or a DICOM file the core cannot decode (naming why)."""
-    kind = sniff_image_type(data[:8])
-    if kind is not None:
-        return data, kind
-    if data[128:132] != b"DICM":
-        raise ReviewError("not a JPEG, PNG or DICOM image", 415)
-    import cxrlake
-
-    row = cxrlake.decode([data]).to_pylist()[0]
-    if row["error"] is not None:
-        raise ReviewError(f"DICOM film cannot be rendered: {row['error']}", 415)
-    return grayscale_png(row["pixels"], row["width"], row["height"]), "image/png"
-
-
-def inside(path: str, roots: Sequence[str]) -> bool:
-    """Whether the canonical ``path`` lies under one of the canonical ``roots``."""
-    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-
-
-def read_sandboxed(path: str, roots: Sequence[str]) -> bytes:
-    """Read a regular file whose real location is under ``roots`` (symlinks and ``..`` judged by
-    where they point). Raises `ReviewError` (403 outside, 404 missing, 415 not a file)."""
-    real = os.path.realpath(path)
-    if not inside(real, roots):
-        raise ReviewError("image outside the lakehouse and its source folders", 403)
-    try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ReviewError("image file not found", 404) from None
-    except OSError as e:
-        raise ReviewError(f"image cannot be opened: {e.strerror}", 403) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ReviewError("image is not a regular file", 415)
-        if st.st_size > MAX_IMAGE_BYTES:
-            raise ReviewError("image exceeds 64 MiB", 415)
-        chunks = []
-        while True:
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 class LocalStore:
@@ -245,9 +161,7 @@ class LocalStore:
         if key not in self._threshold_cache:
             value = None
             try:
-                import cxrlake
-
-                model = cxrlake.Model()
+                model = Model()
                 if (model.name, model.version) == key:
                     value = model.threshold
             except Exception:  # noqa: BLE001 - no model: the threshold is shown as unknown
@@ -323,10 +237,7 @@ class LocalStore:
         Returns (row, created); the same verdict posted again under its ``feedback_id`` returns the
         stored row and writes nothing; another verdict under that id is refused (409).
         """
-        reviewer = tables.validate_reviewer(reviewer)
-        pid = payload.get("prediction_id") if isinstance(payload, Mapping) else None
-        prediction = self.prediction(pid) if isinstance(pid, str) else None
-        fields = tables.validate_verdict(payload, prediction)
+        reviewer, fields = service.checked_verdict(self, payload, reviewer)
         with self.write_lock():
             self._ensure(FEEDBACK)
             existing = self.lh.read(FEEDBACK, filter=_eq("feedback_id", fields["feedback_id"]))
@@ -348,13 +259,7 @@ class LocalStore:
 
     def _sync_history_locked(self) -> int:
         self._ensure(HISTORY)
-        change = tables.label_history_changes(
-            self.label_history(),
-            self.folder_labels(),
-            self.feedback(),
-            tables.utc_now(),
-            judged=tables.judged_contents(self.predictions()),
-        )
+        change = service.history_change(self)
         if not change:
             return 0
         data = pa.Table.from_pylist(change.close + change.insert, schema=HISTORY.arrow_schema)
@@ -365,7 +270,7 @@ class LocalStore:
         """Append the agreement figures when this set of verdicts is new; rows written."""
         with self.write_lock():
             self._ensure(AGREEMENT)
-            rows = self.compute_agreement()
+            rows = service.compute_agreement(self)
             known = set(self.lh.read(AGREEMENT, ["evaluation_id"]).column(0).to_pylist())
             new = [r for r in rows if r["evaluation_id"] not in known]
             return self.lh.append(
@@ -373,11 +278,3 @@ class LocalStore:
                 pa.Table.from_pylist(new, schema=AGREEMENT.arrow_schema),
                 operation="review-agreement",
             )
-
-    def compute_agreement(self) -> list[dict[str, Any]]:
-        return worklist.agreement_metrics(
-            self.predictions(),
-            self.feedback(),
-            tables.current_labels(self.label_history()),
-            tables.utc_now(),
-        )

@@ -21,7 +21,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from cxrlake.review import tables, worklist
+from cxrlake.review import service, tables
+from cxrlake.review.images import servable_image
 from cxrlake.review.tables import ReviewError
 
 HISTORY_RETRIES = 3
@@ -135,7 +136,8 @@ def connect_from_env() -> Any:
 
 
 class WarehouseStore:
-    """Same interface as `cxrlake.review.store.LocalStore`, over a DB-API connection."""
+    """The port `cxrlake.review.ports.ReviewStore` over a DB-API connection (the same as
+    `cxrlake.review.store.LocalStore` locally)."""
 
     engine = "databricks"
 
@@ -197,18 +199,13 @@ class WarehouseStore:
         return self._query("agreement")
 
     def image(self, image_id: str) -> tuple[bytes, str]:
-        from cxrlake.review.store import servable_image
-
         rows = self._query("image", {"image_id": image_id})
         if not rows:
             raise ReviewError("unknown image", 404)
         return servable_image(bytes(rows[0]["content"]))
 
     def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[dict, bool]:
-        reviewer = tables.validate_reviewer(reviewer)
-        pid = payload.get("prediction_id") if isinstance(payload, Mapping) else None
-        prediction = self.prediction(pid) if isinstance(pid, str) else None
-        fields = tables.validate_verdict(payload, prediction)
+        reviewer, fields = service.checked_verdict(self, payload, reviewer)
         with self._write_lock:
             existing = self._query("feedback_by_id", {"feedback_id": fields["feedback_id"]})
             if existing:
@@ -224,13 +221,7 @@ class WarehouseStore:
 
     def _sync_history_locked(self) -> int:
         for attempt in range(HISTORY_RETRIES):
-            change = tables.label_history_changes(
-                self.label_history(),
-                self.folder_labels(),
-                self.feedback(),
-                tables.utc_now(),
-                judged=tables.judged_contents(self.predictions()),
-            )
+            change = service.history_change(self)
             try:
                 for row in change.close + change.insert:
                     self._query("merge_history", _params(row))
@@ -240,17 +231,9 @@ class WarehouseStore:
                     raise
         return 0
 
-    def compute_agreement(self) -> list[dict[str, Any]]:
-        return worklist.agreement_metrics(
-            self.predictions(),
-            self.feedback(),
-            tables.current_labels(self.label_history()),
-            tables.utc_now(),
-        )
-
     def write_agreement(self) -> int:
         with self._write_lock:
-            rows = self.compute_agreement()
+            rows = service.compute_agreement(self)
             for row in rows:
                 self._query("insert_agreement", _params(row))
             return len(rows)

@@ -1,0 +1,63 @@
+"""The port the review app reads and writes through: `ReviewStore`.
+
+Two adapters implement it: `cxrlake.review.store.LocalStore` (a local lakehouse, delta-rs) and
+`cxrlake.review.warehouse.WarehouseStore` (Unity Catalog tables through a Databricks SQL
+warehouse). The server, the worklist and `cxrlake.review.service` (verdict checks, label-history
+changes, agreement) are written against this Protocol only, so every rule runs unchanged on
+either engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+Row = dict[str, Any]
+
+
+class ReviewReader(Protocol):
+    """What the review rules read: predictions, folder labels, verdicts, label history."""
+
+    def predictions(self) -> list[Row]:
+        """Current predictions joined to silver (quality score, the threshold that decided)."""
+        ...
+
+    def prediction(self, prediction_id: str) -> Row | None: ...
+
+    def folder_labels(self) -> dict[str, int | None]:
+        """image_id -> the label of the folder the film came from (None: unlabelled)."""
+        ...
+
+    def feedback(self, prediction_id: str | None = None) -> list[Row]: ...
+
+    def label_history(self, image_id: str | None = None) -> list[Row]:
+        """Label-history rows ordered by (image_id, valid_from)."""
+        ...
+
+
+class ReviewStore(ReviewReader, Protocol):
+    """A review store: the reads above, the stored agreement, image bytes and the writes (each
+    serialised by the store, idempotent under re-posts)."""
+
+    engine: str
+
+    def agreement(self) -> list[Row]: ...
+
+    def image(self, image_id: str) -> tuple[bytes, str]:
+        """The bytes to send for an image and their media type; `ReviewError` when unknown."""
+        ...
+
+    def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[Row, bool]:
+        """(stored row, created): one verdict appended, then the label history updated."""
+        ...
+
+    def sync_history(self) -> int:
+        """Bring the label history up to date; history rows inserted."""
+        ...
+
+    def write_agreement(self) -> int:
+        """Append the agreement figures for a new set of verdicts; rows written."""
+        ...
+
+
+__all__ = ["ReviewReader", "ReviewStore", "Row"]
