@@ -286,8 +286,8 @@ def predict(
     the current one.
 
     ``threshold``: a probability, or a site's stored threshold
-    (`cxrlake.calibration.site_threshold`, a `cxrlake.threshold.SiteThreshold`), used instead
-    of the model's; the batch then also has
+    (`cxrlake.lakehouse.site_thresholds.site_threshold`, a `cxrlake.threshold.SiteThreshold`),
+    used instead of the model's; the batch then also has
     ``threshold double`` and ``threshold_source string`` (``argument`` or ``site:<id>:v<n>``).
     """
     array, unnamable = _prepare(images)

@@ -37,7 +37,7 @@ __all__ = ["CommandError", "main", "build_parser", "positive_int"]
 SUBCOMMAND_MODULES = [
     "cxrlake.lakehouse.cli",
     "cxrlake.training.cli",
-    "cxrlake.calibration",
+    "cxrlake.calibration_cli",
     "cxrlake.review.cli",
     "cxrlake.serving.cli",
 ]

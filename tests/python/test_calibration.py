@@ -18,7 +18,11 @@ from deltalake import DeltaTable
 
 import cxrlake
 from cxrlake import calibration
+from cxrlake import calibration_service as service
 from cxrlake.cli import main as cli_main
+from cxrlake.lakehouse import site_thresholds as local_thresholds
+from cxrlake.spark import site_thresholds as spark_stored
+from cxrlake.threshold import SiteThreshold
 from cxrlake.training import operating_point as op
 from cxrlake.training.export import (
     HEAD_BIAS_KEY,
@@ -34,17 +38,17 @@ from cxrlake.training.export import (
 
 def test_wilson_interval_matches_the_published_values():
     # Newcombe (1998), table I: 81/263 -> 0.2553-0.3662; 0/10 -> 0-0.2775.
-    low, high = calibration.wilson_interval(81, 263)
+    low, high = service.wilson_interval(81, 263)
     assert (round(low, 4), round(high, 4)) == (0.2553, 0.3662)
-    low, high = calibration.wilson_interval(0, 10)
+    low, high = service.wilson_interval(0, 10)
     assert low == 0.0 and round(high, 4) == 0.2775
 
 
 def test_films_needed_for_a_tighter_interval():
-    n = calibration.films_for_half_width(0.95, 0.025)
-    low, high = calibration.wilson_interval(round(0.95 * n), n)
+    n = service.films_for_half_width(0.95, 0.025)
+    low, high = service.wilson_interval(round(0.95 * n), n)
     assert (high - low) / 2 <= 0.025
-    assert calibration.films_for_half_width(0.95, 0.05) < n
+    assert service.films_for_half_width(0.95, 0.05) < n
     assert 250 < n < 350  # ~ z^2 p (1 - p) / w^2 = 292
 
 
@@ -52,7 +56,7 @@ def test_threshold_for_sensitivity_keeps_the_target_and_is_the_highest():
     rng = np.random.default_rng(0)
     labels = np.r_[np.ones(200, int), np.zeros(200, int)]
     scores = np.r_[rng.beta(5, 2, 200), rng.beta(2, 5, 200)]
-    t = calibration.threshold_for_sensitivity(labels, scores, 0.95)
+    t = service.threshold_for_sensitivity(labels, scores, 0.95)
     assert (scores[labels == 1] >= t).mean() >= 0.95
     # t sits just below the last pneumonia film it must keep: the next one up loses the target.
     kept = np.sort(scores[labels == 1][scores[labels == 1] >= t])
@@ -70,16 +74,14 @@ def test_threshold_for_sensitivity_keeps_the_target_and_is_the_highest():
 )
 def test_calibration_refuses_films_that_cannot_support_a_threshold(labels, message):
     scores = np.linspace(0, 1, len(labels))
-    with pytest.raises(calibration.CalibrationError, match=message):
-        calibration.calibrate_scores("site_a", labels, scores, target_sensitivity=0.95)
+    with pytest.raises(service.CalibrationError, match=message):
+        service.calibrate_scores("site_a", labels, scores, target_sensitivity=0.95)
 
 
 def test_a_high_target_needs_more_pneumonia_films():
     labels = np.r_[np.ones(60, int), np.zeros(60, int)]
-    with pytest.raises(calibration.CalibrationError, match="at least 100 PNEUMONIA"):
-        calibration.calibrate_scores(
-            "site_a", labels, np.linspace(0, 1, 120), target_sensitivity=0.99
-        )
+    with pytest.raises(service.CalibrationError, match="at least 100 PNEUMONIA"):
+        service.calibrate_scores("site_a", labels, np.linspace(0, 1, 120), target_sensitivity=0.99)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -205,9 +207,9 @@ def test_calibrate_stores_a_versioned_site_threshold(site_lake, capsys):
     assert [r["version"] for r in rows] == [1, 2]
     assert table.metadata().configuration["delta.enableChangeDataFeed"] == "true"
 
-    stored = calibration.site_threshold(lake, "site_a")
+    stored = local_thresholds.site_threshold(lake, "site_a")
     assert stored.version == 2 and stored.threshold == pytest.approx(rows[1]["threshold"])
-    assert calibration.site_threshold(lake, "site_b") is None
+    assert local_thresholds.site_threshold(lake, "site_b") is None
 
 
 def test_calibrate_refuses_development_films_or_warns_that_they_measure_fit(
@@ -240,12 +242,12 @@ def test_calibrate_refuses_development_films_or_warns_that_they_measure_fit(
 
 def test_predict_uses_and_records_a_site_threshold(site_lake):
     lake, site = site_lake
-    stored = calibration.site_threshold(lake, "site_a")
+    stored = local_thresholds.site_threshold(lake, "site_a")
     if stored is None:
         calibration.calibrate_site(
             lake, "site_a", splits=["site_a"], include_development_films=True
         )
-        stored = calibration.site_threshold(lake, "site_a")
+        stored = local_thresholds.site_threshold(lake, "site_a")
     paths = sorted(str(p) for p in site.glob("*/*.jpeg"))
     default = cxrlake.predict(paths)
     assert "threshold" not in default.schema.names
@@ -263,7 +265,7 @@ def test_predict_uses_and_records_a_site_threshold(site_lake):
 
 def test_a_threshold_of_another_model_version_is_refused(site_lake):
     lake, site = site_lake
-    other = calibration.SiteThreshold("site_a", 1, 0.5, "cxrlake-pneumonia-effnetlite0", "0.0.0")
+    other = SiteThreshold("site_a", 1, 0.5, "cxrlake-pneumonia-effnetlite0", "0.0.0")
     with pytest.raises(cxrlake.exceptions.InvalidArgumentError, match="calibrated for"):
         cxrlake.predict([str(next(site.glob("*/*.jpeg")))], threshold=other)
 
@@ -282,7 +284,7 @@ def test_calibrate_refuses_contradicting_and_missing_labels(tmp_path, fullres_pa
     assert "no labelled films" in capsys.readouterr().err
     from cxrlake.lakehouse.storage import Lakehouse
 
-    assert Lakehouse(tmp_path / "lake").count(calibration.site_thresholds_spec()) == 0
+    assert Lakehouse(tmp_path / "lake").count(service.site_thresholds_spec()) == 0
 
 
 def test_predict_threshold_column_types(site_lake):
@@ -353,12 +355,12 @@ def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
     from cxrlake.medallion.schemas import PREDICTIONS
 
     lake, site = site_lake
-    stored = calibration.site_threshold(lake, "site_a")
+    stored = local_thresholds.site_threshold(lake, "site_a")
     if stored is None:
         calibration.calibrate_site(
             lake, "site_a", splits=["site_a"], include_development_films=True
         )
-        stored = calibration.site_threshold(lake, "site_a")
+        stored = local_thresholds.site_threshold(lake, "site_a")
     # The module's lakehouse was scored before any calibration: the model decided.
     before = Lakehouse(lake).read(PREDICTIONS)
     assert set(before["threshold_source"].to_pylist()) == {"model"}
@@ -369,7 +371,7 @@ def test_pipeline_gold_uses_and_records_the_site_threshold(site_lake, tmp_path):
         str(lake / "healthcare_catalog_dev" / "gold" / "site_thresholds")
     ).to_pyarrow_table()
     Lakehouse(other).create_all()
-    Lakehouse(other).append(calibration.site_thresholds_spec(), calibration_rows)
+    Lakehouse(other).append(service.site_thresholds_spec(), calibration_rows)
     summary = run_pipeline([site], other, site="site_a", progress=False)
     assert summary.threshold_source == stored.source
     gold = Lakehouse(other).read(PREDICTIONS)
@@ -388,11 +390,11 @@ def test_a_site_run_redecides_earlier_predictions_and_says_which_changed(site_la
     from cxrlake.medallion.schemas import PREDICTIONS
 
     lake, site = site_lake
-    if calibration.site_threshold(lake, "site_a") is None:
+    if local_thresholds.site_threshold(lake, "site_a") is None:
         calibration.calibrate_site(
             lake, "site_a", splits=["site_a"], include_development_films=True
         )
-    stored = calibration.site_threshold(lake, "site_a")
+    stored = local_thresholds.site_threshold(lake, "site_a")
     copy = tmp_path / "lake"
     shutil.copytree(lake, copy)
     before = Lakehouse(copy).read(PREDICTIONS).to_pylist()
@@ -447,12 +449,12 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
     from cxrlake.spark.transforms import GOLD_INPUT_COLUMNS, to_gold_predictions
 
     lake, _ = site_lake
-    stored = calibration.site_threshold(lake, "site_a")
+    stored = local_thresholds.site_threshold(lake, "site_a")
     if stored is None:
         calibration.calibrate_site(
             lake, "site_a", splits=["site_a"], include_development_films=True
         )
-        stored = calibration.site_threshold(lake, "site_a")
+        stored = local_thresholds.site_threshold(lake, "site_a")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     spark = (
         SparkSession.builder.master("local[1]")
@@ -465,12 +467,12 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
     )
     try:
         # gold.site_thresholds as a catalog table (parquet here; Delta on Databricks).
-        rows = Lakehouse(lake).read(calibration.site_thresholds_spec())
+        rows = Lakehouse(lake).read(service.site_thresholds_spec())
         spark.sql("CREATE DATABASE IF NOT EXISTS gold")
         spark.createDataFrame(rows).write.saveAsTable("gold.site_thresholds")  # Arrow in
-        found = calibration.spark_site_threshold(spark, "gold.site_thresholds", "site_a")
+        found = spark_stored.spark_site_threshold(spark, "gold.site_thresholds", "site_a")
         assert found == stored
-        assert calibration.spark_site_threshold(spark, "gold.absent", "site_a") is None
+        assert spark_stored.spark_site_threshold(spark, "gold.absent", "site_a") is None
         # Score six films on Spark with it: the same labels and provenance as locally.
         silver = Lakehouse(lake).read(SILVER, ["image_id", "label", "dataset_split"]).slice(0, 6)
         bronze = Lakehouse(lake).read(BRONZE, ["image_id", "content_sha256", "content"])

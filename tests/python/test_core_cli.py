@@ -315,7 +315,7 @@ def test_os_errors_buried_in_engine_messages_are_named_first(tmp_path: Path):
 def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
     """One hierarchy: the errors the modules raise are `CxrlakeError`s (and keep their builtin
     base), and `cli_support.EXIT_CODES` maps them by class."""
-    from cxrlake.calibration import CalibrationError
+    from cxrlake.calibration_service import CalibrationError
     from cxrlake.cli_support import CommandError, UsageError, describe_error
     from cxrlake.exceptions import CxrlakeError, InvalidArgumentError, ModelError
     from cxrlake.lakehouse.sql import LakehouseNotFoundError

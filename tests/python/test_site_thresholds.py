@@ -12,13 +12,13 @@ import pytest
 from deltalake import write_deltalake
 
 import cxrlake
-from cxrlake.calibration import (
+from cxrlake.calibration_service import (
     SITE_THRESHOLDS_SCHEMA,
     CalibrationError,
     latest_site_threshold,
-    site_threshold,
     validate_site_id,
 )
+from cxrlake.lakehouse.site_thresholds import site_threshold
 from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
 

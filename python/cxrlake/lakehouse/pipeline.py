@@ -291,7 +291,7 @@ class Pipeline:
         self.threshold = None
         self.site = site
         if site:
-            from cxrlake.calibration import site_threshold
+            from cxrlake.lakehouse.site_thresholds import site_threshold
 
             self.threshold = site_threshold(lakehouse, site, self.model, env)
         self.batch_size = batch_size

@@ -610,7 +610,7 @@ def predict_gold(
     by that site's latest threshold for this model version in ``gold.site_thresholds`` (the
     model's own when none is stored); every prediction records which one decided. DICOM rows
     this pass analyses are de-identified as in `transform_silver` (``deid_key`` / ``dbutils``)."""
-    from cxrlake.calibration import spark_site_threshold
+    from cxrlake.spark.site_thresholds import spark_site_threshold
     from cxrlake.spark.udfs import configure_session, model_for
 
     if deid_key is None:

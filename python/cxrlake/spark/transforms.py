@@ -321,7 +321,8 @@ def to_gold_predictions(
 ) -> DataFrame:
     """Predictions (schema `schemas.GOLD_PREDICTIONS`) of rows with ``image_id``, ``label``,
     ``dataset_split``, ``content_sha256`` and ``content`` (see `gold_input`); ``threshold``: a
-    site's `cxrlake.calibration.SiteThreshold` (`cxrlake.calibration.spark_site_threshold`)."""
+    site's `cxrlake.threshold.SiteThreshold`
+    (`cxrlake.spark.site_thresholds.spark_site_threshold`)."""
     fn = gold_rows(_model_path(model), _now(predicted_at), threads, threshold)
     return scoring_input.select(*GOLD_INPUT_COLUMNS).mapInArrow(fn, schemas.GOLD_PREDICTIONS)
 
