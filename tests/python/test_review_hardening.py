@@ -42,8 +42,11 @@ def _raw(app, method: str, path: str, headers: dict[str, str], body: bytes = b""
     port = int(app.url.rsplit(":", 1)[1])
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         lines = [f"{method} {path} HTTP/1.1", *(f"{k}: {v}" for k, v in headers.items())]
-        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
-        sock.shutdown(socket.SHUT_WR)
+        try:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the server answered and closed before taking it all: read its answer
         response = http.client.HTTPResponse(sock)
         response.begin()
         data = response.read()
@@ -104,27 +107,20 @@ def test_a_rebound_page_cannot_post_a_verdict(app):
 
 
 # --------------------------------------------------------------------------- bodies
-@pytest.mark.parametrize(
-    ("length", "body"),
-    [
-        ("-1", b'{"prediction_id": "x"}' + b" " * 200_000),
-        ("abc", b"{}"),
-        ("1e3", b"{}"),
-        ("+5", b"{}  "),
-        (" 0x10", b"{}"),
-        ("99999999999999999999", b"{}"),
-    ],
-)
-def test_a_bad_content_length_is_a_400(app, length, body):
+@pytest.mark.parametrize("length", ["-1", "abc", "1e3", "+5", " 0x10", "99999999999999999999"])
+def test_a_bad_content_length_is_a_400(app, length):
+    # No body follows the headers (the client's side is shut): a server that took `-1` as "read
+    # to the end" would read nothing and answer about the JSON instead. A body the server leaves
+    # unread would make its close a reset that can swallow the answer.
     status, answer = _raw(
-        app, "POST", "/api/feedback", _post_headers(app, **{"Content-Length": length}), body
+        app, "POST", "/api/feedback", _post_headers(app, **{"Content-Length": length}), b""
     )
     assert status == 400 and "Content-Length" in answer["error"], answer
 
 
 def test_transfer_encoding_is_refused(app):
     headers = _post_headers(app, **{"Transfer-Encoding": "chunked"})
-    status, answer = _raw(app, "POST", "/api/feedback", headers, b"2\r\n{}\r\n0\r\n\r\n")
+    status, answer = _raw(app, "POST", "/api/feedback", headers)
     assert status == 400 and "Transfer-Encoding" in answer["error"]
 
 
@@ -252,6 +248,9 @@ def test_listening_everywhere_prints_the_real_address_and_a_warning(built):
             deadline = time.monotonic() + 120
             while "serving" not in line and time.monotonic() < deadline:
                 line = proc.stdout.readline()
+                if not line and proc.poll() is not None:
+                    break
+            assert "serving" in line, proc.stderr.read() if proc.poll() is not None else line
             warning = ""
             for _ in range(10):
                 warning = proc.stderr.readline()

@@ -105,7 +105,8 @@ def served_hosts(host: str, port: int, extra: frozenset[str] = frozenset()) -> f
     ``extra`` (configured names, as given)."""
     names = set(LOCAL_NAMES)
     if host in WILDCARD_ADDRESSES:
-        names |= {public_address(), socket.gethostname(), socket.getfqdn()}
+        # no getfqdn(): a reverse DNS lookup can stall start-up for as long as DNS times out
+        names |= {public_address(), socket.gethostname()}
     else:
         names.add(_bracketed(host))
     hosts = {f"{n}:{port}".lower() for n in names if n}
