@@ -20,10 +20,11 @@ shifts; a real site should confirm or replace it with its own films. ``cxrlake c
 6. appends a new version of the site's threshold to ``gold.site_thresholds`` (one atomic Delta
    commit; an identical re-run writes nothing).
 
-This module is the local flow (films from bronze, scoring, storing). The statistics and the rules
-of the stored rows are the engine-neutral service `cxrlake.calibration_service`; the table is
-read and written by `cxrlake.lakehouse.site_thresholds` (locally) and
-`cxrlake.spark.site_thresholds` (Databricks, read only); the command is `cxrlake.calibration_cli`.
+This module is the local flow (films from bronze, scoring, storing), over the catalog port
+(`cxrlake.catalog.Catalog`, here `cxrlake.lakehouse.catalog.LocalCatalog`). The statistics, the
+rules of the stored rows and their reading and writing are the engine-neutral service
+`cxrlake.calibration_service`; the Databricks jobs read the table with
+`cxrlake.spark.site_thresholds`; the command is `cxrlake.calibration_cli`.
 `cxrlake.lakehouse.site_thresholds.site_threshold` reads the latest version back;
 ``cxrlake.predict(..., threshold=...)`` and the gold stage of the pipeline use it, and record
 which threshold decided each label (``threshold``, ``threshold_source``).
@@ -37,7 +38,6 @@ from dataclasses import replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
 
 from cxrlake._api import predict
 from cxrlake.calibration_service import (
@@ -48,10 +48,12 @@ from cxrlake.calibration_service import (
     CalibrationResult,
     calibrate_scores,
     calibration_id,
+    store_calibration,
     validate_site_id,
 )
-from cxrlake.lakehouse.site_thresholds import store_calibration
-from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
+from cxrlake.catalog import Catalog
+from cxrlake.lakehouse.catalog import LocalCatalog
+from cxrlake.lakehouse.storage import LakehouseLock
 from cxrlake.medallion import schemas
 from cxrlake.model import Model
 from cxrlake.training.provenance import seen_in_development
@@ -60,8 +62,8 @@ from cxrlake.training.provenance import seen_in_development
 # The site's films in the lakehouse
 
 
-def _latest_bronze(lake: Lakehouse, columns: list[str], splits: list[str] | None) -> pa.Table:
-
+def _latest_bronze(lake: Catalog, columns: list[str], splits: list[str] | None) -> pa.Table:
+    """The latest version of each image in bronze (of ``splits``, when given)."""
     wanted = sorted({*columns, "image_id", "ingested_at"})
     bronze = lake.read(schemas.BRONZE, columns=wanted)
     if splits:
@@ -75,14 +77,9 @@ def _latest_bronze(lake: Lakehouse, columns: list[str], splits: list[str] | None
     return order.take(pa.array(keep, pa.int64()))
 
 
-def _verdict_labels(lake: Lakehouse) -> dict[str, int]:
+def _verdict_labels(lake: Catalog) -> dict[str, int]:
     """image_id -> current radiologist label (rows of silver.label_history not from the folder)."""
-    path = os.path.join(lake.catalog, "silver", "label_history")
-    if not DeltaTable.is_deltatable(path):
-        return {}
-    history = DeltaTable(path).to_pyarrow_table(
-        columns=["image_id", "label", "source", "is_current"]
-    )
+    history = lake.read(schemas.LABEL_HISTORY, ["image_id", "label", "source", "is_current"])
     current = history.filter(
         pc.and_(pc.equal(history["is_current"], True), pc.not_equal(history["source"], "folder"))
     )
@@ -96,7 +93,7 @@ def _verdict_labels(lake: Lakehouse) -> dict[str, int]:
 
 
 def site_films(
-    lake: Lakehouse,
+    lake: Catalog,
     *,
     splits: list[str] | None = None,
     label_source: str = "folder",
@@ -173,7 +170,7 @@ def calibrate_site(
     """
     validate_site_id(site_id)
     model = model if isinstance(model, Model) else Model(model)
-    lake = Lakehouse(lakehouse, env)
+    lake = LocalCatalog.at(lakehouse, env)
     films = site_films(lake, splits=splits, label_source=label_source, site_id=site_id)
     if films.num_rows == 0:
         where = f" in splits {', '.join(splits)}" if splits else ""

@@ -3,9 +3,10 @@ tighter interval needs), choosing a site's threshold for a target sensitivity, a
 the rows of ``gold.site_thresholds`` (their id, the row a calibration stores, the version in
 force and its validation where it is read).
 
-No engine here: the local adapter (`cxrlake.lakehouse.site_thresholds`, delta-rs) and the Spark
-adapter (`cxrlake.spark.site_thresholds`) read and write the table and call these rules; the
-local calibration flow is `cxrlake.calibration`, the command `cxrlake.calibration_cli`.
+No engine here: the table is read and written through the catalog port (`cxrlake.catalog`;
+`stored_versions`, `store_calibration`), locally by `cxrlake.lakehouse.catalog.LocalCatalog`;
+the Spark jobs read it with `cxrlake.spark.site_thresholds`. The local calibration flow is
+`cxrlake.calibration`, the command `cxrlake.calibration_cli`.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxrlake.catalog import Catalog
 from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import schemas
 from cxrlake.threshold import SiteThreshold
@@ -329,6 +331,34 @@ def next_version(versions: pa.Table, calibration_id: str) -> tuple[int, bool]:
     return int(versions.num_rows and max(versions["version"].to_pylist())) + 1, True
 
 
+def stored_versions(
+    catalog: Catalog, site_id: str, model_name: str, model_version: str
+) -> pa.Table:
+    """Every stored version of a site's threshold for one model, oldest first (none when the
+    table does not exist yet)."""
+    rows = catalog.read(site_thresholds_spec())
+    return versions_of(rows, site_id, model_name, model_version)
+
+
+def store_calibration(
+    catalog: Catalog, result: CalibrationResult, splits: list[str] | None
+) -> CalibrationResult:
+    """Append ``result`` as the next version of its site's threshold, one commit (the caller
+    serialises writers); an identical calibration already stored as the last version is not
+    written again. Returns ``result`` with its version and whether it was stored now."""
+    spec = site_thresholds_spec()
+    catalog.ensure(spec)
+    versions = stored_versions(catalog, result.site_id, result.model_name, result.model_version)
+    version, new = next_version(versions, result.calibration_id)
+    if not new:
+        return replace(result, version=version, stored=False)
+    row = site_threshold_row(result, version, splits, dt.datetime.now(dt.timezone.utc))
+    catalog.append(
+        spec, pa.Table.from_pylist([row], schema=SITE_THRESHOLDS_SCHEMA), operation="calibrate"
+    )
+    return replace(result, version=version, stored=True)
+
+
 __all__ = [
     "DEFAULT_HALF_WIDTH",
     "DEFAULT_MIN_PER_CLASS",
@@ -341,6 +371,8 @@ __all__ = [
     "latest_site_threshold",
     "next_version",
     "site_threshold_row",
+    "store_calibration",
+    "stored_versions",
     "site_thresholds_spec",
     "threshold_for_sensitivity",
     "validate_site_id",

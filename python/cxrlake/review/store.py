@@ -23,9 +23,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
-from deltalake import DeltaTable
 
-from cxrlake.lakehouse.storage import Lakehouse, commit_properties
+from cxrlake.lakehouse.catalog import LocalCatalog
+from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
 from cxrlake.model import Model
 from cxrlake.review import service, tables
@@ -59,7 +59,7 @@ class LocalStore:
     def __init__(self, lakehouse: str | os.PathLike, env: str = "dev") -> None:
         self._where = (lakehouse, env)
         self._per_thread = threading.local()
-        if not self.lh.exists(schemas.PREDICTIONS):
+        if not self.catalog.exists(schemas.PREDICTIONS):
             raise FileNotFoundError(
                 f"no gold.pneumonia_predictions under {self.lh.catalog}: "
                 "run `cxrlake pipeline run --lakehouse ...` first"
@@ -70,13 +70,18 @@ class LocalStore:
         self._threshold_cache: dict[tuple[str, str], float | None] = {}
 
     @property
+    def catalog(self) -> LocalCatalog:
+        """This thread's catalog (the port `cxrlake.catalog.Catalog`): its `Lakehouse` caches
+        DeltaTable objects, which the server's request threads must not share."""
+        catalog = getattr(self._per_thread, "catalog", None)
+        if catalog is None:
+            catalog = self._per_thread.catalog = LocalCatalog.at(*self._where)
+        return catalog
+
+    @property
     def lh(self) -> Lakehouse:
-        """This thread's `Lakehouse`: it caches DeltaTable objects, which the server's request
-        threads must not share."""
-        lh = getattr(self._per_thread, "lh", None)
-        if lh is None:
-            lh = self._per_thread.lh = Lakehouse(*self._where)
-        return lh
+        """This thread's `Lakehouse` (its folders: the catalog, the recorded sources)."""
+        return self.catalog.lakehouse
 
     # ------------------------------------------------------------------ reading
     def ensure_tables(self) -> None:
@@ -86,30 +91,14 @@ class LocalStore:
             self._ensure(spec)
 
     def _ensure(self, spec: schemas.TableSpec) -> None:
-        if self.lh.exists(spec):
-            # a table of an earlier version gets the nullable columns it lacks
-            # (label_history.content_sha256); its rows read them as null
-            self.lh.add_columns(spec)
-            return
-        if not self.lh.exists(spec):
-            os.makedirs(self.lh.path(spec), exist_ok=True)
-            DeltaTable.create(
-                self.lh.path(spec),
-                spec.arrow_schema,
-                mode="ignore",
-                name=spec.name,
-                description=f"cxrlake {spec.qualified_name}",
-                configuration={
-                    **schemas.TABLE_PROPERTIES,
-                    **tables.EXTRA_PROPERTIES.get(spec.name, {}),
-                },
-                commit_properties=commit_properties(operation="create"),
-            )
+        # a table of an earlier version gets the nullable columns it lacks
+        # (label_history.content_sha256); its rows read them as null
+        self.catalog.ensure(spec, tables.EXTRA_PROPERTIES.get(spec.name))
 
     def _thresholds(self) -> dict[tuple[str, str], float | None]:
         """Decision threshold per (model_name, model_version): the latest
         gold.model_performance row, else the shipped model's own threshold."""
-        perf = self.lh.read(
+        perf = self.catalog.read(
             schemas.PERFORMANCE, ["model_name", "model_version", "threshold", "evaluated_at"]
         ).to_pylist()
         out: dict[tuple[str, str], float | None] = {}
@@ -122,8 +111,7 @@ class LocalStore:
         """Current predictions (their content hash is silver's) with quality score, threshold
         (the row's ``decision_threshold``, else the model's) and, when the table has one, the
         heatmap."""
-        table = self.lh.table(schemas.PREDICTIONS)
-        names = set(table.schema().to_arrow().names)
+        names = set(self.catalog.columns(schemas.PREDICTIONS))
         optional = [
             "heatmap",
             "decision_threshold",
@@ -133,10 +121,10 @@ class LocalStore:
             "ood_reason",
         ]
         columns = _PREDICTION_COLUMNS + [c for c in optional if c in names]
-        preds = self.lh.read(schemas.PREDICTIONS, columns).to_pylist()
+        preds = self.catalog.read(schemas.PREDICTIONS, columns).to_pylist()
         silver = {
             r["image_id"]: r
-            for r in self.lh.read(
+            for r in self.catalog.read(
                 schemas.SILVER, ["image_id", "content_sha256", "quality_score"]
             ).to_pylist()
         }
@@ -173,26 +161,26 @@ class LocalStore:
         return next((p for p in self.predictions() if p["prediction_id"] == prediction_id), None)
 
     def folder_labels(self) -> dict[str, int | None]:
-        rows = self.lh.read(schemas.SILVER, ["image_id", "label"]).to_pylist()
+        rows = self.catalog.read(schemas.SILVER, ["image_id", "label"]).to_pylist()
         return {r["image_id"]: r["label"] for r in rows}
 
     def feedback(self, prediction_id: str | None = None) -> list[dict[str, Any]]:
         flt = None if prediction_id is None else _eq("prediction_id", prediction_id)
-        return self.lh.read(FEEDBACK, filter=flt).to_pylist()
+        return self.catalog.read(FEEDBACK, filter=flt).to_pylist()
 
     def label_history(self, image_id: str | None = None) -> list[dict[str, Any]]:
         flt = None if image_id is None else _eq("image_id", image_id)
-        rows = self.lh.read(HISTORY, filter=flt).to_pylist()
+        rows = self.catalog.read(HISTORY, filter=flt).to_pylist()
         return sorted(rows, key=lambda r: (r["image_id"], r["valid_from"]))
 
     def agreement(self) -> list[dict[str, Any]]:
-        return self.lh.read(AGREEMENT).to_pylist()
+        return self.catalog.read(AGREEMENT).to_pylist()
 
     def image(self, image_id: str) -> tuple[bytes, str]:
         """The bytes of an image as scored: the source file when it is inside the sandbox roots,
         a regular file and unchanged since ingestion, else (whatever the reason) the copy kept in
         bronze; a DICOM film as the PNG the core renders (`servable_image`)."""
-        rows = self.lh.read(
+        rows = self.catalog.read(
             schemas.SILVER,
             ["image_id", "file_path", "content_sha256"],
             filter=_eq("image_id", image_id),
@@ -208,7 +196,7 @@ class LocalStore:
             # bytes kept in bronze are the ones scored, so they are served instead.
             data = None
         if data is None or hashlib.sha256(data).hexdigest() != row["content_sha256"]:
-            kept = self.lh.read(
+            kept = self.catalog.read(
                 schemas.BRONZE,
                 ["content"],
                 filter=_eq("image_id", image_id) | _eq("content_sha256", row["content_sha256"]),
@@ -240,11 +228,11 @@ class LocalStore:
         reviewer, fields = service.checked_verdict(self, payload, reviewer)
         with self.write_lock():
             self._ensure(FEEDBACK)
-            existing = self.lh.read(FEEDBACK, filter=_eq("feedback_id", fields["feedback_id"]))
+            existing = self.catalog.read(FEEDBACK, filter=_eq("feedback_id", fields["feedback_id"]))
             if existing.num_rows:
                 return tables.repeated_verdict(existing.to_pylist()[0], fields, reviewer), False
             row = tables.feedback_row(fields, reviewer, tables.utc_now())
-            self.lh.append(
+            self.catalog.append(
                 FEEDBACK,
                 pa.Table.from_pylist([row], schema=FEEDBACK.arrow_schema),
                 operation="review-verdict",
@@ -263,7 +251,7 @@ class LocalStore:
         if not change:
             return 0
         data = pa.Table.from_pylist(change.close + change.insert, schema=HISTORY.arrow_schema)
-        self.lh.merge(HISTORY, data, operation="review-label-history")
+        self.catalog.merge(HISTORY, data, operation="review-label-history")
         return len(change.insert)
 
     def write_agreement(self) -> int:
@@ -271,9 +259,9 @@ class LocalStore:
         with self.write_lock():
             self._ensure(AGREEMENT)
             rows = service.compute_agreement(self)
-            known = set(self.lh.read(AGREEMENT, ["evaluation_id"]).column(0).to_pylist())
+            known = set(self.catalog.read(AGREEMENT, ["evaluation_id"]).column(0).to_pylist())
             new = [r for r in rows if r["evaluation_id"] not in known]
-            return self.lh.append(
+            return self.catalog.append(
                 AGREEMENT,
                 pa.Table.from_pylist(new, schema=AGREEMENT.arrow_schema),
                 operation="review-agreement",

@@ -1,0 +1,68 @@
+"""The catalog port: what an engine-neutral service needs from the tables, whichever engine holds
+them (docs/architecture.md, "Layers").
+
+A `Catalog` reads a table as Arrow, runs a rule's SQL over Arrow relations, and writes: append
+and merge on the table's keys, each write exactly one commit (none when there is nothing to
+write), so a stage of a service is one commit per table it changes. Callers serialise writers
+(the lakehouse lock locally). Adapters: `cxrlake.lakehouse.catalog.LocalCatalog` (delta-rs and
+DuckDB). Services over it: the site thresholds of `cxrlake.calibration_service`
+(`stored_versions`, `store_calibration`), the local review store (`cxrlake.review.store`) and
+the site films of `cxrlake.calibration`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from cxrlake.medallion.schemas import TableSpec
+
+
+class Catalog(Protocol):
+    """The tables of one catalog (``healthcare_catalog_<env>``), on one engine."""
+
+    engine: str
+
+    def exists(self, spec: TableSpec) -> bool:
+        """Whether the table exists."""
+        ...
+
+    def columns(self, spec: TableSpec) -> list[str]:
+        """The column names the stored table has (a table of an earlier version may lack some
+        of ``spec``'s nullable columns until `ensure` adds them)."""
+        ...
+
+    def ensure(self, spec: TableSpec, properties: Mapping[str, str] | None = None) -> None:
+        """Create the table when absent (the medallion table properties plus ``properties``),
+        else add the nullable columns of ``spec`` it lacks."""
+        ...
+
+    def read(
+        self,
+        spec: TableSpec,
+        columns: list[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> pa.Table:
+        """(Some columns of) the table's current version as Arrow; an absent table reads as
+        empty. ``filter``: the rows whose every named column equals the value, or is one of the
+        values when that is a list, set or Arrow array."""
+        ...
+
+    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
+        """Run one rule's SQL (a `cxrlake.medallion.rules` statement) over named Arrow
+        relations; the answer as Arrow."""
+        ...
+
+    def append(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
+        """Append rows in one commit; rows written (no commit when empty)."""
+        ...
+
+    def merge(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
+        """Upsert rows on ``spec.keys`` (update all columns, insert the others) in one commit;
+        rows inserted or updated (no commit when empty)."""
+        ...
+
+
+__all__ = ["Catalog"]
