@@ -6,7 +6,6 @@ import json
 import sys
 from typing import Any
 
-from cxrlake.calibration import calibrate_site
 from cxrlake.calibration_service import DEFAULT_HALF_WIDTH, DEFAULT_MIN_PER_CLASS, CalibrationError
 from cxrlake.cli_support import positive_int
 
@@ -67,6 +66,8 @@ def register(subparsers: Any) -> None:
 
 
 def _calibrate_command(args: Any) -> int:
+    from cxrlake.calibration import calibrate_site  # needs the 'local' extra (deltalake)
+
     try:
         result = calibrate_site(
             args.lakehouse,
