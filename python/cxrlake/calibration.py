@@ -99,14 +99,17 @@ def site_films(
     label_source: str = "folder",
     site_id: str = "",
 ) -> pa.Table:
-    """The site's labelled films: ``image_id``, ``content_sha256``, ``label``, ``content``.
+    """The site's labelled films: ``image_id``, ``content_sha256``, ``label``, ``content``,
+    ``category`` and ``filename``.
 
     Raises `CalibrationError` on contradicting labels (same bytes with both labels; with
     ``label_source="verdicts"``, a radiologist label that contradicts the folder).
     """
     if label_source not in ("folder", "verdicts"):
         raise CalibrationError(f"labels must be 'folder' or 'verdicts', got {label_source!r}")
-    films = _latest_bronze(lake, ["category", "content_sha256", "content", "dataset_split"], splits)
+    films = _latest_bronze(
+        lake, ["category", "content_sha256", "content", "dataset_split", "filename"], splits
+    )
     folder = [
         LABEL_NAMES.index(c) if c in LABEL_NAMES else None for c in films["category"].to_pylist()
     ]
