@@ -310,12 +310,18 @@ class LocalWorkspace:
         return {scope: json.loads(self.secrets.read_text())}
 
     def sync(self) -> None:
-        """``bundle deploy``'s sync of jobs/ and sql/ (side by side, as the notebooks expect)."""
-        for name in ("jobs", "sql"):
+        """``bundle deploy``'s sync of jobs/ and sql/ (side by side, as the notebooks expect):
+        their files replaced, files gone from the source removed; what the jobs wrote there
+        (MLflow's local artifact store, ``mlruns``, relative to the notebooks' folder) kept."""
+        for name, pattern in (("jobs", "*.py"), ("sql", "*.sql")):
             target = self.files / name
-            if target.exists():
-                shutil.rmtree(target)
-            shutil.copytree(REPO / name, target)
+            target.mkdir(parents=True, exist_ok=True)
+            wanted = {p.name for p in (REPO / name).glob(pattern)}
+            for stale in target.glob(pattern):
+                if stale.name not in wanted:
+                    stale.unlink()
+            for file_name in sorted(wanted):
+                shutil.copyfile(REPO / name / file_name, target / file_name)
 
 
 def deploy(spark: Any, bundle: BundleParameters, ws: LocalWorkspace) -> None:
@@ -419,7 +425,7 @@ def table_names(spark: Any, bundle: BundleParameters) -> list[str]:
         if not spark.catalog.databaseExists(schema):
             continue
         for table in spark.catalog.listTables(schema):
-            if table.tableType != "VIEW":
+            if not table.isTemporary and table.tableType in ("MANAGED", "EXTERNAL"):
                 out.append(f"{catalog}.{schema}.{table.name}")
     return out
 
