@@ -111,9 +111,9 @@ demo: develop ## Run the local bronze -> silver -> gold pipeline on real images,
 	$(VENV)/bin/cxrlake report --lakehouse $(LAKEHOUSE) --env $(ENV) --out report.html
 	@echo "report written to $(abspath report.html)"
 
-train: develop ## Train the pneumonia CNN on ../shared/data (patient-grouped split), export ONNX, log to MLflow
-	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --size 160 --epochs 5 --threads 1 \
-	  --seed 42 --target-sensitivity 0.98 --out python/cxrlake/models --card MODEL_CARD.md
+train: develop ## Train the shipped pneumonia CNN 1.2.0 (recipe 1.0.0+longer, latest acquisition batches held out), export ONNX, log to MLflow
+	$(VENV)/bin/cxrlake train --data $(DATA)/chest_xray/train --recipe 1.0.0+longer --threads 2 \
+	  --seed 42 --model-version 1.2.0 --target-sensitivity 0.95 --out python/cxrlake/models --card MODEL_CARD.md
 
 bundle-validate: setup ## Validate bundle/ for dev, pilot and prod against the official bundle JSON schema
 	$(PY) tools/bundle_check.py --bundle bundle --schema $(SHARED)/databricks/bundle_jsonschema.json --targets dev pilot prod

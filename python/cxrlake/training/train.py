@@ -506,6 +506,7 @@ def finalize(
     calibration_images: int = 200,
     bn_recalibration_images: int = BN_RECALIBRATION_IMAGES,
     target_sensitivity: float | None = None,
+    keep_bn: bool | None = None,
 ) -> dict:
     """Recalibrate BN, export, evaluate the ONNX file(s) on validation, pick the one to ship.
 
@@ -513,6 +514,8 @@ def finalize(
     validation scores) into ``run_dir``; copies it to ``ship_to/cxrlake_pneumonia.onnx`` if given.
     int8 is chosen only if its AUC is within 0.005 of fp32 and its sensitivity is >= the target.
     ``target_sensitivity`` overrides the run's threshold rule target (recorded in metrics.json).
+    ``keep_bn``: keep the BatchNorm recalibration always (True), never (False) or only if it does
+    not lower the mean AUC over the held-out batches (None).
     """
     run_dir = Path(run_dir)
     net, cfg, history = load_checkpoint(run_dir)
@@ -531,14 +534,43 @@ def finalize(
     saved_history = json.loads((run_dir / "history.json").read_text())
     if len(saved_history.get("val_probabilities") or []) == len(val):
         # the selected evaluation of fit: these weights, before BN recalibration (no re-scoring)
-        before_bn = summary_of(np.asarray(saved_history["val_probabilities"], dtype=np.float32))
+        before_prob = np.asarray(saved_history["val_probabilities"], dtype=np.float32)
     else:
-        before_bn = summary_of(predict_torch(net, val_px))
+        before_prob = predict_torch(net, val_px)
+    before_bn = summary_of(before_prob)
+    before_bn["batch_mean_auc"] = heldout_metrics(val, before_prob, 0.5)["mean_auc"]
+    trained_state = {k: v.clone() for k, v in net.state_dict().items()}
     rng = random.Random(cfg.seed)
     bn_images = rng.sample(train, min(bn_recalibration_images, len(train)))
     bn_px = data_mod.load_pixel_cache([r.path for r in bn_images], cfg.size, cfg.threads)
     recalibrate_batchnorm(net, bn_px, seed=cfg.seed)
     log(f"validation (torch) before BN recalibration {before_bn}")
+    # Keep the recalibrated statistics only if they do not lower the mean AUC over the held-out
+    # batches (the running statistics of training can suit later films better than the exact
+    # average over training films): a selection on the validation, like the model selection.
+    probe = run_dir / "model_fp32_bn_probe.onnx"
+    export_onnx(
+        net,
+        probe,
+        contract_metadata(
+            name=cfg.model_name, version=cfg.model_version, threshold=0.5, size=cfg.size
+        ),
+    )
+    probe_prob, _ = onnx_predict(onnx_session(probe, cfg.threads), val_x)
+    probe.unlink()
+    recalibrated_auc = heldout_metrics(val, probe_prob, 0.5)["mean_auc"]
+    bn_kept = (
+        keep_bn
+        if keep_bn is not None
+        else recalibrated_auc is None or recalibrated_auc >= before_bn["batch_mean_auc"]
+    )
+    if not bn_kept:
+        net.load_state_dict(trained_state)
+        net.eval()
+    log(
+        f"BN recalibration: held-out mean AUC {before_bn['batch_mean_auc']} -> "
+        f"{recalibrated_auc}: {'kept' if bn_kept else 'reverted to the trained statistics'}"
+    )
     torch.save(
         {"state_dict": net.state_dict(), "config": asdict(cfg), "history": history},
         run_dir / "checkpoint_final.pt",
@@ -567,7 +599,7 @@ def finalize(
         prob, _ = onnx_predict(onnx_session(path, cfg.threads), val_x)
         if kind == "fp32":  # the recalibrated weights, scored through onnxruntime
             after_bn = summary_of(prob)
-            log(f"validation after BN recalibration (fp32 file) {after_bn}")
+            log(f"validation of the fp32 file (final BN statistics) {after_bn}")
         threshold = choose_threshold(val_y, prob, cfg.target_sensitivity)
         set_metadata(path, {"cxrlake.threshold": f"{threshold:.6f}"})
         metrics = binary_metrics(val_y, prob, threshold)
@@ -679,6 +711,8 @@ def finalize(
         "torch_vs_onnxruntime": agreement,
         "bn_recalibration": {
             "images": len(bn_images),
+            "kept": bn_kept,
+            "recalibrated_batch_mean_auc": recalibrated_auc,
             "validation_before": before_bn,
             "validation_after": after_bn,
         },
