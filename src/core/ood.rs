@@ -5,7 +5,10 @@
 //!   films' embeddings, fitted by `cxrlake.training.ood` and stored in the graph) above the
 //!   model's `cxrlake.ood_threshold`;
 //! - a DICOM header that says the image is not a frontal radiograph: a Modality other than
-//!   CR / DX / DR / RG, or a lateral ViewPosition (LL, RL, LATERAL).
+//!   CR / DX / DR / RG, or a lateral ViewPosition (LL, RL, LATERAL);
+//! - a blank model input (flat grey, black, white: no grey-level range at all), which no
+//!   radiograph is and which the embedding distance alone does not separate (every constant image
+//!   gives the same embedding, close to the training films' mean).
 //!
 //! A flagged film is still scored: the flag is a column beside the probability, never a filter.
 
@@ -69,6 +72,36 @@ pub fn ood_flag(
     }
 }
 
+/// Grey-level range, on the model's normalised scale (2.0 = black to white), below which a model
+/// input counts as blank: 0.02 is 2.5 grey levels; the training films span > 100.
+pub const BLANK_INPUT_RANGE: f32 = 0.02;
+
+/// True when one image's model input (`tensor`, one channel or more, normalised) has no
+/// grey-level range: a blank image.
+pub fn blank_input(tensor: &[f32]) -> bool {
+    let (lo, hi) = tensor
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
+    tensor.is_empty() || hi - lo < BLANK_INPUT_RANGE
+}
+
+impl OodFlag {
+    /// The flag with the blank-input reason added when `blank`.
+    pub fn with_blank(mut self, blank: bool) -> Self {
+        if blank {
+            let reason = "blank image (no grey-level range), not a radiograph".to_string();
+            self.reason = Some(match self.reason.take() {
+                Some(r) => format!("{r}; {reason}"),
+                None => reason,
+            });
+            self.flagged = Some(true);
+        }
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,6 +119,22 @@ mod tests {
         assert_eq!(f.flagged, Some(true));
         assert!(f.reason.unwrap().contains("ood score 3.00 > 2.00"));
         let f = ood_flag(Some(1.0), Some(2.0), None);
+        assert_eq!((f.flagged, f.reason), (Some(false), None));
+    }
+
+    #[test]
+    fn blank_input_flags_with_reason() {
+        assert!(blank_input(&[0.5; 64]));
+        assert!(blank_input(&[]));
+        let mut film = vec![0.0f32; 64];
+        film[3] = 0.5;
+        assert!(!blank_input(&film));
+        let f = ood_flag(Some(1.0), Some(2.0), None).with_blank(true);
+        assert_eq!(f.flagged, Some(true));
+        assert!(f.reason.unwrap().contains("blank image"));
+        let f = ood_flag(Some(3.0), Some(2.0), None).with_blank(true);
+        assert_eq!(f.reason.unwrap().matches("; ").count(), 1);
+        let f = ood_flag(Some(1.0), Some(2.0), None).with_blank(false);
         assert_eq!((f.flagged, f.reason), (Some(false), None));
     }
 

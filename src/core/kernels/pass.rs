@@ -11,7 +11,7 @@ use crate::core::decode::{decode_gray, Acquisition, GrayImage};
 use crate::core::error::{CoreError, RowError, RowResult};
 use crate::core::input::ImageColumn;
 use crate::core::model::{Outputs, PneumoniaModel};
-use crate::core::ood::{ood_flag, OodFlag};
+use crate::core::ood::{blank_input, ood_flag, OodFlag};
 use crate::core::quality::{measure_quality, ImageQuality};
 use crate::core::resize::resize_gray;
 
@@ -115,6 +115,7 @@ pub(crate) fn run_pass(
             let mut errors: Vec<Option<RowError>> =
                 prepared.iter().map(|r| r.as_ref().err().cloned()).collect();
             let mut scored: Vec<Option<Scored>> = vec![None; prepared.len()];
+            let blank: Vec<bool> = tensors.chunks(len).map(blank_input).collect();
             infer_and_scatter(
                 model,
                 &mut tensors,
@@ -134,13 +135,18 @@ pub(crate) fn run_pass(
                     ));
                 },
             );
-            for (offset, ((prepared, error), scored)) in
-                prepared.into_iter().zip(errors).zip(scored).enumerate()
+            for (offset, (((prepared, error), scored), blank)) in prepared
+                .into_iter()
+                .zip(errors)
+                .zip(scored)
+                .zip(blank)
+                .enumerate()
             {
                 rows[range.start + offset] = match (prepared, error, scored) {
                     (_, Some(e), _) | (Err(e), _, _) => Err(e),
                     (Ok(p), None, Some((probability, embedding, heatmap, score))) => {
-                        let ood = ood_flag(score, ood_threshold, p.acquisition.as_ref());
+                        let ood = ood_flag(score, ood_threshold, p.acquisition.as_ref())
+                            .with_blank(blank);
                         Ok(PassRow {
                             width: p.width,
                             height: p.height,

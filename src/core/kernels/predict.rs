@@ -15,7 +15,7 @@ use crate::core::decode::Acquisition;
 use crate::core::error::{CoreError, RowError};
 use crate::core::input::ImageColumn;
 use crate::core::model::{Outputs, PneumoniaModel};
-use crate::core::ood::ood_flag;
+use crate::core::ood::{blank_input, ood_flag};
 use crate::core::preprocess::Preprocessing;
 
 /// The model input tensors of every image (`[N, C, H, W]` row-major, zeros for failed rows) and
@@ -94,6 +94,7 @@ pub fn predict_batch(
     let mut ood_scores: Vec<Option<f64>> = vec![None; n];
     let mut acquisitions: Vec<Option<Acquisition>> = vec![None; n];
     let mut errors: Vec<Option<RowError>> = vec![None; n];
+    let mut blank: Vec<bool> = vec![false; n];
 
     pipelined(
         n,
@@ -115,6 +116,9 @@ pub fn predict_batch(
                     Err(e) => row_errors.push(Some(e)),
                 }
             }
+            for (offset, tensor) in tensors.chunks(len).enumerate() {
+                blank[rows.start + offset] = blank_input(tensor);
+            }
             infer_and_scatter(
                 model,
                 &mut tensors,
@@ -134,15 +138,17 @@ pub fn predict_batch(
 
     let mut prediction = PredictionBuilder::new(info, n);
     let mut error = StringBuilder::new();
-    for (((p, e), score), acquisition) in probability
+    for ((((p, e), score), acquisition), blank) in probability
         .into_iter()
         .zip(&errors)
         .zip(ood_scores)
         .zip(&acquisitions)
+        .zip(blank)
     {
         match e {
             None if p.is_some() => {
-                let flag = ood_flag(score, info.ood_threshold, acquisition.as_ref());
+                let flag =
+                    ood_flag(score, info.ood_threshold, acquisition.as_ref()).with_blank(blank);
                 prediction.append(p, Some(&flag));
                 error.append_null();
             }
