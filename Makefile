@@ -12,7 +12,7 @@ LOCK := flock /tmp/cxrlake-build.lock
 
 .DEFAULT_GOAL := help
 .PHONY: help sysdeps setup develop wheel wheel-smoke test test-rust test-python lint fmt bench bench-rust \
-        demo report train bundle-validate fuzz fuzz-smoke clean databricks-jars databricks-local
+        demo report train bundle-validate fuzz fuzz-smoke clean databricks-jars databricks-local test-databricks-slow
 
 help: ## List every target with a one-line description
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk -F':.*?## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -83,6 +83,9 @@ databricks-jars: sysdeps $(JARS)/.fetched ## Fetch Delta Lake's jars for the pin
 databricks-local: develop databricks-jars ## Run the bundle's dev job graph (jobs/ notebooks) on PySpark + Delta Lake; tables in databricks-local/
 	CXRLAKE_SHARED_DATA=$(DATA) $(PY) -m cxrlake.spark.databricks_local --out $(DATABRICKS_LOCAL) \
 	  --source $(DATA)/chest_xray/train --per-label 12
+
+test-databricks-slow: develop databricks-jars ## The databricks-local SIGKILL-and-rerun test (~10 min), left out of `make test` for CI's time
+	CXRLAKE_SLOW_TESTS=1 CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q tests/python/test_databricks_local.py -k sigkill
 
 lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check, import contracts (.importlinter)
 	cargo fmt --all -- --check

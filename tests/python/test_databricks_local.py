@@ -212,6 +212,10 @@ def test_a_second_run_adds_nothing(clean, source):
         assert _comparable(after[name]) == _comparable(before[name]), name
 
 
+@pytest.mark.skipif(
+    os.environ.get("CXRLAKE_SLOW_TESTS") != "1",
+    reason="two more job-graph runs (~10 min on 2 cores): `make test-databricks-slow` runs it",
+)
 def test_a_run_killed_with_sigkill_and_run_again_equals_a_clean_run(
     clean, source, tmp_path_factory
 ):
