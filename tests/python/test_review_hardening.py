@@ -317,3 +317,48 @@ def test_behind_the_apps_proxy_the_forwarded_host_is_checked(app, monkeypatch):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_on_databricks_apps_the_app_url_host_is_derived_from_the_platform_variables(
+    app, monkeypatch
+):
+    """Without CXRLAKE_REVIEW_ALLOWED_HOSTS the app still answers only its own URL's host,
+    <app-name>-<workspace-id>.<region>.databricksapps.com, from the variables every app gets."""
+    import threading
+
+    from cxrlake.review.server import apps_host_pattern, make_server
+
+    monkeypatch.delenv("CXRLAKE_REVIEW_ALLOWED_HOSTS", raising=False)
+    monkeypatch.delenv("DATABRICKS_APP_URL", raising=False)
+    monkeypatch.setenv("DATABRICKS_APP_NAME", "cxrlake-review-dev")
+    monkeypatch.setenv("DATABRICKS_WORKSPACE_ID", "1234567890")
+    pattern = apps_host_pattern()
+    assert pattern is not None
+    assert pattern.fullmatch("cxrlake-review-dev-1234567890.aws.databricksapps.com")
+    assert not pattern.fullmatch(
+        "cxrlake-review-dev-1234567890.aws.databricksapps.com.evil.example"
+    )
+    assert not pattern.fullmatch("other-app-1234567890.aws.databricksapps.com")
+    assert apps_host_pattern({"DATABRICKS_APP_NAME": "x.*", "DATABRICKS_WORKSPACE_ID": "1"}) is None
+    server = make_server(app.store, "127.0.0.1", 0, trust_proxy_headers=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    proxied = type("Proxied", (), {"url": server.url.rstrip("/")})()
+    try:
+        who = {"X-Forwarded-Email": "ana@hospital.example", "Connection": "close"}
+        local = server.url.split("://", 1)[1].rstrip("/")
+        ok_host = "cxrlake-review-dev-1234567890.gcp.databricksapps.com"
+        status, _ = _raw(
+            proxied, "GET", "/api/session", {"Host": local, "X-Forwarded-Host": ok_host, **who}
+        )
+        assert status == 200
+        status, body = _raw(
+            proxied,
+            "GET",
+            "/api/session",
+            {"Host": local, "X-Forwarded-Host": "evil.example", **who},
+        )
+        assert status == 400 and body["error"] == "unknown host"
+    finally:
+        server.shutdown()
+        server.server_close()

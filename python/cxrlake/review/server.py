@@ -83,6 +83,21 @@ def configured_hosts(environ: Any = None) -> frozenset[str]:
     return frozenset(names)
 
 
+def apps_host_pattern(environ: Any = None) -> re.Pattern[str] | None:
+    """The app's own URL host on Databricks Apps, from the variables the platform sets in every
+    app (``DATABRICKS_APP_NAME``, ``DATABRICKS_WORKSPACE_ID``): Databricks assigns each app
+    ``https://<app-name>-<workspace-id>.<region>.databricksapps.com`` (Databricks Apps, "Key
+    concepts", App URL). ``None`` outside Databricks Apps."""
+    env = os.environ if environ is None else environ
+    name = env.get("DATABRICKS_APP_NAME", "").strip().lower()
+    workspace = env.get("DATABRICKS_WORKSPACE_ID", "").strip()
+    if not re.fullmatch(r"[a-z0-9-]{1,63}", name) or not re.fullmatch(r"[0-9]{1,24}", workspace):
+        return None
+    return re.compile(
+        rf"{re.escape(name)}-{workspace}\.[a-z0-9-]+(\.[a-z0-9-]+)*\.databricksapps\.com"
+    )
+
+
 def _bracketed(host: str) -> str:
     return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
@@ -128,6 +143,7 @@ class ReviewApp:
         self.hosts: frozenset[str] = frozenset()
         # behind the Apps proxy: the names the proxy may forward (empty: whatever it forwards)
         self.proxy_hosts = configured_hosts()
+        self.proxy_host_pattern = apps_host_pattern()
         # CSRF key: per process, or shared by every instance of a scaled-out app through
         # CXRLAKE_REVIEW_SECRET (tokens are then valid on any instance)
         shared = os.environ.get("CXRLAKE_REVIEW_SECRET", "")
@@ -316,7 +332,11 @@ class Handler(BaseHTTPRequestHandler):
         host = self._request_host()
         if self.app.trust_proxy_headers:
             allowed = self.app.proxy_hosts
-            if allowed and host not in allowed and host not in self.app.hosts:
+            pattern = self.app.proxy_host_pattern
+            known = host in allowed or host in self.app.hosts
+            if pattern is not None and pattern.fullmatch(host):
+                known = True
+            if (allowed or pattern is not None) and not known:
                 raise ReviewError("unknown host", 400)
         elif host not in self.app.hosts:
             raise ReviewError("unknown host", 400)
