@@ -14,6 +14,7 @@ import argparse
 import csv
 import importlib
 import json
+import math
 import os
 import sys
 import traceback
@@ -56,6 +57,24 @@ add --debug to see the full trace of a failure."""
 
 
 # ------------------------------------------------------------------ predict
+
+
+def json_line(record: dict) -> str:
+    """One strict JSON line: NaN and infinities become null (json.dumps would print ``NaN``,
+    which strict JSON parsers reject)."""
+
+    def finite(value: object) -> object:
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(record), allow_nan=False) + "\n"
+
+
 def _add_predict(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "predict",
@@ -123,7 +142,7 @@ def _run_predict(args: argparse.Namespace) -> int:
             if writer is not None:
                 writer.writerow({k: "" if v is None else v for k, v in record.items()})
             else:
-                out.write(json.dumps(record) + "\n")
+                out.write(json_line(record))
         out.flush()
         progress.update(len(chunk))
     return _summarise(selection, args.paths, scored, errors, "scored")
@@ -257,7 +276,7 @@ def _run_explain(args: argparse.Namespace) -> int:
                     "model_version": row["model_version"],
                     "error": row["error"],
                 }
-                line = json.dumps(record) + "\n"
+                line = json_line(record)
                 sys.stdout.write(line)
                 lines.write(line)
             sys.stdout.flush()

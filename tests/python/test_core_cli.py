@@ -416,3 +416,11 @@ def test_command_modules_never_import_the_cli_that_imports_them():
             if "cxrlake.cli" in names:
                 offenders.append(str(source.relative_to(package)))
     assert offenders == []
+
+
+def test_json_lines_are_strict_json_without_nan():
+    from cxrlake.cli import json_line
+
+    line = json_line({"p": float("nan"), "h": {"v": [1.0, float("inf")]}, "ok": 0.5})
+    assert json.loads(line) == {"p": None, "h": {"v": [1.0, None]}, "ok": 0.5}
+    assert "NaN" not in line and "Infinity" not in line
