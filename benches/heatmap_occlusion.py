@@ -25,31 +25,17 @@ gray at a longer side of 640 pixels and scored as PNG, the original and every oc
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+
+# the film loading of the one-cell deletion test (same folder: run as a script from benches/)
+from heatmap_faithfulness import png_bytes, upright_gray
+from PIL import Image
 
 import cxrlake
 from cxrlake.heatmap import REFINE_FACTOR, hottest_region, refine
-
-LONGER_SIDE = 640
-
-
-def upright_gray(path: str) -> np.ndarray:
-    with Image.open(path) as image:
-        gray = ImageOps.exif_transpose(image).convert("L")
-    scale = LONGER_SIDE / max(gray.size)
-    size = (max(1, round(gray.width * scale)), max(1, round(gray.height * scale)))
-    return np.asarray(gray.resize(size, Image.Resampling.BILINEAR))
-
-
-def png_bytes(pixels: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
 
 
 def occluded(
