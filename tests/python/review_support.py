@@ -117,3 +117,13 @@ class Running:
         headers = {k: v for k, v in headers.items() if v is not None}
         status, payload, _ = self.request("POST", path, body, headers)
         return status, payload
+
+
+def feedback_version(store: Any) -> int:
+    """The Delta version of gold.prediction_feedback in the store's lakehouse, -1 before it exists
+    (a refused verdict must leave it where it was)."""
+    from deltalake import DeltaTable
+
+    from cxrlake.review.tables import FEEDBACK
+
+    return DeltaTable(store.lh.path(FEEDBACK)).version() if store.lh.exists(FEEDBACK) else -1

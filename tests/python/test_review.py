@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlglot
 from deltalake import DeltaTable
-from review_support import Running, build_lakehouse
+from review_support import Running, build_lakehouse, feedback_version
 
 from cxrlake.review import tables, worklist
 from cxrlake.review.service import compute_agreement
@@ -35,10 +35,6 @@ def app(built):
     running = Running(built[0], "dr.alice")
     yield running
     running.close()
-
-
-def _feedback_version(store) -> int:
-    return DeltaTable(store.lh.path(FEEDBACK)).version() if store.lh.exists(FEEDBACK) else -1
 
 
 def _verdict(pid, kind="agree", **extra):
@@ -103,7 +99,8 @@ def test_need_score_ranks_threshold_disagreement_and_positives():
 def test_verdicts_are_appended_with_cdf_and_corrections_become_label_history(app):
     store = app.store
     items = app.get("/api/worklist?label=PNEUMONIA")[1]["items"]
-    target = items[0]
+    # a film the model and its folder agree on, so the correction changes its label
+    target = next(i for i in items if i["predicted_label"] == i["folder_label"])
     pid, image_id = target["prediction_id"], target["image_id"]
     other = "NORMAL" if target["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
     comment = '<img src=x onerror="alert(1)"> not pneumonia'
@@ -152,10 +149,10 @@ def test_same_feedback_id_twice_writes_one_row(app):
     pid = app.get("/api/worklist")[1]["items"][-1]["prediction_id"]
     payload = _verdict(pid, "uncertain", feedback_id="ab" * 16)
     assert app.post("/api/feedback", payload)[0] == 201
-    version = _feedback_version(app.store)
+    version = feedback_version(app.store)
     status, body = app.post("/api/feedback", payload)
     assert status == 200 and body["created"] is False
-    assert _feedback_version(app.store) == version
+    assert feedback_version(app.store) == version
 
 
 @pytest.mark.parametrize(
@@ -181,10 +178,10 @@ def test_bad_verdicts_are_refused_with_a_message_and_write_nothing(app, payload,
     elif payload is None:
         payload = {"prediction_id": pid, "feedback_type": "uncertain", "comments": "x" * 2001}
     payload = {k: (v.format(pid=pid) if isinstance(v, str) else v) for k, v in payload.items()}
-    before = _feedback_version(app.store)
+    before = feedback_version(app.store)
     got, body = app.post("/api/feedback", payload)
     assert got == status and message in body["error"]
-    assert _feedback_version(app.store) == before
+    assert feedback_version(app.store) == before
     got, body = app.request(
         "POST",
         "/api/feedback",
@@ -199,12 +196,12 @@ def test_bad_verdicts_are_refused_with_a_message_and_write_nothing(app, payload,
         headers={"Content-Type": "application/json", "X-CSRF-Token": app.token, "Origin": app.url},
     )[:2]
     assert got == 413 and "request body over" in body["error"]
-    assert _feedback_version(app.store) == before
+    assert feedback_version(app.store) == before
 
 
 def test_state_changing_requests_cannot_be_made_cross_site(app):
     pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
-    before = _feedback_version(app.store)
+    before = feedback_version(app.store)
     cases = [
         ({"X_CSRF_Token": None}, "CSRF token"),
         ({"X_CSRF_Token": "0" * 64}, "CSRF token"),
@@ -215,7 +212,7 @@ def test_state_changing_requests_cannot_be_made_cross_site(app):
     for overrides, message in cases:
         status, body = app.post("/api/feedback", _verdict(pid), **overrides)
         assert status in (403, 415) and message in body["error"], overrides
-    assert _feedback_version(app.store) == before
+    assert feedback_version(app.store) == before
     # the page carries a strict CSP and the token
     status, html, headers = app.request("GET", "/")
     assert status == 200 and "script-src 'self'" in headers["Content-Security-Policy"]
@@ -765,7 +762,8 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
     keys = ["prediction_id", "need", "threshold", "quality_score", "has_heatmap"]
     assert [[i[k] for k in keys] for i in remote] == [[i[k] for k in keys] for i in local]
 
-    item = remote[0]
+    # a film the model and its folder agree on, so the correction changes its label
+    item = next(i for i in remote if i["predicted_label"] == i["folder_label"])
     other = "NORMAL" if item["predicted_label"] == "PNEUMONIA" else "PNEUMONIA"
     payload = _verdict(item["prediction_id"], "disagree", correct_label=other)
     payload["feedback_id"] = "c" * 32

@@ -14,11 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
-from review_support import Running, build_lakehouse
+from review_support import Running, build_lakehouse, feedback_version
 
 from cxrlake.medallion import schemas
-from cxrlake.review.tables import FEEDBACK
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +29,6 @@ def app(built):
     running = Running(built[0], "dr.mallory")
     yield running
     running.close()
-
-
-def _version(store) -> int:
-    return DeltaTable(store.lh.path(FEEDBACK)).version() if store.lh.exists(FEEDBACK) else -1
 
 
 def _raw(app, method: str, path: str, headers: dict[str, str], body: bytes = b"") -> tuple:
@@ -92,7 +86,7 @@ def test_a_rebound_page_cannot_post_a_verdict(app):
     port = app.url.rsplit(":", 1)[1]
     pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
     body = json.dumps({"prediction_id": pid, "feedback_type": "agree"}).encode()
-    before = _version(app.store)
+    before = feedback_version(app.store)
     for headers in (
         # the rebound name in Host and Origin alike (the old check compared one with the other)
         _post_headers(app, Host=f"evil.example:{port}", Origin=f"http://evil.example:{port}"),
@@ -103,7 +97,7 @@ def test_a_rebound_page_cannot_post_a_verdict(app):
         headers["Content-Length"] = str(len(body))
         status, answer = _raw(app, "POST", "/api/feedback", headers, body)
         assert status in (400, 403), (headers, answer)
-    assert _version(app.store) == before
+    assert feedback_version(app.store) == before
 
 
 # --------------------------------------------------------------------------- bodies
@@ -138,11 +132,11 @@ def test_transfer_encoding_is_refused(app):
     ],
 )
 def test_a_malformed_body_is_a_400_never_a_500(app, body):
-    before = _version(app.store)
+    before = feedback_version(app.store)
     headers = _post_headers(app, **{"Content-Length": str(len(body))})
     status, answer = _raw(app, "POST", "/api/feedback", headers, body)
     assert status == 400, answer
-    assert _version(app.store) == before
+    assert feedback_version(app.store) == before
 
 
 def test_deep_nesting_within_the_body_limit_is_a_400(app):
@@ -160,7 +154,7 @@ def test_a_reused_feedback_id_with_another_body_is_a_conflict(app):
     fid = "cd" * 16
     first = {"prediction_id": pid, "feedback_type": "uncertain", "feedback_id": fid}
     assert app.post("/api/feedback", first)[0] == 201
-    before = _version(app.store)
+    before = feedback_version(app.store)
     assert app.post("/api/feedback", first)[0] == 200  # a retry of the same verdict
     for changed in (
         {**first, "comments": "changed my mind"},
@@ -169,18 +163,18 @@ def test_a_reused_feedback_id_with_another_body_is_a_conflict(app):
     ):
         status, body = app.post("/api/feedback", changed)
         assert status == 409 and "feedback_id already used" in body["error"], changed
-    assert _version(app.store) == before
+    assert feedback_version(app.store) == before
 
 
 @pytest.mark.parametrize("fid", [0, "", False, [], "AB" * 16, "ab" * 16 + "\n", 1.5])
 def test_a_feedback_id_that_is_not_an_id_is_refused_not_replaced(app, fid):
     pid = app.get("/api/worklist")[1]["items"][0]["prediction_id"]
-    before = _version(app.store)
+    before = feedback_version(app.store)
     status, body = app.post(
         "/api/feedback", {"prediction_id": pid, "feedback_type": "uncertain", "feedback_id": fid}
     )
     assert status == 400 and "feedback_id must be" in body["error"], fid
-    assert _version(app.store) == before
+    assert feedback_version(app.store) == before
 
 
 # --------------------------------------------------------------------------- images
