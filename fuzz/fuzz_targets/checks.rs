@@ -3,7 +3,8 @@
 // Each target uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use cxrlake::core::decode::{decode_gray, Decoded};
+use cxrlake::core::decode::decode_gray;
+use cxrlake::core::image::Decoded;
 use cxrlake::core::limits::Limits;
 use cxrlake::core::preprocess::Preprocessing;
 use cxrlake::core::quality::measure_quality;

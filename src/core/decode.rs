@@ -16,7 +16,7 @@ use turbojpeg::{Colorspace, Decompressor, PixelFormat, ScalingFactor};
 use crate::core::error::{RowError, RowResult};
 use crate::core::exif::{orientation_from_tiff, scan_jpeg_markers};
 // Re-exported for the modules that still name them here (the kernels).
-pub use crate::core::image::{Acquisition, Decoded, GrayImage};
+use crate::core::image::{Decoded, GrayImage};
 use crate::core::jpeg::{jpeg_scan_limit, segments, Stop, JPEG_SCAN_LIMIT};
 use crate::core::limits::Limits;
 

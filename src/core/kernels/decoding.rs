@@ -8,8 +8,9 @@ use arrow::record_batch::RecordBatch;
 use rayon::prelude::*;
 
 use super::options::{guarded, KernelOptions};
-use crate::core::decode::{decode_gray, Decoded};
+use crate::core::decode::decode_gray;
 use crate::core::error::{CoreError, RowResult};
+use crate::core::image::Decoded;
 use crate::core::input::ImageColumn;
 
 /// Schema of [`decode_batch`]: `width int32, height int32, pixels binary, error string`.

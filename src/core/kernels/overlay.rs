@@ -10,7 +10,7 @@
 //! in the band the picture leaves untouched. The review app draws its overlay by the same floor
 //! (`cxrlake.heatmap.DISPLAY_FLOOR`).
 
-use crate::core::decode::GrayImage;
+use crate::core::image::GrayImage;
 use crate::core::kernels::columns::Heatmap;
 use crate::core::kernels::pass::fit;
 use crate::core::resize::resize_gray;
