@@ -1,23 +1,29 @@
 """The catalog port: what an engine-neutral service needs from the tables, whichever engine holds
 them (docs/architecture.md, "Layers").
 
-A `Catalog` reads a table as Arrow, runs a rule's SQL over Arrow relations, and writes: append
-and merge on the table's keys, each write exactly one commit (none when there is nothing to
-write), so a stage of a service is one commit per table it changes. Callers serialise writers
+A `Catalog` reads a table as Arrow, runs a rule's SQL over Arrow relations, and writes: append,
+merge on the table's keys and delete, each write exactly one commit (none when there is nothing
+to write), so a stage of a service is one commit per table it changes. Callers serialise writers
 (the lakehouse lock locally). Adapters: `cxrlake.lakehouse.catalog.LocalCatalog` (delta-rs and
-DuckDB). Services over it: the site thresholds of `cxrlake.calibration_service`
-(`stored_versions`, `store_calibration`), the local review store (`cxrlake.review.store`) and
-the site films of `cxrlake.calibration`.
+DuckDB), `cxrlake.spark.catalog.SparkCatalog` (Delta on Spark, Unity Catalog names) and
+`cxrlake.review.warehouse.WarehouseCatalog` (a Databricks SQL warehouse). Services over it: the
+site thresholds of `cxrlake.calibration_service` (`stored_versions`, `store_calibration`), the
+review store (`cxrlake.review.service.CatalogReviewStore`) and the site films of
+`cxrlake.calibration`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import pyarrow as pa
 
 from cxrlake.medallion.schemas import TableSpec
+
+Filter = Mapping[str, object]
+"""Rows whose every named column equals the value, or is one of the values when that is a list,
+tuple, set or Arrow array (``{"image_id": ids, "model_version": "1.1.0"}``)."""
 
 
 class Catalog(Protocol):
@@ -43,11 +49,10 @@ class Catalog(Protocol):
         self,
         spec: TableSpec,
         columns: list[str] | None = None,
-        filter: Mapping[str, Any] | None = None,
+        filter: Filter | None = None,
     ) -> pa.Table:
-        """(Some columns of) the table's current version as Arrow; an absent table reads as
-        empty. ``filter``: the rows whose every named column equals the value, or is one of the
-        values when that is a list, set or Arrow array."""
+        """(Some columns of) the table's current version as Arrow in ``spec``'s types; an absent
+        table reads as empty. ``filter``: see `Filter`."""
         ...
 
     def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
@@ -64,5 +69,10 @@ class Catalog(Protocol):
         rows inserted or updated (no commit when empty)."""
         ...
 
+    def delete(self, spec: TableSpec, filter: Filter, *, operation: str) -> int:
+        """Delete the rows ``filter`` selects (see `Filter`; an empty list selects none) in one
+        commit; rows deleted (no commit when none matches)."""
+        ...
 
-__all__ = ["Catalog"]
+
+__all__ = ["Catalog", "Filter"]

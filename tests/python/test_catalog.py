@@ -22,7 +22,7 @@ SPEC = schemas.SITE_THRESHOLDS
 
 def test_the_local_adapter_has_every_member_of_the_port_with_its_parameters():
     members = [n for n, v in vars(Catalog).items() if callable(v) and not n.startswith("_")]
-    assert {"read", "query", "append", "merge", "ensure"} <= set(members)
+    assert {"read", "query", "append", "merge", "delete", "ensure"} <= set(members)
     for name in members:
         want = list(inspect.signature(getattr(Catalog, name)).parameters)
         assert list(inspect.signature(getattr(LocalCatalog, name)).parameters) == want, name
@@ -68,6 +68,38 @@ def test_local_catalog_reads_writes_one_commit_each_and_runs_sql(tmp_path):
         "SELECT site_id, count(*) AS n FROM t GROUP BY site_id", {"t": catalog.read(SPEC)}
     )
     assert answer.to_pylist() == [{"site_id": "site_a", "n": 1}]
+
+
+def test_local_catalog_each_write_is_one_delta_commit_and_none_when_empty(tmp_path):
+    """Delta history: append, merge and delete each add exactly one commit naming its operation;
+    an empty append or merge and a delete that matches nothing (or selects nothing) add none."""
+    catalog = LocalCatalog.at(tmp_path)
+    catalog.ensure(SPEC)
+    table = DeltaTable(catalog.lakehouse.path(SPEC))
+
+    def commits() -> list[str]:
+        table.update_incremental()
+        return [c.get("operation") for c in reversed(table.history())]
+
+    at = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    rows = [
+        service.site_threshold_row(_result(site), 1, None, at) for site in ("s_a", "s_b", "s_c")
+    ]
+    data = pa.Table.from_pylist(rows, schema=SPEC.arrow_schema)
+    start = len(commits())
+    assert catalog.append(SPEC, data, operation="t-append") == 3
+    assert catalog.merge(SPEC, data.slice(0, 2), operation="t-merge") == 2
+    assert catalog.delete(SPEC, {"site_id": ["s_a", "s_b"], "version": 1}, operation="t") == 2
+    assert len(commits()) == start + 3
+    assert catalog.append(SPEC, SPEC.arrow_schema.empty_table(), operation="t") == 0
+    assert catalog.merge(SPEC, SPEC.arrow_schema.empty_table(), operation="t") == 0
+    assert catalog.delete(SPEC, {"site_id": []}, operation="t") == 0
+    assert catalog.delete(SPEC, {"site_id": "s_z"}, operation="t") == 0
+    assert catalog.delete(SPEC, {"site_id": "s_c", "version": 2}, operation="t") == 0
+    assert len(commits()) == start + 3
+    assert catalog.read(SPEC, ["site_id"]).column(0).to_pylist() == ["s_c"]
+    with pytest.raises(TypeError, match="site_id"):
+        catalog.delete(SPEC, {"site_id": 3}, operation="t")
 
 
 def test_the_site_threshold_service_stores_once_over_the_port(tmp_path):

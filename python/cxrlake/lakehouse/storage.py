@@ -470,9 +470,13 @@ class Lakehouse:
         if not values:
             return 0
         quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+        return self.delete_where(spec, f"{column} IN ({quoted})", **meta)
+
+    def delete_where(self, spec: TableSpec, predicate: str, **meta: str) -> int:
+        """Delete the rows a delta-rs SQL ``predicate`` selects, in one commit."""
         with self._writing(spec):
             result = self.table(spec).delete(
-                f"{column} IN ({quoted})",
+                predicate,
                 commit_properties=commit_properties(**meta),
                 writer_properties=_writer_properties(spec),
             )
