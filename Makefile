@@ -11,7 +11,7 @@ ENV ?= dev
 LOCK := flock /tmp/cxrlake-build.lock
 
 .DEFAULT_GOAL := help
-.PHONY: help sysdeps setup develop wheel wheel-smoke test test-rust test-python lint fmt bench bench-rust \
+.PHONY: help sysdeps setup develop wheel wheel-smoke test test-rust test-python lint typecheck fmt bench bench-rust \
         demo report train bundle-validate fuzz fuzz-smoke clean databricks-jars databricks-local test-databricks-slow
 
 help: ## List every target with a one-line description
@@ -87,7 +87,13 @@ databricks-local: develop databricks-jars ## Run the bundle's dev job graph (job
 test-databricks-slow: develop databricks-jars ## The databricks-local SIGKILL-and-rerun test (~10 min), left out of `make test` for CI's time
 	CXRLAKE_SLOW_TESTS=1 CXRLAKE_SHARED_DATA=$(DATA) $(VENV)/bin/pytest -q tests/python/test_databricks_local.py -k sigkill
 
-lint: setup ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check, import contracts (.importlinter)
+# mypy reads its settings from pyproject.toml ([tool.mypy]: python/cxrlake, every function typed).
+ANY_LIMIT := 80
+typecheck: setup ## mypy over python/cxrlake (pyproject.toml [tool.mypy]); fail above 80 uses of `Any` (tools/count_any.py)
+	$(VENV)/bin/mypy
+	$(PY) tools/count_any.py python/cxrlake --max $(ANY_LIMIT)
+
+lint: setup typecheck ## clippy -D warnings, cargo fmt --check, ruff check, ruff format --check, import contracts (.importlinter), typecheck
 	cargo fmt --all -- --check
 	cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 	cargo clippy --all-targets --quiet -- -D warnings
