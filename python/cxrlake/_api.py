@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TypeAlias, TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 from cxrlake import _internal
+from cxrlake.columns import Heatmap
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.model import Model, resolve_model_path
-from cxrlake.threshold import apply_threshold, resolve_threshold
+from cxrlake.threshold import SiteThreshold, apply_threshold, resolve_threshold
 
 __all__ = [
     "analyze",
@@ -41,14 +43,23 @@ __all__ = [
     "render_overlay",
 ]
 
-ImagesLike = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
-ModelLike = Model | str | os.PathLike[str] | None
+ImagesLike: TypeAlias = pa.Array | pa.ChunkedArray | Sequence[str | bytes | os.PathLike[str] | None]
+ModelLike: TypeAlias = Model | str | os.PathLike[str] | None
 
 _BYTES_TYPES = (pa.binary(), pa.large_binary(), pa.binary_view())
 _PATH_TYPES = (pa.string(), pa.large_string(), pa.string_view())
 
 
-def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
+class _KernelOptions(TypedDict):
+    """The keyword arguments every kernel of `cxrlake._internal` takes."""
+
+    threads: int | None
+    roots: list[str] | None
+    max_pixels: int | None
+    max_file_bytes: int | None
+
+
+def _prepare(images: object) -> tuple[pa.Array, dict[int, str]]:
     """A single pyarrow array of image bytes or paths from any accepted ``images`` value, and the
     rows that carry an error decided here (file names that are not UTF-8), by index."""
     if isinstance(images, pa.ChunkedArray):
@@ -72,7 +83,7 @@ def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
         )
     values = list(images)
     kinds = set()
-    converted: list[Any] = []
+    converted: list[str | bytes | None] = []
     for value in values:
         if value is None:
             converted.append(None)
@@ -94,7 +105,7 @@ def _prepare(images: Any) -> tuple[pa.Array, dict[int, str]]:
     unnamable: dict[int, str] = {}
     if kinds == {"path"}:
         for i, value in enumerate(converted):
-            if value is not None and not _utf8_encodable(value):
+            if isinstance(value, str) and not _utf8_encodable(value):
                 # A file name that is not UTF-8 (os.fsdecode's surrogates) cannot be an Arrow
                 # string: that row gets NULL and says why; the others are scored as usual.
                 unnamable[i] = f"file name is not valid UTF-8: {_printable_path(value)}"
@@ -115,22 +126,21 @@ def _printable_path(path: str) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _with_row_errors(result: Any, rows: dict[int, str]) -> Any:
-    """``result`` (a RecordBatch, or preprocess's (tensor, errors)) with ``rows``' errors set."""
+def _with_row_errors(batch: pa.RecordBatch, rows: dict[int, str]) -> pa.RecordBatch:
+    """``batch`` with ``rows``' messages in its ``error`` column."""
     if not rows:
-        return result
-    if isinstance(result, tuple):
-        tensor, errors = result
-        values = errors.to_pylist()
-        for i, message in rows.items():
-            values[i] = message
-        return tensor, pa.array(values, type=errors.type)
-    index = result.schema.get_field_index("error")
-    values = result.column(index).to_pylist()
+        return batch
+    index = batch.schema.get_field_index("error")
+    column = _with_messages(batch.column(index), rows)
+    return batch.set_column(index, batch.schema.field(index), column)
+
+
+def _with_messages(errors: pa.Array, rows: dict[int, str]) -> pa.Array:
+    """The string array ``errors`` with ``rows``' messages set, by index."""
+    values = errors.to_pylist()
     for i, message in rows.items():
         values[i] = message
-    column = pa.array(values, type=result.schema.field(index).type)
-    return result.set_column(index, result.schema.field(index), column)
+    return pa.array(values, type=errors.type)
 
 
 def _type_message(arrow_type: pa.DataType) -> str:
@@ -145,7 +155,7 @@ def _options(
     roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None,
     max_pixels: int | None,
     max_file_bytes: int | None,
-) -> dict[str, Any]:
+) -> _KernelOptions:
     for name, value in (
         ("threads", threads),
         ("max_pixels", max_pixels),
@@ -222,7 +232,7 @@ def preprocess(
     roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
-) -> tuple[np.ndarray, pa.StringArray]:
+) -> tuple[npt.NDArray[np.float32], pa.StringArray]:
     """The model's input tensors, exactly as :func:`predict` feeds them to the model.
 
     Returns a float32 array ``[N, C, H, W]`` (rows with errors are all zeros) and a string array
@@ -230,10 +240,10 @@ def preprocess(
     """
     array, unnamable = _prepare(images)
     path = resolve_model_path(model)
-    return _with_row_errors(
-        _internal.preprocess(array, path, **_options(threads, roots, max_pixels, max_file_bytes)),
-        unnamable,
+    tensors, errors = _internal.preprocess(
+        array, path, **_options(threads, roots, max_pixels, max_file_bytes)
     )
+    return tensors, _with_messages(errors, unnamable) if unnamable else errors
 
 
 def features(
@@ -271,7 +281,7 @@ def predict(
     roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
-    threshold: Any = None,
+    threshold: float | SiteThreshold | None = None,
 ) -> pa.RecordBatch:
     """Scores images for pneumonia.
 
@@ -383,7 +393,7 @@ def explain(
 
 def render_overlay(
     image: str | bytes | os.PathLike[str],
-    heatmap: dict[str, Any],
+    heatmap: Heatmap,
     size: int = 256,
     *,
     roots: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,

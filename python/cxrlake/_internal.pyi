@@ -1,8 +1,11 @@
 """Type stub of the compiled module (src/py/). Use the public wrappers in ``cxrlake`` instead."""
 
+from collections.abc import Sequence
 from os import PathLike
+from typing import TypedDict
 
 import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 
 __version__: str
@@ -13,8 +16,25 @@ class ModelError(CxrlakeError): ...
 class RuntimeLibraryError(CxrlakeError): ...
 class SandboxError(CxrlakeError): ...
 
+class ModelInfo(TypedDict):
+    """What `model_info` returns: the model's metadata (`cxrlake.PneumoniaModel` reads it)."""
+
+    path: str
+    name: str
+    version: str
+    threshold: float
+    labels: tuple[str, str]
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    mean: list[float]
+    std: list[float]
+    embedding_dim: int | None
+    has_heatmap: bool
+    head_bias: float | None
+    ood_threshold: float | None
+    drift_reference: str | None  # JSON text
+
 def init_runtime(library: str | PathLike[str] | None = None) -> None: ...
-def model_info(path: str | PathLike[str], threads: int | None = None) -> dict[str, object]: ...
+def model_info(path: str | PathLike[str], threads: int | None = None) -> ModelInfo: ...
 def resolve_threads(threads: int | None = None) -> int: ...
 def decode(
     images: pa.Array,
@@ -40,7 +60,7 @@ def preprocess(
     roots: list[str] | None = None,
     max_pixels: int | None = None,
     max_file_bytes: int | None = None,
-) -> tuple[np.ndarray, pa.StringArray]: ...
+) -> tuple[npt.NDArray[np.float32], pa.StringArray]: ...  # tensors [N, C, H, W], errors
 def features(
     images: pa.Array,
     model_path: str | PathLike[str] | None = None,
@@ -85,6 +105,6 @@ def overlay_png(
     height: int,
     rows: int,
     cols: int,
-    values: list[float],
+    values: Sequence[float],
     size: int,
 ) -> bytes: ...

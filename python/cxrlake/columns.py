@@ -10,9 +10,12 @@ and the gold ``heatmap`` column (`cxrlake.medallion.schemas`).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TypedDict
+
 import pyarrow as pa
 
-__all__ = ["ANALYZE", "EXPLAIN", "FEATURES", "HEATMAP", "PREDICT"]
+__all__ = ["ANALYZE", "EXPLAIN", "FEATURES", "HEATMAP", "PREDICT", "Heatmap"]
 
 HEATMAP = pa.struct(
     [
@@ -23,6 +26,15 @@ HEATMAP = pa.struct(
 )
 """The class-activation map: ``rows x cols`` values, row-major from the top-left of the upright
 image (`cxrlake.analyze`, `cxrlake.explain`)."""
+
+
+class Heatmap(TypedDict):
+    """One `HEATMAP` value as Python reads it (``to_pylist``): ``rows`` x ``cols`` cells and their
+    ``values``, row-major."""
+
+    rows: int
+    cols: int
+    values: Sequence[float]
 
 PREDICT = pa.schema(
     [

@@ -50,9 +50,8 @@ import datetime as dt
 import hashlib
 import hmac
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cxrlake.exceptions import InvalidArgumentError
 
@@ -227,7 +226,7 @@ class Deidentified:
     """The result of :func:`deidentify`: the de-identified DICOM JSON object and, when the image
     must not go further, the reason to quarantine it (``None`` otherwise)."""
 
-    metadata: dict[str, Any]
+    metadata: dict[str, object]
     quarantine_reason: str | None
 
 
@@ -290,12 +289,16 @@ def _shift_date(value: str, vr: str, days: int) -> str | None:
     return shifted + text[8:] if vr == "DT" else shifted
 
 
-def _values(element: Mapping[str, Any]) -> list[Any]:
-    return list(element.get("Value") or [])
+def _values(element: Mapping[str, object]) -> list[object]:
+    values = element.get("Value") or []
+    if not isinstance(values, Iterable):
+        raise TypeError(f"a DICOM JSON Value must be a list, not {type(values).__name__}")
+    return list(values)
 
 
-def _first_text(dataset: Mapping[str, Any], tag: str) -> str:
-    values = _values(dataset.get(tag) or {})
+def _first_text(dataset: Mapping[str, object], tag: str) -> str:
+    element = dataset.get(tag)
+    values = _values(element) if isinstance(element, Mapping) else []
     if not values:
         return ""
     value = values[0]
@@ -305,12 +308,12 @@ def _first_text(dataset: Mapping[str, Any], tag: str) -> str:
 
 
 class _Rules:
-    def __init__(self, key: bytes, shift_days: int):
+    def __init__(self, key: bytes, shift_days: int) -> None:
         self.key = key
         self.shift_days = shift_days
 
-    def dataset(self, source: Mapping[str, Any]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
+    def dataset(self, source: Mapping[str, object]) -> dict[str, object]:
+        out: dict[str, object] = {}
         for tag, element in source.items():
             if not isinstance(element, Mapping):
                 continue
@@ -320,7 +323,7 @@ class _Rules:
                 out[tag] = replaced
         return out
 
-    def element(self, tag: str, element: Mapping[str, Any]) -> dict[str, Any] | None:
+    def element(self, tag: str, element: Mapping[str, object]) -> dict[str, object] | None:
         """The element after its rule, or None to remove it. Not named by a rule: removed."""
         vr = element.get("vr", "UN")
         action = _ACTIONS.get(tag, "X")
@@ -367,7 +370,7 @@ class _Rules:
         return {"vr": vr}  # any other VR under D/Z (times, numbers, binary): zero length
 
 
-def deidentify(metadata: Mapping[str, Any], key: bytes) -> Deidentified:
+def deidentify(metadata: Mapping[str, object], key: bytes) -> Deidentified:
     """De-identifies one DICOM JSON object (PS3.18 F.2, as bronze stores it, without pixel data).
 
     Returns the de-identified object and a quarantine reason when BurnedInAnnotation is ``YES``.

@@ -18,10 +18,11 @@ regions that drove the score.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
+
+from cxrlake.columns import Heatmap
 
 #: Fine cells per coarse cell and side in the shipped grid (5x5 -> 20x20).
 REFINE_FACTOR = 4
@@ -34,7 +35,18 @@ DISPLAY_FLOOR = 0.4
 HOTTEST_SIDE = 2 * REFINE_FACTOR
 
 
-def _values(heatmap: Mapping[str, Any]) -> np.ndarray:
+class HottestRegion(TypedDict):
+    """What `hottest_region` returns (fine cells, and the box as fractions of the image)."""
+
+    row: int
+    col: int
+    rows: int
+    cols: int
+    mean: float
+    box: list[float]
+
+
+def _values(heatmap: Heatmap) -> np.ndarray:
     rows, cols = int(heatmap["rows"]), int(heatmap["cols"])
     values = np.asarray([np.nan if v is None else v for v in heatmap["values"]], dtype=np.float64)
     if rows <= 0 or cols <= 0 or values.size != rows * cols:
@@ -82,8 +94,8 @@ def refine_grid(
 
 
 def refine(
-    heatmap: Mapping[str, Any] | None, factor: int = REFINE_FACTOR, sigma: float = REFINE_SIGMA
-) -> dict[str, Any] | None:
+    heatmap: Heatmap | None, factor: int = REFINE_FACTOR, sigma: float = REFINE_SIGMA
+) -> Heatmap | None:
     """The shipped grid of a model map ``{"rows", "cols", "values"}``: the same form,
     ``factor`` times finer per side, values rounded to 6 significant digits; None for None."""
     if heatmap is None:
@@ -96,7 +108,7 @@ def refine(
     }
 
 
-def hottest_region(fine: Mapping[str, Any], side_cells: int = HOTTEST_SIDE) -> dict[str, Any]:
+def hottest_region(fine: Heatmap, side_cells: int = HOTTEST_SIDE) -> HottestRegion:
     """The ``side_cells`` x ``side_cells`` window of a fine map with the largest mean.
 
     Returns ``row``, ``col`` (its top-left fine cell), ``rows``, ``cols`` (its size in fine

@@ -118,8 +118,10 @@ class Model:
         self.name: str = info["name"]
         self.version: str = info["version"]
         self.threshold: float = info["threshold"]
-        self.labels: tuple[str, str] = tuple(info["labels"])
-        self.input_shape: tuple[int, int, int] = tuple(info["input_shape"])
+        label_0, label_1 = info["labels"]
+        self.labels: tuple[str, str] = (label_0, label_1)
+        channels, height, width = info["input_shape"]
+        self.input_shape: tuple[int, int, int] = (channels, height, width)
         self.mean: tuple[float, ...] = tuple(info["mean"])
         self.std: tuple[float, ...] = tuple(info["std"])
         self.embedding_dim: int | None = info["embedding_dim"]
@@ -131,7 +133,7 @@ class Model:
         #: ``probability_bins`` (shares of 10 equal-width bins), ``positive_rate``,
         #: ``mean_probability``, ``quality_mean``, ``quality_std``; None when absent
         try:
-            self.drift_reference: dict | None = json.loads(reference) if reference else None
+            self.drift_reference: dict[str, object] | None = json.loads(reference) if reference else None
         except ValueError:
             self.drift_reference = None
 
