@@ -36,6 +36,7 @@ class Heatmap(TypedDict):
     cols: int
     values: Sequence[float]
 
+
 PREDICT = pa.schema(
     [
         pa.field("probability", pa.float64()),

@@ -132,8 +132,9 @@ class Model:
         #: the training films' reference for ``gold.drift_metrics`` (``cxrlake.drift_reference``):
         #: ``probability_bins`` (shares of 10 equal-width bins), ``positive_rate``,
         #: ``mean_probability``, ``quality_mean``, ``quality_std``; None when absent
+        self.drift_reference: dict[str, object] | None = None
         try:
-            self.drift_reference: dict[str, object] | None = json.loads(reference) if reference else None
+            self.drift_reference = json.loads(reference) if reference else None
         except ValueError:
             self.drift_reference = None
 
