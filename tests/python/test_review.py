@@ -525,20 +525,34 @@ def test_review_ddl_matches_the_table_schemas():
 
 
 def test_warehouse_statements_parse_and_bind_values_as_parameters():
-    from cxrlake.review.warehouse import WarehouseNames, statements
+
+    import pyarrow as pa
+
+    from cxrlake.review.warehouse import WarehouseNames, values_relation, where_clause
     from cxrlake.spark.sql_files import SqlParameterError
 
     names = WarehouseNames("healthcare_catalog_dev", "dev_a_bronze", "dev_a_silver", "dev_a_gold")
-    for key, sql in statements(names).items():
-        parsed = sqlglot.parse(sql, read="databricks")
-        assert len(parsed) == 1, key
-        assert "healthcare_catalog_dev.dev_a_" in sql
-    insert = statements(names)["insert_feedback"]
-    assert [c.strip() for c in insert.split("SELECT", 1)[1].split("WHERE")[0].split(",")][:3] == [
-        ":feedback_id",
-        ":prediction_id",
-        ":image_id",
-    ]
+    assert names.feedback == "healthcare_catalog_dev.dev_a_gold.prediction_feedback"
+    row = tables.feedback_row(
+        {
+            "feedback_id": "a" * 32,
+            "prediction_id": "p'; DROP TABLE x; --",
+            "image_id": "i",
+            "feedback_type": "agree",
+            "correct_label": "NORMAL",
+            "confidence_level": "high",
+            "comments": None,
+        },
+        "ana",
+        dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc),
+    )
+    rows, params = values_relation(pa.Table.from_pylist([row], schema=FEEDBACK.arrow_schema), "s")
+    where, flt = where_clause({"image_id": ["a", "b"], "feedback_id": "c"})
+    sql = f"SELECT * FROM {rows}{where}"
+    assert len(sqlglot.parse(sql, read="databricks")) == 1
+    assert "DROP" not in sql and params["v0_1"] == row["prediction_id"]
+    assert "CAST(:v0_8 AS TIMESTAMP)" in sql and params["v0_8"] == "2026-01-01T00:00:00+00:00"
+    assert flt == {"f0_0": "a", "f0_1": "b", "f1": "c"}
     with pytest.raises(SqlParameterError):
         WarehouseNames("healthcare_catalog_dev; DROP TABLE x")
 
@@ -715,7 +729,7 @@ class _DuckCursor:
         self.cur.close()
 
     def execute(self, sql, params):
-        self.cur.execute(re.sub(r"(?<![:\w]):([a-z_]+)", r"$\1", sql), params or None)
+        self.cur.execute(re.sub(r"(?<![:\w]):([a-z_][a-z0-9_]*)", r"$\1", sql), params or None)
 
     @property
     def description(self):

@@ -1,10 +1,11 @@
 """The port the review app reads and writes through: `ReviewStore`.
 
-Two adapters implement it: `cxrlake.review.store.LocalStore` (a local lakehouse, delta-rs) and
-`cxrlake.review.warehouse.WarehouseStore` (Unity Catalog tables through a Databricks SQL
-warehouse). The server, the worklist and `cxrlake.review.service` (verdict checks, label-history
-changes, agreement) are written against this Protocol only, so every rule runs unchanged on
-either engine.
+One implementation, `cxrlake.review.service.CatalogReviewStore`, written over the catalog port
+(`cxrlake.catalog.Catalog`); its adapters only say where the tables are: `cxrlake.review.store.
+LocalStore` (a local lakehouse, `LocalCatalog`) and `cxrlake.review.warehouse.WarehouseStore`
+(Unity Catalog tables through a Databricks SQL warehouse, `WarehouseCatalog`); on a cluster the
+same store runs over `cxrlake.spark.catalog.SparkCatalog`. The server and the worklist are
+written against this Protocol only, so every rule runs unchanged on any engine.
 """
 
 from __future__ import annotations

@@ -1,16 +1,19 @@
 """The review store on Databricks: Unity Catalog tables through a SQL warehouse.
 
-Used by the Databricks App (``bundle/apps/review``): the same server and rules as locally, with
-reads and writes as SQL statements over ``databricks-sql-connector``. Connection as in the
-Databricks Apps SQL warehouse example: the app's service principal credentials from
-``databricks.sdk.core.Config()`` and the warehouse id that ``valueFrom: sql-warehouse`` puts into
-``DATABRICKS_WAREHOUSE_ID``
+Used by the Databricks App (``bundle/apps/review``): the same server and the same store
+(`cxrlake.review.service.CatalogReviewStore`) as locally, over `WarehouseCatalog`, an adapter of
+the catalog port (`cxrlake.catalog.Catalog`) that speaks SQL through ``databricks-sql-connector``
+(any DB-API connection with named ``:name`` markers). Connection as in the Databricks Apps SQL
+warehouse example: the app's service principal credentials from ``databricks.sdk.core.Config()``
+and the warehouse id that ``valueFrom: sql-warehouse`` puts into ``DATABRICKS_WAREHOUSE_ID``
 (https://docs.databricks.com/aws/en/dev-tools/databricks-apps/app-runtime).
 
 Values always travel as named parameter markers (``:name``); identifiers (catalog and schema
 names) are validated against the patterns of `cxrlake.spark.sql_files` before they are put into
-statement text. Writes are serialised per app instance; the label-history MERGE is retried on a
-Delta concurrent-modification conflict with another instance.
+statement text, and column names come from `cxrlake.medallion.schemas`. Each write is one
+statement (one Delta commit); an append never adds a row whose keys the table holds (several app
+instances may write). Writes are serialised per app instance; the label-history MERGE is retried
+on a Delta concurrent-modification conflict with another instance.
 """
 
 from __future__ import annotations
@@ -19,19 +22,36 @@ import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from contextlib import AbstractContextManager
+from typing import Protocol
 
-from cxrlake.review import service, tables
-from cxrlake.review.images import servable_image
+import pyarrow as pa
+
+from cxrlake.catalog import Filter
+from cxrlake.medallion import schemas
+from cxrlake.medallion.schemas import TableSpec
+from cxrlake.review import tables
+from cxrlake.review.ports import Row
+from cxrlake.review.service import CatalogReviewStore
 from cxrlake.review.tables import ReviewError
+from cxrlake.spark.sql_files import validate_parameter
 
 HISTORY_RETRIES = 3
+Params = dict[str, object]
 
 
-def _validated(name: str, value: str) -> str:
-    from cxrlake.spark.sql_files import validate_parameter
+class Cursor(AbstractContextManager["Cursor"], Protocol):
+    """The DB-API cursor the store uses (``databricks.sql`` and DuckDB both fit)."""
 
-    return validate_parameter(name, value)
+    description: Sequence[Sequence[object]] | None
+
+    def execute(self, operation: str, parameters: Mapping[str, object] | None = ...) -> object: ...
+
+    def fetchall(self) -> Sequence[Sequence[object]]: ...
+
+
+class Connection(Protocol):
+    def cursor(self) -> Cursor: ...
 
 
 class WarehouseNames:
@@ -39,18 +59,24 @@ class WarehouseNames:
 
     def __init__(
         self, catalog: str, bronze: str = "bronze", silver: str = "silver", gold: str = "gold"
-    ):
-        c = _validated("catalog", catalog)
-        b = _validated("bronze_schema", bronze)
-        s = _validated("silver_schema", silver)
-        g = _validated("gold_schema", gold)
-        self.bronze = f"{c}.{b}.kaggle_xray_metadata"
-        self.silver = f"{c}.{s}.xray_metadata"
-        self.predictions = f"{c}.{g}.pneumonia_predictions"
-        self.performance = f"{c}.{g}.model_performance"
-        self.feedback = f"{c}.{g}.{tables.FEEDBACK.name}"
-        self.history = f"{c}.{s}.{tables.HISTORY.name}"
-        self.agreement = f"{c}.{g}.{tables.AGREEMENT.name}"
+    ) -> None:
+        self.schemas = {
+            "bronze": validate_parameter("bronze_schema", bronze),
+            "silver": validate_parameter("silver_schema", silver),
+            "gold": validate_parameter("gold_schema", gold),
+        }
+        self.catalog = validate_parameter("catalog", catalog)
+        self.bronze = self.table(schemas.BRONZE)
+        self.silver = self.table(schemas.SILVER)
+        self.predictions = self.table(schemas.PREDICTIONS)
+        self.performance = self.table(schemas.PERFORMANCE)
+        self.feedback = self.table(tables.FEEDBACK)
+        self.history = self.table(tables.HISTORY)
+        self.agreement = self.table(tables.AGREEMENT)
+
+    def table(self, spec: TableSpec) -> str:
+        """``<catalog>.<deployed schema>.<table>``."""
+        return f"{self.catalog}.{self.schemas[spec.schema_name]}.{spec.name}"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> WarehouseNames:
@@ -63,94 +89,99 @@ class WarehouseNames:
         )
 
 
-def statements(n: WarehouseNames, with_heatmap: bool = True) -> dict[str, str]:
-    """Every SQL statement the store runs (Databricks SQL; tests parse them with sqlglot)."""
-    # a table written before the heatmap (or the OOD flag) existed is read without them
-    heatmap = (
-        ", p.heatmap, p.ood_score, p.out_of_distribution, p.ood_reason" if with_heatmap else ""
-    )
-    predictions = f"""
-SELECT p.prediction_id, p.image_id, p.predicted_label, p.prediction_probability, p.true_label,
-       p.model_name, p.model_version, p.dataset_split, p.content_sha256, s.quality_score,
-       coalesce(p.decision_threshold, t.threshold) AS threshold, p.threshold_source{heatmap}
-FROM {n.predictions} AS p
-JOIN {n.silver} AS s ON s.image_id = p.image_id AND s.content_sha256 = p.content_sha256
-LEFT JOIN (
-  SELECT model_name, model_version, max_by(threshold, evaluated_at) AS threshold
-  FROM {n.performance} GROUP BY model_name, model_version
-) AS t ON t.model_name = p.model_name AND t.model_version = p.model_version"""
-    return {
-        "predictions": predictions,
-        "prediction": predictions + "\nWHERE p.prediction_id = :prediction_id",
-        "folder_labels": f"SELECT image_id, label FROM {n.silver}",
-        "feedback": f"SELECT * FROM {n.feedback}",
-        "feedback_of": f"SELECT * FROM {n.feedback} WHERE prediction_id = :prediction_id",
-        "feedback_by_id": f"SELECT * FROM {n.feedback} WHERE feedback_id = :feedback_id",
-        "history": f"SELECT * FROM {n.history}",
-        "history_of": f"SELECT * FROM {n.history} WHERE image_id = :image_id",
-        "agreement": f"SELECT * FROM {n.agreement}",
-        "image": f"""
-SELECT b.content FROM {n.bronze} AS b
-JOIN {n.silver} AS s ON s.image_id = b.image_id AND s.content_sha256 = b.content_sha256
-WHERE b.image_id = :image_id LIMIT 1""",
-        "insert_feedback": f"""
-INSERT INTO {n.feedback}
-SELECT :feedback_id, :prediction_id, :image_id, :radiologist_id, :feedback_type,
-       :correct_label, :confidence_level, :comments, CAST(:feedback_timestamp AS TIMESTAMP)
-WHERE NOT EXISTS (SELECT 1 FROM {n.feedback} WHERE feedback_id = :feedback_id)""",
-        "merge_history": f"""
-MERGE INTO {n.history} AS t
-USING (SELECT :image_id AS image_id, CAST(:label AS INT) AS label, :label_name AS label_name,
-              :source AS source, :feedback_id AS feedback_id,
-              CAST(:valid_from AS TIMESTAMP) AS valid_from,
-              CAST(:valid_to AS TIMESTAMP) AS valid_to,
-              CAST(:is_current AS BOOLEAN) AS is_current,
-              :content_sha256 AS content_sha256) AS s
-ON t.image_id = s.image_id AND t.valid_from = s.valid_from
-WHEN MATCHED THEN UPDATE SET valid_to = s.valid_to, is_current = s.is_current
-WHEN NOT MATCHED THEN INSERT *""",
-        "insert_agreement": f"""
-INSERT INTO {n.agreement}
-SELECT :evaluation_id, :model_name, :model_version, CAST(:reviewed_predictions AS BIGINT),
-       CAST(:verdicts AS BIGINT), CAST(:agreement_rate AS DOUBLE), CAST(:cohen_kappa AS DOUBLE),
-       CAST(:accuracy_current_labels AS DOUBLE), CAST(:labels_corrected AS BIGINT), :per_reviewer,
-       CAST(:evaluated_at AS TIMESTAMP), :feedback_fingerprint
-WHERE NOT EXISTS (SELECT 1 FROM {n.agreement} WHERE evaluation_id = :evaluation_id)""",
-    }
-
-
-def connect_from_env() -> Any:
+def connect_from_env() -> Connection:
     """A databricks-sql-connector connection with the app's credentials."""
-    from databricks import sql
+    from databricks import sql  # optional extra: only the Databricks App installs it
     from databricks.sdk.core import Config
 
     cfg = Config()
     warehouse = os.environ.get("DATABRICKS_WAREHOUSE_ID")
     if not warehouse:
         raise RuntimeError("DATABRICKS_WAREHOUSE_ID is not set (app.yaml: valueFrom sql-warehouse)")
-    return sql.connect(
+    connection: Connection = sql.connect(
         server_hostname=cfg.host,
         http_path=f"/sql/1.0/warehouses/{warehouse}",
         credentials_provider=lambda: cfg.authenticate,
     )
+    return connection
 
 
-class WarehouseStore:
-    """The port `cxrlake.review.ports.ReviewStore` over a DB-API connection (the same as
-    `cxrlake.review.store.LocalStore` locally)."""
+_SQL_TYPES: tuple[tuple[Callable[[pa.DataType], bool], str], ...] = (
+    (pa.types.is_string, "STRING"),
+    (pa.types.is_int32, "INT"),
+    (pa.types.is_int64, "BIGINT"),
+    (pa.types.is_float64, "DOUBLE"),
+    (pa.types.is_float32, "FLOAT"),
+    (pa.types.is_boolean, "BOOLEAN"),
+    (pa.types.is_timestamp, "TIMESTAMP"),
+    (pa.types.is_date32, "DATE"),
+    (pa.types.is_binary, "BINARY"),
+)
+
+
+def sql_type(field: pa.Field) -> str:
+    """The SQL type a value of ``field`` is cast to (the scalar types of the review tables)."""
+    for matches, name in _SQL_TYPES:
+        if matches(field.type):
+            return name
+    raise TypeError(f"column {field.name} ({field.type}) cannot travel as a SQL parameter")
+
+
+def _value(value: object) -> object:
+    """A parameter value: timestamps as ISO text (cast back by the statement)."""
+    return value.isoformat() if isinstance(value, (dt.datetime, dt.date)) else value
+
+
+def values_relation(data: pa.Table, alias: str, prefix: str = "v") -> tuple[str, Params]:
+    """``(VALUES (CAST(:v0_0 AS T), ...), ...) AS alias(columns)`` holding ``data``'s rows as
+    named parameters, and the parameters. ``data`` must have rows."""
+    fields = list(data.schema)
+    rows = []
+    params: Params = {}
+    for i, row in enumerate(data.to_pylist()):
+        cells = []
+        for j, f in enumerate(fields):
+            name = f"{prefix}{i}_{j}"
+            params[name] = _value(row[f.name])
+            cells.append(f"CAST(:{name} AS {sql_type(f)})")
+        rows.append(f"({', '.join(cells)})")
+    columns = ", ".join(f.name for f in fields)
+    return f"(VALUES {', '.join(rows)}) AS {alias}({columns})", params
+
+
+def where_clause(filter: Filter | None) -> tuple[str, Params]:
+    """`` WHERE ...`` of a `Filter`, with its values as parameters (``:f0``, ``:f1_0`` ...)."""
+    terms = []
+    params: Params = {}
+    for i, (column, value) in enumerate((filter or {}).items()):
+        if isinstance(value, (list, tuple, set, frozenset, pa.Array, pa.ChunkedArray)):
+            values = value.to_pylist() if isinstance(value, (pa.Array, pa.ChunkedArray)) else value
+            names = [f"f{i}_{j}" for j in range(len(values))]
+            params.update({n: _value(v) for n, v in zip(names, values, strict=True)})
+            markers = ", ".join(f":{n}" for n in names)
+            terms.append(f"{column} IN ({markers})" if names else "FALSE")
+        else:
+            params[f"f{i}"] = _value(value)
+            terms.append(f"{column} = :f{i}")
+    return (f" WHERE {' AND '.join(terms)}" if terms else ""), params
+
+
+class WarehouseCatalog:
+    """The catalog port over a SQL warehouse (a DB-API connection opened on first use)."""
 
     engine = "databricks"
 
-    def __init__(self, names: WarehouseNames, connect: Callable[[], Any] = connect_from_env):
+    def __init__(
+        self, names: WarehouseNames, connect: Callable[[], Connection] = connect_from_env
+    ) -> None:
         self.names = names
         self._connect = connect
-        self._conn: Any = None
-        self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
-        self._heatmap: bool | None = None
+        self._conn: Connection | None = None
+        self._lock = threading.Lock()  # one connection, shared by the server's threads
+        self._columns: dict[str, list[str]] = {}
 
-    def _query(self, key: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        sql = statements(self.names, self._heatmap is not False)[key]
+    def rows(self, sql: str, params: Mapping[str, object] | None = None) -> list[Row]:
+        """Run one statement; its answer as rows (none when it returns no result set)."""
         with self._lock:
             if self._conn is None:
                 self._conn = self._connect()
@@ -158,97 +189,137 @@ class WarehouseStore:
                 cur.execute(sql, dict(params or {}))
                 if cur.description is None:
                     return []
-                cols = [d[0] for d in cur.description]
-                return [
-                    {c: _utc(v) for c, v in zip(cols, row, strict=True)} for row in cur.fetchall()
-                ]
+                names = [str(d[0]) for d in cur.description]
+                return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 
-    def predictions(self) -> list[dict[str, Any]]:
-        if self._heatmap is None:
-            try:
-                rows = self._query("predictions")
-                self._heatmap = True
-                return rows
-            except Exception:  # noqa: BLE001 - a table without the heatmap column
-                self._heatmap = False
-        return self._query("predictions")
+    def columns(self, spec: TableSpec) -> list[str]:
+        """The table's columns (remembered once found: the app never drops a table)."""
+        table = self.names.table(spec)
+        if table not in self._columns:
+            with self._lock:
+                if self._conn is None:
+                    self._conn = self._connect()
+                with self._conn.cursor() as cur:
+                    cur.execute(f"SELECT * FROM {table} LIMIT 0", {})
+                    self._columns[table] = [str(d[0]) for d in cur.description or ()]
+        return self._columns[table]
 
-    def prediction(self, prediction_id: str) -> dict[str, Any] | None:
-        if self._heatmap is None:
-            self.predictions()  # finds out whether the table has the heatmap column
-        rows = self._query("prediction", {"prediction_id": prediction_id})
-        return rows[0] if rows else None
+    def exists(self, spec: TableSpec) -> bool:
+        try:
+            self.columns(spec)
+        except Exception:  # noqa: BLE001 - TABLE_OR_VIEW_NOT_FOUND (or no right to read it)
+            return False
+        return True
 
-    def folder_labels(self) -> dict[str, int | None]:
-        return {r["image_id"]: r["label"] for r in self._query("folder_labels")}
+    def ensure(self, spec: TableSpec, properties: Mapping[str, str] | None = None) -> None:
+        """Check that the table exists with every column: the app's principal may read and
+        modify the tables, not create or alter them (the setup job's ``create_tables`` does)."""
+        table = self.names.table(spec)
+        if not self.exists(spec):
+            raise ReviewError(f"{table} does not exist: run the bundle's setup job", 503)
+        missing = [n for n in spec.arrow_schema.names if n not in set(self.columns(spec))]
+        if missing:
+            self._columns.pop(table)  # looked up again next time (after the setup job)
+            raise ReviewError(
+                f"{table} lacks column(s) {', '.join(missing)}: run the bundle's setup job", 503
+            )
 
-    def feedback(self, prediction_id: str | None = None) -> list[dict[str, Any]]:
-        if prediction_id is None:
-            return self._query("feedback")
-        return self._query("feedback_of", {"prediction_id": prediction_id})
+    def read(
+        self, spec: TableSpec, columns: list[str] | None = None, filter: Filter | None = None
+    ) -> pa.Table:
+        names = columns or spec.arrow_schema.names
+        schema = pa.schema([spec.arrow_schema.field(c) for c in names])
+        if not self.exists(spec):
+            return schema.empty_table()
+        where, params = where_clause(filter)
+        rows = self.rows(f"SELECT {', '.join(names)} FROM {self.names.table(spec)}{where}", params)
+        # naive TIMESTAMP values (the session time zone, UTC for the app) are read as UTC
+        return pa.Table.from_pylist(rows, schema=schema)
 
-    def label_history(self, image_id: str | None = None) -> list[dict[str, Any]]:
-        rows = (
-            self._query("history")
-            if image_id is None
-            else self._query("history_of", {"image_id": image_id})
+    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
+        """The rule's SQL with each relation inlined as a ``WITH`` of parameter rows."""
+        ctes = []
+        params: Params = {}
+        for k, (name, table) in enumerate(relations.items()):
+            if table.num_rows:
+                rows, values = values_relation(table, name, prefix=f"r{k}_")
+                ctes.append(f"{name} AS (SELECT * FROM {rows})")
+                params.update(values)
+            else:
+                nulls = ", ".join(f"CAST(NULL AS {sql_type(f)}) AS {f.name}" for f in table.schema)
+                ctes.append(f"{name} AS (SELECT {nulls} WHERE FALSE)")
+        body = sql.strip()
+        if ctes and body[:5].upper() == "WITH ":
+            body = f"WITH {', '.join(ctes)}, {body[5:]}"
+        elif ctes:
+            body = f"WITH {', '.join(ctes)} {body}"
+        return pa.Table.from_pylist(self.rows(body, params))
+
+    def append(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
+        """INSERT of the rows whose keys the table lacks (one statement); rows offered."""
+        if data.num_rows == 0:
+            return 0
+        data = data.select(spec.arrow_schema.names).cast(spec.arrow_schema)
+        rows, params = values_relation(data, "s")
+        table = self.names.table(spec)
+        on = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
+        columns = ", ".join(spec.arrow_schema.names)
+        self.rows(
+            f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {rows} "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {table} AS t WHERE {on})",
+            params,
         )
-        return sorted(rows, key=lambda r: (r["image_id"], r["valid_from"]))
+        return data.num_rows
 
-    def agreement(self) -> list[dict[str, Any]]:
-        return self._query("agreement")
+    def merge(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
+        if data.num_rows == 0:
+            return 0
+        data = data.select(spec.arrow_schema.names).cast(spec.arrow_schema)
+        rows, params = values_relation(data, "s")
+        names = spec.arrow_schema.names
+        on = " AND ".join(f"t.{k} = s.{k}" for k in spec.keys)
+        sets = ", ".join(f"{c} = s.{c}" for c in names if c not in spec.keys)
+        self.rows(
+            f"MERGE INTO {self.names.table(spec)} AS t USING {rows} ON {on} "
+            f"WHEN MATCHED THEN UPDATE SET {sets} "
+            f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join(f's.{c}' for c in names)})",
+            params,
+        )
+        return data.num_rows
 
-    def image(self, image_id: str) -> tuple[bytes, str]:
-        rows = self._query("image", {"image_id": image_id})
-        if not rows:
-            raise ReviewError("unknown image", 404)
-        return servable_image(bytes(rows[0]["content"]))
-
-    def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[dict, bool]:
-        reviewer, fields = service.checked_verdict(self, payload, reviewer)
-        with self._write_lock:
-            existing = self._query("feedback_by_id", {"feedback_id": fields["feedback_id"]})
-            if existing:
-                return tables.repeated_verdict(existing[0], fields, reviewer), False
-            row = tables.feedback_row(fields, reviewer, tables.utc_now())
-            self._query("insert_feedback", _params(row))
-            self._sync_history_locked()
-        return row, True
-
-    def sync_history(self) -> int:
-        with self._write_lock:
-            return self._sync_history_locked()
-
-    def _sync_history_locked(self) -> int:
-        for attempt in range(HISTORY_RETRIES):
-            change = service.history_change(self)
-            try:
-                for row in change.close + change.insert:
-                    self._query("merge_history", _params(row))
-                return len(change.insert)
-            except Exception:  # noqa: BLE001 - concurrent MERGE from another app instance
-                if attempt == HISTORY_RETRIES - 1:
-                    raise
-        return 0
-
-    def write_agreement(self) -> int:
-        with self._write_lock:
-            rows = service.compute_agreement(self)
-            for row in rows:
-                self._query("insert_agreement", _params(row))
-            return len(rows)
+    def delete(self, spec: TableSpec, filter: Filter, *, operation: str) -> int:
+        where, params = where_clause(filter)
+        table = self.names.table(spec)
+        found = self.rows(f"SELECT count(*) AS n FROM {table}{where}", params)
+        matched = int(str(found[0]["n"])) if found else 0
+        if matched:
+            self.rows(f"DELETE FROM {table}{where}", params)
+        return matched
 
 
-def _utc(value: Any) -> Any:
-    """TIMESTAMP values come back naive (in the session time zone, UTC for the app): make them
-    timezone-aware so they compare with the app's own UTC timestamps."""
-    if isinstance(value, dt.datetime) and value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value
+class WarehouseStore(CatalogReviewStore):
+    """The port `cxrlake.review.ports.ReviewStore` over a SQL warehouse: the same store as
+    `cxrlake.review.store.LocalStore`, over `WarehouseCatalog`; image bytes always from bronze."""
+
+    engine = "databricks"
+    history_attempts = HISTORY_RETRIES
+
+    def __init__(
+        self, names: WarehouseNames, connect: Callable[[], Connection] = connect_from_env
+    ) -> None:
+        self.names = names
+        super().__init__(WarehouseCatalog(names, connect))
 
 
-def _params(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-
-
-__all__: Sequence[str] = ["WarehouseNames", "WarehouseStore", "connect_from_env", "statements"]
+__all__ = [
+    "Connection",
+    "Cursor",
+    "WarehouseCatalog",
+    "WarehouseNames",
+    "WarehouseStore",
+    "connect_from_env",
+    "sql_type",
+    "values_relation",
+    "where_clause",
+]
