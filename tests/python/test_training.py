@@ -27,15 +27,10 @@ from cxrlake.training.export import (
     quantize_int8,
     read_metadata,
 )
-from cxrlake.training.model import PneumoniaNet
-from cxrlake.training.train import (
-    TrainConfig,
-    finalize,
-    fit,
-    load_checkpoint,
-    load_saved_split,
-    predict_torch,
-)
+from cxrlake.training.config import TrainConfig
+from cxrlake.training.model import PneumoniaNet, predict_torch
+from cxrlake.training.run_files import load_checkpoint, load_saved_split
+from cxrlake.training.train import finalize, fit
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -390,7 +385,7 @@ def test_shipped_model_probabilities_are_continuous(fullres_paths):
 
 
 def test_development_films_are_recognised_by_bytes_or_patient(fullres_paths, train_paths, tmp_path):
-    from cxrlake.training import provenance
+    from cxrlake import provenance
 
     # The full-resolution originals are other files (other bytes) of development patients.
     sample = fullres_paths[::20] + train_paths[::500]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 import time
@@ -21,6 +20,17 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import torch
+
+from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
+from cxrlake.training import data as data_mod
+from cxrlake.training.config import JsonObject, recipe_config
+from cxrlake.training.heldout import heldout_metrics
+from cxrlake.training.model import predict_torch
+from cxrlake.training.progress import log
+from cxrlake.training.run_files import environment, load_checkpoint, load_saved_split
+from cxrlake.training.shift import shifted_inputs
+from cxrlake.training.train import PixelCache, fit
 
 #: Secondary check per candidate: the simulated conditions of a kind no recipe's augmentation
 #: produces, on every twelfth validation film (the shipped model gets all conditions on every film
@@ -29,39 +39,13 @@ CANDIDATE_SHIFTS = ("gain 1.25", "equalised histogram", "JPEG q30")
 SHIFT_STRIDE = 12
 
 
-def environment() -> dict:
-    """Versions a run depends on (recorded with its figures)."""
-    import onnxruntime
-    import torch
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "platform": platform.platform(),
-    }
-
-
-def evaluate_candidate(run_dir: str | Path, pixel_cache: dict | None = None) -> dict:
+def evaluate_candidate(run_dir: str | Path, pixel_cache: PixelCache | None = None) -> JsonObject:
     """Figures of a trained run on its held-out batches (torch, the selected weights).
 
     The same scoring as the run's own evaluations (no BatchNorm recalibration: ``finalize``
     applies it to the shipped candidate only and records both figures), plus the secondary
     check under :data:`CANDIDATE_SHIFTS`.
     """
-    import torch
-
-    from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
-    from cxrlake.training import data as data_mod
-    from cxrlake.training.shift import shifted_inputs
-    from cxrlake.training.train import (
-        heldout_metrics,
-        load_checkpoint,
-        load_saved_split,
-        predict_torch,
-    )
-
     run_dir = Path(run_dir)
     t0 = time.time()
     net, cfg, history = load_checkpoint(run_dir)
@@ -84,7 +68,7 @@ def evaluate_candidate(run_dir: str | Path, pixel_cache: dict | None = None) -> 
     pooled = binary_metrics(val_y, prob, threshold)
     per_batch = heldout_metrics(val, prob, threshold)
     sub = np.arange(0, len(val), SHIFT_STRIDE)
-    shifted = {}
+    shifted: dict[str, float] = {}
     net.eval()
     for name in CANDIDATE_SHIFTS:
         x = torch.from_numpy(shifted_inputs(val_px[sub], name))
@@ -117,9 +101,7 @@ def evaluate_candidate(run_dir: str | Path, pixel_cache: dict | None = None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cxrlake.training.config import recipe_config
-    from cxrlake.training.train import fit, log
-
+    """``python -m cxrlake.training.candidates`` (see the module docstring)."""
     parser = argparse.ArgumentParser(prog="python -m cxrlake.training.candidates")
     parser.add_argument("--data", required=True)
     parser.add_argument("--runs", required=True, help="one run directory per recipe under this")
@@ -129,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--figures", default=None, help="also copy candidate.json here")
     args = parser.parse_args(argv)
     runs = Path(args.runs)
-    cache: dict = {}
+    cache: PixelCache = {}
     while True:
         names = [n.strip() for n in Path(args.queue).read_text().splitlines()]
         todo = [n for n in names if n and not (runs / n / "candidate.json").is_file()]

