@@ -11,16 +11,18 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any
 
 from cxrlake.medallion.identity import identify
+from cxrlake.medallion.schemas import BRONZE, SILVER
+from cxrlake.review.tables import FOLDER_SOURCE, HISTORY, judged_other_bytes
+from cxrlake.training.data import LabelledImage, list_labelled_images
 
 
-def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -> dict[str, int]:
+def current_radiologist_labels(
+    lakehouse: str | os.PathLike[str], env: str = "dev"
+) -> dict[str, int]:
     """image_id -> current label, for images whose current label comes from a radiologist."""
-    from cxrlake.lakehouse.storage import Lakehouse
-    from cxrlake.medallion.schemas import SILVER
-    from cxrlake.review.tables import FOLDER_SOURCE, HISTORY, judged_other_bytes
+    from cxrlake.lakehouse.storage import Lakehouse  # the `local` extra (deltalake)
 
     lh = Lakehouse(lakehouse, env)
     if not os.path.isdir(lh.catalog):
@@ -41,10 +43,9 @@ def current_radiologist_labels(lakehouse: str | os.PathLike, env: str = "dev") -
     }
 
 
-def _image_ids_by_path(lakehouse: str | os.PathLike, env: str) -> dict[str, str]:
+def _image_ids_by_path(lakehouse: str | os.PathLike[str], env: str) -> dict[str, str]:
     """Absolute file path -> the image id bronze recorded for it."""
-    from cxrlake.lakehouse.storage import Lakehouse
-    from cxrlake.medallion.schemas import BRONZE
+    from cxrlake.lakehouse.storage import Lakehouse  # the `local` extra (deltalake)
 
     rows = Lakehouse(lakehouse, env).read(BRONZE, ["file_path", "image_id"])
     return dict(
@@ -53,13 +54,14 @@ def _image_ids_by_path(lakehouse: str | os.PathLike, env: str) -> dict[str, str]
 
 
 def apply_current_labels(
-    records: Sequence[Any], lakehouse: str | os.PathLike, env: str = "dev"
-) -> tuple[list[Any], int]:
-    """Records (dataclasses with ``path`` and ``label``) with the current labels; returns them
-    and how many labels differ from the folder ones."""
+    records: Sequence[LabelledImage], lakehouse: str | os.PathLike[str], env: str = "dev"
+) -> tuple[list[LabelledImage], int]:
+    """The training files with the current labels; returns them and how many labels differ from
+    the folder ones."""
     corrected = current_radiologist_labels(lakehouse, env)
     ids = _image_ids_by_path(lakehouse, env)
-    out, changed = [], 0
+    out: list[LabelledImage] = []
+    changed = 0
     for record in records:
         path = os.path.abspath(os.fspath(record.path))
         label = corrected.get(ids.get(path) or identify(path).image_id)
@@ -71,12 +73,10 @@ def apply_current_labels(
 
 
 def label_overrides(
-    data: str | os.PathLike, lakehouse: str | os.PathLike, env: str = "dev"
+    data: str | os.PathLike[str], lakehouse: str | os.PathLike[str], env: str = "dev"
 ) -> tuple[dict[str, int], int]:
     """For the training folder ``data``: path -> current label of every file whose current
     label differs from its folder label, and the number of files."""
-    from cxrlake.training.data import list_labelled_images
-
     records = list_labelled_images(data)
     relabelled, _ = apply_current_labels(records, lakehouse, env)
     changed = {

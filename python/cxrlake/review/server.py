@@ -41,14 +41,17 @@ import secrets
 import socket
 import sys
 import threading
+from collections.abc import Mapping
+from email.message import Message
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any
+from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
+from cxrlake.heatmap import refine
 from cxrlake.review import service, tables, worklist
-from cxrlake.review.ports import ReviewStore
+from cxrlake.review.ports import ReviewStore, Row
 from cxrlake.review.tables import ReviewError
 
 MAX_BODY_BYTES = 64 * 1024
@@ -72,7 +75,7 @@ def _static(name: str) -> bytes:
     return resources.files("cxrlake.review").joinpath("static", name).read_bytes()
 
 
-def configured_hosts(environ: Any = None) -> frozenset[str]:
+def configured_hosts(environ: Mapping[str, str] | None = None) -> frozenset[str]:
     """Host names from env `ALLOWED_HOSTS_ENV` and the netloc of `APP_URL_ENV`, lower-cased."""
     env = os.environ if environ is None else environ
     names = {n.strip().lower() for n in env.get(ALLOWED_HOSTS_ENV, "").split(",") if n.strip()}
@@ -83,7 +86,7 @@ def configured_hosts(environ: Any = None) -> frozenset[str]:
     return frozenset(names)
 
 
-def apps_host_pattern(environ: Any = None) -> re.Pattern[str] | None:
+def apps_host_pattern(environ: Mapping[str, str] | None = None) -> re.Pattern[str] | None:
     """The app's own URL host on Databricks Apps, from the variables the platform sets in every
     app (``DATABRICKS_APP_NAME``, ``DATABRICKS_WORKSPACE_ID``): Databricks assigns each app
     ``https://<app-name>-<workspace-id>.<region>.databricksapps.com`` (Databricks Apps, "Key
@@ -135,7 +138,7 @@ class ReviewApp:
 
     def __init__(
         self, store: ReviewStore, reviewer: str | None = None, trust_proxy_headers: bool = False
-    ):
+    ) -> None:
         self.store = store
         self.reviewer = reviewer
         self.trust_proxy_headers = trust_proxy_headers
@@ -150,7 +153,7 @@ class ReviewApp:
         self.secret = shared.encode("utf-8") if shared else secrets.token_bytes(32)
         self.lock = threading.Lock()
 
-    def reviewer_of(self, headers: Any) -> str:
+    def reviewer_of(self, headers: Message) -> str:
         if self.trust_proxy_headers:
             who = headers.get("X-Forwarded-Email") or headers.get("X-Forwarded-Preferred-Username")
             return tables.validate_reviewer(who)
@@ -159,9 +162,7 @@ class ReviewApp:
     def csrf_token(self, reviewer: str) -> str:
         return hmac.new(self.secret, reviewer.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def case(self, prediction_id: str, reviewer: str) -> dict[str, Any]:
-        from cxrlake.heatmap import refine
-
+    def case(self, prediction_id: str, reviewer: str) -> Row:
         p = self.store.prediction(prediction_id)
         if p is None:
             raise ReviewError(f"unknown prediction {prediction_id[:64]!r}", 404)
@@ -196,7 +197,7 @@ class ReviewApp:
         }
 
 
-def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
+def _jsonable(row: Row) -> Row:
     return {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
 
 
@@ -210,12 +211,14 @@ class Handler(BaseHTTPRequestHandler):
     def app(self) -> ReviewApp:
         return self.server.app  # type: ignore[attr-defined]
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if getattr(self.server, "verbose", False):
             sys.stderr.write("review: " + format % args + "\n")
 
     # --------------------------------------------------------------- responses
-    def _send(self, status: int, body: bytes, content_type: str, extra: dict | None = None):
+    def _send(
+        self, status: int, body: bytes, content_type: str, extra: Mapping[str, str] | None = None
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -230,7 +233,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
-    def _json(self, status: int, data: Any) -> None:
+    def _json(self, status: int, data: object) -> None:
         body = json.dumps(_finite(data), default=str, allow_nan=False).encode("utf-8")
         self._send(status, body, "application/json; charset=utf-8")
 
@@ -308,8 +311,8 @@ class Handler(BaseHTTPRequestHandler):
         elif path.startswith("/api/case/"):
             self._json(200, self.app.case(path[len("/api/case/") :], reviewer))
         elif path.startswith("/api/image/"):
-            data, kind = store.image(path[len("/api/image/") :])
-            self._send(200, data, kind)
+            image, kind = store.image(path[len("/api/image/") :])
+            self._send(200, image, kind)
         elif path == "/api/agreement":
             rows = service.compute_agreement(store)
             self._json(200, {"rows": [_jsonable(r) for r in rows]})
@@ -373,6 +376,8 @@ class Handler(BaseHTTPRequestHandler):
         raw = self.rfile.read(length) if length else b""
         if path == "/api/feedback":
             payload = parse_json_body(raw)
+            if not isinstance(payload, dict):
+                raise ReviewError("the request body must be a JSON object")
             row, created = self.app.store.record_verdict(payload, reviewer)
             self._json(201 if created else 200, {"feedback": _jsonable(row), "created": created})
         elif path == "/api/agreement":
@@ -394,18 +399,18 @@ class Handler(BaseHTTPRequestHandler):
         return int(value)
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not JSON")
 
 
-def parse_json_body(raw: bytes) -> Any:
+def parse_json_body(raw: bytes) -> object:
     """A request body as strict JSON: UTF-8 without lone surrogates (raw or ``\\ud800``
     escapes), no ``NaN``/``Infinity``, at most `MAX_JSON_DEPTH` levels; else `ReviewError` 400."""
     try:
         payload = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
     except (UnicodeDecodeError, ValueError, RecursionError):
         raise ReviewError("the request body is not valid JSON") from None
-    stack = [(payload, 1)]
+    stack: list[tuple[object, int]] = [(payload, 1)]
     while stack:
         value, depth = stack.pop()
         if depth > MAX_JSON_DEPTH:
@@ -422,7 +427,7 @@ def parse_json_body(raw: bytes) -> Any:
     return payload
 
 
-def _finite(value: Any) -> Any:
+def _finite(value: object) -> object:
     """``value`` with every non-finite float (NaN, +-inf) replaced by None, so answers are
     strict JSON (a browser's ``JSON.parse`` rejects ``NaN``)."""
     if isinstance(value, float):
@@ -437,7 +442,7 @@ def _finite(value: Any) -> Any:
 class ReviewServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], app: ReviewApp, verbose: bool = False):
+    def __init__(self, address: tuple[str, int], app: ReviewApp, verbose: bool = False) -> None:
         super().__init__(address, Handler)
         self.app = app
         self.verbose = verbose
@@ -451,7 +456,7 @@ class ReviewServer(ThreadingHTTPServer):
     def url(self) -> str:
         """The address to open: the machine's own address when bound to every interface."""
         host, port = self.server_address[:2]
-        shown = public_address() if self.listens_everywhere else _bracketed(host)
+        shown = public_address() if self.listens_everywhere else _bracketed(str(host))
         return f"http://{shown}:{port}/"
 
 

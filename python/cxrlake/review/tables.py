@@ -18,12 +18,12 @@ import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from cxrlake.exceptions import CxrlakeError
 from cxrlake.medallion import schemas
 from cxrlake.medallion.metrics import latest_verdicts  # noqa: F401 - re-export
 from cxrlake.medallion.schemas import TableSpec
+from cxrlake.review.ports import Row
 
 LABEL_NAMES: tuple[str, ...] = schemas.LABEL_NAMES
 """Label names; the index is the integer label (as in the lakehouse)."""
@@ -74,13 +74,13 @@ def validate_reviewer(reviewer: str | None) -> str:
     return text
 
 
-def label_name_of(label: Any) -> str | None:
+def label_name_of(label: int | None) -> str | None:
     if label is None:
         return None
     return LABEL_NAMES[int(label)]
 
 
-def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] | None) -> dict:
+def validate_verdict(payload: Mapping[str, object], prediction: Row | None) -> Row:
     """Check a verdict posted by the app; return the normalised fields.
 
     ``prediction``: the gold row of ``payload['prediction_id']`` (None when unknown). Raises
@@ -112,27 +112,29 @@ def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] |
     if prediction is None:
         raise ReviewError(f"unknown prediction {pid[:64]!r}", 404)
     ftype = payload.get("feedback_type")
-    if ftype not in FEEDBACK_TYPES:
+    if not isinstance(ftype, str) or ftype not in FEEDBACK_TYPES:
         raise ReviewError(f"feedback_type must be one of {', '.join(FEEDBACK_TYPES)}")
     predicted = label_name_of(prediction.get("predicted_label"))
-    label = payload.get("correct_label")
+    posted = payload.get("correct_label")
+    label: str | None
     if ftype == "uncertain":
-        if label not in (None, ""):
+        if posted not in (None, ""):
             raise ReviewError("an uncertain verdict takes no correct_label")
         label = None
     elif ftype == "agree":
-        if label not in (None, "", predicted):
-            raise ReviewError(f"agree means the predicted label {predicted}; got {label!r}")
+        if posted not in (None, "", predicted):
+            raise ReviewError(f"agree means the predicted label {predicted}; got {posted!r}")
         label = predicted
     else:
-        if label not in LABEL_NAMES:
+        if not isinstance(posted, str) or posted not in LABEL_NAMES:
             raise ReviewError(
-                f"invalid correct_label {str(label)[:40]!r}: use {' or '.join(LABEL_NAMES)}"
+                f"invalid correct_label {str(posted)[:40]!r}: use {' or '.join(LABEL_NAMES)}"
             )
-        if label == predicted:
+        if posted == predicted:
             raise ReviewError(f"disagree needs a label other than the predicted {predicted}")
+        label = posted
     confidence = payload.get("confidence_level") or "medium"
-    if confidence not in CONFIDENCE_LEVELS:
+    if not isinstance(confidence, str) or confidence not in CONFIDENCE_LEVELS:
         raise ReviewError(f"confidence_level must be one of {', '.join(CONFIDENCE_LEVELS)}")
     comments = payload.get("comments") or None
     if comments is not None:
@@ -153,7 +155,7 @@ def validate_verdict(payload: Mapping[str, Any], prediction: Mapping[str, Any] |
     }
 
 
-def repeated_verdict(stored: Mapping[str, Any], fields: Mapping[str, Any], reviewer: str) -> dict:
+def repeated_verdict(stored: Row, fields: Row, reviewer: str) -> Row:
     """The stored row of a ``feedback_id`` posted again: the same verdict again (a retry) returns
     it; a different body under the same id raises `ReviewError` 409 (nothing is written)."""
     same = stored.get("radiologist_id") == reviewer and all(
@@ -165,7 +167,7 @@ def repeated_verdict(stored: Mapping[str, Any], fields: Mapping[str, Any], revie
     return dict(stored)
 
 
-def feedback_row(fields: Mapping[str, Any], reviewer: str, at: dt.datetime) -> dict[str, Any]:
+def feedback_row(fields: Row, reviewer: str, at: dt.datetime) -> Row:
     """The ``gold.prediction_feedback`` row of a validated verdict."""
     return {
         "feedback_id": fields["feedback_id"],
@@ -184,22 +186,22 @@ def feedback_row(fields: Mapping[str, Any], reviewer: str, at: dt.datetime) -> d
 class HistoryChange:
     """What to write to ``silver.label_history``: rows to close and rows to insert."""
 
-    close: list[dict[str, Any]]  # current rows, with valid_to / is_current already updated
-    insert: list[dict[str, Any]]
+    close: list[Row]  # current rows, with valid_to / is_current already updated
+    insert: list[Row]
 
     def __bool__(self) -> bool:
         return bool(self.close or self.insert)
 
 
-def judged_contents(predictions: Iterable[Mapping[str, Any]]) -> dict[str, str]:
+def judged_contents(predictions: Iterable[Row]) -> dict[str, str]:
     """prediction_id -> content_sha256 of the bytes it scored (what a verdict on it judges)."""
     return {p["prediction_id"]: p["content_sha256"] for p in predictions if p.get("content_sha256")}
 
 
 def label_history_changes(
-    history: Iterable[Mapping[str, Any]],
+    history: Iterable[Row],
     folder_labels: Mapping[str, int | None],
-    feedback: Iterable[Mapping[str, Any]],
+    feedback: Iterable[Row],
     now: dt.datetime,
     judged: Mapping[str, str] | None = None,
 ) -> HistoryChange:
@@ -215,18 +217,55 @@ def label_history_changes(
     the label a verdict opens (NULL when its prediction is no longer current).
     """
     judged = judged or {}
-    current: dict[str, dict[str, Any]] = {}
+    current: dict[str, Row] = {}
     applied: set[str] = set()
     for row in history:
         if row.get("feedback_id"):
             applied.add(row["feedback_id"])
         if row["is_current"]:
             current[row["image_id"]] = dict(row)
-    inserts: dict[tuple[str, Any], dict[str, Any]] = {}
-    closes: dict[tuple[str, Any], dict[str, Any]] = {}
+    inserts = _folder_rows(current, folder_labels, now)
+    closes: dict[tuple[str, dt.datetime], Row] = {}
+    for f in _pending_verdicts(list(feedback), applied):
+        label = LABEL_NAMES.index(f["correct_label"])
+        image_id = f["image_id"]
+        cur = current.get(image_id)
+        if cur is not None and cur["label"] == label:
+            continue
+        at = f["feedback_timestamp"]
+        if cur is not None:
+            at = max(at, cur["valid_from"] + dt.timedelta(microseconds=1))
+            key = (image_id, cur["valid_from"])
+            if key in inserts:
+                inserts[key] = {**cur, "valid_to": at, "is_current": False}
+            else:
+                closes[key] = {**cur, "valid_to": at, "is_current": False}
+        judged_pid = f.get("prediction_id")
+        row = {
+            "image_id": image_id,
+            "label": label,
+            "label_name": f["correct_label"],
+            "source": f["radiologist_id"],
+            "feedback_id": f["feedback_id"],
+            "valid_from": at,
+            "valid_to": None,
+            "is_current": True,
+            "content_sha256": None if judged_pid is None else judged.get(judged_pid),
+        }
+        current[image_id] = row
+        inserts[(image_id, at)] = row
+    return HistoryChange(close=list(closes.values()), insert=list(inserts.values()))
+
+
+def _folder_rows(
+    current: dict[str, Row], folder_labels: Mapping[str, int | None], now: dt.datetime
+) -> dict[tuple[str, dt.datetime], Row]:
+    """The ``folder`` rows of labelled images without a current row, by (image_id, valid_from);
+    each is also made the image's entry in ``current``."""
+    inserts: dict[tuple[str, dt.datetime], Row] = {}
     for image_id, label in sorted(folder_labels.items()):
         if image_id not in current and label is not None:
-            row = {
+            row: Row = {
                 "image_id": image_id,
                 "label": int(label),
                 "label_name": label_name_of(label),
@@ -239,10 +278,15 @@ def label_history_changes(
             }
             current[image_id] = row
             inserts[(image_id, now)] = row
-    feedback = list(feedback)
+    return inserts
+
+
+def _pending_verdicts(feedback: list[Row], applied: set[str]) -> list[Row]:
+    """The decisive verdicts still to apply, in time order: not in the history (``applied``)
+    and later than the image's latest applied verdict."""
     # per image, the latest verdict already reflected in the history: verdicts up to it are done
     # (one that confirmed the label in force left no row of its own)
-    watermark: dict[str, tuple] = {}
+    watermark: dict[str, tuple[dt.datetime, str]] = {}
     for f in feedback:
         if f["feedback_id"] in applied:
             key = (f["feedback_timestamp"], f["feedback_id"])
@@ -258,42 +302,15 @@ def label_history_changes(
             or (f["feedback_timestamp"], f["feedback_id"]) > watermark[f["image_id"]]
         )
     ]
-    for f in sorted(pending, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
-        label = LABEL_NAMES.index(f["correct_label"])
-        image_id = f["image_id"]
-        cur = current.get(image_id)
-        if cur is not None and cur["label"] == label:
-            continue
-        at = f["feedback_timestamp"]
-        if cur is not None:
-            at = max(at, cur["valid_from"] + dt.timedelta(microseconds=1))
-            key = (image_id, cur["valid_from"])
-            if key in inserts:
-                inserts[key] = {**cur, "valid_to": at, "is_current": False}
-            else:
-                closes[key] = {**cur, "valid_to": at, "is_current": False}
-        row = {
-            "image_id": image_id,
-            "label": label,
-            "label_name": f["correct_label"],
-            "source": f["radiologist_id"],
-            "feedback_id": f["feedback_id"],
-            "valid_from": at,
-            "valid_to": None,
-            "is_current": True,
-            "content_sha256": judged.get(f.get("prediction_id")),
-        }
-        current[image_id] = row
-        inserts[(image_id, at)] = row
-    return HistoryChange(close=list(closes.values()), insert=list(inserts.values()))
+    return sorted(pending, key=lambda r: (r["feedback_timestamp"], r["feedback_id"]))
 
 
-def current_labels(history: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def current_labels(history: Iterable[Row]) -> dict[str, Row]:
     """image_id -> the current label history row."""
     return {r["image_id"]: dict(r) for r in history if r["is_current"]}
 
 
-def judged_other_bytes(label: Mapping[str, Any] | None, content_sha256: str | None) -> bool:
+def judged_other_bytes(label: Row | None, content_sha256: str | None) -> bool:
     """Whether a current label is a radiologist's given on other bytes than ``content_sha256``
     (the image's bytes now): the file changed after the verdict, so the label no longer stands
     for what is scored. Folder labels and labels of unknown content are not."""
@@ -303,7 +320,7 @@ def judged_other_bytes(label: Mapping[str, Any] | None, content_sha256: str | No
     return judged is not None and judged != content_sha256
 
 
-def need_score(prediction: Mapping[str, Any]) -> tuple[float, list[str]]:
+def need_score(prediction: Row) -> tuple[float, list[str]]:
     """How much a prediction needs a human, and why (worklist order, highest first).
 
     ``1 - |p - threshold| / max(threshold, 1 - threshold)`` (1 at the threshold, 0 at the far
@@ -311,7 +328,7 @@ def need_score(prediction: Mapping[str, Any]) -> tuple[float, list[str]]:
     """
     p = prediction.get("prediction_probability")
     t = prediction.get("threshold")
-    reasons = []
+    reasons: list[str] = []
     score = 0.0
     if p is not None and t is not None:
         closeness = 1.0 - abs(p - t) / max(t, 1.0 - t)

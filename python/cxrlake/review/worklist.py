@@ -8,28 +8,56 @@ dataset_split, quality_score and threshold.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TypedDict
 
 from cxrlake.medallion.metrics import agreement_metrics, cohen_kappa
 from cxrlake.review import tables
+from cxrlake.review.ports import Row
 from cxrlake.review.tables import latest_verdicts, need_score
 
 LABEL_FILTERS = ("NORMAL", "PNEUMONIA", "UNLABELLED")
-__all__ = ["LABEL_FILTERS", "agreement_metrics", "build_worklist", "cohen_kappa"]
+__all__ = ["LABEL_FILTERS", "Worklist", "agreement_metrics", "build_worklist", "cohen_kappa"]
+
+
+class Progress(TypedDict):
+    """Items with any verdict, with this reviewer's, and all items (after the filters but the
+    reviewed one)."""
+
+    reviewed: int
+    reviewed_by_me: int
+    total: int
+
+
+class Worklist(TypedDict):
+    """What `build_worklist` returns (the review app's ``/api/worklist`` body)."""
+
+    items: list[Row]
+    progress: Progress
+    options: dict[str, list[str]]
+
+
+_REVIEWED_FILTERS: dict[str | None, Callable[[Row], bool]] = {
+    None: lambda i: True,
+    "": lambda i: True,
+    "yes": lambda i: i["verdicts"] > 0,
+    "no": lambda i: i["verdicts"] == 0,
+    "mine": lambda i: i["my_verdict"] is not None,
+    "not-mine": lambda i: i["my_verdict"] is None,
+}
 
 
 def build_worklist(
-    predictions: Iterable[Mapping[str, Any]],
-    feedback: Iterable[Mapping[str, Any]],
-    current: Mapping[str, Mapping[str, Any]],
+    predictions: Iterable[Row],
+    feedback: Iterable[Row],
+    current: Mapping[str, Row],
     reviewer: str,
     *,
     split: str | None = None,
     label: str | None = None,
     model_version: str | None = None,
     reviewed: str | None = None,
-) -> dict[str, Any]:
+) -> Worklist:
     """Items ordered by `tables.need_score` (then image_id), filtered, with progress. A film
     flagged ``out_of_distribution`` goes first (need + 5, its ``ood_reason`` first among the
     reasons); an image whose current label a radiologist gave on earlier bytes
@@ -41,8 +69,8 @@ def build_worklist(
     filtered items (before the reviewed filter) and all items.
     """
     preds = [dict(p) for p in predictions]
-    latest = latest_verdicts(feedback)
-    by_prediction: dict[str, list[dict]] = {}
+    latest = latest_verdicts(list(feedback))
+    by_prediction: dict[str, list[Row]] = {}
     for (pid, _), row in latest.items():
         by_prediction.setdefault(pid, []).append(row)
     options = {
@@ -60,55 +88,11 @@ def build_worklist(
         if model_version and p.get("model_version") != model_version:
             continue
         verdicts = by_prediction.get(p["prediction_id"], [])
-        mine = next((v for v in verdicts if v["radiologist_id"] == reviewer), None)
-        score, reasons = need_score(p)
-        cur = current.get(p["image_id"])
-        stale = tables.judged_other_bytes(cur, p.get("content_sha256"))
-        if stale:
-            # the file changed after a radiologist labelled it: back to the top of the list
-            score += 2.0
-            reasons = [*reasons, "label given on earlier bytes"]
-        flagged = bool(p.get("out_of_distribution"))
-        if flagged:
-            # unlike the training films: the probability means little, a radiologist looks first
-            score += 5.0  # above any film not flagged (at most 2.25 + 2)
-            reasons = [f"out of distribution: {p.get('ood_reason') or 'flagged'}", *reasons]
-        items.append(
-            {
-                "prediction_id": p["prediction_id"],
-                "image_id": p["image_id"],
-                "dataset_split": p.get("dataset_split"),
-                "folder_label": folder,
-                "current_label": cur["label_name"] if cur else None,
-                "current_label_source": cur["source"] if cur else None,
-                "current_label_on_earlier_bytes": stale,
-                "predicted_label": tables.label_name_of(p.get("predicted_label")),
-                "probability": p.get("prediction_probability"),
-                "threshold": p.get("threshold"),
-                "model_name": p.get("model_name"),
-                "model_version": p.get("model_version"),
-                "quality_score": p.get("quality_score"),
-                "has_heatmap": p.get("heatmap") is not None,
-                "out_of_distribution": flagged,
-                "ood_score": p.get("ood_score"),
-                "ood_reason": p.get("ood_reason"),
-                "need": round(score, 4),
-                "reasons": reasons,
-                "verdicts": len(verdicts),
-                "my_verdict": mine["feedback_type"] if mine else None,
-            }
-        )
+        items.append(_item(p, folder, verdicts, current.get(p["image_id"]), reviewer))
     total = len(items)
     done = sum(1 for i in items if i["verdicts"])
     mine_done = sum(1 for i in items if i["my_verdict"])
-    keep = {
-        None: lambda i: True,
-        "": lambda i: True,
-        "yes": lambda i: i["verdicts"] > 0,
-        "no": lambda i: i["verdicts"] == 0,
-        "mine": lambda i: i["my_verdict"] is not None,
-        "not-mine": lambda i: i["my_verdict"] is None,
-    }.get(reviewed)
+    keep = _REVIEWED_FILTERS.get(reviewed)
     if keep is None:
         raise tables.ReviewError("reviewed must be one of yes, no, mine, not-mine")
     items = [i for i in items if keep(i)]
@@ -117,4 +101,44 @@ def build_worklist(
         "items": items,
         "progress": {"reviewed": done, "reviewed_by_me": mine_done, "total": total},
         "options": options,
+    }
+
+
+def _item(p: Row, folder: str, verdicts: list[Row], cur: Row | None, reviewer: str) -> Row:
+    """The worklist item of prediction ``p``: its need score and reasons, its ``verdicts`` (the
+    latest per reviewer) and the image's current label ``cur``."""
+    mine = next((v for v in verdicts if v["radiologist_id"] == reviewer), None)
+    score, reasons = need_score(p)
+    stale = tables.judged_other_bytes(cur, p.get("content_sha256"))
+    if stale:
+        # the file changed after a radiologist labelled it: back to the top of the list
+        score += 2.0
+        reasons = [*reasons, "label given on earlier bytes"]
+    flagged = bool(p.get("out_of_distribution"))
+    if flagged:
+        # unlike the training films: the probability means little, a radiologist looks first
+        score += 5.0  # above any film not flagged (at most 2.25 + 2)
+        reasons = [f"out of distribution: {p.get('ood_reason') or 'flagged'}", *reasons]
+    return {
+        "prediction_id": p["prediction_id"],
+        "image_id": p["image_id"],
+        "dataset_split": p.get("dataset_split"),
+        "folder_label": folder,
+        "current_label": cur["label_name"] if cur else None,
+        "current_label_source": cur["source"] if cur else None,
+        "current_label_on_earlier_bytes": stale,
+        "predicted_label": tables.label_name_of(p.get("predicted_label")),
+        "probability": p.get("prediction_probability"),
+        "threshold": p.get("threshold"),
+        "model_name": p.get("model_name"),
+        "model_version": p.get("model_version"),
+        "quality_score": p.get("quality_score"),
+        "has_heatmap": p.get("heatmap") is not None,
+        "out_of_distribution": flagged,
+        "ood_score": p.get("ood_score"),
+        "ood_reason": p.get("ood_reason"),
+        "need": round(score, 4),
+        "reasons": reasons,
+        "verdicts": len(verdicts),
+        "my_verdict": mine["feedback_type"] if mine else None,
     }
