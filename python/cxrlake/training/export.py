@@ -14,7 +14,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import onnx
+import onnxruntime as ort
 import torch
+from onnx import helper, numpy_helper
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from cxrlake.training.data import LABELS, load_grayscale, normalise
 from cxrlake.training.model import LITE_MEAN, LITE_STD, ExportWrapper, PneumoniaNet
@@ -55,8 +60,6 @@ def contract_metadata(
 
 def set_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> None:
     """Replace the ``cxrlake.*`` (and other given) metadata_props of an ONNX file in place."""
-    import onnx
-
     model = onnx.load(str(path))
     kept = [p for p in model.metadata_props if p.key not in metadata]
     del model.metadata_props[:]
@@ -69,8 +72,6 @@ def set_metadata(path: str | os.PathLike[str], metadata: Mapping[str, str]) -> N
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
     """All metadata_props of an ONNX file as a dict."""
-    import onnx
-
     model = onnx.load(str(path), load_external_data=False)
     return {p.key: p.value for p in model.metadata_props}
 
@@ -82,8 +83,6 @@ def export_onnx(
 
     The file has the three outputs of the contract (``probability``, ``embedding``, ``heatmap``).
     """
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     wrapper = ExportWrapper(net).eval()
@@ -114,10 +113,8 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | os.PathLike[str], threads: int = 2):
+def onnx_session(path: str | os.PathLike[str], threads: int = 2) -> ort.InferenceSession:
     """An onnxruntime CPU session on ``path`` limited to ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -125,7 +122,7 @@ def onnx_session(path: str | os.PathLike[str], threads: int = 2):
 
 
 def onnx_predict(
-    session, inputs: np.ndarray, batch_size: int = 64
+    session: ort.InferenceSession, inputs: np.ndarray, batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run ``session`` on float32 ``[N, 3, H, W]``: (probability ``[N]``, embedding ``[N, D]``)."""
     probs, embeds = [], []
@@ -178,9 +175,6 @@ def quantize_int8(
 
     The metadata of ``fp32_path`` is carried over; the caller re-sets the threshold.
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     int8_path = Path(int8_path)
     prepared = int8_path.with_suffix(".prep.onnx")
     quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
@@ -204,10 +198,8 @@ def quantize_int8(
     return int8_path
 
 
-def _constant_value(graph, name: str) -> np.ndarray:
+def _constant_value(graph: onnx.GraphProto, name: str) -> np.ndarray:
     """Value of a constant tensor: an initializer, or a DequantizeLinear of initializers."""
-    from onnx import numpy_helper
-
     inits = {i.name: i for i in graph.initializer}
     if name in inits:
         return numpy_helper.to_array(inits[name]).astype(np.float32)
@@ -231,27 +223,9 @@ def _constant_value(graph, name: str) -> np.ndarray:
     raise ValueError(f"head tensor {name!r} is not a constant")
 
 
-def float_head_with_heatmap(model):
-    """Rebuild the classifier head of ``model`` (onnx.ModelProto) in float and add ``heatmap``.
-
-    Works on the fp32 export and on the int8 QDQ file alike (idempotent): every node after the
-    last feature map ``A`` (the input of the single GlobalAveragePool) is removed, including the
-    Quantize/DequantizeLinear pairs that made the int8 probability take only a few dozen values,
-    and rebuilt in float32 from the head's weights ``w`` [1280] and bias ``b``:
-
-    - ``embedding`` = flatten(GlobalAveragePool(A)), float32 ``[N, 1280]``;
-    - ``probability`` = sigmoid(Gemm(embedding, w) + b), float32 ``[N]``;
-    - ``heatmap`` = 1x1 Conv of ``A`` with ``w`` and no bias, float32 ``[N, Hf, Wf]``, so that
-      ``logit = b + mean(heatmap)`` (global average pooling is linear); ``b`` is written to the
-      metadata ``cxrlake.head_bias``.
-
-    The backbone (and so its int8 speed) is untouched. Returns a new ModelProto.
-    """
-    import onnx
-    from onnx import helper, numpy_helper
-
-    model = onnx.ModelProto.FromString(model.SerializeToString())
-    graph = model.graph
+def _head_weights(graph: onnx.GraphProto) -> tuple[str, np.ndarray, float]:
+    """(the feature map ``A``: the input of the single GlobalAveragePool, the head's weight
+    ``w`` [1280], its bias ``b``) of the single Gemm head."""
     pools = [n for n in graph.node if n.op_type == "GlobalAveragePool"]
     gemms = [n for n in graph.node if n.op_type == "Gemm"]
     if len(pools) != 1 or len(gemms) != 1:
@@ -266,8 +240,12 @@ def float_head_with_heatmap(model):
     bias = (
         float(_constant_value(graph, gemm.input[2]).reshape(-1)[0]) if len(gemm.input) > 2 else 0.0
     )
+    return features, weight, bias
 
-    # Every node downstream of the feature map is head: drop it.
+
+def _drop_head(graph: onnx.GraphProto, features: str) -> set[str]:
+    """Remove every node downstream of ``features`` (the head), whatever only fed it and the
+    initializers no node uses any more; returns the head's tensor names."""
     head_tensors, head_nodes = {features}, []
     for node in graph.node:
         if any(t in head_tensors for t in node.input):
@@ -287,7 +265,11 @@ def float_head_with_heatmap(model):
     kept_inits = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
+    return head_tensors
 
+
+def _add_float_head(graph: onnx.GraphProto, features: str, weight: np.ndarray, bias: float) -> None:
+    """The float32 head on ``features``: ``embedding``, ``probability`` and ``heatmap``."""
     dim = weight.size
     prefix = _HEAD
     graph.initializer.extend(
@@ -329,13 +311,36 @@ def float_head_with_heatmap(model):
             ),
         ]
     )
+
+
+def float_head_with_heatmap(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rebuild the classifier head of ``model`` in float and add ``heatmap``.
+
+    Works on the fp32 export and on the int8 QDQ file alike (idempotent): every node after the
+    last feature map ``A`` (the input of the single GlobalAveragePool) is removed, including the
+    Quantize/DequantizeLinear pairs that made the int8 probability take only a few dozen values,
+    and rebuilt in float32 from the head's weights ``w`` [1280] and bias ``b``:
+
+    - ``embedding`` = flatten(GlobalAveragePool(A)), float32 ``[N, 1280]``;
+    - ``probability`` = sigmoid(Gemm(embedding, w) + b), float32 ``[N]``;
+    - ``heatmap`` = 1x1 Conv of ``A`` with ``w`` and no bias, float32 ``[N, Hf, Wf]``, so that
+      ``logit = b + mean(heatmap)`` (global average pooling is linear); ``b`` is written to the
+      metadata ``cxrlake.head_bias``.
+
+    The backbone (and so its int8 speed) is untouched. Returns a new ModelProto.
+    """
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    graph = model.graph
+    features, weight, bias = _head_weights(graph)
+    head_tensors = _drop_head(graph, features)
+    _add_float_head(graph, features, weight, bias)
     grid = _feature_grid(model, features)
     float_t = onnx.TensorProto.FLOAT
     del graph.output[:]
     graph.output.extend(
         [
             helper.make_tensor_value_info("probability", float_t, ["N"]),
-            helper.make_tensor_value_info("embedding", float_t, ["N", dim]),
+            helper.make_tensor_value_info("embedding", float_t, ["N", weight.size]),
             helper.make_tensor_value_info(HEATMAP_OUTPUT, float_t, ["N", *grid]),
         ]
     )
@@ -351,10 +356,8 @@ def float_head_with_heatmap(model):
     return model
 
 
-def _feature_grid(model, features: str) -> list:
+def _feature_grid(model: onnx.ModelProto, features: str) -> list[int | str]:
     """(Hf, Wf) of the feature map ``features`` from shape inference (symbolic when unknown)."""
-    import onnx
-
     inferred = onnx.shape_inference.infer_shapes(model)
     for value in [*inferred.graph.value_info, *inferred.graph.output]:
         if value.name == features:
@@ -366,8 +369,6 @@ def _feature_grid(model, features: str) -> list:
 
 def add_heatmap_output(path: str | os.PathLike[str]) -> Path:
     """Apply :func:`float_head_with_heatmap` to the ONNX file at ``path`` in place (atomic)."""
-    import onnx
-
     path = Path(path)
     model = float_head_with_heatmap(onnx.load(str(path)))
     tmp = path.with_suffix(".heatmap.tmp")
@@ -383,9 +384,6 @@ def apply_temperature(path: str | os.PathLike[str], temperature: float) -> Path:
     ``temperature`` (so ``logit = head_bias + mean(heatmap)`` still holds, on the calibrated
     logit); ``cxrlake.temperature`` records the product of every temperature applied.
     """
-    import onnx
-    from onnx import numpy_helper
-
     path = Path(path)
     model = onnx.load(str(path))
     names = {f"{_HEAD}weight", f"{_HEAD}bias", f"{_HEAD}cam_weight"}
