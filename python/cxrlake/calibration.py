@@ -56,7 +56,7 @@ from cxrlake.lakehouse.catalog import LocalCatalog
 from cxrlake.lakehouse.storage import LakehouseLock
 from cxrlake.medallion import schemas
 from cxrlake.model import Model
-from cxrlake.training.provenance import seen_in_development
+from cxrlake.provenance import seen_in_development
 
 # ---------------------------------------------------------------------------------------------
 # The site's films in the lakehouse

@@ -679,9 +679,9 @@ def test_analysis_ahead_decodes_each_image_once_and_changes_no_row(source, tmp_p
 
 
 def test_a_result_analysed_ahead_gives_only_the_selected_rows_each_once():
-    """`_only` keeps the rows of the selected (image_id, content_sha256) keys, each once, in every
-    part (silver, features, predictions, quarantine)."""
-    from cxrlake.lakehouse.pipeline import _only
+    """`only_keys` keeps the rows of the selected (image_id, content_sha256) keys, each once, in
+    every part (silver, features, predictions, quarantine)."""
+    from cxrlake.lakehouse.analysis_feed import only_keys
     from cxrlake.medallion import transforms
 
     paths = [str(TRAIN / "NORMAL" / n) for n in _images(TRAIN / "NORMAL", 0, 3)]
@@ -702,9 +702,9 @@ def test_a_result_analysed_ahead_gives_only_the_selected_rows_each_once():
     keys = pa.array(
         [f"{r['image_id']}/{r['content_sha256']}" for r in bronze.to_pylist()], pa.string()
     )
-    chosen = _only(out, keys.take([1, 3]))
+    chosen = only_keys(out, keys.take([1, 3]))
     assert chosen.metadata.num_rows == 1 and chosen.features.num_rows == 1
     assert chosen.predictions.num_rows == 1 and chosen.quarantine.num_rows == 1
     assert chosen.metadata.column("image_id")[0] == bronze.column("image_id")[1]
-    everything = _only(out, keys)
+    everything = only_keys(out, keys)
     assert everything.metadata.num_rows == 3 and everything.quarantine.num_rows == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import re
@@ -22,7 +23,14 @@ from cxrlake.exceptions import SandboxError
 from cxrlake.lakehouse.maintain import maintain
 from cxrlake.lakehouse.pipeline import run_pipeline
 from cxrlake.lakehouse.report import build_report, write_report
-from cxrlake.lakehouse.report.charts import bar_chart, count_ticks, histogram
+from cxrlake.lakehouse.report.charts import (
+    bar_chart,
+    count_ticks,
+    histogram,
+    time_series,
+    unit_plot,
+)
+from cxrlake.lakehouse.report.png import png_gray, thumbnail
 from cxrlake.lakehouse.sql import connect, format_result, query, split_statements
 from cxrlake.medallion import schemas
 
@@ -604,6 +612,35 @@ def test_chart_ticks_are_even_and_distinct():
         "100",
         "150",
     ]
+
+
+def test_charts_are_the_same_text_for_the_same_data():
+    def draw() -> list[str]:
+        return [
+            bar_chart(["test", "train"], {"NORMAL": [3, 9], "PNEUMONIA": [5, 0]}, "bars"),
+            histogram([0.1, 0.5, 0.52, 0.99], "quality"),
+            unit_plot(
+                "ROC", "fpr", "tpr", [([(0.0, 0.0), (0.5, 0.9), (1.0, 1.0)], "#e34a33", "o")]
+            ),
+            time_series("PSI", "PSI", ["2026-01-01", "2026-01-02"], {"site": [0.1, None]}),
+        ]
+
+    first = draw()
+    assert first == draw()
+    assert all(svg.startswith("<svg ") and svg.endswith("</svg>") for svg in first)
+    assert first[2].count("<circle") == 3 and "<polyline" in first[2]
+    assert first[3].count("<circle") == 1  # a missing value is a gap
+
+
+def test_thumbnails_are_downscaled_grayscale_pngs():
+    from PIL import Image
+
+    pixels = bytes(range(256)) * 200  # 256 x 200, a horizontal ramp
+    small = thumbnail(pixels, 256, 200, max_side=64)
+    assert small.shape == (50, 64) and small.dtype.name == "uint8"
+    decoded = Image.open(io.BytesIO(png_gray(small)))
+    assert decoded.mode == "L" and decoded.size == (64, 50)
+    assert decoded.tobytes() == small.tobytes()
 
 
 def test_format_result_formats(lakehouse):

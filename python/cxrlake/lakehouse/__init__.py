@@ -12,7 +12,7 @@ from typing import Any
 
 _EXPORTS = {
     "run_pipeline": "cxrlake.lakehouse.pipeline",
-    "RunSummary": "cxrlake.lakehouse.pipeline",
+    "RunSummary": "cxrlake.lakehouse.run_summary",
     "connect": "cxrlake.lakehouse.sql",
     "query": "cxrlake.lakehouse.sql",
     "write_report": "cxrlake.lakehouse.report",

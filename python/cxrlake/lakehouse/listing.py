@@ -24,8 +24,11 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
-from cxrlake.medallion import identity
+from cxrlake.medallion import identity, rules, schemas
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Files larger than this (bytes) are quarantined at listing, never read into memory."""
@@ -218,3 +221,63 @@ def read_regular_file(
         return data
     finally:
         os.close(fd)
+
+
+def timestamps_us(values: list[int | None]) -> pa.Array:
+    """Microseconds since the epoch (UTC) as the tables' timestamp type; None stays NULL."""
+    return pa.array(values, pa.int64()).cast(schemas.TS)
+
+
+def listing_table(
+    chosen: list[SourceFile], rejected: dict[str, str], roots: tuple[str, ...]
+) -> pa.Table:
+    """The ``listing`` view of the rules (`rules.LISTING_SCHEMA`): the ``chosen`` files, then the
+    ``rejected`` entries (path -> reason) sorted by path; image ids by the identity rules
+    (``roots``: the sources of identity rule 2)."""
+    held = sorted(rejected)
+    paths = pa.array([f.path for f in chosen] + held, pa.string())
+    ids = identity.identify_paths(paths, roots).column("image_id")
+    return pa.table(
+        {
+            "file_path": paths,
+            "image_id": ids,
+            "file_size_bytes": pa.array([f.size for f in chosen] + [None] * len(held), pa.int64()),
+            "source_modified_at": timestamps_us([f.mtime_us for f in chosen] + [None] * len(held)),
+            "reject_reason": pa.array(
+                [None] * len(chosen) + [rejected[p] for p in held], pa.string()
+            ),
+        },
+        schema=rules.LISTING_SCHEMA,
+    )
+
+
+def accepted_count(listing: pa.Table) -> int:
+    """Listing rows bronze may take: not rejected, and their image id claimed by no other."""
+    counts = pc.value_counts(listing.column("image_id"))
+    single = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
+    ok = listing.filter(pc.is_null(listing.column("reject_reason")))
+    return int(pc.sum(pc.is_in(ok.column("image_id"), single).cast(pa.int64())).as_py() or 0)
+
+
+def read_binary_files(files: list[SourceFile]) -> tuple[pa.Table | None, dict[str, str]]:
+    """Read ``files`` (`read_source_file`) into a table shaped as Spark's ``binaryFile`` source
+    (``path``, ``modificationTime``, ``length``, ``content``; None when none could be read), and
+    the files that could not be read: path -> the OS's reason."""
+    unreadable: dict[str, str] = {}
+    read: list[tuple[SourceFile, bytes]] = []
+    for f in files:
+        try:
+            read.append((f, read_source_file(f)))
+        except OSError as e:
+            unreadable[f.path] = e.strerror or str(e)
+    if not read:
+        return None, unreadable
+    table = pa.table(
+        {
+            "path": pa.array([f.path for f, _ in read], pa.string()),
+            "modificationTime": timestamps_us([f.mtime_us for f, _ in read]),
+            "length": pa.array([len(content) for _, content in read], pa.int64()),
+            "content": pa.array([content for _, content in read], pa.binary()),
+        }
+    )
+    return table, unreadable

@@ -28,25 +28,28 @@ run on the same catalog.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import secrets
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 from tqdm import tqdm
 
+from cxrlake import metrics_service, provenance
 from cxrlake.files import skip_summary
 from cxrlake.lakehouse import listing
+from cxrlake.lakehouse.analysis_feed import Lookahead, bronze_contents, only_keys, row_keys
+from cxrlake.lakehouse.catalog import LocalCatalog
+from cxrlake.lakehouse.run_summary import LabelChange, RunSummary
+from cxrlake.lakehouse.site_thresholds import site_threshold
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock
-from cxrlake.medallion import identity, metrics, rules, schemas, transforms
+from cxrlake.medallion import identity, rules, schemas, transforms
 from cxrlake.medallion.schemas import BRONZE, PERFORMANCE, PREDICTIONS, QUARANTINE, SILVER
+from cxrlake.model import Model
+from cxrlake.threshold import SiteThreshold
 
 DEFAULT_BATCH_SIZE = 64
 """Images per Arrow batch handed to the Rust core."""
@@ -70,162 +73,15 @@ silver+gold need not read those bytes back from the bronze table. Silver+gold ta
 results the rows the rule's to-do set (`rules.ANALYZE_TODO`) selects, each once, and drops the
 others (e.g. images held at listing); rows of the to-do set no result covers (beyond this bound,
 or left by an earlier run) are read back from bronze and analysed there. The rules decide which
-rows exist; this only changes when the work is done, and each image is still decoded once."""
+rows exist; this only changes when the work is done, and each image is still decoded once
+(`cxrlake.lakehouse.analysis_feed`)."""
 
-STAGES = ("listing", "bronze", "silver+gold", "performance")
 _STAGE_OF = {
     "features": "silver",
     "silver": "silver",
     "predictions": "gold",
     "quarantine": "silver",
 }
-
-
-@dataclass
-class RunSummary:
-    """What one pipeline run did and what the lakehouse holds afterwards."""
-
-    run_id: str
-    lakehouse: str
-    env: str
-    model_name: str = ""
-    model_version: str = ""
-    files_found: int = 0
-    """Image files (and entries held at listing) found under the sources."""
-    files_listed: int = 0
-    """Of those, the ones this run considered (all of them unless sampled)."""
-    sample_per_label: int | None = None
-    files_skipped_unchanged: int = 0
-    files_not_images: int = 0
-    """Files skipped because their names are not image names (`cxrlake.files.is_image_name`)."""
-    not_images_note: str = ""
-    """`cxrlake.files.skip_summary` of those files ('' when none)."""
-    new_rows: dict[str, int] = field(default_factory=dict)
-    """Rows inserted per table by this run."""
-    updated_rows: dict[str, int] = field(default_factory=dict)
-    """Rows updated per table by this run."""
-    deleted_rows: dict[str, int] = field(default_factory=dict)
-    """Rows deleted per table by this run."""
-    total_rows: dict[str, int] = field(default_factory=dict)
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    """Wall-clock seconds per stage."""
-    quarantined: list[dict[str, str]] = field(default_factory=list)
-    """Rows quarantined by this run: file_path, stage, reason."""
-    collisions: int = 0
-    """Image ids held this run because two files claim them."""
-    quarantine_reasons: dict[str, int] = field(default_factory=dict)
-    """Whole quarantine table: count per reason."""
-    metrics: list[dict[str, Any]] = field(default_factory=list)
-    """Latest gold.model_performance row per split for the run's model."""
-    threshold: float | None = None
-    threshold_source: str = "model"
-    """The threshold that decided this run's labels: ``model`` or ``site:<id>:v<n>``."""
-    redecided: int = 0
-    """Earlier predictions of the run's model re-decided at the run's threshold."""
-    label_changes: list[dict[str, Any]] = field(default_factory=list)
-    """Of those, the films whose label changed: filename, image_id, from, to."""
-    threshold_note: str = ""
-    """Why the run's threshold is what it is, when ``--site`` named a site (e.g. none stored)."""
-    development_films: dict[str, list[int]] = field(default_factory=dict)
-    """Per labelled split: [films from the model's development set, films] (see
-    `cxrlake.training.provenance`); figures on such films are no evaluation."""
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (``cxrlake pipeline run --json``)."""
-        return {
-            k: getattr(self, k)
-            for k in self.__dataclass_fields__  # noqa: SIM118 - dataclass field order
-        }
-
-    def format(self) -> str:
-        """Human-readable multi-line summary; file names and reasons have control characters
-        escaped, so no input can forge a line."""
-        p = identity.printable
-        lines = [
-            f"cxrlake pipeline run {self.run_id}",
-            f"  lakehouse: {p(schemas.catalog_path(self.lakehouse, self.env))}",
-            f"  model:     {p(self.model_name)} {p(self.model_version)}, threshold "
-            f"{self.threshold if self.threshold is not None else float('nan'):.4f} "
-            f"({p(self.threshold_source)})",
-            *self._threshold_lines(),
-            f"  files:     {self._files_line()}",
-            "  stages:    "
-            + ", ".join(f"{s} {self.stage_seconds[s]:.2f} s" for s in self.stage_seconds),
-            "  tables (rows inserted / updated / deleted this run, total rows):",
-        ]
-        if self.not_images_note:
-            lines.insert(4, f"             {p(self.not_images_note)}")
-        for spec in schemas.TABLES:
-            name = spec.qualified_name
-            lines.append(
-                f"    {name:<28} {self.new_rows.get(name, 0):>7} / "
-                f"{self.updated_rows.get(name, 0):>5} / {self.deleted_rows.get(name, 0):>5}"
-                f"   {self.total_rows.get(name, 0):>7}"
-            )
-        lines.append(f"  quarantined this run: {len(self.quarantined)}")
-        if self.collisions:
-            lines.append(
-                f"  identity collisions: {self.collisions} image ids claimed by several files "
-                "(quarantined, reason names the files)"
-            )
-        for q in self.quarantined[:20]:
-            lines.append(f"    [{q['stage']}] {p(q['file_path'])}: {p(q['reason'])}")
-        if len(self.quarantined) > 20:
-            lines.append(f"    ... and {len(self.quarantined) - 20} more")
-        if self.quarantine_reasons:
-            lines.append("  quarantine table by reason:")
-            for reason, n in sorted(self.quarantine_reasons.items(), key=lambda kv: -kv[1]):
-                lines.append(f"    {n:>5}  {p(reason)}")
-        if self.metrics:
-            lines.append("  model performance (latest evaluation per labelled split):")
-            lines.append(
-                f"    {'split':<22} {'n':>6} {'acc':>6} {'prec':>6} {'recall':>6} "
-                f"{'f1':>6} {'auc':>6}"
-            )
-            from cxrlake.training.provenance import evaluation_caveat
-
-            share = {k: tuple(v) for k, v in self.development_films.items()}
-            for m in self.metrics:
-                auc = "-" if m["auc_roc"] is None else f"{m['auc_roc']:.3f}"
-                lines.append(
-                    f"    {p(m['dataset_split']):<22} {m['total_samples']:>6} "
-                    f"{m['accuracy']:>6.3f} {m['precision']:>6.3f} {m['recall']:>6.3f} "
-                    f"{m['f1_score']:>6.3f} {auc:>6}"
-                )
-                caveat = evaluation_caveat(share, m["dataset_split"])
-                if caveat:
-                    lines.append(f"      ^ {caveat}")
-            if any(n_dev for n_dev, _ in share.values()):
-                lines.append(
-                    "    (figures on the model's own development films measure fit, not accuracy "
-                    "on new films: the model card holds the validation and shift analysis)"
-                )
-        return "\n".join(lines)
-
-    def _threshold_lines(self) -> list[str]:
-        """What the run's threshold did to earlier predictions (and why, for ``--site``)."""
-        p = identity.printable
-        lines = [f"             {p(self.threshold_note)}"] if self.threshold_note else []
-        if self.redecided:
-            changes = ", ".join(
-                f"{p(c['filename'] or c['image_id'])} {c['from']} -> {c['to']}"
-                for c in self.label_changes[:10]
-            )
-            more = (
-                f" and {len(self.label_changes) - 10} more" if len(self.label_changes) > 10 else ""
-            )
-            lines.append(
-                f"             re-decided {self.redecided} earlier prediction(s) of this model at "
-                f"this threshold: {len(self.label_changes)} label(s) changed"
-                + (f": {changes}{more}" if changes else "")
-            )
-        return lines
-
-    def _files_line(self) -> str:
-        found = f"{self.files_found} image file{'s' if self.files_found != 1 else ''}"
-        if self.sample_per_label is not None:
-            found += f", {self.files_listed} sampled ({self.sample_per_label} per label)"
-        return f"{found}, {self.files_skipped_unchanged} unchanged since last run"
 
 
 def new_run_id() -> str:
@@ -240,32 +96,6 @@ def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
     )
 
 
-def _key(table: pa.Table | pa.RecordBatch, first: str = "image_id") -> pa.Array:
-    """``<image_id>/<content_sha256>`` per row: one column to match (image, bytes) pairs."""
-    return pc.binary_join_element_wise(
-        table.column(first).cast(pa.string()), table.column("content_sha256"), "/"
-    )
-
-
-def _only(out: transforms.AnalyzedBatches, keys: pa.Array) -> transforms.AnalyzedBatches:
-    """``out`` restricted to the rows of the (image_id, content_sha256) ``keys``, each once."""
-    parts = []
-    for part in out:
-        found = _key(part)
-        if len(found) != len(keys) or not pc.all(pc.is_in(found, value_set=keys)).as_py():
-            part = part.filter(pc.is_in(found, value_set=keys))
-            found = _key(part)
-        first = pc.unique(found)
-        if len(first) < part.num_rows:
-            part = part.take(pc.index_in(first, found))
-        parts.append(part)
-    return transforms.AnalyzedBatches(*parts)
-
-
-def _us_to_ts(values: list[int]) -> pa.Array:
-    return pa.array(values, pa.int64()).cast(schemas.TS)
-
-
 class Pipeline:
     """One run over one lakehouse; use `run_pipeline` unless you need the stages one by one."""
 
@@ -273,7 +103,7 @@ class Pipeline:
         self,
         lakehouse: str | os.PathLike,
         env: str = "dev",
-        model: Any = None,
+        model: Model | str | os.PathLike | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         progress: bool | None = None,
@@ -286,13 +116,12 @@ class Pipeline:
             raise ValueError(f"commit_rows must be >= 1, got {commit_rows}")
         self.commit_rows = commit_rows
         self.lh = Lakehouse(lakehouse, env)
+        self.catalog = LocalCatalog(self.lh)  # the services' view of the same tables
         self.model = transforms.load_model(model)
         # The site's calibrated threshold for this model version, if one is stored.
-        self.threshold = None
+        self.threshold: SiteThreshold | None = None
         self.site = site
         if site:
-            from cxrlake.lakehouse.site_thresholds import site_threshold
-
             self.threshold = site_threshold(lakehouse, site, self.model, env)
         self.batch_size = batch_size
         self.threads = threads
@@ -307,18 +136,11 @@ class Pipeline:
         )
         self.sources: dict[str, listing.SourceFile] = {}
         self.identity_roots: tuple[str, ...] = ()  # sources of identity rule 2 (identity.py)
-        # new bronze rows of this run analysed ahead (see `AHEAD_BYTES`): (keys, analysis)
-        self._ahead: list[tuple[pa.Array, Future]] = []
-        self._ahead_bytes = 0
-        self._worker: ThreadPoolExecutor | None = None
+        # new bronze rows of this run analysed ahead (see `AHEAD_BYTES`)
+        self.ahead = Lookahead(self.model, threads, self.threshold, AHEAD_BYTES, AHEAD_ROWS)
         self.listing = rules.LISTING_SCHEMA.empty_table()
         self._sql = duckdb.connect()
-        self._sql.register(
-            "model",
-            rules.model_row(
-                self.model.name, self.model.version, transforms.feature_tag(self.model)
-            ),
-        )
+        self._sql.register("model", metrics_service.model_view(self.model))
 
     # ---------------------------------------------------------------- rules
     def _state(self, *views: str, columns: dict[str, tuple[str, ...]] | None = None) -> None:
@@ -389,25 +211,8 @@ class Pipeline:
         self._set_listing(rejected)
 
     def _set_listing(self, rejected: dict[str, str]) -> None:
-        chosen = list(self.sources.values())
-        paths = [f.path for f in chosen] + sorted(rejected)
-        ids = identity.identify_paths(pa.array(paths, pa.string()), self.identity_roots)
-        ids = ids.column("image_id")
-        self.listing = pa.table(
-            {
-                "file_path": pa.array(paths, pa.string()),
-                "image_id": ids,
-                "file_size_bytes": pa.array(
-                    [f.size for f in chosen] + [None] * len(rejected), pa.int64()
-                ),
-                "source_modified_at": _us_to_ts(
-                    [f.mtime_us for f in chosen] + [None] * len(rejected)
-                ),
-                "reject_reason": pa.array(
-                    [None] * len(chosen) + [rejected[p] for p in sorted(rejected)], pa.string()
-                ),
-            },
-            schema=rules.LISTING_SCHEMA,
+        self.listing = listing.listing_table(
+            list(self.sources.values()), rejected, self.identity_roots
         )
         self._sql.register("listing", self.listing)
 
@@ -417,7 +222,9 @@ class Pipeline:
         self._state("bronze")
         to_read = self._rule(rules.BRONZE_TO_READ)
         # files held at listing (identity collisions) are neither read nor unchanged
-        self.summary.files_skipped_unchanged = _accepted_files(self.listing) - to_read.num_rows
+        self.summary.files_skipped_unchanged = (
+            listing.accepted_count(self.listing) - to_read.num_rows
+        )
         unreadable: dict[str, str] = {}
         stat_updates: list[pa.Table] = []
         pending: list[pa.Table] = []
@@ -425,36 +232,19 @@ class Pipeline:
         with _progress(len(paths), "bronze", self.progress) as bar:
             for start in range(0, len(paths), self.batch_size):
                 group = [self.sources[p] for p in paths[start : start + self.batch_size]]
-                read: dict[str, list[Any]] = {"path": [], "mtime": [], "length": [], "content": []}
-                for f in group:
-                    try:
-                        content = listing.read_source_file(f)
-                    except OSError as e:
-                        unreadable[f.path] = e.strerror or str(e)
-                        continue
-                    read["path"].append(f.path)
-                    read["mtime"].append(f.mtime_us)
-                    read["length"].append(len(content))
-                    read["content"].append(content)
+                binary_files, failed = listing.read_binary_files(group)
+                unreadable |= failed
                 bar.update(len(group))
-                if not read["path"]:
+                if binary_files is None:
                     continue
-                binary_files = pa.table(
-                    {
-                        "path": pa.array(read["path"], pa.string()),
-                        "modificationTime": _us_to_ts(read["mtime"]),
-                        "length": pa.array(read["length"], pa.int64()),
-                        "content": pa.array(read["content"], pa.binary()),
-                    }
-                )
                 incoming = transforms.bronze_batch(
                     binary_files, self.run_id, roots=self.identity_roots
                 )
                 # the rules see the keys; the bytes stay in Arrow (no copy through DuckDB)
                 self._sql.register("incoming", incoming.drop_columns(["content"]))
-                new = _key(self._rule(rules.BRONZE_INSERTS))
-                pending.append(pa.table(incoming).filter(pc.is_in(_key(incoming), new)))
-                self._analyse_ahead(pending[-1])
+                new = row_keys(self._rule(rules.BRONZE_INSERTS))
+                pending.append(pa.table(incoming).filter(pc.is_in(row_keys(incoming), new)))
+                self.ahead.start(pending[-1])
                 if sum(t.num_rows for t in pending) >= self.commit_rows or (
                     sum(t.column("content").nbytes for t in pending) >= COMMIT_BYTES
                 ):
@@ -463,84 +253,42 @@ class Pipeline:
                 stat_updates.append(self._rule(rules.BRONZE_STAT_UPDATES))
         self._insert_bronze(pending)
         if stat_updates:
-            updates = pa.concat_tables(stat_updates)
-            n = updates.num_rows
-            updates = updates.append_column(
-                "ingested_at", pa.array([identity.utc_now()] * n, schemas.TS)
-            ).append_column("ingestion_batch_id", pa.array([self.run_id] * n, pa.string()))
-            columns = [c for c in updates.column_names if c not in BRONZE.keys]
-            self._count(
-                self.summary.updated_rows,
-                BRONZE,
-                self.lh.update_columns(BRONZE, updates, columns, run_id=self.run_id),
-            )
+            self._update_stats(pa.concat_tables(stat_updates))
         if unreadable:
-            rejected = dict(
-                zip(
-                    self.listing.filter(pc.is_valid(self.listing.column("reject_reason")))
-                    .column("file_path")
-                    .to_pylist(),
-                    self.listing.filter(pc.is_valid(self.listing.column("reject_reason")))
-                    .column("reject_reason")
-                    .to_pylist(),
-                    strict=True,
-                )
-            )
-            for p in unreadable:
-                self.sources.pop(p)
-            self._set_listing(rejected | unreadable)
+            self._hold_unreadable(unreadable)
         self._hold_at_listing()
+
+    def _update_stats(self, updates: pa.Table) -> None:
+        """Record the new (path, size, mtime) of known bytes (`rules.BRONZE_STAT_UPDATES`)."""
+        n = updates.num_rows
+        updates = updates.append_column(
+            "ingested_at", pa.array([identity.utc_now()] * n, schemas.TS)
+        ).append_column("ingestion_batch_id", pa.array([self.run_id] * n, pa.string()))
+        columns = [c for c in updates.column_names if c not in BRONZE.keys]
+        self._count(
+            self.summary.updated_rows,
+            BRONZE,
+            self.lh.update_columns(BRONZE, updates, columns, run_id=self.run_id),
+        )
+
+    def _hold_unreadable(self, unreadable: dict[str, str]) -> None:
+        """Move files that could not be read from the sources to the rejected entries."""
+        held = self.listing.filter(pc.is_valid(self.listing.column("reject_reason")))
+        rejected = dict(
+            zip(
+                held.column("file_path").to_pylist(),
+                held.column("reject_reason").to_pylist(),
+                strict=True,
+            )
+        )
+        for p in unreadable:
+            self.sources.pop(p)
+        self._set_listing(rejected | unreadable)
 
     def _insert_bronze(self, pending: list[pa.Table]) -> None:
         """Append new bronze rows in one commit."""
         if pending:
             self._insert(BRONZE, pa.concat_tables(pending))
-
-    def _analyse_ahead(self, rows: pa.Table) -> None:
-        """Start analysing new bronze rows on the worker thread, within `AHEAD_BYTES` and
-        `AHEAD_ROWS`."""
-        if not rows.num_rows:
-            return
-        fresh = rows.select(list(transforms.BRONZE_ANALYZE_COLUMNS))
-        size = fresh.column("content").nbytes
-        rows_ahead = sum(len(keys) for keys, _ in self._ahead) + fresh.num_rows
-        if self._ahead_bytes + size > AHEAD_BYTES or rows_ahead > AHEAD_ROWS:
-            return
-        self._ahead_bytes += size
-        if self._worker is None:
-            self._worker = ThreadPoolExecutor(1, thread_name_prefix="cxrlake-analyze")
-        analysis = self._worker.submit(
-            transforms.analyze_batch,
-            fresh,
-            model=self.model,
-            threads=self.threads,
-            threshold=self.threshold,
-        )
-        self._ahead.append((_key(fresh).combine_chunks(), analysis))
-
-    def _stop_ahead(self) -> None:
-        """Stop analysing ahead and forget the results (end of silver+gold, or a failure)."""
-        if self._worker is not None:
-            self._worker.shutdown(wait=True, cancel_futures=True)
-            self._worker = None
-        self._ahead, self._ahead_bytes = [], 0
-
-    def _analysed_ahead(self, todo: pa.Table) -> tuple[list[tuple[Future, pa.Array]], pa.Table]:
-        """The analyses done ahead with the keys of ``todo`` each should give (every key once),
-        and the rows of ``todo`` none of them covers."""
-        wanted = _key(todo)
-        plans: list[tuple[Future, pa.Array]] = []
-        covered = pa.array([], pa.string())
-        for keys, analysis in self._ahead:
-            mine = pc.unique(keys.filter(pc.is_in(keys, value_set=wanted)))
-            mine = mine.filter(pc.invert(pc.is_in(mine, value_set=covered)))
-            if not len(mine):
-                analysis.cancel()  # nothing of it is to do (e.g. images held at listing)
-                continue
-            plans.append((analysis, mine))
-            covered = pa.concat_arrays([covered, mine])
-        self._ahead = []  # the plans hold what is used; results are released as applied
-        return plans, todo.filter(pc.invert(pc.is_in(wanted, value_set=covered)))
 
     def _hold_at_listing(self) -> None:
         """Quarantine rejected entries and collisions; release entries that are fine again;
@@ -571,40 +319,6 @@ class Pipeline:
             self._delete(rules.VIEWS[view], self._rule(rules.listing_evictions(view)).column(0))
 
     # ---------------------------------------------------------------- silver + gold
-    def _bronze_contents(self, todo: pa.Table) -> Iterator[pa.RecordBatch]:
-        """Stream the bronze rows (with content) of ``todo``'s (image_id, content_sha256) pairs,
-        read from the table, one row per pair, in batches of at most ``batch_size`` rows."""
-        if not todo.num_rows:
-            return
-        wanted = _key(todo)
-        shas = pc.unique(todo.column("content_sha256"))
-        emitted: set[str] = set()
-        pending: list[pa.RecordBatch] = []
-        pending_rows = 0
-        columns = list(transforms.BRONZE_ANALYZE_COLUMNS)
-        for batch in self.lh.scan_batches(
-            BRONZE, columns, {"content_sha256": shas}, self.batch_size
-        ):
-            keys = _key(batch)
-            mask = pc.is_in(keys, value_set=wanted)
-            if emitted:
-                mask = pc.and_(mask, pc.invert(pc.is_in(keys, value_set=pa.array(list(emitted)))))
-            batch = batch.filter(mask)
-            if not batch.num_rows:
-                continue
-            keys = _key(batch)
-            first = pc.unique(keys)
-            if len(first) < batch.num_rows:  # one row per pair even if bronze holds a duplicate
-                batch = batch.take(pc.index_in(first, keys))
-            emitted.update(first.to_pylist())
-            pending.append(batch)
-            pending_rows += batch.num_rows
-            if pending_rows >= self.batch_size:
-                yield from pa.Table.from_batches(pending).to_batches(max_chunksize=self.batch_size)
-                pending, pending_rows = [], 0
-        if pending:
-            yield from pa.Table.from_batches(pending).to_batches(max_chunksize=self.batch_size)
-
     def silver_gold(self) -> None:
         """Decode and score, once, every image not in its end state (see module docstring)."""
         self._state("bronze", "silver", "features", "quarantine", "predictions")
@@ -633,13 +347,13 @@ class Pipeline:
                     self._delete(rules.VIEWS[view], pa.concat_tables(arrays).column(0))
                     arrays.clear()
 
-        ahead, todo_here = self._analysed_ahead(todo)
+        ahead, todo_here = self.ahead.take(todo)
 
         def analyses() -> Iterator[transforms.AnalyzedBatches]:
             while ahead:
                 analysis, keys = ahead.pop(0)
-                yield _only(analysis.result(), keys)
-            for batch in self._bronze_contents(todo_here):
+                yield only_keys(analysis.result(), keys)
+            for batch in bronze_contents(self.lh, todo_here, self.batch_size):
                 yield transforms.analyze_batch(
                     batch, model=self.model, threads=self.threads, threshold=self.threshold
                 )
@@ -658,7 +372,7 @@ class Pipeline:
                     commit()
                 bar.update(sum(len(p) for p in (out.metadata, out.quarantine)))
             commit()
-        self._stop_ahead()
+        self.ahead.stop()
         self.redecide()
 
     # ---------------------------------------------------------------- threshold
@@ -675,8 +389,7 @@ class Pipeline:
             self.summary.threshold_note = (
                 f"site {self.site}: threshold {self.threshold.source} (gold.site_thresholds)"
             )
-        value = self.threshold.threshold if self.threshold else self.model.threshold
-        source = self.threshold.source if self.threshold else "model"
+        value, source = self._decision()
         self._state("predictions", columns={"predictions": rules.REDECIDE_COLUMNS})
         self._sql.register(
             "decision",
@@ -710,69 +423,58 @@ class Pipeline:
             ),
         )
         self.summary.redecided = todo.num_rows
+        self.summary.label_changes.extend(self._label_changes(todo, label))
+
+    def _label_changes(self, todo: pa.Table, label: pa.Array) -> list[LabelChange]:
+        """The films of ``todo`` (re-decided predictions) whose label ``label`` changes."""
+        films = self.lh.read(SILVER, ["image_id", "filename"])
         names = dict(
             zip(
-                *[
-                    self.lh.read(SILVER, ["image_id", "filename"]).column(c).to_pylist()
-                    for c in ("image_id", "filename")
-                ],
+                films.column("image_id").to_pylist(),
+                films.column("filename").to_pylist(),
                 strict=True,
             )
         )
         before = todo.column("predicted_label").to_pylist()
-        for image_id, old, new in zip(
-            todo.column("image_id").to_pylist(), before, label.to_pylist(), strict=True
-        ):
-            if old != new:
-                self.summary.label_changes.append(
-                    {
-                        "image_id": image_id,
-                        "filename": names.get(image_id),
-                        "from": schemas.LABEL_NAMES[old] if old is not None else None,
-                        "to": schemas.LABEL_NAMES[new],
-                    }
-                )
+        return [
+            {
+                "image_id": image_id,
+                "filename": names.get(image_id),
+                "from": schemas.LABEL_NAMES[old] if old is not None else None,
+                "to": schemas.LABEL_NAMES[new],
+            }
+            for image_id, old, new in zip(
+                todo.column("image_id").to_pylist(), before, label.to_pylist(), strict=True
+            )
+            if old != new
+        ]
 
-    # ---------------------------------------------------------------- performance
+    # ---------------------------------------------------------------- gold metrics
+    def _decision(self) -> tuple[float, str]:
+        """The threshold deciding this run's labels and its ``threshold_source``."""
+        if self.threshold is not None:
+            return self.threshold.threshold, self.threshold.source
+        return self.model.threshold, "model"
+
     def performance(self) -> None:
-        """Append metrics per labelled split when this set of predictions is new."""
-        self._state(
-            "silver",
-            "predictions",
-            "performance",
-            columns={"predictions": rules.EVALUATION_COLUMNS},
+        """Append metrics per labelled split when this set of predictions is new
+        (`metrics_service.performance_rows`)."""
+        threshold, _ = self._decision()
+        self._insert(
+            PERFORMANCE, metrics_service.performance_rows(self.catalog, self.model, threshold)
         )
-        evaluated = self._rule(rules.EVALUATION_INPUT)
-        threshold = self.threshold.threshold if self.threshold else self.model.threshold
-        self._sql.register("evaluations", metrics.model_performance(evaluated, threshold=threshold))
-        self._insert(PERFORMANCE, self._rule(rules.PERFORMANCE_INSERTS))
 
-    # ---------------------------------------------------------------- drift
     def drift(self) -> None:
         """MERGE the current model's ``gold.drift_metrics`` rows that are new or changed
-        (`rules.DRIFT_METRICS`; an unchanged lakehouse writes nothing)."""
-        self._sql.register(
-            "predictions", self.lh.read(PREDICTIONS, list(rules.DRIFT_PREDICTION_COLUMNS))
-        )
-        self._sql.register(
-            "silver", self.lh.read(SILVER, ["image_id", "content_sha256", "quality_score"])
-        )
-        self._sql.register("drift", self.lh.read(schemas.DRIFT_METRICS))
-        reference = rules.drift_reference_rows(
-            self.model.name, self.model.version, self.model.drift_reference
-        )
-        self._sql.register("drift_reference", reference)
-        rows = self._rule(rules.DRIFT_METRICS)
+        (`metrics_service.drift_rows`; an unchanged lakehouse writes nothing)."""
+        rows = metrics_service.drift_rows(self.catalog, self.model)
         if rows.num_rows:
-            computed = pa.array([identity.utc_now()] * rows.num_rows, schemas.TS)
-            rows = rows.append_column("computed_at", computed)
-            self._upsert(
-                schemas.DRIFT_METRICS, rows.cast(schemas.GOLD_DRIFT_METRICS), stage="drift"
-            )
+            self._upsert(schemas.DRIFT_METRICS, rows, stage="drift")
 
     # ---------------------------------------------------------------- summary
     def finish(self) -> RunSummary:
-        """Fill in totals, quarantine reasons and latest metrics; return the summary."""
+        """Fill in totals, quarantine reasons, latest metrics and the development-film share of
+        each labelled split; return the summary."""
         for counts in (self.summary.new_rows, self.summary.updated_rows, self.summary.deleted_rows):
             for spec in schemas.TABLES:
                 counts.setdefault(spec.qualified_name, 0)
@@ -780,57 +482,19 @@ class Pipeline:
             self.summary.total_rows[spec.qualified_name] = self.lh.count(spec)
         reasons = self.lh.read(QUARANTINE, ["reason"]).column(0).to_pylist()
         self.summary.quarantine_reasons = dict(collections.Counter(reasons))
-        perf = self.lh.read(
-            PERFORMANCE,
-            filter={"model_name": self.model.name, "model_version": self.model.version},
+        self.summary.metrics = metrics_service.latest_performance(
+            self.catalog, self.model.name, self.model.version
         )
-        latest: dict[str, dict[str, Any]] = {}
-        for row in sorted(perf.to_pylist(), key=lambda r: (r["evaluated_at"], r["evaluation_id"])):
-            latest[row["dataset_split"]] = row
-        keep = (
-            "dataset_split",
-            "total_samples",
-            "accuracy",
-            "precision",
-            "recall",
-            "f1_score",
-            "auc_roc",
-        )
-        self.summary.metrics = [
-            {k: latest[s][k] for k in keep}
-            | {"confusion_matrix": json.loads(latest[s]["confusion_matrix"])}
-            for s in sorted(latest)
-        ]
-        from cxrlake.training.provenance import development_share
-
-        films = self.lh.read(
-            schemas.SILVER, ["dataset_split", "label_name", "filename", "content_sha256"]
-        )
-        films = films.filter(pc.is_valid(films["label_name"]))
-        share = development_share(films, self.model.path)
+        share = provenance.catalog_share(self.catalog, self.model.path)
         self.summary.development_films = {k: list(v) for k, v in sorted(share.items())}
-        if self.threshold is not None:
-            self.summary.threshold, self.summary.threshold_source = (
-                self.threshold.threshold,
-                self.threshold.source,
-            )
-        else:
-            self.summary.threshold = self.model.threshold
+        self.summary.threshold, self.summary.threshold_source = self._decision()
         return self.summary
 
-    def timed(self, stage: str, fn: Any, *args: Any) -> None:
+    def timed(self, stage: str, fn: Callable[..., None], *args: object) -> None:
         """Run one stage and record its wall-clock seconds in the summary."""
         start = time.perf_counter()
         fn(*args)
         self.summary.stage_seconds[stage] = round(time.perf_counter() - start, 3)
-
-
-def _accepted_files(listing_rows: pa.Table) -> int:
-    """Listing rows bronze may take: not rejected, and their image id claimed by no other."""
-    counts = pc.value_counts(listing_rows.column("image_id"))
-    single = counts.field("values").filter(pc.equal(counts.field("counts"), 1))
-    ok = listing_rows.filter(pc.is_null(listing_rows.column("reject_reason")))
-    return int(pc.sum(pc.is_in(ok.column("image_id"), single).cast(pa.int64())).as_py() or 0)
 
 
 def run_pipeline(
@@ -839,7 +503,7 @@ def run_pipeline(
     env: str = "dev",
     *,
     sample_per_label: int | None = None,
-    model: Any = None,
+    model: Model | str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     progress: bool | None = None,
@@ -878,4 +542,4 @@ def run_pipeline(
             pipeline.timed("drift", pipeline.drift)
             return pipeline.finish()
         finally:
-            pipeline._stop_ahead()
+            pipeline.ahead.stop()

@@ -23,13 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cxrlake.provenance import patient_id
+
 LABELS: tuple[str, str] = ("NORMAL", "PNEUMONIA")
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
-
-_PATIENT_PATTERNS = (
-    re.compile(r"^(person\d+)_"),
-    re.compile(r"^((?:NORMAL2-)?IM-\d{4})"),
-)
 
 
 @dataclass(frozen=True)
@@ -40,15 +37,6 @@ class LabelledImage:
     label: int
     patient: str
     batch: int = -1  # acquisition batch of a held-out validation film (acquisition_split)
-
-
-def patient_id(file_name: str) -> str:
-    """Patient id encoded in a Kaggle file name; the bare stem when no known prefix matches."""
-    for pattern in _PATIENT_PATTERNS:
-        match = pattern.match(file_name)
-        if match:
-            return match.group(1)
-    return Path(file_name).stem
 
 
 def list_labelled_images(root: str | os.PathLike[str]) -> list[LabelledImage]:

@@ -5,16 +5,26 @@ quality-score histogram, per-split ROC curve + confusion matrix + metrics, calib
 predictions, quarantine list, dataset summary, data attribution. Patient images are embedded
 only on request (``thumbnails=True``), and the top of the report says which it is.
 
-- `queries`: the data, as Arrow tables; `charts`: SVG charts and the PNG encoder;
-  `attribution`: where the data attribution comes from; `page`: the HTML.
+- `queries`: the data, as Arrow tables; `charts`: the SVG charts; `png`: thumbnails as PNG;
+  `attribution`: where the data attribution comes from; `overlays`: where the model looked;
+  `review`: the radiologists' agreement; `page`: the HTML.
+
+The services it shows (`cxrlake.provenance`, `cxrlake.metrics_service`) read the tables through
+the catalog port (`cxrlake.lakehouse.catalog.LocalCatalog`); the rest is SQL over
+`cxrlake.lakehouse.sql.connect`.
 """
 
 from __future__ import annotations
 
 import os
 
-from cxrlake.lakehouse.report import attribution
-from cxrlake.lakehouse.report.charts import png_gray, thumbnail
+from cxrlake.files import write_text_atomically
+from cxrlake.lakehouse.catalog import LocalCatalog
+from cxrlake.lakehouse.report import attribution, page, queries
+from cxrlake.lakehouse.report.png import png_gray, thumbnail
+from cxrlake.lakehouse.sql import connect
+from cxrlake.lakehouse.storage import Lakehouse
+from cxrlake.medallion import schemas
 
 __all__ = ["build_report", "write_report", "png_gray", "thumbnail"]
 
@@ -33,10 +43,6 @@ def build_report(
     them; ``attribution_files``: text files citing the data (default: found next to the
     sources, see `attribution`).
     """
-    from cxrlake.lakehouse.report import page, queries
-    from cxrlake.lakehouse.sql import connect
-    from cxrlake.lakehouse.storage import Lakehouse
-
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 0:
         raise ValueError(f"examples must be an integer >= 0, got {examples!r}")
     lh = Lakehouse(lakehouse, env)
@@ -48,7 +54,8 @@ def build_report(
             lh.recorded_sources(),
             (n for n in silver.column("filename").to_pylist()),
         )
-        return page.build_page(con, lakehouse, env, examples, thumbnails, credit, silver)
+        where = schemas.catalog_path(os.path.abspath(os.fspath(lakehouse)), env)
+        return page.build_page(con, LocalCatalog(lh), where, examples, thumbnails, credit, silver)
     finally:
         con.close()
 
@@ -66,6 +73,4 @@ def write_report(
     text = build_report(
         lakehouse, env, examples, thumbnails=thumbnails, attribution_files=attribution_files
     )
-    from cxrlake.files import write_text_atomically
-
     return write_text_atomically(out, text)

@@ -1,4 +1,7 @@
-"""Inline SVG charts and a tiny grayscale PNG encoder for the HTML report (no imaging library).
+"""Inline SVG charts for the HTML report, written by hand (docs/architecture.md, "Report charts",
+says why no plotting library): a grouped bar chart, a histogram, lines in the unit square (ROC
+curves, reliability diagrams) and time series. Each returns one ``<svg>`` element with a
+``<title>``; the same data gives the same text.
 
 Axes get "nice" ticks: 0 and multiples of 1, 2 or 5 times a power of ten, so counts read
 0, 1, 2 ... on small data, 0, 50, 100 ... on larger, and never repeat or skip unevenly.
@@ -8,43 +11,15 @@ from __future__ import annotations
 
 import html
 import math
-import struct
-import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
+Point = tuple[float, float]
+Line = tuple[list[Point], str, str]
+"""A line of `unit_plot`: its points, its colour, and ``"o"`` to mark each point (``""``: none)."""
+
 COLORS = {"NORMAL": "#2b8cbe", "PNEUMONIA": "#e34a33", "UNLABELLED": "#999999"}
-
-
-def png_gray(pixels: np.ndarray) -> bytes:
-    """Encode a 2-D uint8 array as a grayscale PNG."""
-    height, width = pixels.shape
-    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 9))
-        + chunk(b"IEND", b"")
-    )
-
-
-def thumbnail(pixels: bytes, width: int, height: int, max_side: int = 160) -> np.ndarray:
-    """Downscale 8-bit grayscale pixels by block averaging to at most ``max_side`` pixels."""
-    img = np.frombuffer(pixels, dtype=np.uint8).reshape(height, width)
-    factor = max(1, int(np.ceil(max(width, height) / max_side)))
-    h, w = (height // factor) * factor, (width // factor) * factor
-    img = img[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3))
-    return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
 def count_ticks(max_count: float, most: int = 6) -> list[int]:
@@ -68,7 +43,9 @@ def _svg(width: int, height: int, body: str, title: str) -> str:
     )
 
 
-def _axes(x0: int, y0: int, w: int, h: int, xlabel: str, ylabel: str, ticks: list[float]) -> str:
+def _axes(
+    x0: int, y0: int, w: int, h: int, xlabel: str, ylabel: str, ticks: Sequence[float]
+) -> str:
     """Axes with horizontal grid lines at ``ticks`` (the last tick is the top of the plot)."""
     top = ticks[-1]
     parts = [
@@ -145,7 +122,7 @@ def histogram(values: list[float], title: str, bins: int = 20) -> str:
     return _svg(w, h, "".join(body), title)
 
 
-def unit_plot(title: str, xlabel: str, ylabel: str, lines: list[tuple[list, str, str]]) -> str:
+def unit_plot(title: str, xlabel: str, ylabel: str, lines: list[Line]) -> str:
     """Lines in the unit square (ROC curves, reliability diagrams) with the diagonal."""
     w, h, x0, y0, s = 300, 290, 60, 240, 210
     body = [_axes(x0, y0, s, s, xlabel, ylabel, UNIT_TICKS)]
@@ -168,7 +145,7 @@ def unit_plot(title: str, xlabel: str, ylabel: str, lines: list[tuple[list, str,
     return _svg(w, h, "".join(body), title)
 
 
-def roc_points(y: np.ndarray, p: np.ndarray) -> list[tuple[float, float]]:
+def roc_points(y: np.ndarray, p: np.ndarray) -> list[Point]:
     """ROC curve points (false positive rate, true positive rate), thresholds descending."""
     order = np.argsort(-p, kind="mergesort")
     y, p = y[order], p[order]
@@ -183,7 +160,7 @@ def roc_points(y: np.ndarray, p: np.ndarray) -> list[tuple[float, float]]:
     return points
 
 
-def calibration_points(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tuple[float, float]]:
+def calibration_points(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[Point]:
     """Reliability diagram: (mean predicted probability, observed positive rate) per bin."""
     idx = np.minimum((p * bins).astype(int), bins - 1)
     return [
@@ -193,7 +170,9 @@ def calibration_points(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[tup
     ]
 
 
-def time_series(title: str, ylabel: str, dates: list[str], series: dict[str, list]) -> str:
+def time_series(
+    title: str, ylabel: str, dates: list[str], series: dict[str, list[float | None]]
+) -> str:
     """One line per series over ``dates`` (category axis, in order); ``None`` values are gaps.
     Values are plotted from 0 to the largest value (at least 1e-9)."""
     w, h, x0, y0, pw, ph = 460, 290, 60, 240, 370, 210

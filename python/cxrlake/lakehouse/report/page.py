@@ -1,17 +1,23 @@
-"""The report's HTML page: sections built from `queries`, drawn with `charts`."""
+"""The report's HTML page: sections built from `queries` and the services (`cxrlake.provenance`,
+`cxrlake.metrics_service` through `review`), drawn with `charts`."""
 
 from __future__ import annotations
 
 import base64
 import html
 import json
-import os
-from typing import Any
 
+import duckdb
 import numpy as np
 import pyarrow as pa
 
-from cxrlake.lakehouse.report import attribution, charts, queries
+from cxrlake import provenance
+from cxrlake._api import decode
+from cxrlake.catalog import Catalog
+from cxrlake.lakehouse.report import attribution, charts, png, queries
+from cxrlake.lakehouse.report.overlays import overlay_section
+from cxrlake.lakehouse.report.queries import Row
+from cxrlake.lakehouse.report.review import review_section
 from cxrlake.medallion import identity, schemas
 
 CSS = """
@@ -38,7 +44,7 @@ IMAGES_NOTICE = (
 )
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], left: tuple[str, ...] = ()) -> str:
+def _table(rows: list[Row], columns: list[str], left: tuple[str, ...] = ()) -> str:
     if not rows:
         return '<p class="muted">(none)</p>'
     head = "".join(f'<th class="{"l" if c in left else ""}">{html.escape(c)}</th>' for c in columns)
@@ -55,22 +61,14 @@ def _table(rows: list[dict[str, Any]], columns: list[str], left: tuple[str, ...]
     return f"<table><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _development_caveat(con: Any, perf: list[dict[str, Any]]) -> str:
+def _development_caveat(catalog: Catalog, perf: list[Row]) -> str:
     """A warning per split whose films the shipped model was developed on (figures on them are
-    training-set figures, not an evaluation; see `cxrlake.training.provenance`)."""
-    from cxrlake.training.provenance import development_share, evaluation_caveat
-
-    if not queries.has_table(con, "silver.xray_metadata"):
-        return ""
-    films = con.sql(
-        "SELECT dataset_split, label_name, filename, content_sha256 FROM silver.xray_metadata "
-        "WHERE label_name IS NOT NULL"
-    ).to_arrow_table()
-    share = development_share(films)
+    training-set figures, not an evaluation; see `cxrlake.provenance`)."""
+    share = provenance.catalog_share(catalog)
     notes = [
         f"<li>{html.escape(split)}: {html.escape(caveat)}</li>"
         for split in sorted({r["dataset_split"] for r in perf})
-        if (caveat := evaluation_caveat(share, split))
+        if (caveat := provenance.evaluation_caveat(share, split))
     ]
     if not notes:
         return ""
@@ -81,7 +79,7 @@ def _development_caveat(con: Any, perf: list[dict[str, Any]]) -> str:
     )
 
 
-def _confusion_html(cm: dict[str, Any]) -> str:
+def _confusion_html(cm: Row) -> str:
     (tn, fp), (fn, tp) = cm["matrix"]
     return (
         "<table><tr><th>true \\ predicted</th><th>NORMAL</th><th>PNEUMONIA</th></tr>"
@@ -91,26 +89,62 @@ def _confusion_html(cm: dict[str, Any]) -> str:
 
 
 def build_page(
-    con: Any,
-    lakehouse: str | os.PathLike,
-    env: str,
+    con: duckdb.DuckDBPyConnection,
+    catalog: Catalog,
+    catalog_path: str,
     examples: int,
     thumbnails: bool,
     credit: attribution.Attribution,
     silver: pa.Table,
 ) -> str:
-    """The whole HTML document."""
-    out: list[str] = []
+    """The whole HTML document. ``con``: `cxrlake.lakehouse.sql.connect` over the lakehouse;
+    ``catalog``: the same tables through the catalog port (for the services); ``catalog_path``:
+    shown at the top; ``silver``: `queries.silver_images`."""
     now = identity.utc_now().strftime("%Y-%m-%d %H:%M UTC")
-    catalog = schemas.catalog_path(os.path.abspath(os.fspath(lakehouse)), env)
-    out.append(f"<h1>cxrlake report</h1><p class='muted'>{html.escape(catalog)} · {now}</p>")
-    out.append(f"<p class='notice'>{IMAGES_NOTICE if thumbnails else NO_IMAGES_NOTICE}</p>")
-
-    counts = queries.table_counts(con).to_pylist()
-    out.append("<h2 id='overview'>Overview</h2>" + _table(counts, ["table", "rows"], ("table",)))
-
     images = silver.to_pylist()
-    out.append("<h2 id='class-balance'>Class balance</h2>")
+    perf = queries.latest_performance(con).to_pylist()
+    preds = queries.predictions(con).to_pylist()
+    counts = queries.table_counts(con).to_pylist()
+    summary = queries.dataset_summary(con).to_pylist()
+    sections = [
+        f"<h1>cxrlake report</h1><p class='muted'>{html.escape(catalog_path)} · {now}</p>",
+        f"<p class='notice'>{IMAGES_NOTICE if thumbnails else NO_IMAGES_NOTICE}</p>",
+        "<h2 id='overview'>Overview</h2>" + _table(counts, ["table", "rows"], ("table",)),
+        _class_balance(images),
+        "<h2 id='quality'>Quality-score histogram</h2>",
+        charts.histogram(
+            [r["quality_score"] for r in images if r["quality_score"] is not None],
+            "Quality score distribution (silver)",
+        ),
+        _performance(catalog, perf, preds),
+        _drift_section(con, preds),
+        "<h2 id='examples'>Example predictions</h2>",
+        _examples(con, preds, examples, thumbnails),
+        overlay_section(con, preds, thumbnails),
+        review_section(catalog),
+        "<h2 id='quarantine'>Quarantine</h2>",
+        _table(
+            queries.quarantine(con).to_pylist(),
+            ["image_id", "stage", "reason", "quarantined_at"],
+            ("image_id", "stage", "reason", "quarantined_at"),
+        ),
+        "<h2 id='dataset-summary'>Dataset summary</h2>",
+        _table(summary, list(summary[0].keys()), ("dataset_split", "label_name"))
+        if summary
+        else '<p class="muted">(empty)</p>',
+        "<h2 id='attribution'>Data attribution</h2>"
+        f"{credit.html}<p class='muted'>Attribution {html.escape(credit.source)}.</p>",
+    ]
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>cxrlake report</title><style>{CSS}</style></head><body>"
+        + "\n".join(sections)
+        + "</body></html>\n"
+    )
+
+
+def _class_balance(images: list[Row]) -> str:
+    """Images per split and label (silver), as a grouped bar chart."""
     splits = sorted({r["dataset_split"] for r in images if r["dataset_split"] is not None})
     names = ["NORMAL", "PNEUMONIA"]
     if any(r["label_name"] is None for r in images):
@@ -126,54 +160,45 @@ def build_page(
         ]
         for n in names
     }
-    out.append(charts.bar_chart(splits, series, "Images per split and label (silver)"))
-
-    out.append("<h2 id='quality'>Quality-score histogram</h2>")
-    out.append(
-        charts.histogram(
-            [r["quality_score"] for r in images if r["quality_score"] is not None],
-            "Quality score distribution (silver)",
-        )
+    return "<h2 id='class-balance'>Class balance</h2>\n" + charts.bar_chart(
+        splits, series, "Images per split and label (silver)"
     )
 
-    out.append("<h2 id='performance'>Model performance</h2>")
-    perf = queries.latest_performance(con).to_pylist()
-    out.append(
+
+PERFORMANCE_COLUMNS = [
+    "model_name",
+    "model_version",
+    "dataset_split",
+    "total_samples",
+    "accuracy",
+    "precision",
+    "recall",
+    "f1_score",
+    "auc_roc",
+    "flagged_samples",
+    "evaluated_at",
+]
+PALETTE = ["#e34a33", "#2b8cbe", "#31a354", "#756bb1", "#636363"]
+
+
+def _performance(catalog: Catalog, perf: list[Row], preds: list[Row]) -> str:
+    """The latest metrics per split with its caveat, per split the ROC curve and confusion
+    matrix, then the reliability diagram of every split."""
+    out = [
+        "<h2 id='performance'>Model performance</h2>",
         _table(
             perf,
-            [
-                "model_name",
-                "model_version",
-                "dataset_split",
-                "total_samples",
-                "accuracy",
-                "precision",
-                "recall",
-                "f1_score",
-                "auc_roc",
-                "flagged_samples",
-                "evaluated_at",
-            ],
+            PERFORMANCE_COLUMNS,
             ("model_name", "model_version", "dataset_split", "evaluated_at"),
-        )
-    )
-    out.append(_development_caveat(con, perf))
-    preds = queries.predictions(con).to_pylist()
-    calib_lines = []
-    palette = ["#e34a33", "#2b8cbe", "#31a354", "#756bb1", "#636363"]
+        ),
+        _development_caveat(catalog, perf),
+    ]
+    calib_lines: list[charts.Line] = []
     for i, row in enumerate(perf):
-        part = [
-            r
-            for r in preds
-            if r["dataset_split"] == row["dataset_split"]
-            and r["model_name"] == row["model_name"]
-            and r["model_version"] == row["model_version"]
-            and r["true_label"] is not None
-        ]
-        y = np.array([r["true_label"] == 1 for r in part], dtype=bool)
-        p = np.array([r["prediction_probability"] for r in part], dtype=float)
+        y, p = _labelled(preds, row)
         title = f"{row['dataset_split']} ({row['model_name']} {row['model_version']})"
         auc = "n/a" if row["auc_roc"] is None else f"{row['auc_roc']:.3f}"
+        threshold = row["threshold"] if row["threshold"] is not None else "n/a"
         out.append(f"<h3>Split {html.escape(title)}</h3><div class='grid'>")
         out.append(
             charts.unit_plot(
@@ -184,75 +209,50 @@ def build_page(
             )
         )
         out.append(
-            "<div><p>Confusion matrix (threshold "
-            f"{row['threshold'] if row['threshold'] is not None else 'n/a'})</p>"
+            f"<div><p>Confusion matrix (threshold {threshold})</p>"
             + _confusion_html(json.loads(row["confusion_matrix"]))
             + "</div></div>"
         )
         if len(p):
-            calib_lines.append((charts.calibration_points(y, p), palette[i % len(palette)], "o"))
+            calib_lines.append((charts.calibration_points(y, p), PALETTE[i % len(PALETTE)], "o"))
     out.append("<h2 id='calibration'>Calibration</h2>")
-    if calib_lines:
-        legend = ", ".join(
-            f"<span style='color:{c}'>{html.escape(r['dataset_split'])}</span>"
-            for r, (_, c, _) in zip(perf, calib_lines, strict=False)
-        )
-        out.append(
-            charts.unit_plot(
-                "Reliability diagram",
-                "mean predicted P(PNEUMONIA)",
-                "observed PNEUMONIA rate",
-                calib_lines,
-            )
-            + f"<p class='muted'>10 equal-width bins; splits: {legend}</p>"
-        )
-    else:
+    if not calib_lines:
         out.append('<p class="muted">(no labelled predictions)</p>')
-
-    out.append(_drift_section(con, preds))
-
-    out.append("<h2 id='examples'>Example predictions</h2>")
-    out.append(_examples(con, preds, examples, thumbnails))
-
-    from cxrlake.lakehouse.report.overlays import overlay_section
-
-    out.append(overlay_section(con, preds, thumbnails))
-
-    from cxrlake.review.report import review_section
-
-    out.append(review_section(lakehouse, env))
-
-    out.append("<h2 id='quarantine'>Quarantine</h2>")
+        return "\n".join(out)
+    legend = ", ".join(
+        f"<span style='color:{c}'>{html.escape(r['dataset_split'])}</span>"
+        for r, (_, c, _) in zip(perf, calib_lines, strict=False)
+    )
     out.append(
-        _table(
-            queries.quarantine(con).to_pylist(),
-            ["image_id", "stage", "reason", "quarantined_at"],
-            ("image_id", "stage", "reason", "quarantined_at"),
+        charts.unit_plot(
+            "Reliability diagram",
+            "mean predicted P(PNEUMONIA)",
+            "observed PNEUMONIA rate",
+            calib_lines,
         )
+        + f"<p class='muted'>10 equal-width bins; splits: {legend}</p>"
     )
-
-    out.append("<h2 id='dataset-summary'>Dataset summary</h2>")
-    summary = queries.dataset_summary(con).to_pylist()
-    if summary:
-        out.append(_table(summary, list(summary[0].keys()), ("dataset_split", "label_name")))
-    else:
-        out.append('<p class="muted">(empty)</p>')
-
-    out.append(
-        "<h2 id='attribution'>Data attribution</h2>"
-        f"{credit.html}<p class='muted'>Attribution {html.escape(credit.source)}.</p>"
-    )
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>cxrlake report</title><style>{CSS}</style></head><body>"
-        + "\n".join(out)
-        + "</body></html>\n"
-    )
+    return "\n".join(out)
 
 
-def _pick(preds: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+def _labelled(preds: list[Row], evaluation: Row) -> tuple[np.ndarray, np.ndarray]:
+    """Truth (PNEUMONIA) and probability of the labelled predictions one evaluation covers."""
+    part = [
+        r
+        for r in preds
+        if r["dataset_split"] == evaluation["dataset_split"]
+        and r["model_name"] == evaluation["model_name"]
+        and r["model_version"] == evaluation["model_version"]
+        and r["true_label"] is not None
+    ]
+    y = np.array([r["true_label"] == 1 for r in part], dtype=bool)
+    p = np.array([r["prediction_probability"] for r in part], dtype=float)
+    return y, p
+
+
+def _pick(preds: list[Row], n: int) -> list[Row]:
     """Up to ``n`` predictions: the most confident per (true label, correct) in turn."""
-    picked: list[dict[str, Any]] = []
+    picked: list[Row] = []
     keyed = sorted(preds, key=lambda r: (-r["confidence_score"], r["image_id"]))
     buckets: dict[tuple, list] = {}
     for r in keyed:
@@ -264,7 +264,7 @@ def _pick(preds: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
     return picked
 
 
-def _verdict(r: dict[str, Any]) -> tuple[str, str, str]:
+def _verdict(r: Row) -> tuple[str, str, str]:
     truth = "unlabelled" if r["true_label"] is None else schemas.LABEL_NAMES[r["true_label"]]
     predicted = schemas.LABEL_NAMES[r["predicted_label"]]
     verdict = (
@@ -277,7 +277,7 @@ def _verdict(r: dict[str, Any]) -> tuple[str, str, str]:
     return truth, predicted, verdict
 
 
-def _examples(con: Any, preds: list[dict[str, Any]], n: int, thumbnails: bool) -> str:
+def _examples(con: duckdb.DuckDBPyConnection, preds: list[Row], n: int, thumbnails: bool) -> str:
     if not preds or n <= 0:
         return '<p class="muted">(none)</p>'
     picked = _pick(preds, n)
@@ -297,19 +297,17 @@ def _examples(con: Any, preds: list[dict[str, Any]], n: int, thumbnails: bool) -
             + "".join(rows)
             + "</table>"
         )
-    import cxrlake
-
     wanted = [(r["image_id"], r["content_sha256"]) for r in picked]
     content = queries.image_bytes(con, wanted)
     keys = [k for k in wanted if k in content]
-    decoded = cxrlake.decode([content[k] for k in keys]).to_pylist()
+    decoded = decode([content[k] for k in keys]).to_pylist()
     cards = []
     for key, dec in zip(keys, decoded, strict=True):
         r = next(p for p in picked if (p["image_id"], p["content_sha256"]) == key)
         if dec["error"] or not dec["pixels"]:
             continue
-        thumb = charts.thumbnail(dec["pixels"], dec["width"], dec["height"])
-        b64 = base64.b64encode(charts.png_gray(thumb)).decode("ascii")
+        thumb = png.thumbnail(dec["pixels"], dec["width"], dec["height"])
+        b64 = base64.b64encode(png.png_gray(thumb)).decode("ascii")
         truth, predicted, verdict = _verdict(r)
         cards.append(
             f"<div class='card'><img alt='{html.escape(r['image_id'])}' "
@@ -321,7 +319,7 @@ def _examples(con: Any, preds: list[dict[str, Any]], n: int, thumbnails: bool) -
     return "<div class='grid'>" + "".join(cards) + "</div>"
 
 
-def _drift_section(con: Any, preds: list[dict[str, Any]]) -> str:
+def _drift_section(con: duckdb.DuckDBPyConnection, preds: list[Row]) -> str:
     """Out-of-distribution films (still scored) and `gold.drift_metrics` over time."""
     out = ["<h2 id='drift'>Out of distribution and drift</h2>"]
     flagged = [p for p in preds if p.get("out_of_distribution")]

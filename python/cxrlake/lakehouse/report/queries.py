@@ -5,13 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import DRIFT_METRICS
 
+Row = dict[str, Any]
+"""One row of a query's Arrow table as Python values (``to_pylist``; pyarrow is untyped, so the
+values are the boundary's)."""
 
-def has_table(con: Any, qualified: str) -> bool:
+
+def has_table(con: duckdb.DuckDBPyConnection, qualified: str) -> bool:
     """Whether ``<schema>.<table>`` exists (as a view or a table) in the lakehouse catalog."""
     schema_name, name = qualified.split(".")
     sql = (
@@ -23,13 +28,15 @@ def has_table(con: Any, qualified: str) -> bool:
     return bool(con.sql(sql, params=[schema_name, name]).fetchall()[0][0])
 
 
-def _query(con: Any, needs: str, sql: str, empty: dict[str, pa.DataType]) -> pa.Table:
+def _query(
+    con: duckdb.DuckDBPyConnection, needs: str, sql: str, empty: dict[str, pa.DataType]
+) -> pa.Table:
     if not has_table(con, needs):
         return pa.schema(list(empty.items())).empty_table()
     return con.sql(sql).to_arrow_table()
 
 
-def table_counts(con: Any) -> pa.Table:
+def table_counts(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """``table``, ``rows`` of every lakehouse table (0 when absent)."""
     names, counts = [], []
     for spec in schemas.TABLES:
@@ -41,7 +48,7 @@ def table_counts(con: Any) -> pa.Table:
     return pa.table({"table": names, "rows": pa.array(counts, pa.int64())})
 
 
-def silver_images(con: Any) -> pa.Table:
+def silver_images(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """``dataset_split``, ``label_name``, ``quality_score``, ``filename`` of silver images."""
     return _query(
         con,
@@ -56,7 +63,7 @@ def silver_images(con: Any) -> pa.Table:
     )
 
 
-def latest_performance(con: Any) -> pa.Table:
+def latest_performance(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The latest `gold.model_performance` row per (model, version, split)."""
     return _query(
         con,
@@ -68,7 +75,7 @@ def latest_performance(con: Any) -> pa.Table:
     )
 
 
-def predictions(con: Any) -> pa.Table:
+def predictions(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """Gold predictions joined to their silver image (current version)."""
     if not has_table(con, "silver.xray_metadata"):
         return pa.table({})
@@ -81,7 +88,7 @@ def predictions(con: Any) -> pa.Table:
     )
 
 
-def quarantine(con: Any) -> pa.Table:
+def quarantine(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """``image_id``, ``stage``, ``reason``, ``quarantined_at`` of quarantined files."""
     return _query(
         con,
@@ -92,14 +99,16 @@ def quarantine(con: Any) -> pa.Table:
     )
 
 
-def dataset_summary(con: Any) -> pa.Table:
+def dataset_summary(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """The `gold.dataset_summary` view."""
     return _query(
         con, schemas.DATASET_SUMMARY_VIEW, f"SELECT * FROM {schemas.DATASET_SUMMARY_VIEW}", {}
     )
 
 
-def image_bytes(con: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+def image_bytes(
+    con: duckdb.DuckDBPyConnection, keys: list[tuple[str, str]]
+) -> dict[tuple[str, str], bytes]:
     """Bronze bytes of the given ``(image_id, content_sha256)`` pairs."""
     if not keys or not has_table(con, "bronze.kaggle_xray_metadata"):
         return {}
@@ -116,7 +125,7 @@ def image_bytes(con: Any, keys: list[tuple[str, str]]) -> dict[tuple[str, str], 
     return {(r["image_id"], r["content_sha256"]): r["content"] for r in rows.to_pylist()}
 
 
-def drift_metrics(con: Any) -> pa.Table:
+def drift_metrics(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """`gold.drift_metrics` ordered by model version, site and run date."""
     return _query(
         con,
