@@ -11,11 +11,16 @@ and the gold ``heatmap`` column (`cxrlake.medallion.schemas`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypedDict
+from typing import Any, TypeAlias, TypedDict
 
 import pyarrow as pa
 
-__all__ = ["ANALYZE", "EXPLAIN", "FEATURES", "HEATMAP", "PREDICT", "Heatmap"]
+__all__ = ["ANALYZE", "EXPLAIN", "FEATURES", "HEATMAP", "PREDICT", "Heatmap", "Row"]
+
+Row: TypeAlias = dict[str, Any]
+"""One row of a batch or table as Python reads it (pyarrow's ``to_pylist``, a SQL cursor):
+column name -> value. The values' types are the columns' (the schemas here and in
+`cxrlake.medallion.schemas`), which Python's type checker cannot see: this is the boundary."""
 
 HEATMAP = pa.struct(
     [

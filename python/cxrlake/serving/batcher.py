@@ -18,10 +18,12 @@ from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import pyarrow as pa
 
+from cxrlake._api import ModelLike, predict
+from cxrlake.columns import Row
 from cxrlake.exceptions import CxrlakeError
 
 
@@ -29,10 +31,21 @@ class QueueFull(CxrlakeError, RuntimeError):
     """The batcher holds as many images or bytes as it may; retry later (HTTP 503)."""
 
 
+class BatcherOptions(TypedDict, total=False):
+    """The keyword arguments of `MicroBatcher` a server passes on (see its docstring)."""
+
+    max_batch: int
+    max_wait_s: float
+    max_queued_images: int
+    max_queued_bytes: int
+    threads: int | None
+    workers: int
+
+
 @dataclass
 class _Job:
     images: list[bytes]
-    future: Future = field(default_factory=Future)
+    future: Future[ScoredRows] = field(default_factory=Future)
 
     @property
     def nbytes(self) -> int:
@@ -44,7 +57,7 @@ class ScoredRows:
     """What a job gets back: the predict batch's column names and one dict per image."""
 
     columns: list[str]
-    rows: list[dict[str, Any]]
+    rows: list[Row]
 
 
 class MicroBatcher:
@@ -59,7 +72,7 @@ class MicroBatcher:
 
     def __init__(
         self,
-        model: Any,
+        model: ModelLike,
         max_batch: int = 16,
         max_wait_s: float = 0.004,
         max_queued_images: int = 256,
@@ -81,6 +94,7 @@ class MicroBatcher:
         self._closed = False
         self.batches = 0  # core calls made (for tests and the benchmark)
         self.batched_images = 0
+        self._columns: list[str] | None = None
         self._workers = [
             threading.Thread(target=self._run, name=f"cxrlake-batcher-{i}", daemon=True)
             for i in range(workers)
@@ -93,7 +107,7 @@ class MicroBatcher:
         for worker in self._workers:
             worker.start()
 
-    def submit(self, images: Sequence[bytes]) -> Future:
+    def submit(self, images: Sequence[bytes]) -> Future[ScoredRows]:
         """Queue ``images`` for scoring; the future resolves to `ScoredRows`.
 
         Raises `QueueFull` when accepting them would exceed the queue bounds, and
@@ -124,13 +138,9 @@ class MicroBatcher:
 
     def columns(self) -> list[str]:
         """The predict batch's column names (one empty core call, cached)."""
-        cached = getattr(self, "_columns", None)
-        if cached is None:
-            import cxrlake
-
-            cached = cxrlake.predict(pa.array([], pa.binary()), model=self.model).schema.names
-            self._columns = cached
-        return list(cached)
+        if self._columns is None:
+            self._columns = list(predict(pa.array([], pa.binary()), model=self.model).schema.names)
+        return list(self._columns)
 
     def _take(self) -> list[_Job] | None:
         with self._cond:
@@ -159,15 +169,13 @@ class MicroBatcher:
             return jobs
 
     def _run(self) -> None:
-        import cxrlake
-
         while True:
             jobs = self._take()
             if jobs is None:
                 return
             images = [image for job in jobs for image in job.images]
             try:
-                batch = cxrlake.predict(
+                batch = predict(
                     pa.array(images, pa.binary()), model=self.model, threads=self.threads
                 )
                 rows = batch.to_pylist()

@@ -15,20 +15,18 @@ import os
 import sys
 import threading
 import time
-from typing import Any
 
 import pyarrow as pa
+from deltalake import DeltaTable
 
+from cxrlake.lakehouse.storage import Lakehouse, commit_properties
+from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as tables
+from cxrlake.medallion.schemas import TableSpec
 
 
-def ensure_table(lakehouse: Any, spec: Any) -> None:
+def ensure_table(lakehouse: Lakehouse, spec: TableSpec) -> None:
     """Create one table of the lakehouse when missing (Change Data Feed on)."""
-    from deltalake import DeltaTable
-
-    from cxrlake.lakehouse.storage import commit_properties
-    from cxrlake.medallion import schemas
-
     if lakehouse.exists(spec):
         return
     os.makedirs(lakehouse.path(spec), exist_ok=True)
@@ -55,8 +53,6 @@ class InferenceLog:
         flush_seconds: float = 2.0,
         max_pending: int = 100_000,
     ) -> None:
-        from cxrlake.lakehouse.storage import Lakehouse
-
         self.lakehouse = Lakehouse(lakehouse, env)
         ensure_table(self.lakehouse, tables.SERVING_PAYLOAD)
         self.endpoint_name = endpoint_name
@@ -66,7 +62,7 @@ class InferenceLog:
         self.commits = 0
         self.written = 0
         self.dropped = 0
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[dict[str, object]] = []
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()  # one Delta writer (the Lakehouse is not shared)
         self._closed = False
@@ -86,7 +82,7 @@ class InferenceLog:
     ) -> None:
         """Queue the row of one answered request."""
         served = served or {}
-        row = {
+        row: dict[str, object] = {
             "databricks_request_id": request_id,
             "client_request_id": client_request_id,
             "request_date": started.date(),
@@ -126,7 +122,7 @@ class InferenceLog:
                     self._write(rows)
                 return
 
-    def _write(self, rows: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[dict[str, object]]) -> None:
         try:
             batch = pa.Table.from_pylist(rows, schema=tables.GOLD_SERVING_PAYLOAD)
             with self._write_lock:

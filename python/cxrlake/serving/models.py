@@ -20,8 +20,8 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from cxrlake.model import Model
 from cxrlake.serving.batcher import MicroBatcher
 
 CHAMPION = "champion"
@@ -33,7 +33,7 @@ class ServedModel:
     """One served entity: its name on the endpoint, the model and its batcher."""
 
     entity_name: str
-    model: Any  # cxrlake.Model
+    model: Model
     batcher: MicroBatcher
 
     @property

@@ -22,8 +22,9 @@ import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import NoReturn
 
+from cxrlake.columns import Row
 from cxrlake.exceptions import CxrlakeError
 
 INPUT_COLUMN = "content"
@@ -58,10 +59,10 @@ class ParsedRequest:
     row_errors: list[str | None]
     digests: list[str | None]
     client_request_id: str | None
-    document: dict[str, Any]
+    document: dict[str, object]
 
 
-def _decode_value(value: Any) -> tuple[bytes | None, str | None]:
+def _decode_value(value: object) -> tuple[bytes | None, str | None]:
     if isinstance(value, dict) and set(value) == {"b64"}:  # MLflow's tensor form for bytes
         value = value["b64"]
     if not isinstance(value, str):
@@ -82,7 +83,7 @@ def _decode_value(value: Any) -> tuple[bytes | None, str | None]:
     return data, None
 
 
-def _column_values(key: str, payload: Any) -> list[Any]:
+def _column_values(key: str, payload: object) -> list[object]:
     """The ``content`` values of ``payload`` (the value of ``key``), in row order."""
     if key == "dataframe_split":
         if not isinstance(payload, dict) or "data" not in payload:
@@ -98,7 +99,7 @@ def _column_values(key: str, payload: Any) -> list[Any]:
                 f'dataframe_split has no "{INPUT_COLUMN}" column (columns: {columns!r})'
             )
         index = columns.index(INPUT_COLUMN)
-        values = []
+        values: list[object] = []
         for i, row in enumerate(data):
             if not isinstance(row, list) or len(row) != len(columns):
                 raise ProtocolError(
@@ -116,8 +117,8 @@ def _column_values(key: str, payload: Any) -> list[Any]:
             raise ProtocolError(
                 f'{key} has no "{INPUT_COLUMN}" field (fields: {sorted(payload)!r})'
             )
-        values = payload[INPUT_COLUMN]
-        return values if isinstance(values, list) else [values]
+        content = payload[INPUT_COLUMN]
+        return content if isinstance(content, list) else [content]
     if isinstance(payload, list):
         if payload and all(isinstance(item, dict) for item in payload):
             return [_record_value(i, record, key) for i, record in enumerate(payload)]
@@ -125,7 +126,7 @@ def _column_values(key: str, payload: Any) -> list[Any]:
     raise ProtocolError(f"{key} must be an object or a list")
 
 
-def _record_value(i: int, record: Any, key: str) -> Any:
+def _record_value(i: int, record: object, key: str) -> object:
     if not isinstance(record, dict):
         raise ProtocolError(f"{key}[{i}] is not an object")
     if INPUT_COLUMN not in record:
@@ -133,7 +134,7 @@ def _record_value(i: int, record: Any, key: str) -> Any:
     return record[INPUT_COLUMN]
 
 
-def _refuse_constant(name: str) -> Any:
+def _refuse_constant(name: str) -> NoReturn:
     raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
 
 
@@ -167,7 +168,7 @@ def parse_request(body: bytes) -> ParsedRequest:
 
 
 def decode_contents(
-    values: Sequence[Any],
+    values: Sequence[object],
 ) -> tuple[list[bytes | None], list[str | None], list[str | None]]:
     """Decode ``content`` values (base64 strings; bytes are taken as they are): the bytes (None
     for a bad row), the row errors and the sha256 digests (hex) of the bytes, or of the raw
@@ -202,21 +203,23 @@ def logged_request(parsed: ParsedRequest) -> str:
         digest = next(digests)
         return None if digest is None else f"sha256:{digest}"
 
+    # `parse_request` checked the shape: an object for dataframe_split, else an object or a list
     payload = parsed.document[key]
-    if key == "dataframe_split":
+    shown: object
+    if key == "dataframe_split" and isinstance(payload, dict):
         columns = payload.get("columns") or [INPUT_COLUMN]
         index = columns.index(INPUT_COLUMN)
         data = [[mark() if j == index else v for j, v in enumerate(row)] for row in payload["data"]]
-        shown: Any = {"columns": columns, "data": data}
+        shown = {"columns": columns, "data": data}
     elif isinstance(payload, dict):
         content = payload[INPUT_COLUMN]
         n = len(content) if isinstance(content, list) else 1
         shown = {**payload, INPUT_COLUMN: [mark() for _ in range(n)]}
-    elif payload and all(isinstance(item, dict) for item in payload):
+    elif isinstance(payload, list) and payload and all(isinstance(r, dict) for r in payload):
         shown = [{**record, INPUT_COLUMN: mark()} for record in payload]
-    else:
-        shown = [mark() for _ in payload]
-    out: dict[str, Any] = {key: shown}
+    else:  # a list of values: one digest each
+        shown = [mark() for _ in parsed.digests]
+    out: dict[str, object] = {key: shown}
     if parsed.client_request_id is not None:
         out["client_request_id"] = parsed.client_request_id
     return json.dumps(out, separators=(",", ":"))
@@ -224,16 +227,16 @@ def logged_request(parsed: ParsedRequest) -> str:
 
 def prediction_rows(
     columns: Sequence[str],
-    batch_rows: Sequence[dict[str, Any]],
+    batch_rows: Sequence[Row],
     row_errors: Sequence[str | None],
     model_name: str,
     model_version: str,
-) -> list[dict[str, Any]]:
+) -> list[Row]:
     """One answer row per input row: the core's row for decoded rows, and for rows that could
     not be decoded every column NULL except model_name, model_version and error. ``columns`` are
     the predict batch's columns, in order (new columns flow through unchanged)."""
     scored = iter(batch_rows)
-    rows = []
+    rows: list[Row] = []
     for error in row_errors:
         if error is None:
             rows.append(next(scored))

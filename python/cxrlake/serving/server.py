@@ -24,15 +24,21 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import struct
 import sys
 import threading
 import time
 import uuid
+import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from importlib.metadata import PackageNotFoundError, version
+from typing import Protocol
 
-from cxrlake.serving.batcher import QueueFull
-from cxrlake.serving.models import Router, ServedModel
+from cxrlake.model import Model
+from cxrlake.serving.batcher import BatcherOptions, MicroBatcher, QueueFull
+from cxrlake.serving.models import CHALLENGER, CHAMPION, Router, ServedModel
 from cxrlake.serving.protocol import (
     MAX_BODY_BYTES,
     ProtocolError,
@@ -55,6 +61,58 @@ ERROR_CODES = {
 }
 
 
+class InferenceRecorder(Protocol):
+    """Where answered requests are recorded (`cxrlake.serving.inference_log.InferenceLog`)."""
+
+    def record(
+        self,
+        request_id: str,
+        client_request_id: str | None,
+        started: dt.datetime,
+        status_code: int,
+        duration_ms: int,
+        served: dict[str, str] | None,
+        request: str | None,
+        response: str | None,
+    ) -> None: ...
+
+
+@dataclass
+class _Exchange:
+    """One scoring request: its id, when it started, and where `finish` records its answer."""
+
+    log: InferenceRecorder | None
+    started: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.timezone.utc))
+    clock: float = field(default_factory=time.perf_counter)
+    request_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    @property
+    def ids(self) -> dict[str, str]:
+        """The headers every answer carries."""
+        return {"X-Request-Id": self.request_id}
+
+    def finish(
+        self,
+        status: int,
+        response: bytes,
+        served: dict[str, str] | None = None,
+        request: str | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        """Record the answer ``response`` (status ``status``) in the inference log, if any."""
+        if self.log is not None:
+            self.log.record(
+                self.request_id,
+                client_id,
+                self.started,
+                status,
+                int(round((time.perf_counter() - self.clock) * 1000)),
+                served,
+                request,
+                response.decode("utf-8"),
+            )
+
+
 def host_name(header: str) -> str:
     """The host part of a Host header (no port, IPv6 brackets removed), lowercased."""
     text = header.strip().lower()
@@ -71,7 +129,7 @@ class ScoringApp:
     def __init__(
         self,
         allowed_hosts: set[str],
-        inference_log: Any = None,
+        inference_log: InferenceRecorder | None = None,
         max_inflight: int = 64,
         timeout_s: float = 120.0,
         verbose: bool = False,
@@ -112,16 +170,14 @@ class ScoringApp:
     def failed(self, message: str) -> None:
         self.load_error = message
 
-    def status(self) -> tuple[int, dict[str, Any]]:
+    def status(self) -> tuple[int, dict[str, str]]:
         if self.router is not None:
             return 200, {"status": "ready"}
         if self.load_error is not None:
             return 500, {"status": "failed", "message": self.load_error}
         return 503, {"status": "loading"}
 
-    def version(self) -> dict[str, Any]:
-        from importlib.metadata import PackageNotFoundError, version
-
+    def version(self) -> dict[str, object]:
         try:
             package_version = version("cxrlake")
         except PackageNotFoundError:  # a source checkout without metadata
@@ -155,14 +211,14 @@ class _Handler(BaseHTTPRequestHandler):
     def app(self) -> ScoringApp:
         return self.server.app
 
-    def log_message(self, format: str, *args: Any) -> None:
+    def log_message(self, format: str, *args: object) -> None:
         if self.app.verbose:
             super().log_message(format, *args)
 
     def _send(
         self,
         status: int,
-        body: dict[str, Any],
+        body: Mapping[str, object],
         headers: dict[str, str] | None = None,
         close: bool = False,
     ) -> bytes:
@@ -235,73 +291,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._invocations(entity_name)
 
     def _invocations(self, entity_name: str | None) -> None:
-        started = dt.datetime.now(dt.timezone.utc)
-        clock = time.perf_counter()
-        request_id = str(uuid.uuid4())
-        ids = {"X-Request-Id": request_id}
-        log = self.app.inference_log
-
-        def finish(
-            status: int,
-            response: bytes,
-            served: dict[str, str] | None = None,
-            request: str | None = None,
-            client_id: str | None = None,
-        ) -> None:
-            if log is not None:
-                log.record(
-                    request_id,
-                    client_id,
-                    started,
-                    status,
-                    int(round((time.perf_counter() - clock) * 1000)),
-                    served,
-                    request,
-                    response.decode("utf-8"),
-                )
-
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            finish(
-                411,
-                self._error(
-                    411,
-                    "send the body with a Content-Length (chunked transfer is not accepted)",
-                    ids,
-                    close=True,
-                ),
-            )
-            return
-        length_text = self.headers.get_all("Content-Length") or []
-        # exactly one plain decimal number (int() would also take "+1", " 1" and "1_0")
-        plain = len(length_text) == 1 and length_text[0].isascii() and length_text[0].isdigit()
-        length = int(length_text[0]) if plain else -1
-        if length < 0:
-            finish(
-                411,
-                self._error(
-                    411,
-                    "one Content-Length header with a decimal number of bytes is required",
-                    ids,
-                    close=True,
-                ),
-            )
-            return
-        if length > MAX_BODY_BYTES:
-            finish(
-                413,
-                self._error(
-                    413,
-                    f"request body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte "
-                    "(16 MiB) limit: send fewer images per request",
-                    ids,
-                    close=True,
-                ),
-            )
+        exchange = _Exchange(self.app.inference_log)
+        ids = exchange.ids
+        length = self._body_length(exchange)
+        if length is None:
             return
         kind = self.headers.get("Content-Type", "application/json").split(";")[0].strip()
         if kind.lower() not in ("application/json", ""):
             self._discard_body(length)
-            finish(
+            exchange.finish(
                 415,
                 self._error(
                     415, f"Content-Type {kind!r} is not accepted: send application/json", ids
@@ -312,7 +310,9 @@ class _Handler(BaseHTTPRequestHandler):
         if router is None:
             self._discard_body(length)
             status, body = self.app.status()
-            finish(503, self._error(503, f"model {body['status']}", {**ids, "Retry-After": "1"}))
+            exchange.finish(
+                503, self._error(503, f"model {body['status']}", {**ids, "Retry-After": "1"})
+            )
             return
         entity: ServedModel | None = None
         if entity_name is not None:
@@ -320,13 +320,13 @@ class _Handler(BaseHTTPRequestHandler):
             if entity is None:
                 self._discard_body(length)
                 names = ", ".join(m.entity_name for m in router.entities)
-                finish(
+                exchange.finish(
                     404, self._error(404, f"no served model {entity_name!r} (served: {names})", ids)
                 )
                 return
         if not self.app.admit(length):
             self._discard_body(length)
-            finish(
+            exchange.finish(
                 503,
                 self._error(
                     503,
@@ -336,11 +336,57 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         try:
-            self._score(length, entity or router.route(), ids, finish)
+            self._score(length, entity or router.route(), exchange)
         finally:
             self.app.release(length)
 
-    def _score(self, length: int, entity: ServedModel, ids: dict[str, str], finish: Any) -> None:
+    def _body_length(self, exchange: _Exchange) -> int | None:
+        """The request body's length in bytes, or None once a refusal was answered (chunked
+        body, no or a malformed Content-Length, a body over `MAX_BODY_BYTES`)."""
+        ids = exchange.ids
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            exchange.finish(
+                411,
+                self._error(
+                    411,
+                    "send the body with a Content-Length (chunked transfer is not accepted)",
+                    ids,
+                    close=True,
+                ),
+            )
+            return None
+        length_text = self.headers.get_all("Content-Length") or []
+        # exactly one plain decimal number (int() would also take "+1", " 1" and "1_0")
+        plain = len(length_text) == 1 and length_text[0].isascii() and length_text[0].isdigit()
+        length = int(length_text[0]) if plain else -1
+        if length < 0:
+            exchange.finish(
+                411,
+                self._error(
+                    411,
+                    "one Content-Length header with a decimal number of bytes is required",
+                    ids,
+                    close=True,
+                ),
+            )
+            return None
+        if length > MAX_BODY_BYTES:
+            exchange.finish(
+                413,
+                self._error(
+                    413,
+                    f"request body of {length} bytes exceeds the {MAX_BODY_BYTES}-byte "
+                    "(16 MiB) limit: send fewer images per request",
+                    ids,
+                    close=True,
+                ),
+            )
+            return None
+        return length
+
+    def _score(self, length: int, entity: ServedModel, exchange: _Exchange) -> None:
+        ids = exchange.ids
+        finish = exchange.finish
         try:
             body = self.rfile.read(length)
         except OSError:  # the body stopped arriving (timeout) or the client went away
@@ -417,7 +463,7 @@ class ScoringServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
 
     def url(self) -> str:
-        host, port = self.server_address[:2]
+        host, port = str(self.server_address[0]), self.server_address[1]
         shown = "127.0.0.1" if host in ("0.0.0.0", "") else host
         if ":" in str(shown):
             shown = f"[{shown}]"
@@ -428,16 +474,13 @@ def load_router(
     champion: str | None,
     challenger: str | None,
     share: float,
-    batcher_options: dict[str, Any],
+    batcher_options: BatcherOptions,
 ) -> Router:
     """Load the models (files already resolved), warm each up on a small image, and build the
     router. Raises the core's exception (bad model file, ONNX Runtime missing)."""
-    import cxrlake
-    from cxrlake.serving.batcher import MicroBatcher
-    from cxrlake.serving.models import CHALLENGER, CHAMPION
 
     def serve(path: str | None, entity_name: str) -> ServedModel:
-        model = cxrlake.Model(path)
+        model = Model(path)
         batcher = MicroBatcher(model, **batcher_options)
         batcher.submit([warmup_png()]).result()  # builds the ONNX Runtime session now
         return ServedModel(entity_name, model, batcher)
@@ -449,9 +492,6 @@ def load_router(
 
 def warmup_png(side: int = 96) -> bytes:
     """A small grey-gradient PNG (8-bit grayscale), generated: no patient image needed."""
-    import struct
-    import zlib
-
     raw = b"".join(b"\x00" + bytes((x + y) % 256 for x in range(side)) for y in range(side))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
