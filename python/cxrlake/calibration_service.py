@@ -6,7 +6,7 @@ force and its validation where it is read).
 No engine here: the table is read and written through the catalog port (`cxrlake.catalog`;
 `stored_versions`, `store_calibration`), locally by `cxrlake.lakehouse.catalog.LocalCatalog`;
 the Spark jobs read it with `cxrlake.spark.site_thresholds`. The local calibration flow is
-`cxrlake.calibration`, the command `cxrlake.calibration_cli`.
+`cxrlake.calibration`, the command `cxrlake.cli.calibrate`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import json
 import math
 import re
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -293,9 +292,9 @@ def latest_site_threshold(
 
 def site_threshold_row(
     result: CalibrationResult, version: int, splits: list[str] | None, at: dt.datetime
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The ``gold.site_thresholds`` row that stores ``result`` as ``version``."""
-    selection: dict[str, Any] = {"splits": splits or None, "labels": result.label_source}
+    selection: dict[str, object] = {"splits": splits or None, "labels": result.label_source}
     if result.development_films:
         selection["development_films"] = result.development_films
     return {

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import re
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -44,7 +44,7 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def to_utc(value: Any) -> dt.datetime | None:
+def to_utc(value: object) -> dt.datetime | None:
     """A datetime as timezone-aware UTC (naive values are taken as UTC); None stays None."""
     if value is None:
         return None

@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable
-from typing import Any
 
 import pyarrow as pa
 
+from cxrlake.columns import Row
 from cxrlake.medallion.schemas import TS, TableSpec
 
 PAYLOAD_TABLE = "pneumonia_serving_payload"
@@ -216,7 +217,7 @@ COMPARISON_FEEDBACK_COLUMNS = (
 COMPARISON_PREDICTION_COLUMNS = ("prediction_id", "content_sha256")
 
 
-def _image_digest(value: Any) -> str | None:
+def _image_digest(value: object) -> str | None:
     """sha256 of a logged ``content`` value: ``"sha256:<hex>"`` as the local server logs it, or
     the base64 bytes as the Databricks inference table keeps them."""
     if isinstance(value, dict) and set(value) == {"b64"}:
@@ -236,7 +237,7 @@ def _image_digest(value: Any) -> str | None:
     return hashlib.sha256(data).hexdigest()
 
 
-def _request_contents(request: Any) -> list[Any]:
+def _request_contents(request: object) -> list[object]:
     """The ``content`` values of a logged request, in row order ([] when unreadable)."""
     if not isinstance(request, dict):
         return []
@@ -268,7 +269,7 @@ def inference_rows(payload: pa.RecordBatch | pa.Table) -> pa.Table:
     (so a row names the model version that scored it, on either engine). Requests whose
     request or response is not readable JSON are left out."""
     table = payload if isinstance(payload, pa.Table) else pa.Table.from_batches([payload])
-    out: dict[str, list[Any]] = {name: [] for name in INFERENCE_ROWS.names}
+    out: dict[str, list[object]] = {name: [] for name in INFERENCE_ROWS.names}
     columns = {
         name: table.column(name).to_pylist()
         for name in (
@@ -308,7 +309,7 @@ def inference_rows(payload: pa.RecordBatch | pa.Table) -> pa.Table:
     return pa.table(out, schema=INFERENCE_ROWS)
 
 
-def comparison_rows(rows: Iterable[dict[str, Any]], computed_at: Any) -> pa.Table:
+def comparison_rows(rows: Iterable[Row], computed_at: dt.datetime) -> pa.Table:
     """The `COMPARISON` result as `GOLD_COMPARISON` rows, stamped ``computed_at``."""
     records = [{**row, "computed_at": computed_at} for row in rows]
     return pa.Table.from_pylist(records, schema=GOLD_COMPARISON)
@@ -319,7 +320,7 @@ def format_comparison(table: pa.Table) -> str:
     if table.num_rows == 0:
         return "no scored requests in the inference table yet"
 
-    def pct(value: Any) -> str:
+    def pct(value: float | None) -> str:
         return "-" if value is None else f"{100 * value:.1f}%"
 
     header = (
