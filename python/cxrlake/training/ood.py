@@ -34,14 +34,27 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import helper, numpy_helper
 
+import cxrlake
 from cxrlake.exceptions import CxrlakeError
+from cxrlake.provenance import content_key
+from cxrlake.training import data as data_mod
+from cxrlake.training.card import update_ood_section
+from cxrlake.training.config import JsonObject
+from cxrlake.training.data import LabelledImage, split_groups
+from cxrlake.training.export import read_metadata
+from cxrlake.training.ood_evaluation import embed, evaluate
+from cxrlake.training.progress import log_ood as log
 
 OOD_OUTPUT = "ood_score"
 PREFIX = "ood/"
@@ -57,10 +70,6 @@ PROBABILITY_BINS = 10
 
 class OodFitError(CxrlakeError):
     """The reference cannot be fitted (wrong data folder, too few films, graph mismatch)."""
-
-
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] ood: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -138,11 +147,9 @@ def out_of_fold_scores(
 # --- the graph -------------------------------------------------------------------------------
 
 
-def strip_ood(model):
+def strip_ood(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` (onnx.ModelProto) without the ``ood_score`` output, ``ood/*`` nodes and
     initializers and the OOD metadata (a copy)."""
-    import onnx
-
     model = onnx.ModelProto.FromString(model.SerializeToString())
     graph = model.graph
     keep_nodes = [n for n in graph.node if not n.name.startswith(PREFIX)]
@@ -162,15 +169,14 @@ def strip_ood(model):
     return model
 
 
-def _opset(model) -> int:
+def _opset(model: onnx.ModelProto) -> int:
     return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
-def attach_ood(model, reference: Reference, threshold: float, metadata: dict[str, str]):
+def attach_ood(
+    model: onnx.ModelProto, reference: Reference, threshold: float, metadata: dict[str, str]
+) -> onnx.ModelProto:
     """``model`` with ``ood_score`` [N] computed from its ``embedding`` output (a copy)."""
-    import onnx
-    from onnx import helper, numpy_helper
-
     model = strip_ood(model)
     graph = model.graph
     if not any(o.name == "embedding" for o in graph.output):
@@ -188,7 +194,7 @@ def attach_ood(model, reference: Reference, threshold: float, metadata: dict[str
         ]
     )
 
-    def reduce(name: str, x: str) -> object:
+    def reduce(name: str, x: str) -> onnx.NodeProto:
         """Sum of squares over axis 1 (``[N, *] -> [N]``) into ``name``."""
         if _opset(model) >= 18:
             graph.initializer.append(numpy_helper.from_array(np.array([1], np.int64), name + "_ax"))
@@ -197,7 +203,7 @@ def attach_ood(model, reference: Reference, threshold: float, metadata: dict[str
             )
         return helper.make_node("ReduceSumSquare", [x], [name], name=name, axes=[1], keepdims=0)
 
-    def node(op: str, inputs: list[str], name: str) -> object:
+    def node(op: str, inputs: list[str], name: str) -> onnx.NodeProto:
         return helper.make_node(op, inputs, [name], name=name)
 
     p = PREFIX
@@ -230,7 +236,7 @@ def attach_ood(model, reference: Reference, threshold: float, metadata: dict[str
 # --- the training films ------------------------------------------------------------------------
 
 
-def _card_config(model_path: Path) -> dict:
+def _card_config(model_path: Path) -> JsonObject:
     """The run configuration recorded in the model card's metrics-json block next to the model."""
     card = model_path.parent / "MODEL_CARD.md"
     if not card.is_file():
@@ -245,16 +251,16 @@ def _card_config(model_path: Path) -> dict:
     return {**data, **data.get("config", {})}
 
 
-def _given(cfg: dict, key: str, default: object) -> object:
+def _given(cfg: JsonObject, key: str, default: object) -> object:
     """``cfg[key]`` unless absent or null (the card writes null for unused settings)."""
     value = cfg.get(key)
     return default if value is None else value
 
 
-def training_split(model_path: Path, data: str, run_dir: str | None) -> tuple[list, list, str]:
+def training_split(
+    model_path: Path, data: str, run_dir: str | None
+) -> tuple[list[LabelledImage], list[LabelledImage], str]:
     """(train, validation, how) records of the model's own split."""
-    from cxrlake.training import data as data_mod
-
     if run_dir:
         with open(Path(run_dir) / "split.json") as handle:
             saved = json.load(handle)
@@ -280,8 +286,6 @@ def check_development_films(model_path: Path, paths: list[str]) -> None:
     if not listing.is_file():
         log(f"no {listing.name} next to the model: training films not checked against it")
         return
-    from cxrlake.training.provenance import content_key
-
     known = {line.strip() for line in listing.read_text().splitlines() if line.startswith("c:")}
     missing = [
         p
@@ -295,40 +299,7 @@ def check_development_films(model_path: Path, paths: list[str]) -> None:
         )
 
 
-def embed(model_path: str | os.PathLike[str], images, threads: int | None = None) -> dict:
-    """The core's one-pass outputs for ``images``: embedding [N, D] (NaN rows on error),
-    probability, quality_score, ood_score (NaN when absent), flag and error, as numpy/lists."""
-    import cxrlake
-
-    batch = cxrlake.analyze(images, model=str(model_path), threads=threads, heatmap=False)
-    names = batch.schema.names
-    emb = batch.column("embedding").to_pylist()
-    dim = next((len(e) for e in emb if e is not None), 0)
-    matrix = np.array([e if e is not None else [np.nan] * dim for e in emb], dtype=np.float64)
-
-    def floats(name: str) -> np.ndarray:
-        if name not in names:
-            return np.full(len(emb), np.nan)
-        return np.array(
-            [np.nan if v is None else v for v in batch.column(name).to_pylist()], dtype=float
-        )
-
-    return {
-        "embedding": matrix,
-        "probability": floats("probability"),
-        "quality": floats("quality_score"),
-        "ood_score": floats("ood_score"),
-        "flagged": batch.column("out_of_distribution").to_pylist()
-        if "out_of_distribution" in names
-        else [None] * len(emb),
-        "reason": batch.column("ood_reason").to_pylist()
-        if "ood_reason" in names
-        else [None] * len(emb),
-        "error": batch.column("error").to_pylist(),
-    }
-
-
-def drift_reference(probability: np.ndarray, quality: np.ndarray, threshold: float) -> dict:
+def drift_reference(probability: np.ndarray, quality: np.ndarray, threshold: float) -> JsonObject:
     """The training films' reference for ``gold.drift_metrics``: the share of films per
     probability bin (``PROBABILITY_BINS`` equal-width bins of 0..1, as the drift rule bins),
     positive rate at the model threshold, mean probability, quality-score mean and std."""
@@ -346,6 +317,67 @@ def drift_reference(probability: np.ndarray, quality: np.ndarray, threshold: flo
     }
 
 
+def _fit_on_training_films(
+    work: Path,
+    train: Sequence[LabelledImage],
+    how: str,
+    components: int,
+    quantile: float,
+    folds: int,
+    threads: int | None,
+) -> tuple[JsonObject, Reference, float, JsonObject]:
+    """Embed the training films through the model file ``work`` (without ``ood_score``), fit
+    the reference and set the threshold from out-of-fold scores. Returns (the fit figures of
+    ``ood.json`` so far, the reference, the threshold, the drift reference)."""
+    paths = [r.path for r in train]
+    log(f"embedding {len(paths)} training films ({how})")
+    result = embed(work, paths, threads)
+    ok = np.isfinite(result.embedding).all(axis=1)
+    if ok.sum() < 20:
+        raise OodFitError(f"only {int(ok.sum())} training films could be embedded")
+    emb = result.embedding[ok]
+    groups = np.array(split_groups([r for r, good in zip(train, ok, strict=True) if good]))
+    oof = out_of_fold_scores(emb, groups, folds, components)
+    threshold = float(np.quantile(oof, quantile))
+    reference = fit_reference(emb, components)
+    in_sample = reference.scores(emb)
+    meta = read_metadata(work)
+    model_threshold = float(meta.get("cxrlake.threshold", 0.5))
+    drift = drift_reference(result.probability[ok], result.quality[ok], model_threshold)
+    fitted = {
+        "method": (
+            f"Mahalanobis distance of the square-rooted embedding under a probabilistic-PCA "
+            f"covariance "
+            f"({reference.components.shape[1]} components + isotropic rest), "
+            f"sqrt(d2 / {reference.dim})"
+        ),
+        "training_films": int(ok.sum()),
+        "split": how,
+        "components": int(reference.components.shape[1]),
+        "folds": folds,
+        "quantile": quantile,
+        "threshold": round(threshold, 6),
+        "out_of_fold_median": round(float(np.median(oof)), 4),
+        "in_sample_median": round(float(np.median(in_sample)), 4),
+        "model_name": meta.get("cxrlake.model_name"),
+        "model_version": meta.get("cxrlake.model_version"),
+    }
+    return fitted, reference, threshold, drift
+
+
+def _graph_vs_numpy(
+    out: Path, paths: list[str], reference: Reference, threads: int | None
+) -> float:
+    """Max difference of the graph's ``ood_score`` and its numpy twin on 32 training films
+    (float32 in the graph); raises when they disagree."""
+    check = embed(out, paths[:32], threads)
+    twin = reference.scores(check.embedding)
+    gap = float(np.nanmax(np.abs(check.ood_score - twin)))
+    if not gap < 1e-3 * max(1.0, float(np.nanmax(twin))):
+        raise OodFitError(f"graph and reference disagree by {gap}")
+    return gap
+
+
 def fit(
     model_path: str | os.PathLike[str],
     data: str,
@@ -356,15 +388,10 @@ def fit(
     folds: int = DEFAULT_FOLDS,
     threads: int | None = None,
     evaluate_after: bool = True,
-) -> dict:
+) -> JsonObject:
     """Fit the reference on the training films of ``model_path`` and write the model with its
     ``ood_score`` output to ``out`` (default: in place). Returns the fit summary (and the
     evaluation when ``evaluate_after``), also written to ``ood.json`` next to ``out``."""
-    import onnx
-
-    from cxrlake.training import data as data_mod
-    from cxrlake.training.export import read_metadata
-
     model_path = Path(model_path).resolve()
     out = Path(out).resolve() if out else model_path
     started = time.time()
@@ -375,40 +402,9 @@ def fit(
     work = out.with_suffix(".ood-base.onnx")
     onnx.save(base, str(work))
     try:
-        log(f"embedding {len(paths)} training films ({how})")
-        result = embed(work, paths, threads)
-        ok = np.isfinite(result["embedding"]).all(axis=1)
-        if ok.sum() < 20:
-            raise OodFitError(f"only {int(ok.sum())} training films could be embedded")
-        emb = result["embedding"][ok]
-        groups = np.array(
-            data_mod.split_groups([r for r, good in zip(train, ok, strict=True) if good])
+        fitted, reference, threshold, drift = _fit_on_training_films(
+            work, train, how, components, quantile, folds, threads
         )
-        oof = out_of_fold_scores(emb, groups, folds, components)
-        threshold = float(np.quantile(oof, quantile))
-        reference = fit_reference(emb, components)
-        in_sample = reference.scores(emb)
-        meta = read_metadata(work)
-        model_threshold = float(meta.get("cxrlake.threshold", 0.5))
-        drift = drift_reference(result["probability"][ok], result["quality"][ok], model_threshold)
-        fitted = {
-            "method": (
-                f"Mahalanobis distance of the square-rooted embedding under a probabilistic-PCA "
-                f"covariance "
-                f"({reference.components.shape[1]} components + isotropic rest), "
-                f"sqrt(d2 / {reference.dim})"
-            ),
-            "training_films": int(ok.sum()),
-            "split": how,
-            "components": int(reference.components.shape[1]),
-            "folds": folds,
-            "quantile": quantile,
-            "threshold": round(threshold, 6),
-            "out_of_fold_median": round(float(np.median(oof)), 4),
-            "in_sample_median": round(float(np.median(in_sample)), 4),
-            "model_name": meta.get("cxrlake.model_name"),
-            "model_version": meta.get("cxrlake.model_version"),
-        }
         method = (
             f"{fitted['method']}; fitted on {fitted['training_films']} training films "
             f"({how}); threshold = quantile {quantile} of {folds}-fold out-of-fold scores"
@@ -425,28 +421,24 @@ def fit(
         os.replace(partial, out)
     finally:
         work.unlink(missing_ok=True)
-    # The graph and its numpy twin agree (float32 in the graph).
-    check = embed(out, paths[:32], threads)
-    twin = reference.scores(check["embedding"])
-    gap = float(np.nanmax(np.abs(check["ood_score"] - twin)))
-    if not gap < 1e-3 * max(1.0, float(np.nanmax(twin))):
-        raise OodFitError(f"graph and reference disagree by {gap}")
-    fitted["graph_vs_numpy_max_diff"] = gap
+    fitted["graph_vs_numpy_max_diff"] = _graph_vs_numpy(out, paths, reference, threads)
     fitted["seconds_fit"] = round(time.time() - started, 1)
     fitted["drift_reference"] = drift
     log(f"threshold {threshold:.4f} ({fitted['seconds_fit']} s); wrote {out}")
-    summary = {"fit": fitted}
+    summary: JsonObject = {"fit": fitted}
     if evaluate_after:
         summary["evaluation"] = evaluate(out, val, threads=threads)
     write_results(out, summary)
     return summary
 
 
-def fit_run(run_dir: str | os.PathLike[str], ship_to: str | None = None, threads=None) -> dict:
+def fit_run(
+    run_dir: str | os.PathLike[str],
+    ship_to: str | os.PathLike[str] | None = None,
+    threads: int | None = None,
+) -> JsonObject:
     """After ``cxrlake train``'s export: fit the reference into ``run_dir/model.onnx`` on the
     run's own split (``split.json``), then copy the model and ``ood.json`` to ``ship_to``."""
-    import shutil
-
     run_dir = Path(run_dir)
     model = run_dir / "model.onnx"
     try:
@@ -460,78 +452,8 @@ def fit_run(run_dir: str | os.PathLike[str], ship_to: str | None = None, threads
     return summary["fit"] | {"evaluation": summary.get("evaluation")}
 
 
-# --- evaluation ----------------------------------------------------------------------------------
-
-
-def _rate(flags: list) -> float | None:
-    values = [bool(f) for f in flags if f is not None]
-    return round(sum(values) / len(values), 4) if values else None
-
-
-def evaluate(model_path, validation: list, threads: int | None = None, limit: int | None = None):
-    """Flag rates of ``model_path``: on the ``validation`` films (in distribution, never used
-    by the fit), on each group of the fixed non-chest set and on the shifted chest films (made
-    from validation films) of :mod:`cxrlake.training.ood_set`."""
-    from cxrlake.training import ood_set
-
-    paths = [r.path for r in validation][: limit or None]
-    started = time.time()
-    val = embed(model_path, paths, threads)
-    groups: dict[str, dict] = {}
-    for name, items in ood_set.non_chest_inputs().items():
-        groups[name] = _group(model_path, items, threads)
-    shifted: dict[str, dict] = {}
-    for name, items in ood_set.shifted_chest_films(paths[: ood_set.SHIFT_FILMS]).items():
-        shifted[name] = _group(model_path, items, threads)
-    non_chest = [f for g in groups.values() for f in g["flags"]]
-    result = {
-        "validation": {
-            "films": len(paths),
-            "flag_rate": _rate(val["flagged"]),
-            "median_score": round(float(np.nanmedian(val["ood_score"])), 4),
-        },
-        "non_chest": {
-            "inputs": len(non_chest),
-            "flag_rate": _rate(non_chest),
-            "groups": {
-                k: {kk: v[kk] for kk in ("inputs", "flag_rate", "median_score", "by")}
-                for k, v in groups.items()
-            },
-        },
-        "shifted_chest": {
-            k: {kk: v[kk] for kk in ("inputs", "flag_rate", "median_score")}
-            for k, v in shifted.items()
-        },
-        "seconds": round(time.time() - started, 1),
-    }
-    log(
-        f"validation flagged {result['validation']['flag_rate']}, non-chest flagged "
-        f"{result['non_chest']['flag_rate']} of {len(non_chest)}"
-    )
-    return result
-
-
-def _group(model_path, items: list, threads) -> dict:
-    out = embed(model_path, [i for _, i in items], threads)
-    flags = [f if e is None else None for f, e in zip(out["flagged"], out["error"], strict=True)]
-    by_header = sum(1 for r in out["reason"] if r and ("DICOM" in r or "lateral" in r))
-    return {
-        "inputs": len(items),
-        "flags": flags,
-        "flag_rate": _rate(flags),
-        "median_score": round(float(np.nanmedian(out["ood_score"])), 4)
-        if np.isfinite(out["ood_score"]).any()
-        else None,
-        "by": "DICOM header" if by_header else "score",
-        "names": [n for n, _ in items],
-    }
-
-
-def write_results(model_path: Path, summary: dict) -> Path:
+def write_results(model_path: Path, summary: JsonObject) -> Path:
     """``ood.json`` next to the model, and the OOD section of the model cards there."""
-    import cxrlake
-    from cxrlake.training.card import update_ood_section
-
     path = Path(model_path).parent / RESULT_FILE
     path.write_text(json.dumps(summary, indent=2) + "\n")
     cards = list(Path(model_path).parent.glob("MODEL_CARD.md"))
@@ -545,6 +467,7 @@ def write_results(model_path: Path, summary: dict) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m cxrlake.training.ood fit|evaluate`` (see the module docstring)."""
     parser = argparse.ArgumentParser(
         prog="python -m cxrlake.training.ood",
         description=__doc__,
