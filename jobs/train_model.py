@@ -4,12 +4,15 @@
 # MAGIC
 # MAGIC Fine-tunes the ImageNet EfficientNet-Lite0 on the labelled images of a volume folder laid out as
 # MAGIC `<data_path>/<NORMAL|PNEUMONIA>/*.jpeg` with the same package code as `cxrlake train`
-# MAGIC (`cxrlake.training.train.fit` then `finalize`): patient-grouped split, augmentation, class
-# MAGIC weighting, temperature and threshold from the validation split under simulated acquisition shifts (shift-averaged balanced accuracy), ONNX export with the
-# MAGIC contract metadata, int8 tried and kept only if it keeps the metrics. The run is logged to MLflow and
-# MAGIC the chosen ONNX model registered in Unity Catalog as
-# MAGIC `<catalog>.<models_schema>.<registered_model>` with the alias `champion` and a model signature (required by
-# MAGIC Unity Catalog); the gold job then scores with it.
+# MAGIC (`cxrlake.training.train.fit` then `finalize`) and the recipe of the shipped model
+# MAGIC (`cxrlake.training.config.SHIPPED_RECIPE`: model 1.2.0 = recipe 1.0.0+longer, 80 optimizer steps):
+# MAGIC the latest acquisition batches held out as validation, augmentation, class weighting, model
+# MAGIC selection on the held-out batches, temperature from the validation under simulated acquisition
+# MAGIC shifts, threshold = the best specificity with sensitivity >= 0.95 on the held-out batches, ONNX
+# MAGIC export with the contract metadata, int8 tried and kept only if it keeps the metrics. The run is
+# MAGIC logged to MLflow and the chosen ONNX model registered in Unity Catalog as
+# MAGIC `<catalog>.<models_schema>.<registered_model>` with the alias `champion` and a model signature
+# MAGIC (required by Unity Catalog); the gold job then scores with it.
 # MAGIC Job: `bundle/resources/train_model.job.yml`. See MODEL_CARD.md for the figures of the shipped model.
 # MAGIC
 # MAGIC ## Widgets
@@ -17,7 +20,7 @@
 # MAGIC - `bronze_schema`, `silver_schema`, `gold_schema`, `models_schema`: the schemas as the bundle deployed them (`dev_<user>_...` in development mode).
 # MAGIC - `registered_model`: the registered model's name as the bundle deployed it (`${resources.registered_models.pneumonia_classifier.name}`: `dev_<user>_pneumonia_classifier` in development mode).
 # MAGIC - `data_path`: volume folder with `NORMAL/` and `PNEUMONIA/`; empty = `/Volumes/<catalog>/<bronze_schema>/xray_images/train`.
-# MAGIC - `epochs`: training epochs, 1-50 (the shipped model: 4 at 160 px).
+# MAGIC - `epochs`: empty = the shipped recipe's step budget; an integer 1-50 = that many passes over the training split instead, with the recipe's other settings (a quick run: `make databricks-local` passes 1).
 # MAGIC - `register_model`: `true` to register the model in Unity Catalog and set `champion`, `false` to only log the run.
 
 # COMMAND ----------
@@ -29,7 +32,7 @@ dbutils.widgets.text("gold_schema", "", "Gold schema (as deployed)")
 dbutils.widgets.text("models_schema", "", "Models schema (as deployed)")
 dbutils.widgets.text("registered_model", "", "Registered model (as deployed)")
 dbutils.widgets.text("data_path", "", "Labelled images (empty = <xray_images volume>/train)")
-dbutils.widgets.text("epochs", "4", "Epochs")
+dbutils.widgets.text("epochs", "", "Epochs (empty = the shipped recipe's step budget)")
 dbutils.widgets.dropdown("register_model", "true", ["true", "false"], "Register in UC")
 
 # COMMAND ----------
@@ -38,10 +41,11 @@ import os
 import time
 from pathlib import Path
 
+from cxrlake.serving import registry
 from cxrlake.spark import jobs
 from cxrlake.spark.local_runtime import storage_path
-from cxrlake.training import registry
-from cxrlake.training.train import TrainConfig, finalize, fit
+from cxrlake.training.config import SHIPPED_RECIPE, recipe_config
+from cxrlake.training.train import finalize, fit
 
 names = jobs.validate_deployment(
     dbutils.widgets.get("catalog"),
@@ -57,8 +61,8 @@ data_path = jobs.validate_volume_path(
     names.catalog,
 )
 epochs_text = dbutils.widgets.get("epochs").strip()
-if not epochs_text.isdigit() or not 1 <= int(epochs_text) <= 50:
-    raise ValueError(f"epochs must be an integer in 1..50, got {epochs_text!r}")
+if epochs_text and not (epochs_text.isdigit() and 1 <= int(epochs_text) <= 50):
+    raise ValueError(f"epochs must be empty or an integer in 1..50, got {epochs_text!r}")
 register_model = dbutils.widgets.get("register_model") == "true"
 model_name = names.model_name()  # <catalog>.<models schema>.<registered_model>, as deployed
 # the cluster's local SSD (CXRLAKE_LOCAL_DISK: another folder, e.g. for `make databricks-local`)
@@ -66,8 +70,10 @@ run_dir = Path(os.environ.get("CXRLAKE_LOCAL_DISK", "/local_disk0")) / "cxrlake_
 
 # COMMAND ----------
 
-config = TrainConfig(
-    data=storage_path(data_path), run_dir=str(run_dir), epochs=int(epochs_text), threads=min(8, os.cpu_count() or 1)
+# epochs given: that many passes (evaluated once per pass) instead of the recipe's step budget
+passes = {"epochs": int(epochs_text), "steps": None, "eval_every": None} if epochs_text else {}
+config = recipe_config(
+    SHIPPED_RECIPE, storage_path(data_path), str(run_dir), threads=min(8, os.cpu_count() or 1), **passes
 )
 fit(config)
 summary = finalize(run_dir)

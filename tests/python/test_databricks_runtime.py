@@ -16,8 +16,8 @@ import pytest
 import tomllib
 
 import cxrlake
+from cxrlake.serving import registry
 from cxrlake.spark import model_source
-from cxrlake.training import registry
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = Path(os.environ.get("CXRLAKE_SHARED_DATA", REPO.parent / "shared" / "data"))

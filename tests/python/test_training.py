@@ -19,15 +19,15 @@ import torch.nn.functional as F
 
 import cxrlake
 from cxrlake.medallion.metrics import binary_metrics, choose_threshold, roc_auc
+from cxrlake.serving import registry
 from cxrlake.training import data as data_mod
-from cxrlake.training import registry
+from cxrlake.training.config import TrainConfig
 from cxrlake.training.export import (
     HEAD_BIAS_KEY,
     onnx_session,
     quantize_int8,
     read_metadata,
 )
-from cxrlake.training.config import TrainConfig
 from cxrlake.training.model import PneumoniaNet, predict_torch
 from cxrlake.training.run_files import load_checkpoint, load_saved_split
 from cxrlake.training.train import finalize, fit

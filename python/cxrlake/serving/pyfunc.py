@@ -17,14 +17,24 @@ The signature (`signature`) is what Unity Catalog requires of a registered versi
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import urllib.parse
+from importlib.metadata import PackageNotFoundError, distribution, version
 from pathlib import Path
-from typing import Any
 
 import mlflow
+import pandas as pd
 import pyarrow as pa
+from mlflow.models import ModelSignature
+from mlflow.models.model import ModelInfo
+from mlflow.pyfunc import PythonModel, PythonModelContext
+from mlflow.types import ColSpec, Schema, TensorSpec
 
+import cxrlake
 from cxrlake.serving.protocol import INPUT_COLUMN, decode_contents, prediction_rows
+from cxrlake.serving.server import warmup_png
 
 MODEL_ARTIFACT = "onnx_model"
 
@@ -40,22 +50,16 @@ _ARROW_TO_MLFLOW = {
 }
 
 
-class PneumoniaModel(mlflow.pyfunc.PythonModel):
+class PneumoniaModel(PythonModel):
     """`cxrlake.predict` over base64 image bytes (see the module docstring)."""
 
-    def load_context(self, context: Any) -> None:
-        import cxrlake
-
+    def load_context(self, context: PythonModelContext) -> None:
         self._model = cxrlake.Model(context.artifacts[MODEL_ARTIFACT])
         empty = cxrlake.predict(pa.array([], pa.binary()), model=self._model)
         self._columns = empty.schema.names
 
     # No type hints on purpose: MLflow infers a schema from them; the signature is explicit.
-    def predict(self, context, model_input, params=None):
-        import pandas as pd
-
-        import cxrlake
-
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         if isinstance(model_input, pd.DataFrame):
             values = model_input[INPUT_COLUMN].tolist()
         elif isinstance(model_input, dict):
@@ -78,33 +82,23 @@ class PneumoniaModel(mlflow.pyfunc.PythonModel):
         )
 
 
-def signature(model_path: str | os.PathLike[str] | None = None) -> Any:
+def signature(model_path: str | os.PathLike[str] | None = None) -> ModelSignature:
     """Input ``content`` (string, base64 bytes); outputs the columns of `cxrlake.predict`."""
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
-
-    import cxrlake
-
     schema = cxrlake.predict(pa.array([], pa.binary()), model=cxrlake.Model(model_path)).schema
-    outputs = [ColSpec(_ARROW_TO_MLFLOW.get(f.type, "string"), f.name) for f in schema]
+    outputs: list[ColSpec | TensorSpec] = [
+        ColSpec(_ARROW_TO_MLFLOW.get(f.type, "string"), f.name) for f in schema
+    ]
     return ModelSignature(inputs=Schema([ColSpec("string", INPUT_COLUMN)]), outputs=Schema(outputs))
 
 
-def input_example() -> Any:
+def input_example() -> pd.DataFrame:
     """One row: a small generated grey PNG (no patient image), base64."""
-    import base64
-
-    import pandas as pd
-
-    from cxrlake.serving.server import warmup_png
 
     return pd.DataFrame({INPUT_COLUMN: [base64.b64encode(warmup_png()).decode()]})
 
 
 def _requirements(wheel: str | None) -> tuple[list[str], list[str] | None]:
     """pip requirements and code_paths: the wheel from ``code/``, or the installed cxrlake."""
-    from importlib.metadata import PackageNotFoundError, version
-
     pins = [f"mlflow=={mlflow.__version__}", "pandas"]
     if wheel is not None:
         return [f"code/{Path(wheel).name}", *pins], [str(wheel)]
@@ -118,8 +112,6 @@ def save_model(
     path: str | os.PathLike[str], model_path: str | None = None, wheel: str | None = None
 ) -> None:
     """Write the pyfunc to the folder ``path`` (``mlflow models serve -m path``)."""
-    import cxrlake
-
     onnx_file = cxrlake.Model(model_path).path
     requirements, code_paths = _requirements(wheel)
     mlflow.pyfunc.save_model(
@@ -137,10 +129,6 @@ def installed_wheel() -> str | None:
     """The wheel file the running cxrlake was installed from, when pip recorded one that still
     exists (``direct_url.json``: a Databricks job library installs the bundle's wheel this way);
     None for an editable or index install."""
-    import json
-    import urllib.parse
-    from importlib.metadata import PackageNotFoundError, distribution
-
     try:
         text = distribution("cxrlake").read_text("direct_url.json")
     except PackageNotFoundError:
@@ -157,7 +145,7 @@ def log_in_run(
     name: str = "model",
     registered_model_name: str | None = None,
     wheel: str | None = None,
-) -> Any:
+) -> ModelInfo:
     """Log the pyfunc of ``onnx_file`` in the active MLflow run (and register it); returns
     MLflow's ModelInfo. ``wheel`` None: `installed_wheel`, else the installed version by name."""
     requirements, code_paths = _requirements(wheel or installed_wheel())
@@ -185,11 +173,10 @@ def log_model(
     ``mlflow.set_registry_uri("databricks-uc")``) and move ``alias`` to the new version.
     Pass the Linux x86_64 ``wheel`` for Databricks Model Serving. Returns the model URI, and
     the registered name and version."""
-    import cxrlake
-
     onnx_file = cxrlake.Model(model_path).path
-    started = mlflow.active_run() is None
-    run = mlflow.start_run() if started else mlflow.active_run()
+    active = mlflow.active_run()
+    started = active is None
+    run = mlflow.start_run() if active is None else active
     try:
         info = log_in_run(onnx_file, name, registered_model_name, wheel)
     finally:

@@ -74,7 +74,8 @@ def evaluate_candidate(run_dir: str | Path, pixel_cache: PixelCache | None = Non
         x = torch.from_numpy(shifted_inputs(val_px[sub], name))
         with torch.no_grad():
             logits = torch.cat([net(x[i : i + 64])[0] for i in range(0, len(x), 64)])
-        shifted[name] = float(roc_auc(val_y[sub], logits.numpy()))
+        auc = roc_auc(val_y[sub], logits.numpy())
+        shifted[name] = float("nan") if auc is None else auc
     return {
         "recipe": cfg.recipe,
         "config": asdict(cfg),

@@ -49,6 +49,24 @@ class Recipe(TypedDict, total=False):
     mixup_alpha: float
 
 
+def default_augmentation() -> Augmentation:
+    """The augmentation of `TrainConfig` (model 1.1.0's: with the acquisition shifts)."""
+    return {
+        "rotation_deg": 10.0,
+        "scale": [0.9, 1.1],
+        "translate": 0.06,
+        "brightness": 0.1,
+        "contrast": [0.85, 1.15],
+        "hflip": False,
+        "shift_p": 0.5,
+        "gamma": [0.7, 1.4],
+        "noise": [0.0, 0.04],
+        "blur": [0.3, 1.2],
+        "lowres": [0.4, 0.9],
+        "sharpen": [0.2, 1.0],
+    }
+
+
 @dataclass
 class TrainConfig:
     """Every parameter of a training run (recorded in the checkpoint, metrics.json and MLflow)."""
@@ -93,22 +111,7 @@ class TrainConfig:
     threads: int = 2
     model_name: str = MODEL_NAME
     model_version: str = "1.2.0"
-    augment: Augmentation = field(
-        default_factory=lambda: {
-            "rotation_deg": 10.0,
-            "scale": [0.9, 1.1],
-            "translate": 0.06,
-            "brightness": 0.1,
-            "contrast": [0.85, 1.15],
-            "hflip": False,
-            "shift_p": 0.5,
-            "gamma": [0.7, 1.4],
-            "noise": [0.0, 0.04],
-            "blur": [0.3, 1.2],
-            "lowres": [0.4, 0.9],
-            "sharpen": [0.2, 1.0],
-        }
-    )
+    augment: Augmentation = field(default_factory=default_augmentation)
 
 
 #: Augmentation of the 1.0.0 recipe: the same geometry and exposure, no acquisition shifts.
@@ -132,6 +135,11 @@ RECIPES: dict[str, Recipe] = {
     "1.0.0+224px": {"size": 224, "augment": _NO_SHIFT},
 }
 
+#: The recipe of the shipped model 1.2.0 (1.0.0+longer: 80 optimizer steps, no simulated-shift
+#: augmentation; python/cxrlake/models/MODEL_CARD.md, docs/model_candidates/): what the
+#: Databricks training job (jobs/train_model.py) trains.
+SHIPPED_RECIPE = "1.0.0+longer"
+
 #: The step budget every candidate got (``steps``; ``longer`` gets ``budget_factor`` times it).
 CANDIDATE_STEPS = 40
 
@@ -147,7 +155,9 @@ def recipe_config(
     for key, value in recipe.items():
         if key not in ("budget_factor", "augment"):
             setattr(cfg, key, value)
-    cfg.augment = {**cfg.augment, **recipe.get("augment", {})}
+    augment = Augmentation(**cfg.augment)
+    augment.update(recipe.get("augment", {}))
+    cfg.augment = augment
     cfg.steps = (steps or CANDIDATE_STEPS) * recipe.get("budget_factor", 1)
     # one evaluation on the held-out batches, at the end of the budget (2 shared cores); set
     # eval_every / patience for model selection and early stopping within a longer run

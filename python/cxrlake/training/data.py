@@ -205,8 +205,8 @@ def load_grayscale(path: str | os.PathLike[str], size: int) -> np.ndarray:
     from PIL import Image, ImageOps  # training only: the lakehouse needs none of PIL
 
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("L")
-        return np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        gray = ImageOps.exif_transpose(image).convert("L")
+        return np.asarray(gray.resize((size, size), Image.Resampling.BILINEAR), dtype=np.uint8)
 
 
 def load_pixel_cache(paths: Sequence[str], size: int, workers: int = 2) -> np.ndarray:

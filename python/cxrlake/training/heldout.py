@@ -32,12 +32,13 @@ def heldout_metrics(
         y, p = labels[mask], np.asarray(prob)[mask]
         both = 0 < y.sum() < len(y)
         m = binary_metrics(y, p, threshold) if both else {}
+        auc = roc_auc(y, p) if both else None
         rows.append(
             {
                 "batch": int(b),
                 "images": int(mask.sum()),
                 "pneumonia": int(y.sum()),
-                "auc": float(roc_auc(y, p)) if both else None,
+                "auc": None if auc is None else float(auc),
                 "sensitivity": float(np.mean(p[y == 1] >= threshold)) if y.sum() else None,
                 "specificity": float(np.mean(p[y == 0] < threshold)) if (y == 0).sum() else None,
                 "accuracy": m.get("accuracy"),

@@ -40,6 +40,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import onnx
@@ -55,6 +56,8 @@ from cxrlake.training.data import LabelledImage, split_groups
 from cxrlake.training.export import read_metadata
 from cxrlake.training.ood_evaluation import embed, evaluate
 from cxrlake.training.progress import log_ood as log
+
+T = TypeVar("T")
 
 OOD_OUTPUT = "ood_score"
 PREFIX = "ood/"
@@ -251,7 +254,7 @@ def _card_config(model_path: Path) -> JsonObject:
     return {**data, **data.get("config", {})}
 
 
-def _given(cfg: JsonObject, key: str, default: object) -> object:
+def _given(cfg: JsonObject, key: str, default: T) -> T:
     """``cfg[key]`` unless absent or null (the card writes null for unused settings)."""
     value = cfg.get(key)
     return default if value is None else value

@@ -89,8 +89,8 @@ def evaluate(
     for name, items in ood_set.non_chest_inputs().items():
         groups[name] = _group(model_path, items, threads)
     shifted: dict[str, JsonObject] = {}
-    for name, items in ood_set.shifted_chest_films(paths[: ood_set.SHIFT_FILMS]).items():
-        shifted[name] = _group(model_path, items, threads)
+    for name, films in ood_set.shifted_chest_films(paths[: ood_set.SHIFT_FILMS]).items():
+        shifted[name] = _group(model_path, films, threads)
     non_chest = [f for g in groups.values() for f in g["flags"]]
     result: JsonObject = {
         "validation": {

@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -203,7 +204,7 @@ def _relabelled_chest() -> list[tuple[str, bytes]]:
     ]
 
 
-def non_chest_inputs() -> dict[str, list[tuple[str, str | bytes]]]:
+def non_chest_inputs() -> dict[str, Sequence[tuple[str, str | bytes]]]:
     """The non-chest groups (see the module docs)."""
     dicoms, pixels = _dicoms()
     return {
@@ -231,7 +232,7 @@ def shifted_chest_films(paths: list[str]) -> dict[str, list[tuple[str, bytes]]]:
         h, w = gray.shape
         name = Path(path).name
         half = gray[:, : w // 2]
-        lateral = np.asarray(Image.fromarray(half).resize((w, h), Image.BILINEAR))
+        lateral = np.asarray(Image.fromarray(half).resize((w, h), Image.Resampling.BILINEAR))
         noisy = np.clip(gray + rng.normal(0, 60, gray.shape), 0, 255).astype(np.uint8)
         shifted = {
             "inverted": 255 - gray,

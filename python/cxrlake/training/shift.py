@@ -13,6 +13,7 @@ on test data.
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -148,7 +149,9 @@ def shifted_inputs(pixels: np.ndarray, name: str, batch_size: int = 128) -> np.n
     return np.concatenate(out) if out else np.zeros((0, 3, *pixels.shape[1:]), np.float32)
 
 
-def model_logits(path, inputs: np.ndarray, threads: int = 2, batch_size: int = 64) -> np.ndarray:
+def model_logits(
+    path: str | os.PathLike[str], inputs: np.ndarray, threads: int = 2, batch_size: int = 64
+) -> np.ndarray:
     """Head logits float64 ``[N]`` of the ONNX file ``path`` on contract inputs.
 
     Read as ``cxrlake.head_bias + mean(heatmap)`` (exact in float64, where the float32
@@ -166,7 +169,10 @@ def model_logits(path, inputs: np.ndarray, threads: int = 2, batch_size: int = 6
 
 
 def shifted_logits(
-    path, pixels: np.ndarray, names: list[str] | None = None, threads: int = 2
+    path: str | os.PathLike[str],
+    pixels: np.ndarray,
+    names: list[str] | None = None,
+    threads: int = 2,
 ) -> dict[str, np.ndarray]:
     """Head logits of the ONNX file ``path`` under every shift: name -> float64 ``[N]``."""
     return {

@@ -431,4 +431,3 @@ def finalize(
     }
     _write_run(run_dir, summary, split, ship_to)
     return summary
-
