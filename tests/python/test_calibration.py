@@ -446,6 +446,8 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
 
     from cxrlake.lakehouse.storage import Lakehouse
     from cxrlake.medallion.schemas import BRONZE, SILVER
+    from cxrlake.spark.catalog import SparkCatalog
+    from cxrlake.spark.deployment import Deployment
     from cxrlake.spark.transforms import GOLD_INPUT_COLUMNS, to_gold_predictions
 
     lake, _ = site_lake
@@ -470,9 +472,10 @@ def test_spark_gold_uses_the_site_threshold_from_a_table(site_lake, tmp_path):
         rows = Lakehouse(lake).read(service.site_thresholds_spec())
         spark.sql("CREATE DATABASE IF NOT EXISTS gold")
         spark.createDataFrame(rows).write.saveAsTable("gold.site_thresholds")  # Arrow in
-        found = spark_stored.spark_site_threshold(spark, "gold.site_thresholds", "site_a")
+        found = spark_stored.spark_site_threshold(SparkCatalog(spark, "spark_catalog"), "site_a")
         assert found == stored
-        assert spark_stored.spark_site_threshold(spark, "gold.absent", "site_a") is None
+        absent = SparkCatalog(spark, Deployment("spark_catalog", gold="absent"))
+        assert spark_stored.spark_site_threshold(absent, "site_a") is None
         # Score six films on Spark with it: the same labels and provenance as locally.
         silver = Lakehouse(lake).read(SILVER, ["image_id", "label", "dataset_split"]).slice(0, 6)
         bronze = Lakehouse(lake).read(BRONZE, ["image_id", "content_sha256", "content"])

@@ -3,7 +3,7 @@ Spark engine (PySpark local), over real images. After every step each table hold
 in both (keys and values; timestamps, batch ids and bronze bytes aside: bronze compares hashes).
 
 The Spark side is the Spark jobs' own code on PySpark local with Delta Lake
-(`cxrlake.spark.local_runtime`): each stage's decision (`cxrlake.spark.jobs.decide_*`) is
+(`cxrlake.spark.local_runtime`): each stage's decision (`cxrlake.spark.stages.decide_*`) is
 written by `cxrlake.spark.jobs.apply_changes` (MERGE / MERGE ... DELETE on real Delta tables that
 `jobs.create_tables` made from sql/, addressed by three-part names); both sides are then read
 back from their Delta tables.
@@ -76,7 +76,7 @@ class SparkState:
     def tables(self) -> dict[str, pa.Table]:
         """Every table, read back from Delta (once per run)."""
         from cxrlake.spark import jobs
-        from cxrlake.spark.transforms import to_arrow
+        from cxrlake.spark.frames import to_arrow
 
         if self._read is None:
             self._read = self._read_tables(jobs, to_arrow)
@@ -90,7 +90,8 @@ class SparkState:
 
     def run(self, source: Path, model_path: str | None) -> dict[str, dict[str, int]]:
         """One run: bronze, silver+gold, performance; returns rows upserted/updated/deleted."""
-        from cxrlake.spark import jobs
+        from cxrlake.spark import jobs, stages
+        from cxrlake.spark.catalog import SparkCatalog
         from cxrlake.spark.udfs import model_for
 
         self.runs += 1
@@ -100,13 +101,13 @@ class SparkState:
         counts: dict[str, dict[str, int]] = {}
         batch = f"spark-run-{self.runs}"
         for decide in (
-            lambda t: jobs.decide_bronze(self.spark, t, str(source), model, batch, now),
-            lambda t: jobs.decide_analysis(
+            lambda t: stages.decide_bronze(self.spark, t, str(source), model, batch, now),
+            lambda t: stages.decide_analysis(
                 self.spark, t, model, model_path, now, deid_key=self.deid_key
             ),
-            lambda t: jobs.decide_performance(self.spark, t, model, now),
+            lambda t: stages.decide_performance(self.spark, t, model, now),
         ):
-            state = jobs.catalog_tables(self.spark, self.names)
+            state = stages.state_tables(SparkCatalog(self.spark, self.names))
             written = jobs.apply_changes(self.spark, self.names, decide(state))
             for view, n in written.items():
                 total = counts.setdefault(view, {"upserted": 0, "updated": 0, "deleted": 0})
@@ -300,7 +301,7 @@ def test_both_engines_compare_champion_and_challenger_alike(spark):
     from cxrlake.medallion import schemas
     from cxrlake.medallion import serving as serving_tables
     from cxrlake.serving.registry import decide_comparison
-    from cxrlake.spark.jobs import _arrow_frame
+    from cxrlake.spark.frames import arrow_frame
     from cxrlake.spark.serving import decide_comparison as spark_decide
 
     images = [bytes([i]) * (10 + i) for i in range(6)]
@@ -371,7 +372,7 @@ def test_both_engines_compare_champion_and_challenger_alike(spark):
     local_rows = decide_comparison(payload_table, feedback, predictions, t0).to_pylist()
 
     def frame(table):
-        return _arrow_frame(spark, table)  # Arrow straight in, as the Spark jobs do
+        return arrow_frame(spark, table)  # Arrow straight in, as the Spark jobs do
 
     spark_rows = [
         r.asDict()

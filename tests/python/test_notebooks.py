@@ -235,15 +235,16 @@ def test_merge_statement_is_keyed_and_insert_only_for_bronze():
     import sqlglot
 
     from cxrlake.medallion import schemas
+    from cxrlake.spark.catalog import merge_statement
 
     target = jobs.table_name("healthcare_catalog_dev", schemas.BRONZE)
-    sql = jobs.merge_statement(target, "updates", schemas.BRONZE.keys, update=False)
+    sql = merge_statement(target, "updates", schemas.BRONZE.keys, update=False)
     assert sql == (
         "MERGE INTO healthcare_catalog_dev.bronze.kaggle_xray_metadata AS t USING updates AS s "
         "ON t.image_id <=> s.image_id AND t.content_sha256 <=> s.content_sha256 "
         "WHEN NOT MATCHED THEN INSERT *"
     )
-    upsert = jobs.merge_statement("c.silver.xray_metadata", "u", ("image_id",), update=True)
+    upsert = merge_statement("c.silver.xray_metadata", "u", ("image_id",), update=True)
     assert "WHEN MATCHED THEN UPDATE SET *" in upsert
     for statement in (sql, upsert):
         assert type(sqlglot.parse_one(statement, read="databricks")).__name__ == "Merge"

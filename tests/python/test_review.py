@@ -604,7 +604,7 @@ def test_html_report_shows_the_agreement(built, app):
 
 def test_train_labels_from_passes_the_corrections_and_says_how_many(built, app, capsys):
     from cxrlake.cli import build_parser
-    from cxrlake.review.cli import _with_current_labels
+    from cxrlake.cli.train import current_labels, run
 
     lakehouse, source = built
     _correct_one(app)
@@ -612,9 +612,8 @@ def test_train_labels_from_passes_the_corrections_and_says_how_many(built, app, 
         ["train", "--data", str(source), "--labels-from", str(lakehouse)]
     )
     assert args.labels_from == str(lakehouse)
-    handler = getattr(args, "handler", None) or args.func  # what `cxrlake train` runs
-    assert handler.__qualname__ == "_with_current_labels.<locals>.run"
-    seen = _with_current_labels(lambda a: a.label_overrides)(args)
+    assert args.handler is run  # `cxrlake train` declares --labels-from and reads it itself
+    seen = current_labels(args.data, args.labels_from)
     out = capsys.readouterr().out
     m = re.search(r"(\d+) of (\d+) differ from the folder labels", out)
     assert m and int(m.group(1)) == len(seen) >= 1 and int(m.group(2)) == 8
@@ -800,11 +799,12 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
 
 
 def test_spark_engine_computes_the_same_agreement_figures(app):
-    """`cxrlake.spark.jobs.decide_review_agreement` on local PySpark over the same tables gives
+    """`cxrlake.spark.stages.decide_review_agreement` on local PySpark over the same tables gives
     the rows the review app computes (one rule, both engines)."""
     from pyspark.sql import SparkSession
 
-    from cxrlake.spark.jobs import REVIEW_VIEWS, _arrow_frame, decide_review_agreement
+    from cxrlake.spark.frames import arrow_frame
+    from cxrlake.spark.stages import REVIEW_VIEWS, decide_review_agreement
 
     _correct_one(app)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -822,7 +822,7 @@ def test_spark_engine_computes_the_same_agreement_figures(app):
             data = app.store.lh.read(spec)
             if "heatmap" in data.schema.names:
                 data = data.drop_columns(["heatmap"])
-            frames[view] = _arrow_frame(spark, data)
+            frames[view] = arrow_frame(spark, data)
         when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
         got = [r.asDict() for r in decide_review_agreement(spark, frames, now=when).collect()]
         want = compute_agreement(app.store)

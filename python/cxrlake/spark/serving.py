@@ -12,12 +12,21 @@ DuckDB, and MERGEs ``<gold>.champion_challenger_comparison`` on (model_name, mod
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
-from typing import Any
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from cxrlake.medallion import schemas as lake_schemas
 from cxrlake.medallion import serving as tables
+from cxrlake.spark import parameters, sql_files
+from cxrlake.spark.catalog import SparkCatalog
 from cxrlake.spark.deployment import Deployment
+from cxrlake.spark.frames import materialise
+from cxrlake.spark.parameters import validate_principal
+from cxrlake.spark.schemas import to_spark_schema
 
 PAYLOAD_COLUMNS = (
     "databricks_request_id",
@@ -29,29 +38,28 @@ PAYLOAD_COLUMNS = (
 )
 
 
-def _rows(batches: Iterator[Any]) -> Iterator[Any]:
+def _rows(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         yield from tables.inference_rows(batch).to_batches()
 
 
 def decide_comparison(
-    spark: Any, payload: Any, feedback: Any, predictions: Any, now: dt.datetime | None = None
-) -> Any:
+    spark: SparkSession,
+    payload: DataFrame,
+    feedback: DataFrame,
+    predictions: DataFrame,
+    now: dt.datetime | None = None,
+) -> DataFrame:
     """The comparison rows (a DataFrame in `tables.GOLD_COMPARISON` order) from the inference
     table ``payload``, ``gold.prediction_feedback`` and ``gold.pneumonia_predictions``
     DataFrames: the rule `cxrlake promote` runs in DuckDB, in Spark SQL."""
-    import pyspark.sql.functions as F
-
-    from cxrlake.spark.jobs import _materialise
-    from cxrlake.spark.schemas import to_spark_schema
-
     rows = (
         payload.where("status_code = 200")
         .select(*PAYLOAD_COLUMNS)
         .mapInArrow(_rows, to_spark_schema(tables.INFERENCE_ROWS))
     )
     # the rule reads the rows five times: parse the JSON once
-    _materialise(rows).createOrReplaceTempView("inference_rows")
+    materialise(rows).createOrReplaceTempView("inference_rows")
     feedback.select(*tables.COMPARISON_FEEDBACK_COLUMNS).createOrReplaceTempView("feedback")
     predictions.select(*tables.COMPARISON_PREDICTION_COLUMNS).createOrReplaceTempView("predictions")
     computed_at = now or dt.datetime.now(dt.timezone.utc)
@@ -59,13 +67,13 @@ def decide_comparison(
     return result.select(*tables.GOLD_COMPARISON.names)
 
 
-def serving_comparison(spark: Any, names: Deployment, now: dt.datetime | None = None) -> Any:
+def serving_comparison(
+    spark: SparkSession, names: Deployment, now: dt.datetime | None = None
+) -> DataFrame | None:
     """Compute the comparison from the deployed tables and MERGE it into
     ``<gold>.champion_challenger_comparison``; returns the table as a DataFrame (None when the
     endpoint has logged nothing yet)."""
-    from cxrlake.spark.jobs import merge_into, table_name
-    from cxrlake.spark.schemas import to_spark_schema
-
+    catalog = SparkCatalog(spark, names)
     payload = names.table(f"gold.{tables.PAYLOAD_TABLE}")
     if not spark.catalog.tableExists(payload):
         return None
@@ -74,25 +82,21 @@ def serving_comparison(spark: Any, names: Deployment, now: dt.datetime | None = 
         ("feedback", lake_schemas.FEEDBACK),
         ("predictions", lake_schemas.PREDICTIONS),
     ):
-        name = table_name(names, spec)
-        if spark.catalog.tableExists(name):
-            frames[view] = spark.table(name)
+        if catalog.exists(spec):
+            frames[view] = catalog.frame(spec)
         else:  # the review tables may not exist yet: no verdicts
             frames[view] = spark.createDataFrame([], to_spark_schema(spec.arrow_schema))
     result = decide_comparison(
         spark, spark.table(payload), frames["feedback"], frames["predictions"], now
     )
-    target = table_name(names, tables.COMPARISON_TABLE)
-    if not spark.catalog.tableExists(target):
-        empty = spark.createDataFrame([], to_spark_schema(tables.GOLD_COMPARISON))
-        empty.write.format("delta").option("delta.enableChangeDataFeed", "true").saveAsTable(target)
-    merge_into(result, target, tables.COMPARISON_TABLE.keys, update=True)
-    return spark.table(target)
+    catalog.ensure(tables.COMPARISON_TABLE)
+    catalog.merge_frame(tables.COMPARISON_TABLE, result, operation="serving-comparison")
+    return catalog.frame(tables.COMPARISON_TABLE)
 
 
 def promote(names: Deployment, version: str, alias: str = "champion") -> str:
     """Move ``<catalog>.<models>.<registered model>@alias`` to ``version`` in Unity Catalog."""
-    import mlflow
+    import mlflow  # optional extra: only the Databricks serving job needs it
 
     if not version.isdigit():
         raise ValueError(f"promote_version must be a model version number, got {version!r}")
@@ -105,29 +109,26 @@ ENDPOINT_FUNCTION_SQL = "40_predict_endpoint_function.sql"
 
 
 def create_endpoint_function(
-    spark: Any,
+    spark: SparkSession,
     names: Deployment,
     serving_endpoint: str,
     readers_group: str,
     engineers_group: str | None = None,
-    sql_dir: Any = None,
+    sql_dir: str | os.PathLike[str] | None = None,
 ) -> None:
     """Create ``<catalog>.<models>.predict_endpoint(content BINARY)``: the ``ai_query`` form of
     predict over ``serving_endpoint`` (sql/40_predict_endpoint_function.sql)."""
-    from cxrlake.spark import sql_files
-    from cxrlake.spark.jobs import _sql_dir, validate_principal
-
     params = {
         **names.sql_params(),
         "serving_endpoint": serving_endpoint,
         "readers_group": validate_principal(readers_group),
         "engineers_group": validate_principal(engineers_group or readers_group),
     }
-    sql_files.run_sql_file(spark, _sql_dir(sql_dir) / ENDPOINT_FUNCTION_SQL, params)
+    sql_files.run_sql_file(spark, parameters.sql_dir(sql_dir) / ENDPOINT_FUNCTION_SQL, params)
 
 
 def run_comparison_job(
-    spark: Any,
+    spark: SparkSession,
     names: Deployment,
     serving_endpoint: str,
     readers_group: str,
@@ -137,8 +138,6 @@ def run_comparison_job(
     """The serving comparison job: (re)create ``predict_endpoint``, compute and MERGE the
     comparison, and with ``promote_version`` move ``@champion`` after it. Returns what to print:
     the comparison table, then the alias move."""
-    import pyarrow as pa
-
     if promote_version is not None and not promote_version.isdigit():
         raise ValueError(f"promote_version must be a model version number, got {promote_version!r}")
     create_endpoint_function(spark, names, serving_endpoint, readers_group, engineers_group)

@@ -31,6 +31,7 @@ from cxrlake.medallion import identity, metrics, rules
 from cxrlake.medallion import schemas as medallion_schemas
 from cxrlake.medallion import transforms as medallion
 from cxrlake.spark import schemas
+from cxrlake.spark.frames import to_arrow
 from cxrlake.spark.udfs import local_path, model_for
 
 ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
@@ -325,15 +326,6 @@ def to_gold_predictions(
     (`cxrlake.spark.site_thresholds.spark_site_threshold`)."""
     fn = gold_rows(_model_path(model), _now(predicted_at), threads, threshold)
     return scoring_input.select(*GOLD_INPUT_COLUMNS).mapInArrow(fn, schemas.GOLD_PREDICTIONS)
-
-
-def to_arrow(df: DataFrame, arrow_schema: pa.Schema | None = None) -> pa.Table:
-    """Collect a DataFrame to the driver as an Arrow table (``toArrow`` on Spark >= 4.0)."""
-    if hasattr(df, "toArrow"):
-        table = df.toArrow()
-    else:  # Spark 3.5
-        table = pa.Table.from_batches(df._collect_as_arrow(), arrow_schema)
-    return table if arrow_schema is None else table.select(arrow_schema.names).cast(arrow_schema)
 
 
 def model_performance(
