@@ -13,6 +13,10 @@ Reading (`read_source_file`) opens what the listing saw and nothing else: ``O_NO
 path that was listed (a symlink's resolved target), and the device and inode of the opened file
 must equal those the listing recorded, so a file swapped for a symlink or another file between
 listing and reading is refused, not followed.
+
+The pipeline's ``listing`` view of the rules is `listing_table`; `read_binary_files` reads a
+group of listed files into the ``binaryFile`` shape `cxrlake.medallion.transforms.bronze_batch`
+takes.
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ removes data files left behind by killed runs once they are older than the reten
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TypedDict
 
 from cxrlake.lakehouse.storage import Lakehouse, LakehouseLock, commit_properties
 from cxrlake.medallion import schemas
@@ -20,13 +20,27 @@ MIN_RETENTION_HOURS = 168
 """VACUUM never removes files younger than this (hours): the tables' deleted-file retention."""
 
 
+class TableMaintenance(TypedDict):
+    """What `maintain` did (or, in a dry run, would do) to one table."""
+
+    table: str
+    optimize: str
+    files_before: int
+    files_after: int
+    files_removed_by_optimize: int
+    vacuum_files: int
+    vacuum_paths: list[str]
+    vacuum_dry_run: bool
+    version: int
+
+
 def maintain(
     lakehouse: str | os.PathLike,
     env: str = "dev",
     retention_hours: int = MIN_RETENTION_HOURS,
     dry_run: bool = False,
     zorder: bool = True,
-) -> list[dict[str, Any]]:
+) -> list[TableMaintenance]:
     """Compact, Z-order (on ``image_id`` where the table has it) and vacuum every table.
 
     ``retention_hours`` below `MIN_RETENTION_HOURS` is refused; a lakehouse without a catalog
@@ -45,7 +59,7 @@ def maintain(
         raise FileNotFoundError(f"no lakehouse at {lh.catalog}")
     if dry_run:
         return [_plan(lh, spec, retention_hours, zorder) for spec in _existing(lh)]
-    results = []
+    results: list[TableMaintenance] = []
     with LakehouseLock(lh.root, lh.env):
         for spec in _existing(lh):
             table = lh.table(spec)
@@ -93,7 +107,7 @@ def _optimize_action(spec: schemas.TableSpec, files: int, zorder: bool) -> str:
 
 def _plan(
     lh: Lakehouse, spec: schemas.TableSpec, retention_hours: int, zorder: bool
-) -> dict[str, Any]:
+) -> TableMaintenance:
     """What `maintain` would do to one table, read without committing anything."""
     table = lh.table(spec)
     files = len(table.file_uris())
@@ -113,7 +127,7 @@ def _plan(
     }
 
 
-def format_results(results: list[dict[str, Any]]) -> str:
+def format_results(results: list[TableMaintenance]) -> str:
     """Text table of `maintain` results; a dry run also lists the files VACUUM would delete."""
     dry = any(r["vacuum_dry_run"] for r in results)
     lines = [

@@ -19,6 +19,12 @@ Stages:
    (see `AHEAD_BYTES`); silver+gold applies the rows of those results the rule selects.
 4. performance: metrics of the current model over the predictions of the current bytes of images
    in silver, appended when that prediction set has not been evaluated yet.
+5. drift: the current model's ``gold.drift_metrics`` rows that are new or changed.
+
+The performance and drift rows, the summary's latest metrics and its development-film share come
+from the engine-neutral services (`cxrlake.metrics_service`, `cxrlake.provenance`) over a
+`LocalCatalog` of the same tables; this module writes their rows with the run's commit metadata.
+The run summary is `run_summary.RunSummary`; the look-ahead is `analysis_feed`.
 
 A run killed at any point leaves images outside their end state; the next run selects and
 finishes them (see `cxrlake.medallion.rules`). A run holding the lakehouse lock excludes any other

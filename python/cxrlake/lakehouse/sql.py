@@ -41,18 +41,28 @@ Each takes a file path (VARCHAR); the ``*_bytes`` variant takes image bytes (BLO
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import os
 import re
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import duckdb
 import pyarrow as pa
+import pyarrow.csv as pacsv
+from deltalake import DeltaTable
 
+from cxrlake._api import decode
+from cxrlake._api import explain as explain_kernel
+from cxrlake._api import features as features_kernel
+from cxrlake._api import predict as predict_kernel
+from cxrlake.columns import EXPLAIN, FEATURES, PREDICT
 from cxrlake.exceptions import CxrlakeError
 from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
+from cxrlake.medallion.transforms import ModelArg, load_model, quarantine_reasons
+from cxrlake.model import Model
 
 OUTPUT_FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -95,29 +105,45 @@ def _struct_of(batch: pa.RecordBatch, names: list[str]) -> pa.StructArray:
     return pa.StructArray.from_arrays([batch.column(n) for n in names], names=names)
 
 
-def _register_udfs(
-    con: duckdb.DuckDBPyConnection, model: Any, roots: list[str] | None, catalog: str
-) -> None:
-    import cxrlake
-    from cxrlake.columns import EXPLAIN, FEATURES, PREDICT
+Kernel = Callable[[pa.Array], pa.Array]
+"""An Arrow-vectorised SQL function of one image column (paths or bytes)."""
 
-    model = model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
-    # A misconfigured sandbox (an empty or missing root) fails here, not at the first row.
-    cxrlake.decode(pa.array([], pa.string()), roots=roots)
-    predict_fields = PREDICT.names
-    feature_fields = FEATURES.names
+
+def _kernels(model: Model, roots: list[str] | None) -> list[tuple[str, Kernel, str]]:
+    """``(name, function, DuckDB return type)`` of the one-argument SQL functions."""
 
     def predict(images: pa.Array) -> pa.Array:
-        return _struct_of(cxrlake.predict(images, model=model, roots=roots), predict_fields)
+        return _struct_of(predict_kernel(images, model=model, roots=roots), PREDICT.names)
 
     def features(images: pa.Array) -> pa.Array:
-        batch = cxrlake.features(images, model=model, roots=roots, embedding=model.has_embedding)
-        return _struct_of(batch, feature_fields)
-
-    explain_fields = EXPLAIN.names
+        batch = features_kernel(images, model=model, roots=roots, embedding=model.has_embedding)
+        return _struct_of(batch, FEATURES.names)
 
     def explain(images: pa.Array) -> pa.Array:
-        return _struct_of(cxrlake.explain(images, model=model, roots=roots), explain_fields)
+        return _struct_of(explain_kernel(images, model=model, roots=roots), EXPLAIN.names)
+
+    def quality_score(images: pa.Array) -> pa.Array:
+        return features_kernel(images, embedding=False, roots=roots).column("quality_score")
+
+    def image_error(images: pa.Array) -> pa.Array:
+        reasons = quarantine_reasons(decode(images, roots=roots))
+        return reasons.combine_chunks() if isinstance(reasons, pa.ChunkedArray) else reasons
+
+    kernels: list[tuple[str, Kernel, str]] = [
+        ("predict", predict, _duck_type(pa.struct(PREDICT))),
+        ("features", features, _duck_type(pa.struct(FEATURES))),
+        ("quality_score", quality_score, "DOUBLE"),
+        ("image_error", image_error, "VARCHAR"),
+    ]
+    if model.has_heatmap:
+        kernels.append(("explain", explain, _duck_type(pa.struct(EXPLAIN))))
+    return kernels
+
+
+def _explain_overlay(
+    model: Model, roots: list[str] | None
+) -> Callable[[pa.Array, pa.Array], pa.Array]:
+    """``explain_overlay(image, size)``: the overlay PNG of each row at its own size."""
 
     def explain_overlay(images: pa.Array, sizes: pa.Array) -> pa.Array:
         # one kernel call per distinct size in the batch, each row drawn at its own size;
@@ -128,7 +154,7 @@ def _register_udfs(
             rows = [i for i, s in enumerate(wanted) if s == size]
             if not 16 <= size <= 4096:
                 raise ValueError(f"explain_overlay: size must be 16..4096 pixels, got {size}")
-            batch = cxrlake.explain(
+            batch = explain_kernel(
                 images.take(pa.array(rows, pa.int64())),
                 model=model,
                 roots=roots,
@@ -138,40 +164,33 @@ def _register_udfs(
                 out[i] = png
         return pa.array(out, pa.binary())
 
-    def quality_score(images: pa.Array) -> pa.Array:
-        return cxrlake.features(images, embedding=False, roots=roots).column("quality_score")
+    return explain_overlay
 
-    def image_error(images: pa.Array) -> pa.Array:
-        from cxrlake.medallion.transforms import quarantine_reasons
 
-        reasons = quarantine_reasons(cxrlake.decode(images, roots=roots))
-        return reasons.combine_chunks() if isinstance(reasons, pa.ChunkedArray) else reasons
-
-    functions = [
-        ("predict", predict, _duck_type(pa.struct(PREDICT))),
-        ("features", features, _duck_type(pa.struct(FEATURES))),
-        ("quality_score", quality_score, "DOUBLE"),
-        ("image_error", image_error, "VARCHAR"),
-    ]
-    if model.has_heatmap:
-        functions.append(("explain", explain, _duck_type(pa.struct(EXPLAIN))))
+def _register_udfs(
+    con: duckdb.DuckDBPyConnection,
+    model: ModelArg,
+    roots: list[str] | None,
+    catalog: str,
+) -> None:
+    loaded = load_model(model)
+    # A misconfigured sandbox (an empty or missing root) fails here, not at the first row.
+    decode(pa.array([], pa.string()), roots=roots)
     # DuckDB Python UDFs cannot be overloaded by argument type: bytes variants get a suffix.
-    for name, fn, return_type in functions:
+    # Rows the core cannot read come back NULL (SPECIAL lets a UDF return NULLs). The options are
+    # given as strings, which every DuckDB >= 1.1 takes (its stubs want the enums, which moved
+    # from duckdb.functional to duckdb.func in 2.0).
+    for name, fn, return_type in _kernels(loaded, roots):
         for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
-            con.create_function(
-                name + suffix,
-                fn,
-                [arg_type],
-                return_type,
-                type="arrow",
-                # rows the core cannot read come back NULL (SPECIAL lets a UDF return NULLs)
-                null_handling="special",
+            con.create_function(  # type: ignore[call-overload]
+                name + suffix, fn, [arg_type], return_type, type="arrow", null_handling="special"
             )
-    if model.has_heatmap:
+    if loaded.has_heatmap:
+        overlay = _explain_overlay(loaded, roots)
         for suffix, arg_type in (("", "VARCHAR"), ("_bytes", "BLOB")):
-            con.create_function(
+            con.create_function(  # type: ignore[call-overload]
                 "explain_overlay" + suffix,
-                explain_overlay,
+                overlay,
                 [arg_type, "INTEGER"],
                 "BLOB",
                 type="arrow",
@@ -226,8 +245,6 @@ def _create_table_view(
     DuckDB never opens a file of the table: the view scans an Arrow dataset that pyarrow reads
     (projection and filters pushed down), registered on the connection before it is locked.
     """
-    from deltalake import DeltaTable
-
     table = DeltaTable(folder)
     qualified = f'{catalog}."{schema_name}"."{name}"'
     source = f"__cxrlake_{schema_name}_{name}"
@@ -258,7 +275,7 @@ def _plain_strings(data: pa.Table) -> pa.Table:
 def connect(
     lakehouse: str | os.PathLike,
     env: str = "dev",
-    model: Any = None,
+    model: ModelArg = None,
     udfs: bool = True,
     roots: list[str] | None = None,
 ) -> duckdb.DuckDBPyConnection:
@@ -375,7 +392,7 @@ def _show_tables(con: duckdb.DuckDBPyConnection, schema_name: str | None) -> pa.
     catalog = con.execute("SELECT current_database()").fetchall()[0][0]
     if schema_name and "." in schema_name:
         catalog, schema_name = schema_name.split(".", 1)
-    params: list[Any] = [catalog]
+    params: list[object] = [catalog]
     where = ""
     if schema_name:
         where = " AND schema_name = ?"
@@ -408,7 +425,7 @@ def query(
     lakehouse: str | os.PathLike,
     sql: str,
     env: str = "dev",
-    model: Any = None,
+    model: ModelArg = None,
     roots: list[str] | None = None,
 ) -> pa.Table:
     """Run SQL over the lakehouse and return the last statement's result as an Arrow table."""
@@ -427,31 +444,25 @@ def format_result(table: pa.Table, fmt: str = "table", max_width: int = 60) -> s
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"unknown format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
     if fmt == "csv":
-        import io
-
-        import pyarrow.csv as pacsv
-
         buf = io.BytesIO()
         pacsv.write_csv(_printable(table), buf)
         return buf.getvalue().decode("utf-8").rstrip("\n")
     if fmt in ("json", "jsonl"):
-        import json
-
-        rows = _finite(_rows(table))
+        rows = [_finite(row) for row in _rows(table)]
         if fmt == "json":
             return json.dumps(rows, default=str, indent=1, allow_nan=False)
         return "\n".join(json.dumps(row, default=str, allow_nan=False) for row in rows)
     names = table.column_names
-    rows = [[_cell(v, max_width) for v in row.values()] for row in _rows(table)]
-    widths = [max([len(n)] + [len(r[i]) for r in rows]) for i, n in enumerate(names)]
+    cells = [[_cell(v, max_width) for v in row.values()] for row in _rows(table)]
+    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(names)]
     line = " | ".join(n.ljust(w) for n, w in zip(names, widths, strict=True))
     out = [line, "-+-".join("-" * w for w in widths)]
-    out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
-    out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")
+    out += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    out.append(f"({len(cells)} row{'s' if len(cells) != 1 else ''})")
     return "\n".join(out)
 
 
-def _finite(value: Any) -> Any:
+def _finite(value: object) -> object:
     """``value`` with NaN and infinities as None: JSON has no such numbers (``NaN`` in the output
     breaks every strict parser), so they print as ``null``."""
     if isinstance(value, float):
@@ -472,8 +483,6 @@ def _printable(table: pa.Table) -> pa.Table:
     """For CSV: binary values as ``<N bytes>`` and each nested value (struct, list, map) as
     its JSON text, since a CSV cell holds one value (``predict(path)`` prints as
     ``{"probability": 0.93, ...}``)."""
-    import json
-
     cols = []
     for col in table.columns:
         if _is_binary(col.type) or _is_nested(col.type):
@@ -491,7 +500,7 @@ def _printable(table: pa.Table) -> pa.Table:
     return pa.table(cols, names=table.column_names)
 
 
-def _rows(table: pa.Table) -> list[dict[str, Any]]:
+def _rows(table: pa.Table) -> list[dict[str, object]]:
     """The rows as Python values, bytes as ``<N bytes>`` at any depth, maps as objects."""
     return [{k: _plain(v) for k, v in row.items()} for row in table.to_pylist()]
 
@@ -509,7 +518,7 @@ def _is_nested(kind: pa.DataType) -> bool:
     return pa.types.is_nested(kind) or pa.types.is_dictionary(kind)
 
 
-def _plain(value: Any) -> Any:
+def _plain(value: object) -> object:
     """A Python value from an Arrow nested value with bytes as ``<N bytes>`` and map entries
     (a list of key/value pairs in Arrow) as an object."""
     if isinstance(value, bytes):
@@ -523,7 +532,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _cell(value: Any, max_width: int) -> str:
+def _cell(value: object, max_width: int) -> str:
     if value is None:
         text = "NULL"
     elif isinstance(value, bytes):

@@ -21,7 +21,6 @@ import signal
 import sys
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -333,7 +332,7 @@ class Lakehouse:
         self,
         spec: TableSpec,
         columns: list[str] | None = None,
-        filter: Mapping[str, Any] | None = None,
+        filter: Mapping[str, object] | None = None,
     ) -> pa.Table:
         """Read (some columns of) a table; an absent table reads as empty.
 
@@ -353,7 +352,7 @@ class Lakehouse:
         self,
         spec: TableSpec,
         columns: list[str],
-        filter: Mapping[str, Any] | None,
+        filter: Mapping[str, object] | None,
         batch_size: int,
     ) -> Iterator[pa.RecordBatch]:
         """Stream a table in record batches of at most ``batch_size`` rows (bounded memory);
@@ -368,7 +367,7 @@ class Lakehouse:
         self,
         spec: TableSpec,
         columns: list[str] | None,
-        filter: Mapping[str, Any] | None,
+        filter: Mapping[str, object] | None,
         batch_size: int | None,
     ) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
         """The schema of the rows asked for, and a stream of them (one snapshot)."""
@@ -401,7 +400,8 @@ class Lakehouse:
         if data.num_rows == 0:
             return 0
         with self._writing(spec):
-            write_deltalake(
+            # delta-rs's stubs want WriterProperties; None (its default) keeps its defaults
+            write_deltalake(  # type: ignore[call-overload]
                 self.table(spec),
                 data,
                 mode="append",
@@ -514,7 +514,7 @@ def _conform_batch(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _mask(batch: pa.RecordBatch, filter: Mapping[str, Any]) -> pa.Array:
+def _mask(batch: pa.RecordBatch, filter: Mapping[str, object]) -> pa.Array:
     mask = None
     for column, value in filter.items():
         values = batch.column(column)

@@ -188,59 +188,63 @@ def model_performance(
                 ),
                 pc.equal(table.column("dataset_split"), key["dataset_split"]),
             )
-            part = table.filter(mask)
-            y = np.asarray(part.column("true_label").to_numpy(zero_copy_only=False)) == 1
-            yhat = np.asarray(part.column("predicted_label").to_numpy(zero_copy_only=False)) == 1
-            prob = part.column("prediction_probability").to_numpy(zero_copy_only=False)
-            tp = int(np.sum(y & yhat))
-            tn = int(np.sum(~y & ~yhat))
-            fp = int(np.sum(~y & yhat))
-            fn = int(np.sum(y & ~yhat))
-            precision = _safe_div(tp, tp + fp)
-            recall = _safe_div(tp, tp + fn)
-            fingerprint = predictions_fingerprint(part.column("prediction_id").to_pylist())
-            flagged = (
-                int(pc.sum(pc.fill_null(part.column("out_of_distribution"), False)).as_py() or 0)
-                if "out_of_distribution" in part.column_names
-                else None
-            )
             rows.append(
-                {
-                    "evaluation_id": evaluation_id(
-                        key["model_name"],
-                        key["model_version"],
-                        key["dataset_split"],
-                        fingerprint,
-                        threshold,
-                    ),
-                    "model_name": key["model_name"],
-                    "model_version": key["model_version"],
-                    "dataset_split": key["dataset_split"],
-                    "accuracy": _safe_div(tp + tn, y.size),
-                    "precision": precision,
-                    "recall": recall,
-                    "f1_score": _safe_div(2 * precision * recall, precision + recall),
-                    "auc_roc": roc_auc(y, prob),
-                    "confusion_matrix": json.dumps(
-                        {
-                            "labels": list(schemas.LABEL_NAMES),
-                            "matrix": [[tn, fp], [fn, tp]],
-                            "tn": tn,
-                            "fp": fp,
-                            "fn": fn,
-                            "tp": tp,
-                        }
-                    ),
-                    "total_samples": int(y.size),
-                    "evaluated_at": evaluated_at,
-                    "evaluation_date": evaluated_at.date(),
-                    "threshold": threshold,
-                    "predictions_fingerprint": fingerprint,
-                    "flagged_samples": flagged,
-                }
+                _evaluation_row(
+                    table.filter(mask),
+                    key["model_name"],
+                    key["model_version"],
+                    key["dataset_split"],
+                    threshold,
+                    evaluated_at,
+                )
             )
     rows.sort(key=lambda r: (r["model_name"], r["model_version"], r["dataset_split"]))
     return pa.RecordBatch.from_pylist(rows, schema=schemas.GOLD_PERFORMANCE)
+
+
+def _evaluation_row(
+    part: pa.Table,
+    model_name: str,
+    model_version: str,
+    split: str,
+    threshold: float | None,
+    evaluated_at: dt.datetime,
+) -> dict[str, object]:
+    """The ``gold.model_performance`` row of one (model, version, split)'s labelled predictions."""
+    y = np.asarray(part.column("true_label").to_numpy(zero_copy_only=False)) == 1
+    yhat = np.asarray(part.column("predicted_label").to_numpy(zero_copy_only=False)) == 1
+    prob = part.column("prediction_probability").to_numpy(zero_copy_only=False)
+    tp = int(np.sum(y & yhat))
+    tn = int(np.sum(~y & ~yhat))
+    fp = int(np.sum(~y & yhat))
+    fn = int(np.sum(y & ~yhat))
+    precision = _safe_div(tp, tp + fp)
+    recall = _safe_div(tp, tp + fn)
+    fingerprint = predictions_fingerprint(part.column("prediction_id").to_pylist())
+    flagged = (
+        int(pc.sum(pc.fill_null(part.column("out_of_distribution"), False)).as_py() or 0)
+        if "out_of_distribution" in part.column_names
+        else None
+    )
+    matrix = {"matrix": [[tn, fp], [fn, tp]], "tn": tn, "fp": fp, "fn": fn, "tp": tp}
+    return {
+        "evaluation_id": evaluation_id(model_name, model_version, split, fingerprint, threshold),
+        "model_name": model_name,
+        "model_version": model_version,
+        "dataset_split": split,
+        "accuracy": _safe_div(tp + tn, y.size),
+        "precision": precision,
+        "recall": recall,
+        "f1_score": _safe_div(2 * precision * recall, precision + recall),
+        "auc_roc": roc_auc(y, prob),
+        "confusion_matrix": json.dumps({"labels": list(schemas.LABEL_NAMES), **matrix}),
+        "total_samples": int(y.size),
+        "evaluated_at": evaluated_at,
+        "evaluation_date": evaluated_at.date(),
+        "threshold": threshold,
+        "predictions_fingerprint": fingerprint,
+        "flagged_samples": flagged,
+    }
 
 
 # ---------------------------------------------------------------- model-radiologist agreement

@@ -26,16 +26,23 @@ one (the Spark jobs pass the Databricks secret). Batches without DICOM rows need
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxrlake import deid
+from cxrlake._api import dicom_metadata
+from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.medallion import identity, schemas
-from cxrlake.medallion.analysis import analyze
+from cxrlake.medallion.analysis import ANALYSIS_SCHEMA, analyze
 from cxrlake.medallion.redact import redact_reasons
+from cxrlake.model import Model
+from cxrlake.threshold import SiteThreshold
 
 STATS_FEATURE_TAG = "cxrlake-image-stats:1"
 """``feature_extraction_model`` of feature vectors built from image statistics (model without an
@@ -52,18 +59,20 @@ def _batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
     return combined[0] if combined else pa.RecordBatch.from_pylist([], schema=schema)
 
 
-def _const(value: Any, n: int, type_: pa.DataType) -> pa.Array:
+def _const(value: object, n: int, type_: pa.DataType) -> pa.Array:
     return pa.array([value] * n, type_) if value is not None else pa.nulls(n, type_)
 
 
-def load_model(model: Any) -> Any:
+ModelArg = Model | str | os.PathLike[str] | None
+"""A ``model=`` argument: a `cxrlake.Model`, a path, or None (the shipped model)."""
+
+
+def load_model(model: ModelArg) -> Model:
     """``model`` as a `cxrlake.Model` (a path or None loads it; None = the shipped model)."""
-    import cxrlake
-
-    return model if isinstance(model, cxrlake.Model) else cxrlake.Model(model)
+    return model if isinstance(model, Model) else Model(model)
 
 
-def feature_tag(model: Any) -> str:
+def feature_tag(model: Model) -> str:
     """``feature_extraction_model`` of the vectors ``model`` gives: ``<name>:<version>`` for its
     embedding, `STATS_FEATURE_TAG` when it has none."""
     return f"{model.name}:{model.version}" if model.has_embedding else STATS_FEATURE_TAG
@@ -124,12 +133,10 @@ def dicom_metadata_column(
 ) -> tuple[pa.Array, pa.Array]:
     """``(metadata, error)`` of `cxrlake.dicom_metadata` for every row: DICOM JSON text for
     DICOM files, NULL and NULL for anything else (the core looks at four bytes of those)."""
-    import cxrlake
-
     n = len(contents)
     if n == 0:
         return pa.array([], pa.string()), pa.array([], pa.string())
-    out = cxrlake.dicom_metadata(contents, threads=threads)
+    out = dicom_metadata(contents, threads=threads)
     return out.column("metadata"), out.column("error")
 
 
@@ -154,11 +161,6 @@ def dicom_silver_metadata(
     up only when the batch holds a DICOM row; without one that raises `InvalidArgumentError`
     naming the variable. Python runs per DICOM row only.
     """
-    import json
-
-    from cxrlake import deid
-    from cxrlake.exceptions import InvalidArgumentError
-
     t = _table(bronze)
     n = t.num_rows
     nothing = pa.nulls(n, pa.string())
@@ -279,10 +281,10 @@ def _stats_vectors(t: pa.Table) -> pa.Array:
 
 def analyze_batch(
     bronze: pa.RecordBatch | pa.Table,
-    model: Any = None,
+    model: ModelArg = None,
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
     deid_key: bytes | None = None,
     deidentify: bool = True,
 ) -> AnalyzedBatches:
@@ -292,46 +294,66 @@ def analyze_batch(
     ``model``: a `cxrlake.Model`, a path or None (shipped model): its embedding is the feature
     vector (image statistics when it has none) and its probability the prediction, from the same
     forward pass. ``processed_at`` (default now) stamps every row. ``threshold``: a site's
-    `cxrlake.calibration.SiteThreshold` deciding ``predicted_label`` instead of the model's own
+    `cxrlake.threshold.SiteThreshold` deciding ``predicted_label`` instead of the model's own
     threshold; each prediction records the deciding one (``decision_threshold``,
     ``threshold_source``). DICOM rows get their de-identified metadata and quarantine reason from
     `dicom_silver_metadata` (key ``deid_key``, else ``CXRLAKE_DEID_KEY``); ``deidentify=False``
     skips that for rows that already passed silver (`gold_predictions_batch`).
     """
     processed_at = identity.to_utc(processed_at) or identity.utc_now()
-    model = load_model(model)
+    loaded = load_model(model)
+    decision = _decision(loaded, threshold)
     src = _table(bronze)
     if "dicom_metadata" not in src.column_names:
         src = src.append_column("dicom_metadata", pa.nulls(src.num_rows, pa.string()))
     src = src.select(list(BRONZE_ANALYZE_COLUMNS))
     if src.num_rows:
-        result = pa.Table.from_batches([analyze(src.column("content"), model, threads)])
+        result = pa.Table.from_batches([analyze(src.column("content"), loaded, threads)])
     else:
-        from cxrlake.medallion.analysis import ANALYSIS_SCHEMA
-
         result = ANALYSIS_SCHEMA.empty_table()
-    n_rows = src.num_rows
     if deidentify:
         deidentified, dicom_reasons = dicom_silver_metadata(src, deid_key, threads)
     else:
-        deidentified = dicom_reasons = pa.nulls(n_rows, pa.string())
+        deidentified = dicom_reasons = pa.nulls(src.num_rows, pa.string())
     reasons = redact_reasons(
         pc.coalesce(result.column("error"), dicom_reasons, quarantine_reasons(result))
     )
     good = pc.is_null(reasons)
-    bad = pc.invert(good)
     # bronze's metadata (protected health information) goes no further than this line
     joined = src.drop_columns(["content", "dicom_metadata"])
     joined = joined.append_column("dicom_metadata_deid", deidentified)
     for name in result.column_names:
         joined = joined.append_column("a_" + name, result.column(name))
     joined = joined.append_column("reason", reasons)
-    ok, ko = joined.filter(good), joined.filter(bad)
-    n_ok, n_ko = ok.num_rows, ko.num_rows
-    ts = _const(processed_at, n_ok, schemas.TS)
+    ok, ko = joined.filter(good), joined.filter(pc.invert(good))
+    ts = _const(processed_at, ok.num_rows, schemas.TS)
     label = _labels(ok.column("category"))
+    return AnalyzedBatches(
+        _batch(_silver_metadata(ok, label, ts), schemas.SILVER_METADATA),
+        _batch(_silver_features(ok, loaded, ts), schemas.SILVER_FEATURES),
+        _batch(_gold_predictions(ok, label, processed_at, decision), schemas.GOLD_PREDICTIONS),
+        _batch(_quarantine_rows(ko, processed_at), schemas.SILVER_QUARANTINE),
+    )
 
-    metadata = pa.table(
+
+def _decision(model: Model, threshold: SiteThreshold | None) -> tuple[float, str] | SiteThreshold:
+    """The model's own (threshold, ``model``), or a site's threshold checked to be this model's."""
+    if threshold is None:
+        return model.threshold, "model"
+    if not isinstance(threshold, SiteThreshold) or (
+        threshold.model_name,
+        threshold.model_version,
+    ) != (model.name, model.version):
+        raise ValueError(
+            f"threshold must be a SiteThreshold of model {model.name} {model.version}, "
+            f"got {threshold!r}"
+        )
+    return threshold
+
+
+def _silver_metadata(ok: pa.Table, label: pa.Array, ts: pa.Array) -> pa.Table:
+    """``silver.xray_metadata`` rows of the good images of an analysed batch."""
+    return pa.table(
         {
             "image_id": ok.column("image_id"),
             "label": label,
@@ -349,38 +371,45 @@ def analyze_batch(
             "dicom_metadata_deid": ok.column("dicom_metadata_deid"),
         }
     )
+
+
+def _silver_features(ok: pa.Table, model: Model, ts: pa.Array) -> pa.Table:
+    """``silver.image_features`` rows: the model's embedding, else image statistics."""
     renamed = ok.rename_columns([c.removeprefix("a_") for c in ok.column_names])
     vectors = ok.column("a_embedding") if model.has_embedding else _stats_vectors(renamed)
-    features = pa.table(
+    return pa.table(
         {
             "image_id": ok.column("image_id"),
             "feature_vector": vectors,
-            "feature_extraction_model": _const(feature_tag(model), n_ok, pa.string()),
+            "feature_extraction_model": _const(feature_tag(model), ok.num_rows, pa.string()),
             "mean_pixel_value": ok.column("a_mean_pixel_value"),
             "std_pixel_value": ok.column("a_std_pixel_value"),
             "extracted_at": ts,
             "content_sha256": ok.column("content_sha256"),
         }
     )
+
+
+def _gold_predictions(
+    ok: pa.Table,
+    label: pa.Array,
+    predicted_at: dt.datetime,
+    decision: tuple[float, str] | SiteThreshold,
+) -> pa.Table:
+    """``gold.pneumonia_predictions`` rows, labelled at ``decision`` (the model's own threshold,
+    as the core decided, or a site's)."""
+    n = ok.num_rows
+    ts = _const(predicted_at, n, schemas.TS)
     prob = ok.column("a_probability")
     pred_label = ok.column("a_predicted_label")
-    decision, source = model.threshold, "model"
-    if threshold is not None:
-        from cxrlake.threshold import SiteThreshold
-
-        if not isinstance(threshold, SiteThreshold) or (
-            threshold.model_name,
-            threshold.model_version,
-        ) != (model.name, model.version):
-            raise ValueError(
-                f"threshold must be a SiteThreshold of model {model.name} {model.version}, "
-                f"got {threshold!r}"
-            )
-        decision, source = threshold.threshold, threshold.source
-        pred_label = pc.cast(pc.greater_equal(prob, decision), pa.int32())
+    if isinstance(decision, SiteThreshold):
+        value, source = decision.threshold, decision.source
+        pred_label = pc.cast(pc.greater_equal(prob, value), pa.int32())
+    else:
+        value, source = decision
     pids = [
-        identity.prediction_id(i, n, v, s)
-        for i, n, v, s in zip(
+        identity.prediction_id(i, name, version, sha)
+        for i, name, version, sha in zip(
             ok.column("image_id").to_pylist(),
             ok.column("a_model_name").to_pylist(),
             ok.column("a_model_version").to_pylist(),
@@ -388,7 +417,7 @@ def analyze_batch(
             strict=True,
         )
     ]
-    predictions = pa.table(
+    return pa.table(
         {
             "prediction_id": pa.array(pids, pa.string()),
             "image_id": ok.column("image_id"),
@@ -400,18 +429,23 @@ def analyze_batch(
             "model_name": ok.column("a_model_name"),
             "model_version": ok.column("a_model_version"),
             "predicted_at": ts,
-            "prediction_date": _const(processed_at.date(), n_ok, pa.date32()),
+            "prediction_date": _const(predicted_at.date(), n, pa.date32()),
             "dataset_split": ok.column("dataset_split"),
             "content_sha256": ok.column("content_sha256"),
             "heatmap": ok.column("a_heatmap").cast(schemas.HEATMAP),
-            "decision_threshold": _const(float(decision), n_ok, pa.float64()),
-            "threshold_source": _const(source, n_ok, pa.string()),
+            "decision_threshold": _const(float(value), n, pa.float64()),
+            "threshold_source": _const(source, n, pa.string()),
             "ood_score": ok.column("a_ood_score"),
             "out_of_distribution": ok.column("a_out_of_distribution"),
             "ood_reason": ok.column("a_ood_reason"),
         }
     )
-    quarantine = pa.table(
+
+
+def _quarantine_rows(ko: pa.Table, quarantined_at: dt.datetime) -> pa.Table:
+    """``silver.quarantine`` rows (stage ``silver``) of the images the quarantine rule holds."""
+    n = ko.num_rows
+    return pa.table(
         {
             "image_id": ko.column("image_id"),
             "filename": ko.column("filename"),
@@ -420,17 +454,11 @@ def analyze_batch(
             "category": ko.column("category"),
             "file_size_bytes": ko.column("file_size_bytes"),
             "content_sha256": ko.column("content_sha256"),
-            "stage": _const("silver", n_ko, pa.string()),
+            "stage": _const("silver", n, pa.string()),
             "reason": ko.column("reason"),
             "source_batch_id": ko.column("ingestion_batch_id"),
-            "quarantined_at": _const(processed_at, n_ko, schemas.TS),
+            "quarantined_at": _const(quarantined_at, n, schemas.TS),
         }
-    )
-    return AnalyzedBatches(
-        _batch(metadata, schemas.SILVER_METADATA),
-        _batch(features, schemas.SILVER_FEATURES),
-        _batch(predictions, schemas.GOLD_PREDICTIONS),
-        _batch(quarantine, schemas.SILVER_QUARANTINE),
     )
 
 
@@ -444,7 +472,7 @@ class SilverBatches(NamedTuple):
 
 def silver_batch(
     bronze: pa.RecordBatch | pa.Table,
-    model: Any = None,
+    model: ModelArg = None,
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
 ) -> SilverBatches:
@@ -492,10 +520,10 @@ GOLD_INPUT_COLUMNS = ("image_id", "label", "dataset_split", "content_sha256", "c
 
 def gold_predictions_batch(
     batch: pa.RecordBatch | pa.Table,
-    model: Any = None,
+    model: ModelArg = None,
     predicted_at: dt.datetime | None = None,
     threads: int | None = None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
 ) -> pa.RecordBatch:
     """Score images and return ``gold.pneumonia_predictions`` rows (same pass as
     `analyze_batch`, same ``threshold``). ``batch`` columns: `GOLD_INPUT_COLUMNS`; rows the core
