@@ -45,9 +45,11 @@ import numpy as np
 import onnxruntime as ort
 import pyarrow as pa
 
+import cxrlake
 from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as tables
 from cxrlake.medallion.schemas import TS
+from cxrlake.spark.sql_files import validate_parameter
 
 if TYPE_CHECKING:
     from databricks.sdk import WorkspaceClient
@@ -85,7 +87,7 @@ class LocalRegistry:
     """The aliases of one local lakehouse (``models.model_aliases``)."""
 
     def __init__(self, lakehouse: str | os.PathLike[str], env: str = "dev") -> None:
-        from cxrlake.lakehouse.storage import Lakehouse
+        from cxrlake.lakehouse.storage import Lakehouse  # needs the 'local' extra
 
         self.lakehouse = Lakehouse(lakehouse, env)
 
@@ -111,11 +113,9 @@ class LocalRegistry:
     def set(self, alias: str, model_file: str | None) -> tuple[AliasRow, bool]:
         """Point ``alias`` at ``model_file`` (None: the shipped model). Returns (row in force,
         whether a row was written)."""
-        import cxrlake
-
         if alias not in ALIASES:
             raise ValueError(f"alias must be one of {', '.join(ALIASES)}, got {alias!r}")
-        from cxrlake.lakehouse.storage import LakehouseLock
+        from cxrlake.lakehouse.storage import LakehouseLock  # needs the 'local' extra
 
         model = cxrlake.Model(model_file)
         digest = _sha256(model.path)
@@ -124,7 +124,7 @@ class LocalRegistry:
             return self._set_locked(alias, model, digest)
 
     def _set_locked(self, alias: str, model: Model, digest: str) -> tuple[AliasRow, bool]:
-        from cxrlake.serving.inference_log import ensure_table
+        from cxrlake.serving.inference_log import ensure_table  # needs the 'local' extra
 
         rows = [r for r in self.history() if r["alias"] == alias]
         current = rows[-1] if rows else None
@@ -162,7 +162,7 @@ def set_mlflow_alias(
 ) -> None:
     """Move ``alias`` of the registered model ``model_name`` to ``version`` (Unity Catalog with
     ``registry_uri="databricks-uc"``)."""
-    import mlflow
+    import mlflow  # the 'serve' or 'train' extra
 
     if registry_uri:
         mlflow.set_registry_uri(registry_uri)
@@ -182,7 +182,7 @@ def uc_model_name(env: str, name: str = "cxrlake_pneumonia", models_schema: str 
 def model_signature(model_path: str | os.PathLike[str]) -> ModelSignature:
     """MLflow signature (inputs and outputs) of an ONNX model, from one run on zeros of its input
     shape (batch dimension 1)."""
-    from mlflow.models import infer_signature
+    from mlflow.models import infer_signature  # the 'serve' or 'train' extra
 
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     spec = session.get_inputs()[0]
@@ -207,7 +207,7 @@ def _flat_params(config: Mapping[str, object]) -> dict[str, str]:
 
 def _log_run_figures(summary: dict[str, Any], run_dir: Path) -> None:
     """Params, metrics and files of a finished training run into the active MLflow run."""
-    import mlflow
+    import mlflow  # the 'serve' or 'train' extra
 
     validation = summary["validation"]
     scalar = {
@@ -250,9 +250,9 @@ def log_and_register(
     wheel cxrlake was installed from, `cxrlake.serving.pyfunc.installed_wheel`) as its only code,
     so Model Serving serves the version the gold job scores with.
     """
-    import mlflow
+    import mlflow  # the 'serve' or 'train' extra
 
-    from cxrlake.serving import pyfunc
+    from cxrlake.serving import pyfunc  # imports mlflow
 
     run_dir = Path(run_dir)
     with open(run_dir / "metrics.json") as handle:
@@ -281,7 +281,7 @@ def decide_comparison(
 ) -> pa.Table:
     """The comparison rows (`GOLD_COMPARISON`) of an inference table and the review tables: the
     rule `COMPARISON` in DuckDB (the Spark job runs the same SQL)."""
-    import duckdb
+    import duckdb  # needs the 'local' extra
 
     con = duckdb.connect()
     con.register("inference_rows", tables.inference_rows(payload))
@@ -295,7 +295,7 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
     """Run the comparison rule over the local inference table and MERGE the result into
     ``gold.champion_challenger_comparison`` (one commit; re-runs update, never duplicate).
     Returns the rows."""
-    from cxrlake.lakehouse.storage import Lakehouse
+    from cxrlake.lakehouse.storage import Lakehouse  # needs the 'local' extra
     from cxrlake.serving.inference_log import ensure_table
 
     lh = Lakehouse(lakehouse, env)
@@ -305,7 +305,7 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
         lh.read(schemas.PREDICTIONS, list(tables.COMPARISON_PREDICTION_COLUMNS)),
         dt.datetime.now(dt.timezone.utc),
     )
-    from cxrlake.lakehouse.storage import LakehouseLock
+    from cxrlake.lakehouse.storage import LakehouseLock  # needs the 'local' extra
 
     with LakehouseLock(lakehouse, env):
         ensure_table(lh, tables.COMPARISON_TABLE)
@@ -316,8 +316,6 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
 def comparison_table_name(model_name: str, gold_schema: str = "gold") -> str:
     """``<catalog>.<gold>.champion_challenger_comparison`` of a Unity Catalog model name
     ``<catalog>.<schema>.<model>`` (names validated: they go into statement text)."""
-    from cxrlake.spark.sql_files import validate_parameter
-
     catalog = model_name.split(".")[0]
     validate_parameter("catalog", catalog)
     validate_parameter("gold_schema", gold_schema)
@@ -329,7 +327,7 @@ def read_databricks_comparison(
 ) -> pa.Table:
     """The comparison table in Unity Catalog, read through a SQL warehouse with the Statement
     Execution API of the Databricks SDK (credentials from the environment / ~/.databrickscfg)."""
-    from databricks.sdk.service.sql import StatementState
+    from databricks.sdk.service.sql import StatementState  # Databricks SDK: optional
 
     if client is None:
         from databricks.sdk import WorkspaceClient

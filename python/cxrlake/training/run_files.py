@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
 from cxrlake.training import data as data_mod
@@ -68,8 +69,6 @@ def load_checkpoint(
 def environment() -> dict[str, str]:
     """Versions a run depends on (recorded with its figures in ``metrics.json`` and
     ``candidate.json``)."""
-    import onnxruntime
-
     return {
         "python": sys.version.split()[0],
         "torch": torch.__version__,

@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from cxrlake.training.augment import acquisition_shift, gaussian_blur
 from cxrlake.training.config import TrainConfig
+from cxrlake.training.export import HEAD_BIAS_KEY, onnx_session, read_metadata
 from cxrlake.training.model import to_model_input
 
 SEED = 20240611
@@ -157,8 +158,6 @@ def model_logits(
     Read as ``cxrlake.head_bias + mean(heatmap)`` (exact in float64, where the float32
     probability saturates at 1.0 for logits above ~17).
     """
-    from cxrlake.training.export import HEAD_BIAS_KEY, onnx_session, read_metadata
-
     bias = float(read_metadata(path)[HEAD_BIAS_KEY])
     session = onnx_session(path, threads)
     out = []
