@@ -149,11 +149,11 @@ def site_films(
 
 
 def calibrate_site(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     site_id: str,
     *,
     env: str = "dev",
-    model: Model | str | os.PathLike | None = None,
+    model: Model | str | os.PathLike[str] | None = None,
     target_sensitivity: float = 0.95,
     splits: list[str] | None = None,
     label_source: str = "folder",

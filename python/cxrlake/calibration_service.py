@@ -153,7 +153,7 @@ class CalibrationResult:
         lines.append(status)
         return "\n".join(lines)
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, object]:
         """JSON-ready dict of every field."""
         return asdict(self)
 

@@ -34,13 +34,13 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 formats the core decodes (it detects the format from the bytes, not from the name)."""
 
 
-def is_image_name(name: str | os.PathLike) -> bool:
+def is_image_name(name: str | os.PathLike[str]) -> bool:
     """Whether a file found in a folder is an image candidate (by its base name only)."""
     base = os.path.basename(os.fspath(name))
     return not base.startswith(".") and base.lower().endswith(IMAGE_SUFFIXES)
 
 
-def has_no_extension(name: str | os.PathLike) -> bool:
+def has_no_extension(name: str | os.PathLike[str]) -> bool:
     """Whether a file's base name has no extension (and is not hidden): such a file is an image
     candidate when its content is DICOM (`sniff_dicom`)."""
     base = os.path.basename(os.fspath(name))
@@ -53,7 +53,7 @@ def is_dicom_head(head: bytes) -> bool:
     return len(head) >= 132 and head[128:132] == b"DICM"
 
 
-def sniff_dicom(path: str | os.PathLike, expected: tuple[int, int] | None = None) -> bool:
+def sniff_dicom(path: str | os.PathLike[str], expected: tuple[int, int] | None = None) -> bool:
     """Whether the regular file at ``path`` is a DICOM Part 10 file, from its first 132 bytes.
 
     Opened ``O_NOFOLLOW | O_NONBLOCK`` and checked with ``fstat``: a symlink, a FIFO or a device
@@ -86,7 +86,7 @@ class FileSelection:
     missing: list[str] = field(default_factory=list)
 
 
-def select_images(inputs: Iterable[str | os.PathLike]) -> FileSelection:
+def select_images(inputs: Iterable[str | os.PathLike[str]]) -> FileSelection:
     """Expand files and folders into image paths.
 
     Folders are walked recursively in sorted order (symlinked folders are not entered, hidden
@@ -126,7 +126,7 @@ def skip_summary(skipped: list[str], examples: int = 3) -> str:
     return f"skipped {len(skipped)} {what} ({kinds}): {names}{more}"
 
 
-def write_text_atomically(path: str | os.PathLike, text: str) -> str:
+def write_text_atomically(path: str | os.PathLike[str], text: str) -> str:
     """Write ``text`` to ``path`` in full or not at all: a temp file beside it, then a rename.
 
     A path that exists and is not a regular file (``/dev/stdout``, a FIFO, a device) is written

@@ -64,7 +64,8 @@ def _upsample_axis(grid: np.ndarray, out: int, axis: int) -> np.ndarray:
     a, b = np.take(grid, lo, axis=axis), np.take(grid, hi, axis=axis)
     shape = [1, 1]
     shape[axis] = out
-    return a * (1 - frac.reshape(shape)) + b * frac.reshape(shape)
+    blended: np.ndarray = a * (1 - frac.reshape(shape)) + b * frac.reshape(shape)
+    return blended
 
 
 def _blur_axis(grid: np.ndarray, sigma: float, axis: int) -> np.ndarray:

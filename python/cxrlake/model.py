@@ -7,6 +7,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from typing import TypedDict
 
 from cxrlake import _internal
 from cxrlake.exceptions import InvalidArgumentError, ModelError, RuntimeLibraryError
@@ -90,6 +91,16 @@ def resolve_model_path(model: Model | str | os.PathLike[str] | None) -> str:
     return path
 
 
+class DriftReference(TypedDict, total=False):
+    """The training films' reference a model carries (``cxrlake.drift_reference``, JSON)."""
+
+    probability_bins: list[float]  # shares of 10 equal-width probability bins
+    positive_rate: float
+    mean_probability: float
+    quality_mean: float
+    quality_std: float
+
+
 class Model:
     """An ONNX pneumonia model following the cxrlake model contract (docs/architecture.md).
 
@@ -132,7 +143,7 @@ class Model:
         #: the training films' reference for ``gold.drift_metrics`` (``cxrlake.drift_reference``):
         #: ``probability_bins`` (shares of 10 equal-width bins), ``positive_rate``,
         #: ``mean_probability``, ``quality_mean``, ``quality_std``; None when absent
-        self.drift_reference: dict[str, object] | None = None
+        self.drift_reference: DriftReference | None = None
         try:
             self.drift_reference = json.loads(reference) if reference else None
         except ValueError:

@@ -13,9 +13,9 @@ from cxrlake.threshold import SiteThreshold
 
 
 def site_threshold(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     site_id: str,
-    model: Model | str | os.PathLike | None = None,
+    model: Model | str | os.PathLike[str] | None = None,
     env: str = "dev",
 ) -> SiteThreshold | None:
     """The latest stored threshold of ``site_id`` for ``model`` (its name and version), or None.

@@ -36,6 +36,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from cxrlake.medallion import schemas
+from cxrlake.model import DriftReference
 
 LISTING_SCHEMA = pa.schema(
     [
@@ -463,7 +464,9 @@ share, the mean OOD score, the mean quality score and its shift in training stan
 Rounded to 9 decimals so both engines (and a re-run) give identical values."""
 
 
-def drift_reference_rows(model_name: str, model_version: str, reference: dict | None) -> pa.Table:
+def drift_reference_rows(
+    model_name: str, model_version: str, reference: DriftReference | None
+) -> pa.Table:
     """The ``drift_reference`` view of a model's ``cxrlake.drift_reference`` (no rows: None)."""
     shares = (reference or {}).get("probability_bins") or []
     n = len(shares)

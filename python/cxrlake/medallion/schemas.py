@@ -250,7 +250,7 @@ class TableSpec:
         """``<schema>.<table>``, e.g. ``bronze.kaggle_xray_metadata``."""
         return f"{self.schema_name}.{self.name}"
 
-    def path(self, lakehouse: str | os.PathLike, env: str = "dev") -> str:
+    def path(self, lakehouse: str | os.PathLike[str], env: str = "dev") -> str:
         """Local Delta path ``<lakehouse>/healthcare_catalog_<env>/<schema>/<table>``."""
         return os.path.join(catalog_path(lakehouse, env), self.schema_name, self.name)
 
@@ -378,7 +378,7 @@ ORDER BY 1, 2
 which is ``percentile_cont(q) WITHIN GROUP (ORDER BY ...)`` there)."""
 
 
-def catalog_path(lakehouse: str | os.PathLike, env: str = "dev") -> str:
+def catalog_path(lakehouse: str | os.PathLike[str], env: str = "dev") -> str:
     """Directory of the local catalog: ``<lakehouse>/healthcare_catalog_<env>``."""
     validate_env(env)
     return os.path.join(os.fspath(lakehouse), CATALOG_PREFIX + env)

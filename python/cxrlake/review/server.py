@@ -112,7 +112,7 @@ def public_address() -> str:
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
             probe.connect(("192.0.2.1", 9))
-            return probe.getsockname()[0]
+            return str(probe.getsockname()[0])
     except OSError:
         return socket.gethostname()
 
@@ -204,12 +204,13 @@ def _jsonable(row: Row) -> Row:
 class Handler(BaseHTTPRequestHandler):
     """One request; ``self.server.app`` is the `ReviewApp`."""
 
+    server: ReviewServer
     server_version = "cxrlake-review"
     protocol_version = "HTTP/1.1"
 
     @property
     def app(self) -> ReviewApp:
-        return self.server.app  # type: ignore[attr-defined]
+        return self.server.app
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         if getattr(self.server, "verbose", False):
