@@ -24,7 +24,7 @@ This module is the local flow (films from bronze, scoring, storing), over the ca
 (`cxrlake.catalog.Catalog`, here `cxrlake.lakehouse.catalog.LocalCatalog`). The statistics, the
 rules of the stored rows and their reading and writing are the engine-neutral service
 `cxrlake.calibration_service`; the Databricks jobs read the table with
-`cxrlake.spark.site_thresholds`; the command is `cxrlake.calibration_cli`.
+`cxrlake.spark.site_thresholds`; the command is `cxrlake.cli.calibrate`.
 `cxrlake.lakehouse.site_thresholds.site_threshold` reads the latest version back;
 ``cxrlake.predict(..., threshold=...)`` and the gold stage of the pipeline use it, and record
 which threshold decided each label (``threshold``, ``threshold_source``).

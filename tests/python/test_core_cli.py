@@ -292,7 +292,7 @@ def test_os_errors_buried_in_engine_messages_are_named_first(tmp_path: Path):
     `LakehouseWriteError` that names it first, and the command line maps that error by class."""
     from deltalake.exceptions import DeltaError
 
-    from cxrlake.cli import describe_error
+    from cxrlake.cli.errors import describe_error
     from cxrlake.exceptions import CxrlakeError
     from cxrlake.lakehouse.storage import Lakehouse, LakehouseWriteError
     from cxrlake.medallion import schemas
@@ -314,9 +314,9 @@ def test_os_errors_buried_in_engine_messages_are_named_first(tmp_path: Path):
 
 def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
     """One hierarchy: the errors the modules raise are `CxrlakeError`s (and keep their builtin
-    base), and `cli_support.EXIT_CODES` maps them by class."""
+    base), and `cxrlake.cli.errors.EXIT_CODES` maps them by class."""
     from cxrlake.calibration_service import CalibrationError
-    from cxrlake.cli_support import CommandError, UsageError, describe_error
+    from cxrlake.cli.errors import CommandError, ContextError, UsageError, describe_error
     from cxrlake.exceptions import CxrlakeError, InvalidArgumentError, ModelError
     from cxrlake.lakehouse.sql import LakehouseNotFoundError
     from cxrlake.lakehouse.storage import LakehouseWriteError
@@ -349,6 +349,16 @@ def test_every_error_class_is_a_cxrlake_error_and_maps_to_its_exit_code():
     assert describe_error(UsageError("--data is required")) == ("--data is required", 2)
     assert describe_error(ModelError("no model")) == ("no model", 3)
     assert describe_error(InvalidArgumentError("bad threads")) == ("bad threads", 2)
+    # an error told with what the command was doing exits as the error that caused it
+    for cause, code in ((ModelError("bad file"), 3), (OSError(5, "I/O error"), 1)):
+        try:
+            raise ContextError("cannot load the model") from cause
+        except ContextError as error:
+            assert describe_error(error) == (f"cannot load the model: {_text(cause)}", code)
+
+
+def _text(error: BaseException) -> str:
+    return error.strerror if isinstance(error, OSError) else str(error)
 
 
 def test_train_without_data_is_a_usage_error_through_the_one_handler():
@@ -397,29 +407,73 @@ def test_a_missing_optional_package_names_the_extra_that_installs_it(tmp_path: P
     assert "pip install 'cxrlake[local]'" in lines[0] and lines[0].startswith("cxrlake pipeline")
 
 
-def test_command_modules_never_import_the_cli_that_imports_them():
-    """`cxrlake.cli` builds its parser from the command modules; they share `cli_support`, so
-    no module imports `cxrlake.cli` back (no import cycle between CLI modules)."""
+def _imported_names(source: Path) -> set[str]:
+    """Every module (and ``module.name``) ``source`` imports, inside functions too."""
+    import ast
+
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
+
+
+def test_every_command_lives_in_the_cli_package_and_imports_no_other_command():
+    """`cxrlake.cli` builds its parser from the command modules of its package: no module
+    outside the package imports it, and a command module imports only the shared `errors` and
+    `options` of the package (not the parser that imports it, nor another command)."""
+    package = Path(cxrlake.__file__).parent
+    cli = package / "cli"
+    shared = {"cxrlake.cli.errors", "cxrlake.cli.options"}
+    offenders = []
+    for source in sorted(package.rglob("*.py")):
+        names = {
+            n for n in _imported_names(source) if n == "cxrlake.cli" or n.startswith("cxrlake.cli.")
+        }
+        if source.parent != cli:
+            if names:
+                offenders.append(str(source.relative_to(package)))
+        elif source.name not in ("__init__.py", "__main__.py"):
+            modules = {n for n in names if n.count(".") <= 2}
+            if not modules <= shared:
+                offenders.append(f"{source.relative_to(package)}: {sorted(modules - shared)}")
+    assert offenders == []
+    assert not [p for p in package.rglob("cli.py")] + [p for p in package.rglob("*_cli.py")]
+
+
+def test_no_command_raises_system_exit_or_prints_its_own_error():
+    """Failures reach `cxrlake.cli.main` as exceptions: no `SystemExit` in the package (a
+    ``python -m`` entry point ends with ``sys.exit(main())``), and no command module writes
+    ``cxrlake <command>: error`` itself."""
     import ast
 
     package = Path(cxrlake.__file__).parent
-    offenders = []
+    raised = []
     for source in sorted(package.rglob("*.py")):
-        if source.name == "cli.py" and source.parent == package:
+        for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                target = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(target, ast.Name) and target.id == "SystemExit":
+                    raised.append(f"{source.relative_to(package)}:{node.lineno}")
+    assert raised == []
+    printed = []
+    for source in sorted((package / "cli").glob("*.py")):
+        if source.name == "errors.py":
             continue
         for node in ast.walk(ast.parse(source.read_text(encoding="utf-8"))):
-            names = []
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            if "cxrlake.cli" in names:
-                offenders.append(str(source.relative_to(package)))
-    assert offenders == []
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print":
+                texts = [
+                    c.value for a in node.args for c in ast.walk(a) if isinstance(c, ast.Constant)
+                ]
+                if any(isinstance(t, str) and ("error:" in t or "refused" in t) for t in texts):
+                    printed.append(f"{source.name}:{node.lineno}")
+    assert printed == []
 
 
 def test_json_lines_are_strict_json_without_nan():
-    from cxrlake.cli import json_line
+    from cxrlake.cli.predict import json_line
 
     line = json_line({"p": float("nan"), "h": {"v": [1.0, float("inf")]}, "ok": 0.5})
     assert json.loads(line) == {"p": None, "h": {"v": [1.0, None]}, "ok": 0.5}

@@ -21,6 +21,7 @@ secondary check under simulated shifts.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -283,7 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     meta = read_metadata(args.model)
     if float(meta.get("cxrlake.temperature", "1.0")) != 1.0:
-        raise SystemExit(f"{args.model}: already calibrated (cxrlake.temperature is set)")
+        # a second temperature would compound the first: refuse, as the ood tool does
+        print(
+            f"{parser.prog}: error: {args.model}: already calibrated (cxrlake.temperature is set)",
+            file=sys.stderr,
+        )
+        return 1
     pixels, labels = validation_pixels(
         args.data, int(meta["cxrlake.input_height"]), args.val_fraction, args.seed
     )
@@ -297,4 +303,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

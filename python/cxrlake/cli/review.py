@@ -5,73 +5,31 @@ from __future__ import annotations
 import argparse
 import getpass
 import sys
-from typing import Any
 
-from cxrlake.cli_support import CommandError, UsageError
+from cxrlake.cli.errors import CommandError, UsageError
+from cxrlake.cli.options import Subparsers, add_lakehouse_options
+from cxrlake.review.server import make_server
+from cxrlake.review.tables import ReviewError, validate_reviewer
 
 
-def register(subparsers: Any) -> None:
-    """Add ``review`` to the main parser's subparsers."""
-    from cxrlake.lakehouse.cli import _common
-
+def register(subparsers: Subparsers) -> None:
+    """Add ``review`` to the main parser's subcommands."""
     p = subparsers.add_parser(
         "review",
         help="start the radiologist review web app on a local lakehouse",
         description="Serve the worklist and case viewer; verdicts go to "
         "gold.prediction_feedback and the label history to silver.label_history.",
     )
-    _common(p)
+    add_lakehouse_options(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0 = any free port)")
     p.add_argument("--reviewer", help="reviewer id recorded with each verdict (default: OS user)")
     p.add_argument("--verbose", action="store_true", help="log every request to stderr")
     p.set_defaults(handler=_review)
-    train = getattr(subparsers, "choices", {}).get("train")
-    if train is not None:
-        _add_labels_from(train)
-
-
-def _add_labels_from(train: argparse.ArgumentParser) -> None:
-    """``cxrlake train --labels-from LAKEHOUSE``: train on the current labels (folder labels
-    with the radiologists' corrections from silver.label_history) and say how many differ. The
-    corrected labels reach the training run as ``args.label_overrides`` (path -> label)."""
-    train.add_argument(
-        "--labels-from",
-        metavar="LAKEHOUSE",
-        help="train on the current labels: folder labels with the radiologists' corrections "
-        "from LAKEHOUSE's silver.label_history (cxrlake review); prints how many differ",
-    )
-    for key in ("handler", "func"):
-        inner = train.get_default(key)
-        if inner is not None:
-            train.set_defaults(**{key: _with_current_labels(inner)})
-
-
-def _with_current_labels(inner: Any) -> Any:
-    def run(args: argparse.Namespace) -> Any:
-        if getattr(args, "labels_from", None):
-            from pathlib import Path
-
-            from cxrlake.review.labels import label_overrides
-
-            if not args.data:
-                raise UsageError("--labels-from needs --data")
-            overrides, total = label_overrides(Path(args.data).resolve(), args.labels_from)
-            print(
-                f"cxrlake train: current labels from {args.labels_from}: "
-                f"{len(overrides)} of {total} differ from the folder labels",
-                flush=True,
-            )
-            args.label_overrides = overrides
-        return inner(args)
-
-    return run
 
 
 def _review(args: argparse.Namespace) -> int:
-    from cxrlake.review.server import make_server
-    from cxrlake.review.store import LocalStore
-    from cxrlake.review.tables import ReviewError, validate_reviewer
+    from cxrlake.review.store import LocalStore  # needs the 'local' extra
 
     try:
         reviewer = validate_reviewer(args.reviewer or getpass.getuser())

@@ -1,17 +1,22 @@
-"""``cxrlake calibrate``: the command of the site calibration (`cxrlake.calibration`)."""
+"""``cxrlake calibrate``: the command of the site calibration (`cxrlake.calibration`).
+
+A refusal (one class, too few films, contradicting labels, development films) exits 1 with
+``cxrlake calibrate: error: refused: <why>``.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
-from typing import Any
 
 from cxrlake.calibration_service import DEFAULT_HALF_WIDTH, DEFAULT_MIN_PER_CLASS, CalibrationError
-from cxrlake.cli_support import positive_int
+from cxrlake.cli.errors import ContextError, UsageError
+from cxrlake.cli.options import Subparsers, positive_int
 
 
-def register(subparsers: Any) -> None:
-    """Add ``calibrate`` to the main parser's subparsers."""
+def register(subparsers: Subparsers) -> None:
+    """Add ``calibrate`` to the main parser's subcommands."""
     p = subparsers.add_parser(
         "calibrate",
         help="pick a site's operating point from its own labelled films (stored per site)",
@@ -65,7 +70,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=_calibrate_command)
 
 
-def _calibrate_command(args: Any) -> int:
+def _calibrate_command(args: argparse.Namespace) -> int:
     from cxrlake.calibration import calibrate_site  # needs the 'local' extra (deltalake)
 
     try:
@@ -83,16 +88,11 @@ def _calibrate_command(args: Any) -> int:
             dry_run=args.dry_run,
             include_development_films=args.include_development_films,
         )
-    except CalibrationError as error:
-        print(f"cxrlake calibrate: refused: {error}", file=sys.stderr)
-        return 1
-    except ValueError as error:
-        print(f"cxrlake calibrate: {error}", file=sys.stderr)
-        return 2
+    except CalibrationError as error:  # the films cannot support a threshold (exit code 1)
+        raise ContextError("refused") from error
+    except ValueError as error:  # an option out of range (--half-width, --env)
+        raise UsageError(str(error)) from error
     if args.json and result.development_films:
         print(f"cxrlake calibrate: {result.report().splitlines()[0]}", file=sys.stderr)
     print(json.dumps(result.to_json()) if args.json else result.report())
     return 0
-
-
-__all__ = ["register"]

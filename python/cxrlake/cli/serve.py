@@ -1,8 +1,9 @@
 """``cxrlake serve`` and ``cxrlake promote``.
 
-`register` adds both to the main parser (`cxrlake.cli.SUBCOMMAND_MODULES`). ``serve`` answers
-the MLflow / Databricks Model Serving scoring protocol on HTTP (`cxrlake.serving.server`);
-``promote`` prints the champion/challenger comparison and moves ``@champion``.
+``serve`` answers the MLflow / Databricks Model Serving scoring protocol on HTTP
+(`cxrlake.serving.server`); ``promote`` prints the champion/challenger comparison and moves
+``@champion``. The inference log and the registry need the 'local' extra (delta-rs, DuckDB),
+imported when a command uses them.
 """
 
 from __future__ import annotations
@@ -11,44 +12,27 @@ import argparse
 import signal
 import sys
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from cxrlake.cli_support import EXIT_MODEL, EXIT_OK, CommandError, UsageError, positive_int
+from cxrlake.cli.errors import EXIT_OK, CommandError, ContextError, UsageError
+from cxrlake.cli.options import Subparsers, environment, port, positive_int, share
+from cxrlake.exceptions import ModelError
+from cxrlake.serving.batcher import BatcherOptions
+from cxrlake.serving.models import Router, resolve_model_file
+from cxrlake.serving.server import ScoringApp, ScoringServer, load_router, print_ready
 
-
-def _share(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number between 0 and 1, got {text!r}"
-        ) from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number between 0 and 1, got {value}")
-    return value
+if TYPE_CHECKING:
+    from cxrlake.serving.inference_log import InferenceLog
 
 
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0..65535, got {value}")
-    return value
+def register(subparsers: Subparsers) -> None:
+    """Add ``serve`` and ``promote`` to the main parser's subcommands."""
+    _add_serve(subparsers)
+    _add_promote(subparsers)
 
 
-def _env(text: str) -> str:
-    from cxrlake.medallion.schemas import validate_env
-
-    try:
-        return validate_env(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def register(subparsers: Any) -> None:
-    """Add ``serve`` and ``promote`` to an argparse subparsers object."""
+def _add_serve(subparsers: Subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
         help="serve the model over HTTP (MLflow / Databricks Model Serving scoring protocol)",
@@ -63,7 +47,7 @@ def register(subparsers: Any) -> None:
         "Ctrl-C.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=_port, default=8080, help="port (0: any free port)")
+    serve.add_argument("--port", type=port, default=8080, help="port (0: any free port)")
     serve.add_argument("--model", help="ONNX model file (default: the shipped model)")
     serve.add_argument(
         "--champion",
@@ -72,15 +56,24 @@ def register(subparsers: Any) -> None:
     serve.add_argument("--challenger", help="challenger model (same forms as --champion)")
     serve.add_argument(
         "--challenger-share",
-        type=_share,
+        type=share,
         default=None,
         help="share of requests for the challenger, 0..1 (default: 0.1 with a challenger)",
     )
+    _add_serve_log_options(serve)
+    _add_serve_limits(serve)
+    serve.set_defaults(handler=_run_serve)
+
+
+def _add_serve_log_options(serve: argparse.ArgumentParser) -> None:
+    """``serve``'s lakehouse (the inference log, the @aliases) and accepted Host headers."""
     serve.add_argument(
         "--lakehouse",
         help="log every request to this lakehouse's inference table; resolves @aliases",
     )
-    serve.add_argument("--env", type=_env, default="dev", help="environment of the lakehouse")
+    serve.add_argument(
+        "--env", type=environment, default="dev", help="environment of the lakehouse"
+    )
     serve.add_argument(
         "--endpoint-name", default="cxrlake-pneumonia", help="endpoint name in the log"
     )
@@ -103,6 +96,10 @@ def register(subparsers: Any) -> None:
         default=2.0,
         help="longest wait before pending inference-log rows are committed",
     )
+
+
+def _add_serve_limits(serve: argparse.ArgumentParser) -> None:
+    """``serve``'s micro-batching and the limits past which it answers 503."""
     serve.add_argument("--threads", type=positive_int, help="core threads (default: every CPU)")
     serve.add_argument("--max-batch", type=positive_int, default=16, help="images per core call")
     serve.add_argument(
@@ -138,8 +135,9 @@ def register(subparsers: Any) -> None:
     serve.add_argument(
         "--verbose", action="store_true", help="print an access log line per request"
     )
-    serve.set_defaults(handler=_run_serve)
 
+
+def _add_promote(subparsers: Subparsers) -> None:
     promote = subparsers.add_parser(
         "promote",
         help="show the champion/challenger comparison and move @champion",
@@ -153,7 +151,9 @@ def register(subparsers: Any) -> None:
     promote.add_argument(
         "--lakehouse", help="lakehouse with the inference table (required without --registry-uri)"
     )
-    promote.add_argument("--env", type=_env, default="dev", help="environment of the lakehouse")
+    promote.add_argument(
+        "--env", type=environment, default="dev", help="environment of the lakehouse"
+    )
     promote.add_argument(
         "--alias", choices=("champion", "challenger"), default="champion", help="alias to move"
     )
@@ -176,43 +176,12 @@ def register(subparsers: Any) -> None:
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from cxrlake.serving.inference_log import InferenceLog
-    from cxrlake.serving.models import resolve_model_file
-    from cxrlake.serving.server import ScoringApp, ScoringServer, load_router, print_ready
-
     if args.model and (args.champion or args.challenger):
         raise UsageError("--model and --champion/--challenger exclude each other")
     if args.challenger_share is not None and not args.challenger:
         raise UsageError("--challenger-share needs --challenger")
-    champion = args.model or args.champion
-    challenger = args.challenger
-    if champion is None and challenger is None and args.lakehouse:
-        from cxrlake.serving.registry import LocalRegistry
-
-        registry = LocalRegistry(args.lakehouse, args.env)
-        champion = "@champion" if registry.get("champion") else None
-        challenger = "@challenger" if registry.get("challenger") else None
-    share = (
-        args.challenger_share if args.challenger_share is not None else (0.1 if challenger else 0.0)
-    )
-    try:
-        champion_file = resolve_model_file(champion, args.lakehouse, args.env)
-        challenger_file = (
-            resolve_model_file(challenger, args.lakehouse, args.env) if challenger else None
-        )
-    except ValueError as e:  # a model file or alias that is not there: as predict, exit 3
-        raise CommandError(str(e), EXIT_MODEL) from None
-    log = (
-        InferenceLog(
-            args.lakehouse,
-            args.env,
-            args.endpoint_name,
-            flush_rows=args.log_flush_rows,
-            flush_seconds=args.log_flush_seconds,
-        )
-        if args.lakehouse
-        else None
-    )
+    champion_file, challenger_file, challenger_share = _served_models(args)
+    log = _inference_log(args) if args.lakehouse else None
     app = ScoringApp(
         set(args.allowed_host) | {args.host},
         log,
@@ -226,7 +195,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    options = {
+    options: BatcherOptions = {
         "max_batch": args.max_batch,
         "max_wait_s": args.batch_wait_ms / 1000.0,
         "max_queued_images": args.max_queued_images,
@@ -235,31 +204,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     }
     failure: list[BaseException] = []
 
-    def load() -> None:
-        try:
-            router = load_router(champion_file, challenger_file, share, options)
-        except BaseException as e:  # reported by the main thread
-            failure.append(e)
-            app.failed(str(e))
-            server.shutdown()
-            return
-        app.ready(router)
-        print_ready(server, router)
+    def load() -> Router:
+        return load_router(champion_file, challenger_file, challenger_share, options)
 
-    loader = threading.Thread(target=load, name="cxrlake-load", daemon=True)
+    loader = threading.Thread(
+        target=_load_and_announce, args=(load, server, failure), name="cxrlake-load", daemon=True
+    )
     loader.start()
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread:  # SIGTERM (docker stop, kill) stops like Ctrl-C: the log is written first
-        previous = signal.signal(
-            signal.SIGTERM,
-            lambda *_: threading.Thread(target=server.shutdown, daemon=True).start(),
-        )
     try:
-        server.serve_forever(poll_interval=0.2)
+        _serve_until_stopped(server)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
-        server.server_close()
         loader.join(timeout=60)
         if app.router is not None:
             app.router.close()
@@ -271,19 +225,89 @@ def _run_serve(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     if failure:
-        error = failure[0]
-        from cxrlake.cli_support import describe_error
-
-        message, code = describe_error(error)
-        raise CommandError(f"cannot load the model: {message}", code or EXIT_MODEL)
+        raise ContextError("cannot load the model") from failure[0]
     return EXIT_OK
 
 
+def _served_models(args: argparse.Namespace) -> tuple[str | None, str | None, float]:
+    """The champion's and the challenger's ONNX files (None: the shipped model; no challenger)
+    and the challenger's share of the requests. Without a model option, the lakehouse
+    registry's @champion and @challenger when it has them."""
+    champion = args.model or args.champion
+    challenger = args.challenger
+    if champion is None and challenger is None and args.lakehouse:
+        from cxrlake.serving.registry import LocalRegistry  # needs the 'local' extra
+
+        registry = LocalRegistry(args.lakehouse, args.env)
+        champion = "@champion" if registry.get("champion") else None
+        challenger = "@challenger" if registry.get("challenger") else None
+    if args.challenger_share is not None:
+        challenger_share = float(args.challenger_share)
+    else:
+        challenger_share = 0.1 if challenger else 0.0
+    try:
+        champion_file = resolve_model_file(champion, args.lakehouse, args.env)
+        challenger_file = (
+            resolve_model_file(challenger, args.lakehouse, args.env) if challenger else None
+        )
+    except ValueError as e:  # a model file or alias that is not there: as predict, exit 3
+        raise ModelError(str(e)) from None
+    return champion_file, challenger_file, challenger_share
+
+
+def _inference_log(args: argparse.Namespace) -> InferenceLog:
+    from cxrlake.serving.inference_log import InferenceLog  # needs the 'local' extra
+
+    return InferenceLog(
+        args.lakehouse,
+        args.env,
+        args.endpoint_name,
+        flush_rows=args.log_flush_rows,
+        flush_seconds=args.log_flush_seconds,
+    )
+
+
+def _load_and_announce(
+    load: Callable[[], Router], server: ScoringServer, failure: list[BaseException]
+) -> None:
+    """In the loader thread: load the models and mark the app ready, or record the failure
+    (the main thread raises it) and stop the server."""
+    app = server.app
+    try:
+        router = load()
+    except BaseException as e:  # reported by the main thread
+        failure.append(e)
+        app.failed(str(e))
+        server.shutdown()
+        return
+    app.ready(router)
+    print_ready(server, router)
+
+
+def _serve_until_stopped(server: ScoringServer) -> None:
+    """Serve until Ctrl-C, SIGTERM (docker stop, kill: stops like Ctrl-C, so the log is
+    written first) or a failed load; then close the listening socket."""
+    main_thread = threading.current_thread() is threading.main_thread()
+    if main_thread:
+        previous = signal.signal(
+            signal.SIGTERM,
+            lambda *_: threading.Thread(target=server.shutdown, daemon=True).start(),
+        )
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+
+
 def _run_promote(args: argparse.Namespace) -> int:
-    from cxrlake.serving.registry import (
+    from cxrlake.serving.registry import (  # needs the 'local' extra (delta-rs, DuckDB)
         LocalRegistry,
+        comparison_table_name,
         compute_comparison,
         format_comparison,
+        read_databricks_comparison,
         set_mlflow_alias,
     )
 
@@ -292,8 +316,6 @@ def _run_promote(args: argparse.Namespace) -> int:
     if args.lakehouse:
         table = compute_comparison(args.lakehouse, args.env)
     elif args.registry_uri and args.warehouse_id:
-        from cxrlake.serving.registry import comparison_table_name, read_databricks_comparison
-
         try:
             name = comparison_table_name(args.model_name, args.gold_schema)
         except ValueError as e:

@@ -1,65 +1,46 @@
-"""The ``cxrlake`` command line.
+"""``cxrlake predict`` and ``cxrlake explain``: score chest X-ray files and folders.
 
-``cxrlake predict`` lives here; other modules add their subcommands through a
-``register(subparsers)`` function (see ``SUBCOMMAND_MODULES``). Handlers take the parsed
-arguments and return an exit code, or raise: `main` is the one place that turns an exception into
-a one-line message ``cxrlake <command>: error: ...`` and an exit code (see ``EPILOG``).
-Every command gets ``--version``, ``--debug`` (show the trace of a failure) and, for options
-with a default, ``(default: ...)`` in its help.
+Both stream one JSON line (or CSV row) per image to stdout as each chunk is scored, report
+progress and a summary on stderr, and raise when a named path is missing or no image went
+through (`cxrlake.cli.main` turns that into the message and exit code).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import importlib
 import json
 import math
 import os
 import sys
-import traceback
-from collections.abc import Sequence
-from typing import Any
+import time
+from collections.abc import Mapping
+from typing import TextIO
 
-from cxrlake.cli_support import (
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_USAGE,
-    CommandError,
-    Progress,
-    _print_error,
-    describe_error,
-    positive_int,
-)
-
-__all__ = ["CommandError", "main", "build_parser", "positive_int"]
-
-#: Modules that contribute subcommands with ``register(subparsers)``; skipped only when absent.
-SUBCOMMAND_MODULES = [
-    "cxrlake.lakehouse.cli",
-    "cxrlake.training.cli",
-    "cxrlake.calibration_cli",
-    "cxrlake.review.cli",
-    "cxrlake.serving.cli",
-]
+import cxrlake
+from cxrlake.cli.errors import EXIT_OK, CommandError, UsageError
+from cxrlake.cli.options import Subparsers, positive_int
+from cxrlake.exceptions import ModelError
+from cxrlake.files import FileSelection, select_images, skip_summary
+from cxrlake.heatmap import hottest_region, refine
 
 #: Images scored per call to the Rust kernel (bounds memory; output streams after each chunk).
 PREDICT_CHUNK = 256
 
-EPILOG = """\
-exit codes:
-  0    success (predict: rows may still carry per-image errors)
-  1    failure (message on stderr: missing input, lakehouse or SQL error, disk full ...)
-  2    usage error (bad arguments or environment variables)
-  3    model missing or invalid, or ONNX Runtime unavailable
-  130  interrupted (Ctrl-C)
-add --debug to see the full trace of a failure."""
+#: Images explained per call to the Rust kernel (their overlay PNGs are held until written).
+EXPLAIN_CHUNK = 32
+
+
+def register(subparsers: Subparsers) -> None:
+    """Add ``predict`` and ``explain`` to the main parser's subcommands."""
+    _add_predict(subparsers)
+    _add_explain(subparsers)
 
 
 # ------------------------------------------------------------------ predict
 
 
-def json_line(record: dict) -> str:
+def json_line(record: Mapping[str, object]) -> str:
     """One strict JSON line: NaN and infinities become null (json.dumps would print ``NaN``,
     which strict JSON parsers reject)."""
 
@@ -75,7 +56,7 @@ def json_line(record: dict) -> str:
     return json.dumps(finite(record), allow_nan=False) + "\n"
 
 
-def _add_predict(subparsers: argparse._SubParsersAction) -> None:
+def _add_predict(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "predict",
         help="score chest X-ray images for pneumonia",
@@ -107,9 +88,6 @@ def _add_predict(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    import cxrlake
-    from cxrlake.files import select_images
-
     model = cxrlake.Model(args.model)
     selection = select_images(args.paths)
     paths = selection.images
@@ -148,11 +126,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     return _summarise(selection, args.paths, scored, errors, "scored")
 
 
-def _summarise(selection: Any, inputs: list[str], done: int, errors: int, verb: str) -> int:
+def _summarise(
+    selection: FileSelection, inputs: list[str], done: int, errors: int, verb: str
+) -> int:
     """Print ``<verb> N, M errors, K skipped`` (and what was skipped) on stderr; raise when a
     named path is missing or no image went through. Shared by ``predict`` and ``explain``."""
-    from cxrlake.files import skip_summary
-
     skipped = len(selection.skipped)
     print(f"{verb} {done}, {errors} errors, {skipped} skipped", file=sys.stderr)
     if skipped:
@@ -173,11 +151,9 @@ def _shown(path: str) -> str:
 
 
 # ------------------------------------------------------------------ explain
-#: Images explained per call to the Rust kernel (their overlay PNGs are held until written).
-EXPLAIN_CHUNK = 32
 
 
-def _add_explain(subparsers: argparse._SubParsersAction) -> None:
+def _add_explain(subparsers: Subparsers) -> None:
     parser = subparsers.add_parser(
         "explain",
         help="write a heatmap overlay PNG and the map of each chest X-ray",
@@ -226,15 +202,11 @@ def _overlay_name(path: str, taken: set[str]) -> str:
 
 
 def _run_explain(args: argparse.Namespace) -> int:
-    import cxrlake
-    from cxrlake.files import select_images
-    from cxrlake.heatmap import hottest_region, refine
-
     if not 16 <= args.size <= 4096:
-        raise CommandError(f"--size must be 16..4096 pixels, got {args.size}", EXIT_USAGE)
+        raise UsageError(f"--size must be 16..4096 pixels, got {args.size}")
     model = cxrlake.Model(args.model)
     if not model.has_heatmap:
-        raise CommandError(f"model {model.path} has no heatmap output: nothing to explain", 3)
+        raise ModelError(f"model {model.path} has no heatmap output: nothing to explain")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise CommandError(f"--out {args.out}: not a directory")
     os.makedirs(args.out, exist_ok=True)
@@ -251,7 +223,7 @@ def _run_explain(args: argparse.Namespace) -> int:
                 chunk, model=model, threads=args.threads, overlay_size=args.size
             ).to_pylist()
             for path, row in zip(chunk, batch, strict=True):
-                record: dict[str, Any] = {"path": _shown(path), "overlay": None}
+                record: dict[str, object] = {"path": _shown(path), "overlay": None}
                 if row["error"] is None:
                     name = _overlay_name(path, taken)
                     target = os.path.join(args.out, name)
@@ -285,116 +257,36 @@ def _run_explain(args: argparse.Namespace) -> int:
     return _summarise(selection, args.paths, done, errors, "explained")
 
 
-# ------------------------------------------------------------------ parser
-def _version() -> str:
-    try:
-        from importlib.metadata import version
+# ------------------------------------------------------------------ progress
+class Progress:
+    """Progress of long work on stderr: a redrawn bar on a terminal, plain log lines otherwise
+    (at most one every ``log_every`` seconds, plus the last), so job logs show it too."""
 
-        return version("cxrlake")
-    except Exception:  # a source checkout without metadata
-        import cxrlake
+    def __init__(
+        self, total: int, label: str, stream: TextIO | None = None, enabled: bool = True
+    ) -> None:
+        self.total, self.label, self.done = total, label, 0
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.tty = self.stream.isatty()
+        self.log_every = 10.0
+        self._last = 0.0
 
-        return str(cxrlake.__version__)
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Wraps one-line descriptions; keeps text that has its own line breaks (the epilog)."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        if "\n" in text:
-            return "".join(indent + line for line in text.splitlines(keepends=True))
-        return super()._fill_text(text, width, indent)
-
-
-def _finish(parser: argparse.ArgumentParser, version: str, top: bool = False) -> None:
-    """Give ``parser`` and its subcommands the shared options, epilog and help defaults."""
-    parser.formatter_class = _HelpFormatter
-    if parser.epilog is None:
-        parser.epilog = EPILOG
-    options = {s for action in parser._actions for s in action.option_strings}
-    if "--version" not in options:
-        parser.add_argument(
-            "--version", action="version", version=f"cxrlake {version}", help="print the version"
-        )
-    if "--debug" not in options:
-        parser.add_argument(
-            "--debug",
-            action="store_true",
-            # Only the top level sets the default: a subcommand's default would override it.
-            default=False if top else argparse.SUPPRESS,
-            help="show the full trace when a command fails",
-        )
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _finish(sub, version)
-            continue
-        if not action.option_strings or action.help == argparse.SUPPRESS:
-            continue
-        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
-            continue
-        action.help = (
-            f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
-        )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with ``predict`` and every registered module's subcommands."""
-    parser = argparse.ArgumentParser(
-        prog="cxrlake",
-        description="Chest X-ray lakehouse: decode, score and curate chest radiographs.",
-    )
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_predict(subparsers)
-    _add_explain(subparsers)
-    for module_name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        module.register(subparsers)
-    _finish(parser, _version(), top=True)
-    return parser
-
-
-# ------------------------------------------------------------------ errors
-def _command_name(args: argparse.Namespace) -> str:
-    """``predict``, ``pipeline run`` ...: the words the user typed to pick the handler."""
-    words = [args.command] if getattr(args, "command", None) else []
-    words += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
-    return " ".join(str(w) for w in words)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``cxrlake`` console script; returns the exit code."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help(sys.stderr)
-        return EXIT_USAGE
-    command = _command_name(args)
-    try:
-        return int(handler(args) or 0)
-    except BrokenPipeError:
-        # Output piped into `head` and closed: not an error of ours.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_OK
-    except KeyboardInterrupt:
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        print(f"\ncxrlake {command}: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as error:  # the one place failures become messages
-        message, code = describe_error(error)
-        if getattr(args, "debug", False):
-            traceback.print_exc()
-        _print_error(command, message)
-        return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    def update(self, n: int) -> None:
+        """Count ``n`` more items done and redraw (or log) the progress."""
+        self.done += n
+        if not self.enabled:
+            return
+        if self.tty:
+            width = 30
+            filled = int(width * self.done / self.total)
+            bar = "#" * filled + "." * (width - filled)
+            self.stream.write(f"\r{self.label} [{bar}] {self.done}/{self.total}")
+            if self.done >= self.total:
+                self.stream.write("\n")
+        else:
+            now = time.monotonic()
+            if self.done >= self.total or now - self._last >= self.log_every:
+                self._last = now
+                self.stream.write(f"{self.label}: {self.done}/{self.total}\n")
+        self.stream.flush()

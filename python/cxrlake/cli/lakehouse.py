@@ -1,44 +1,45 @@
-"""Lakehouse subcommands of the ``cxrlake`` CLI: ``pipeline run``, ``sql``, ``report`` and
-``maintain``.
+"""The commands on a local lakehouse: ``pipeline run``, ``sql``, ``report`` and ``maintain``.
 
-`register` adds them to the main parser's subparsers; each sets ``handler`` (args -> exit code).
-Handlers raise on failure; `cxrlake.cli.main` prints the one-line message and picks the exit
-code (1 failure, 2 bad arguments, 3 model missing or invalid / ONNX Runtime unavailable).
+Each declares its options here and sets ``handler`` (args -> exit code); handlers raise on
+failure and `cxrlake.cli.main` prints the one-line message and picks the exit code. The
+lakehouse modules need the 'local' extra (delta-rs, DuckDB), so handlers import them when run:
+``cxrlake predict`` and ``--help`` work without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, TextIO
 
-from cxrlake.cli_support import CommandError, non_negative_int
-from cxrlake.cli_support import positive_int as _positive_int
+from cxrlake.cli.errors import CommandError, UsageError, print_error
+from cxrlake.cli.options import (
+    Subparsers,
+    add_lakehouse_options,
+    non_negative_int,
+    positive_int,
+)
+from cxrlake.files import select_images, write_text_atomically
 
-
-def _env(text: str) -> str:
-    from cxrlake.medallion.schemas import validate_env
-
-    try:
-        return validate_env(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--lakehouse",
-        required=True,
-        help="root folder of the Delta tables (<lakehouse>/healthcare_catalog_<env>/...)",
-    )
-    p.add_argument("--env", type=_env, default="dev", help="environment")
+if TYPE_CHECKING:
+    import duckdb
+    import pyarrow as pa
 
 
-def register(subparsers: Any) -> None:
-    """Add ``pipeline``, ``sql``, ``report`` and ``maintain`` to an argparse subparsers object."""
+def register(subparsers: Subparsers) -> None:
+    """Add ``pipeline``, ``sql``, ``report`` and ``maintain`` to the main parser's subcommands."""
+    _add_pipeline(subparsers)
+    _add_sql(subparsers)
+    _add_report(subparsers)
+    _add_maintain(subparsers)
+
+
+def _add_pipeline(subparsers: Subparsers) -> None:
     pipeline = subparsers.add_parser(
         "pipeline",
         help="local bronze -> silver -> gold pipeline on Delta tables",
@@ -61,10 +62,10 @@ def register(subparsers: Any) -> None:
         metavar="DIR",
         help="image folder (repeatable); labels from NORMAL/PNEUMONIA parent folders",
     )
-    _common(run)
+    add_lakehouse_options(run)
     run.add_argument(
         "--sample-per-label",
-        type=_positive_int,
+        type=positive_int,
         metavar="N",
         help="ingest a deterministic sample of at most N images per (split, label) "
         "(default: every image)",
@@ -75,18 +76,20 @@ def register(subparsers: Any) -> None:
         help="decide labels with this site's threshold from gold.site_thresholds "
         "(cxrlake calibrate; the model's own threshold when none is stored)",
     )
-    run.add_argument("--batch-size", type=_positive_int, default=64, help="images per batch")
+    run.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
     run.add_argument(
         "--commit-rows",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="rows a stage holds for a table before committing them (default: 1024)",
     )
-    run.add_argument("--threads", type=_positive_int, help="Rust core threads (default: every CPU)")
+    run.add_argument("--threads", type=positive_int, help="Rust core threads (default: every CPU)")
     run.add_argument("--no-progress", action="store_true", help="hide progress output")
     run.add_argument("--json", action="store_true", help="print the run summary as JSON")
     run.set_defaults(handler=_pipeline_run)
 
+
+def _add_sql(subparsers: Subparsers) -> None:
     sql = subparsers.add_parser(
         "sql",
         help="query the lakehouse with SQL (DuckDB; the Databricks table and function names)",
@@ -99,7 +102,7 @@ def register(subparsers: Any) -> None:
         "access from SQL is off; the functions read only the sandbox roots. Write results "
         "to a file with --out.",
     )
-    _common(sql)
+    add_lakehouse_options(sql)
     sql.add_argument(
         "--format", choices=("table", "csv", "json", "jsonl"), default="table", help="output"
     )
@@ -120,6 +123,8 @@ def register(subparsers: Any) -> None:
     sql.add_argument("query", nargs="?", help="SQL statement(s), separated by ';'")
     sql.set_defaults(handler=_sql)
 
+
+def _add_report(subparsers: Subparsers) -> None:
     report = subparsers.add_parser(
         "report",
         help="write the self-contained HTML report",
@@ -127,7 +132,7 @@ def register(subparsers: Any) -> None:
         "model performance, calibration, quarantine and the data attribution. Example "
         "thumbnails of patient images are included only with --thumbnails.",
     )
-    _common(report)
+    add_lakehouse_options(report)
     report.add_argument("--out", default="report.html", help="output file")
     report.add_argument(
         "--examples",
@@ -149,6 +154,8 @@ def register(subparsers: Any) -> None:
     )
     report.set_defaults(handler=_report)
 
+
+def _add_maintain(subparsers: Subparsers) -> None:
     maintain = subparsers.add_parser(
         "maintain",
         help="OPTIMIZE (compact), Z-order on image_id and VACUUM every table",
@@ -156,7 +163,7 @@ def register(subparsers: Any) -> None:
         "retention, under the lakehouse lock. --dry-run changes nothing and lists the files "
         "VACUUM would delete and the tables OPTIMIZE would rewrite.",
     )
-    _common(maintain)
+    add_lakehouse_options(maintain)
     maintain.add_argument(
         "--retention-hours",
         type=int,
@@ -177,8 +184,7 @@ def _existing_lakehouse(path: str) -> None:
 
 
 def _pipeline_run(args: argparse.Namespace) -> int:
-    from cxrlake.files import select_images
-    from cxrlake.lakehouse.pipeline import run_pipeline
+    from cxrlake.lakehouse.pipeline import run_pipeline  # needs the 'local' extra
 
     _existing_lakehouse(args.lakehouse)
     for source in args.source:
@@ -208,7 +214,7 @@ def _pipeline_run(args: argparse.Namespace) -> int:
 def _read_sql(args: argparse.Namespace) -> str | None:
     """The SQL text from the argument, -f FILE or standard input; None for the shell."""
     if args.query is not None and args.file is not None:
-        raise CommandError("give the SQL either as an argument or with -f, not both", 2)
+        raise UsageError("give the SQL either as an argument or with -f, not both")
     if args.file == "-":
         return sys.stdin.read()
     if args.file is not None:
@@ -218,28 +224,24 @@ def _read_sql(args: argparse.Namespace) -> str | None:
         except OSError as e:
             raise CommandError(f"-f {args.file}: {e.strerror or e}") from None
     if args.query is not None:
-        return args.query
+        return str(args.query)
     if not sys.stdin.isatty():
         return sys.stdin.read()
     return None
 
 
 def _sql(args: argparse.Namespace) -> int:
-    from cxrlake.lakehouse.sql import connect
+    from cxrlake.lakehouse.sql import connect  # needs the 'local' extra
 
     _existing_lakehouse(args.lakehouse)
     text = _read_sql(args)
     if text is not None and not text.strip():
-        raise CommandError("no SQL given", 2)
+        raise UsageError("no SQL given")
     con = connect(args.lakehouse, args.env, args.model, roots=args.allowed_root)
     try:
         if text is None:
             return _shell(con, args)
         if args.out:
-            import io
-
-            from cxrlake.files import write_text_atomically
-
             buffer = io.StringIO()
             _print_results(con, text, args.format, buffer)
             write_text_atomically(args.out, buffer.getvalue())
@@ -250,8 +252,8 @@ def _sql(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_results(con: Any, text: str, fmt: str, out: Any) -> None:
-    from cxrlake.lakehouse.sql import (
+def _print_results(con: duckdb.DuckDBPyConnection, text: str, fmt: str, out: TextIO) -> None:
+    from cxrlake.lakehouse.sql import (  # needs the 'local' extra
         SANDBOX_HINT,
         format_result,
         mentions_sandbox_refusal,
@@ -279,25 +281,25 @@ FILE_ACCESS_HINT = (
 )
 
 
-def _results(statements: Any) -> Any:
-    """The statements' results; DuckDB's refusal of file access gets a hint on what to do."""
-    import duckdb
+def _results(
+    statements: Iterator[tuple[str, pa.Table | None]],
+) -> Iterator[tuple[str, pa.Table | None]]:
+    """The statements' results; DuckDB's refusal of file access (its `PermissionException`:
+    the connection has file access off) gets a hint on what to do."""
+    import duckdb  # the 'local' extra: `_sql` has connected with it
 
     try:
         yield from statements
-    except duckdb.Error as error:
-        if "disabled by configuration" not in str(error):
-            raise
+    except duckdb.PermissionException as error:
         first = str(error).splitlines()[0]
         raise CommandError(f"{first} ({FILE_ACCESS_HINT})") from error
 
 
-def _shell(con: Any, args: argparse.Namespace) -> int:
-    """A small interactive shell: statements end with ';', .quit or Ctrl-D leaves."""
-    from cxrlake.cli_support import report_error
-
+def _shell(con: duckdb.DuckDBPyConnection, args: argparse.Namespace) -> int:
+    """A small interactive shell: statements end with ';', .quit or Ctrl-D leaves. A failing
+    statement prints its one-line error (as `cxrlake.cli.main` would) and the shell goes on."""
     with contextlib.suppress(ImportError):
-        import readline  # noqa: F401 - line editing and history for input()
+        import readline  # noqa: F401 - line editing and history for input(), where the platform has it
     print(
         f"cxrlake sql on {os.path.abspath(args.lakehouse)} (env {args.env}). End statements "
         "with ';'. .tables lists the tables, .quit leaves.",
@@ -328,11 +330,11 @@ def _shell(con: Any, args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
         except Exception as error:
-            report_error("sql", error)
+            print_error("sql", error)
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cxrlake.lakehouse.report import write_report
+    from cxrlake.lakehouse.report import write_report  # needs the 'local' extra
 
     _existing_lakehouse(args.lakehouse)
     path = write_report(
@@ -348,7 +350,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _maintain(args: argparse.Namespace) -> int:
-    from cxrlake.lakehouse.maintain import format_results, maintain
+    from cxrlake.lakehouse.maintain import format_results, maintain  # needs the 'local' extra
 
     _existing_lakehouse(args.lakehouse)
     try:
@@ -359,7 +361,7 @@ def _maintain(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             zorder=not args.no_zorder,
         )
-    except ValueError as e:
+    except ValueError as e:  # a retention below the minimum
         raise CommandError(str(e)) from None
     print(format_results(results))
     return 0

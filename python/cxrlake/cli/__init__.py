@@ -1,0 +1,123 @@
+"""The ``cxrlake`` command line.
+
+One module per command group declares its commands and their options with
+``register(subparsers)`` (`COMMAND_MODULES`, in the order ``cxrlake --help`` lists them).
+Handlers take the parsed arguments and return an exit code, or raise: `main` is the one place
+that turns an exception into a one-line message ``cxrlake <command>: error: ...`` and an exit
+code (`cxrlake.cli.errors`). Every command gets ``--version``, ``--debug`` (show the trace of a
+failure) and, for options with a default, ``(default: ...)`` in its help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+
+import cxrlake
+from cxrlake.cli import calibrate, lakehouse, predict, review, serve, train
+from cxrlake.cli.errors import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, print_error
+
+__all__ = ["build_parser", "main"]
+
+#: The command modules, in the order of ``cxrlake --help``: predict and explain; pipeline, sql,
+#: report and maintain; train; calibrate; review; serve and promote.
+COMMAND_MODULES = (predict, lakehouse, train, calibrate, review, serve)
+
+
+def _version() -> str:
+    try:
+        return version("cxrlake")
+    except PackageNotFoundError:  # a source checkout without metadata
+        return str(cxrlake.__version__)
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Wraps one-line descriptions; keeps text that has its own line breaks (the epilog)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+
+def _finish(parser: argparse.ArgumentParser, version: str, top: bool = False) -> None:
+    """Give ``parser`` and its subcommands the shared options, epilog and help defaults."""
+    parser.formatter_class = _HelpFormatter
+    if parser.epilog is None:
+        parser.epilog = EPILOG
+    options = {s for action in parser._actions for s in action.option_strings}
+    if "--version" not in options:
+        parser.add_argument(
+            "--version", action="version", version=f"cxrlake {version}", help="print the version"
+        )
+    if "--debug" not in options:
+        parser.add_argument(
+            "--debug",
+            action="store_true",
+            # Only the top level sets the default: a subcommand's default would override it.
+            default=False if top else argparse.SUPPRESS,
+            help="show the full trace when a command fails",
+        )
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _finish(sub, version)
+            continue
+        if not action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in (action.help or ""):
+            continue
+        action.help = (
+            f"{action.help} (default: %(default)s)" if action.help else "default: %(default)s"
+        )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command of `COMMAND_MODULES`."""
+    parser = argparse.ArgumentParser(
+        prog="cxrlake",
+        description="Chest X-ray lakehouse: decode, score and curate chest radiographs.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in COMMAND_MODULES:
+        module.register(subparsers)
+    _finish(parser, _version(), top=True)
+    return parser
+
+
+def _command_name(args: argparse.Namespace) -> str:
+    """``predict``, ``pipeline run`` ...: the words the user typed to pick the handler."""
+    words = [args.command] if getattr(args, "command", None) else []
+    words += [v for k, v in sorted(vars(args).items()) if k.endswith("_command") and v]
+    return " ".join(str(w) for w in words)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``cxrlake`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    command = _command_name(args)
+    try:
+        return int(handler(args) or 0)
+    except BrokenPipeError:
+        # Output piped into `head` and closed: not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except KeyboardInterrupt:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        print(f"\ncxrlake {command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as error:  # the one place failures become messages
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        return print_error(command, error)
