@@ -20,6 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 import cxrlake
 from cxrlake.cli import calibrate, lakehouse, predict, review, serve, train
 from cxrlake.cli.errors import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, print_error
+from cxrlake.cli.options import Handler
 
 __all__ = ["build_parser", "main"]
 
@@ -100,13 +101,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxrlake`` console script; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = getattr(args, "handler", None)
+    handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     command = _command_name(args)
     try:
-        return int(handler(args) or 0)
+        return handler(args)
     except BrokenPipeError:
         # Output piped into `head` and closed: not an error of ours.
         devnull = os.open(os.devnull, os.O_WRONLY)
