@@ -2,11 +2,31 @@
 
 from collections.abc import Sequence
 from os import PathLike
-from typing import TypedDict
+from typing import TypedDict, type_check_only
 
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
+
+__all__ = [
+    "init_runtime",
+    "model_info",
+    "decode",
+    "dicom_metadata",
+    "preprocess",
+    "features",
+    "predict",
+    "analyze",
+    "explain",
+    "overlay_png",
+    "resolve_threads",
+    "CxrlakeError",
+    "InvalidArgumentError",
+    "ModelError",
+    "RuntimeLibraryError",
+    "SandboxError",
+    "__version__",
+]
 
 __version__: str
 
@@ -16,8 +36,9 @@ class ModelError(CxrlakeError): ...
 class RuntimeLibraryError(CxrlakeError): ...
 class SandboxError(CxrlakeError): ...
 
+@type_check_only
 class ModelInfo(TypedDict):
-    """What `model_info` returns: the model's metadata (`cxrlake.PneumoniaModel` reads it)."""
+    """What `model_info` returns: the model's metadata (`cxrlake.Model` reads it)."""
 
     path: str
     name: str
