@@ -37,7 +37,7 @@ import collections
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -102,6 +102,22 @@ def _progress(total: int, desc: str, enabled: bool | None) -> tqdm:
     )
 
 
+class RunCatalog(LocalCatalog):
+    """The run's tables through the catalog port, a rule's SQL run on the run's own DuckDB
+    connection: a fresh connection per rule (`LocalCatalog.query`) costs 70-100 ms with DuckDB
+    2.0, a registered Arrow relation about 1 ms. The relations replace the run's views of the same
+    names; each stage registers the views it reads before its rules run."""
+
+    def __init__(self, lakehouse: Lakehouse, con: duckdb.DuckDBPyConnection) -> None:
+        super().__init__(lakehouse)
+        self.con = con
+
+    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
+        for name, table in relations.items():
+            self.con.register(name, table)
+        return self.con.sql(sql).to_arrow_table()
+
+
 class Pipeline:
     """One run over one lakehouse; use `run_pipeline` unless you need the stages one by one."""
 
@@ -122,7 +138,6 @@ class Pipeline:
             raise ValueError(f"commit_rows must be >= 1, got {commit_rows}")
         self.commit_rows = commit_rows
         self.lh = Lakehouse(lakehouse, env)
-        self.catalog = LocalCatalog(self.lh)  # the services' view of the same tables
         self.model = transforms.load_model(model)
         # The site's calibrated threshold for this model version, if one is stored.
         self.threshold: SiteThreshold | None = None
@@ -146,6 +161,7 @@ class Pipeline:
         self.ahead = Lookahead(self.model, threads, self.threshold, AHEAD_BYTES, AHEAD_ROWS)
         self.listing = rules.LISTING_SCHEMA.empty_table()
         self._sql = duckdb.connect()
+        self.catalog = RunCatalog(self.lh, self._sql)  # the services' view of the same tables
         self._sql.register("model", metrics_service.model_view(self.model))
 
     # ---------------------------------------------------------------- rules
