@@ -20,19 +20,29 @@ secondary check under simulated shifts.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from cxrlake.medallion.metrics import binary_metrics, roc_auc
+from cxrlake.training import data as data_mod
+from cxrlake.training.config import JsonObject
+from cxrlake.training.export import apply_temperature, read_metadata, set_metadata
+from cxrlake.training.shift import shifted_logits
+
+#: A threshold rule: logits per shift and labels -> a threshold on the raw logit.
+Rule = Callable[[Mapping[str, np.ndarray], np.ndarray], float]
 
 #: Logit thresholds searched by the rules (probability 0.00034 .. 0.99995).
 LOGIT_GRID = np.linspace(-8.0, 10.0, 3601)
 
 
-def sigmoid(z: np.ndarray | float) -> np.ndarray | float:
+def sigmoid(z: np.ndarray | float) -> np.ndarray:
     """Numerically stable logistic function."""
     e = np.exp(-np.abs(np.asarray(z, dtype=np.float64)))
     return np.where(np.asarray(z) >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
@@ -116,7 +126,7 @@ def worst_shift_balanced_threshold(logits: Mapping[str, np.ndarray], labels: np.
     return _middle_of_maximum(((sens + spec) / 2.0).min(axis=0))
 
 
-RULES = {
+RULES: dict[str, Rule] = {
     "shift-averaged balanced accuracy (1.1.0 rule)": shift_averaged_balanced_threshold,
     "worst-shift balanced accuracy": worst_shift_balanced_threshold,
     "sensitivity >= 0.95 under the worst shift": worst_shift_sensitivity_threshold,
@@ -149,7 +159,9 @@ def evaluate_threshold(
     }
 
 
-def leave_one_shift_out(logits: Mapping[str, np.ndarray], labels: np.ndarray, rule) -> list[dict]:
+def leave_one_shift_out(
+    logits: Mapping[str, np.ndarray], labels: np.ndarray, rule: Rule
+) -> list[JsonObject]:
     """For each shift: the rule chosen without it, evaluated on it (a site the rule never saw)."""
     y = np.asarray(labels).astype(bool)
     rows = []
@@ -167,7 +179,7 @@ def leave_one_shift_out(logits: Mapping[str, np.ndarray], labels: np.ndarray, ru
     return rows
 
 
-def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarray) -> dict:
+def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarray) -> JsonObject:
     """Calibration, threshold rules, per-shift table and leave-one-shift-out check.
 
     ``logits`` are the raw (uncalibrated) head logits per shift. Every threshold reported is in
@@ -179,7 +191,7 @@ def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarra
     temperature = fit_temperature(pooled, pooled_y)
     threshold_logit = shift_averaged_balanced_threshold(logits, y)
 
-    def prob(z: np.ndarray, t: float) -> np.ndarray:
+    def prob(z: np.ndarray | float, t: float) -> np.ndarray:
         return sigmoid(np.asarray(z) / t)
 
     threshold = float(prob(threshold_logit, temperature))
@@ -232,14 +244,14 @@ def operating_point_analysis(logits: Mapping[str, np.ndarray], labels: np.ndarra
     }
 
 
-def calibrate_model_file(path, logits: Mapping[str, np.ndarray], labels: np.ndarray) -> dict:
+def calibrate_model_file(
+    path: str | os.PathLike[str], logits: Mapping[str, np.ndarray], labels: np.ndarray
+) -> JsonObject:
     """Analyse ``logits`` (of the file ``path``), then fold the temperature and write the threshold.
 
     ``path`` is changed in place: calibrated head, ``cxrlake.threshold`` (calibrated probability)
     and ``cxrlake.threshold_rule``. Returns the analysis of :func:`operating_point_analysis`.
     """
-    from cxrlake.training.export import apply_temperature, set_metadata
-
     analysis = operating_point_analysis(logits, labels)
     apply_temperature(path, analysis["temperature"])
     set_metadata(
@@ -253,10 +265,10 @@ def calibrate_model_file(path, logits: Mapping[str, np.ndarray], labels: np.ndar
     return analysis
 
 
-def validation_pixels(data: str, size: int, val_fraction: float = 0.18, seed: int = 42):
+def validation_pixels(
+    data: str, size: int, val_fraction: float = 0.18, seed: int = 42
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 ``[N, size, size]``, labels ``[N]``) of the patient-grouped validation split."""
-    from cxrlake.training import data as data_mod
-
     records = data_mod.list_labelled_images(data)
     _, val = data_mod.patient_grouped_split(records, val_fraction, seed)
     pixels = data_mod.load_pixel_cache([r.path for r in val], size)
@@ -269,12 +281,6 @@ def main(argv: list[str] | None = None) -> int:
     For a model whose run directory is gone (``cxrlake train --finalize-only`` does the same for
     a run). Prints the analysis as JSON and writes it to ``--json``.
     """
-    import argparse
-    import json
-
-    from cxrlake.training.export import read_metadata
-    from cxrlake.training.shift import shifted_logits
-
     parser = argparse.ArgumentParser(prog="python -m cxrlake.training.operating_point")
     parser.add_argument("model", help="ONNX file with the heatmap output (changed in place)")
     parser.add_argument("--data", required=True, help="training folder (NORMAL/, PNEUMONIA/)")
