@@ -91,14 +91,15 @@ class WarehouseNames:
 
 def connect_from_env() -> Connection:
     """A databricks-sql-connector connection with the app's credentials."""
-    from databricks import sql  # optional extra: only the Databricks App installs it
+    # optional extras: only the Databricks App installs the SQL connector
     from databricks.sdk.core import Config
+    from databricks.sql import connect  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
     cfg = Config()
     warehouse = os.environ.get("DATABRICKS_WAREHOUSE_ID")
     if not warehouse:
         raise RuntimeError("DATABRICKS_WAREHOUSE_ID is not set (app.yaml: valueFrom sql-warehouse)")
-    connection: Connection = sql.connect(
+    connection: Connection = connect(
         server_hostname=cfg.host,
         http_path=f"/sql/1.0/warehouses/{warehouse}",
         credentials_provider=lambda: cfg.authenticate,

@@ -124,6 +124,13 @@ def filter_column(frame: DataFrame, filter: Filter) -> DataFrame:
     return frame
 
 
+def _selects_none(value: object) -> bool:
+    """Whether a `Filter` value is an empty collection (the filter then selects no row)."""
+    if isinstance(value, (pa.Array, pa.ChunkedArray)):
+        return len(value) == 0
+    return isinstance(value, (list, tuple, set, frozenset)) and not value
+
+
 class SparkCatalog:
     """The tables of one deployed catalog on a `SparkSession` (Delta, Unity Catalog names)."""
 
@@ -200,6 +207,8 @@ class SparkCatalog:
         return data.num_rows
 
     def merge(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
+        if data.num_rows == 0:
+            return 0
         frame = arrow_frame(
             self.spark, data.select(spec.arrow_schema.names).cast(spec.arrow_schema)
         )
@@ -207,7 +216,7 @@ class SparkCatalog:
         return counts.get("num_inserted_rows", 0) + counts.get("num_updated_rows", 0)
 
     def delete(self, spec: TableSpec, filter: Filter, *, operation: str) -> int:
-        if not self.exists(spec):
+        if not self.exists(spec) or any(_selects_none(v) for v in filter.values()):
             return 0
         matched = filter_column(self.frame(spec), filter).select(*filter)
         counts = self.delete_frame(spec, matched, tuple(filter), operation=operation)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pyspark.sql import SparkSession
 
 from cxrlake.spark import local_runtime
 
@@ -91,7 +92,7 @@ class BundleParameters:
                     self.resources.setdefault(kind, {}).update(items)
         target_conf = root["targets"][target]
         self.development = target_conf.get("mode") == "development"
-        self.variables = {
+        self.variables: dict[str, Any] = {
             k: v.get("default") for k, v in root.get("variables", {}).items() if isinstance(v, dict)
         }
         self.variables.update(target_conf.get("variables", {}) or {})
@@ -210,7 +211,9 @@ class _Widgets:
     def text(self, name: str, default: str, label: str | None = None) -> None:
         self._values[name] = self._parameters.get(name, default)
 
-    def dropdown(self, name: str, default: str, choices: list[str], label: str | None = None):
+    def dropdown(
+        self, name: str, default: str, choices: list[str], label: str | None = None
+    ) -> None:
         value = self._parameters.get(name, default)
         if value not in choices:
             raise ValueError(f"widget {name}: {value!r} is not one of {choices}")
@@ -270,7 +273,7 @@ def _cwd(path: Path) -> Iterator[None]:
         os.chdir(before)
 
 
-def run_notebook(spark: Any, path: Path, cwd: Path, dbutils: DBUtils) -> dict[str, Any]:
+def run_notebook(spark: SparkSession, path: Path, cwd: Path, dbutils: DBUtils) -> dict[str, Any]:
     """Execute a notebook's cells in order in one namespace, as a cluster does; returns it."""
     namespace: dict[str, Any] = {
         "__name__": "__main__",
@@ -324,7 +327,7 @@ class LocalWorkspace:
                 shutil.copyfile(REPO / name / file_name, target / file_name)
 
 
-def deploy(spark: Any, bundle: BundleParameters, ws: LocalWorkspace) -> None:
+def deploy(spark: SparkSession, bundle: BundleParameters, ws: LocalWorkspace) -> None:
     """What ``bundle deploy`` creates before the setup job: schemas and volumes."""
     from cxrlake.spark import sql_files
 
@@ -373,7 +376,7 @@ def land_images(source: Path, bundle: BundleParameters, ws: LocalWorkspace, per_
     return sum(1 for p in volume.rglob("*") if p.is_file())
 
 
-def record_site_threshold(spark: Any, bundle: BundleParameters) -> None:
+def record_site_threshold(spark: SparkSession, bundle: BundleParameters) -> None:
     """The operating point of `SITE` for the shipped model, as ``cxrlake calibrate`` stores it in
     ``gold.site_thresholds`` (version 1, once; MERGE keyed like the local engine)."""
     import cxrlake
@@ -414,7 +417,7 @@ def _mlflow_uri(ws: LocalWorkspace) -> str:
     return f"sqlite:///{ws.mlflow_db}"
 
 
-def table_names(spark: Any, bundle: BundleParameters) -> list[str]:
+def table_names(spark: SparkSession, bundle: BundleParameters) -> list[str]:
     """``catalog.schema.table`` of every Delta table in the bundle's schemas (views left out)."""
     from cxrlake.spark import sql_files
 
@@ -430,7 +433,9 @@ def table_names(spark: Any, bundle: BundleParameters) -> list[str]:
     return out
 
 
-def print_tables(spark: Any, bundle: BundleParameters, ws: LocalWorkspace) -> dict[str, int]:
+def print_tables(
+    spark: SparkSession, bundle: BundleParameters, ws: LocalWorkspace
+) -> dict[str, int]:
     """Print each table's rows (bytes, vectors and heatmaps left out) and where delta-rs finds
     it; return the row counts."""
     from deltalake import DeltaTable
@@ -438,7 +443,7 @@ def print_tables(spark: Any, bundle: BundleParameters, ws: LocalWorkspace) -> di
     counts = {}
     for name in table_names(spark, bundle):
         frame = spark.table(name)
-        location = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+        location = spark.sql(f"DESCRIBE DETAIL {name}").collect()[0]["location"]
         path = location.removeprefix("file:")
         wide = {"content", "feature_vector", "heatmap", "dicom_metadata", "dicom_metadata_deid"}
         shown = frame.select([c for c in frame.columns if c not in wide])

@@ -3,6 +3,8 @@ DataFrame computed once (what the jobs and `cxrlake.spark.catalog.SparkCatalog` 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
@@ -23,10 +25,12 @@ def arrow_frame(spark: SparkSession, table: pa.Table | pa.RecordBatch) -> DataFr
 def to_arrow(df: DataFrame, arrow_schema: pa.Schema | None = None) -> pa.Table:
     """Collect a DataFrame to the driver as an Arrow table (``toArrow`` on Spark >= 4.0), in
     ``arrow_schema``'s columns and types when given."""
-    if hasattr(df, "toArrow"):
-        table = df.toArrow()
-    else:  # Spark 3.5
-        table = pa.Table.from_batches(df._collect_as_arrow(), arrow_schema)
+    collect: Callable[[], pa.Table] | None = getattr(df, "toArrow", None)  # Spark >= 4.0
+    if collect is not None:
+        table = collect()
+    else:  # Spark 3.5: a private method, outside the typed API
+        batches: Callable[[], list[pa.RecordBatch]] = getattr(df, "_collect_as_arrow")  # noqa: B009
+        table = pa.Table.from_batches(batches(), arrow_schema)
     return table if arrow_schema is None else table.select(arrow_schema.names).cast(arrow_schema)
 
 

@@ -119,7 +119,7 @@ def validate_model(value: str) -> str | None:
     return value
 
 
-def validate_retain_hours(value: str) -> int:
+def validate_retain_hours(value: str | int) -> int:
     """VACUUM retention in hours, at least `MIN_RETAIN_HOURS` (one week)."""
     try:
         hours = int(str(value).strip())

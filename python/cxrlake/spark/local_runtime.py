@@ -18,9 +18,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cxrlake.exceptions import CxrlakeError
+
+if TYPE_CHECKING:  # pyspark is imported when a session starts (a clear error when it is absent)
+    from pyspark.sql import SparkSession
 
 LOCAL_CATALOG = "spark_catalog"
 """Catalog of the local runtime: Spark's session catalog (there is no other catalog plugin for
@@ -94,7 +97,7 @@ def session(
     hive: bool = True,
     app_name: str = "cxrlake-databricks-local",
     cores: int = 2,
-) -> Any:
+) -> SparkSession:
     """A ``local[cores]`` SparkSession with Delta Lake: managed tables under ``root/warehouse``,
     the metastore in ``root/metastore_db`` (``hive``; else Spark's in-memory catalog, for tests),
     UTC, small partitions for a few dozen images, no UI or console progress."""
@@ -139,7 +142,7 @@ def session(
     return spark
 
 
-def is_oss(spark: Any) -> bool:
+def is_oss(spark: SparkSession) -> bool:
     """True on the local runtime (`session`), False on Databricks."""
     try:
         return spark.conf.get(RUNTIME_CONF, "") == "oss"

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cxrlake.spark.deployment import Deployment
+
 CHAMPION = "champion"
 NAME_KEY = "cxrlake.model_name"
 VERSION_KEY = "cxrlake.model_version"
@@ -174,7 +176,7 @@ def resolve_champion(
     )
 
 
-def job_model(deployment: Any, model: str | None) -> ModelSource:
+def job_model(deployment: Deployment, model: str | None) -> ModelSource:
     """The one model resolution of the silver and gold jobs: ``model`` (an ``.onnx`` path, the
     job parameter) when given, else ``<registered model>@champion`` when registered (written to
     the models libraries volume), else the shipped model. Both jobs resolve alike, so silver's

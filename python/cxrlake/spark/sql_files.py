@@ -13,9 +13,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from cxrlake.exceptions import CxrlakeError
+from cxrlake.spark.local_runtime import is_oss
+
+if TYPE_CHECKING:  # rendering needs no Spark (the review app and the tests render without it)
+    from pyspark.sql import SparkSession
 
 PLACEHOLDER = re.compile(r"\$\{([a-z_][a-z0-9_]*)\}")
 
@@ -64,7 +68,7 @@ def placeholders(text: str) -> set[str]:
     return set(PLACEHOLDER.findall(text))
 
 
-def validate_parameter(name: str, value: Any) -> str:
+def validate_parameter(name: str, value: object) -> str:
     """Return ``value`` as a string if it is a valid value of parameter ``name``."""
     pattern = PARAMETER_PATTERNS.get(name)
     if pattern is None:
@@ -77,7 +81,7 @@ def validate_parameter(name: str, value: Any) -> str:
     return text
 
 
-def render(text: str, params: Mapping[str, Any]) -> str:
+def render(text: str, params: Mapping[str, object]) -> str:
     """Substitute every ``${name}`` of ``text`` with the validated ``params[name]``."""
     missing = placeholders(text) - set(params)
     if missing:
@@ -125,7 +129,7 @@ def _strip_comments(statement: str) -> str:
     return re.sub(r"--[^\n]*|/\*.*?\*/", "", statement, flags=re.S)
 
 
-def rendered_statements(path: str | Path, params: Mapping[str, Any]) -> list[str]:
+def rendered_statements(path: str | Path, params: Mapping[str, object]) -> list[str]:
     """The statements of one SQL file with its parameters substituted."""
     text = Path(path).read_text(encoding="utf-8")
     return split_statements(
@@ -185,12 +189,10 @@ def databricks_only(statements: list[str]) -> dict[int, str]:
     return out
 
 
-def run_sql_file(spark: Any, path: str | Path, params: Mapping[str, Any]) -> int:
+def run_sql_file(spark: SparkSession, path: str | Path, params: Mapping[str, object]) -> int:
     """Run every statement of a SQL file on ``spark``; return how many ran. On the local runtime
     (`cxrlake.spark.local_runtime.is_oss`) the statements `databricks_only` names are skipped,
     each printed with its reason (docs/databricks.md lists them)."""
-    from cxrlake.spark.local_runtime import is_oss
-
     statements = rendered_statements(path, params)
     skip = databricks_only(statements) if is_oss(spark) else {}
     for i, statement in enumerate(statements):

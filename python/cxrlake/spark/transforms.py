@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -27,12 +27,14 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
 from cxrlake.medallion import identity, metrics, rules
 from cxrlake.medallion import schemas as medallion_schemas
 from cxrlake.medallion import transforms as medallion
 from cxrlake.spark import schemas
 from cxrlake.spark.frames import to_arrow
-from cxrlake.spark.udfs import local_path, model_for
+from cxrlake.spark.udfs import ModelLike, local_path, model_for, model_path_of
+from cxrlake.threshold import SiteThreshold
 
 ArrowMap = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 
@@ -52,10 +54,6 @@ either ``metadata``, ``features`` and ``predictions`` or ``quarantine`` (one pas
 LISTING = schemas.to_spark_schema(rules.LISTING_SCHEMA)
 
 
-def _model_path(model: Any) -> str | None:
-    return None if model is None else str(getattr(model, "path", model))
-
-
 def _now(value: dt.datetime | None) -> dt.datetime:
     return value if value is not None else identity.utc_now()
 
@@ -70,7 +68,6 @@ def bronze_rows(
     skips them as the listings of both engines do; a name without an extension is kept when its
     content is DICOM. ``roots``: the sources whose files follow identity rule 2
     (`cxrlake.medallion.identity.identity_roots`)."""
-    from cxrlake.files import has_no_extension, is_image_name
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -108,7 +105,6 @@ def listing_rows(roots: tuple[str, ...] = ()) -> ArrowMap:
     dropped: never read, stored nor quarantined; a name without an extension is kept when the
     file starts like DICOM (`cxrlake.files.sniff_dicom` reads its first 132 bytes). ``roots``
     as in `bronze_rows`."""
-    from cxrlake.files import has_no_extension, is_image_name, sniff_dicom
 
     def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -162,7 +158,7 @@ def analyzed_rows(
     model_path: str | None,
     processed_at: dt.datetime,
     threads: int | None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
     deid_key: bytes | None = None,
 ) -> ArrowMap:
     """``mapInArrow`` function: bronze batches -> `ANALYZED_COMBINED` batches (labels decided by
@@ -233,11 +229,11 @@ class AnalyzedFrames(NamedTuple):
 
 def to_analyzed(
     bronze: DataFrame,
-    model: Any = None,
+    model: ModelLike = None,
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
     persist: bool = True,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
     deid_key: bytes | None = None,
 ) -> AnalyzedFrames:
     """Decode, validate and score bronze rows (columns `medallion.BRONZE_ANALYZE_COLUMNS`) with
@@ -249,7 +245,7 @@ def to_analyzed(
     de-identification key for DICOM metadata (`cxrlake.spark.jobs.read_deid_key` reads it on the
     driver); None = each executor's ``CXRLAKE_DEID_KEY``, needed only when DICOM rows come.
     """
-    fn = analyzed_rows(_model_path(model), _now(processed_at), threads, threshold, deid_key)
+    fn = analyzed_rows(model_path_of(model), _now(processed_at), threads, threshold, deid_key)
     combined = bronze.select(*medallion.BRONZE_ANALYZE_COLUMNS).mapInArrow(fn, ANALYZED_COMBINED)
     if persist:
         combined = combined.persist()
@@ -272,7 +268,7 @@ class SilverFrames(NamedTuple):
 
 def to_silver(
     bronze: DataFrame,
-    model: Any = None,
+    model: ModelLike = None,
     processed_at: dt.datetime | None = None,
     threads: int | None = None,
     persist: bool = True,
@@ -299,7 +295,7 @@ def gold_rows(
     model_path: str | None,
     predicted_at: dt.datetime,
     threads: int | None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
 ) -> ArrowMap:
     """``mapInArrow`` function: scoring batches -> ``gold.pneumonia_predictions`` batches."""
 
@@ -315,28 +311,28 @@ def gold_rows(
 
 def to_gold_predictions(
     scoring_input: DataFrame,
-    model: Any = None,
+    model: ModelLike = None,
     predicted_at: dt.datetime | None = None,
     threads: int | None = None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
 ) -> DataFrame:
     """Predictions (schema `schemas.GOLD_PREDICTIONS`) of rows with ``image_id``, ``label``,
     ``dataset_split``, ``content_sha256`` and ``content`` (see `gold_input`); ``threshold``: a
     site's `cxrlake.threshold.SiteThreshold`
     (`cxrlake.spark.site_thresholds.spark_site_threshold`)."""
-    fn = gold_rows(_model_path(model), _now(predicted_at), threads, threshold)
+    fn = gold_rows(model_path_of(model), _now(predicted_at), threads, threshold)
     return scoring_input.select(*GOLD_INPUT_COLUMNS).mapInArrow(fn, schemas.GOLD_PREDICTIONS)
 
 
 def model_performance(
     predictions: DataFrame,
-    model: Any = None,
+    model: ModelLike = None,
     evaluated_at: dt.datetime | None = None,
-    threshold: Any = None,
+    threshold: SiteThreshold | None = None,
 ) -> pa.RecordBatch:
     """``gold.model_performance`` rows of a predictions DataFrame, computed on the driver (one
     small row per prediction) by `cxrlake.medallion.metrics.model_performance`."""
     columns = [c for c in rules.EVALUATION_COLUMNS if c != "content_sha256"]
     table = to_arrow(predictions.select(*columns))
-    decision = threshold.threshold if threshold else model_for(_model_path(model)).threshold
+    decision = threshold.threshold if threshold else model_for(model_path_of(model)).threshold
     return metrics.model_performance(table, threshold=decision, evaluated_at=_now(evaluated_at))

@@ -20,12 +20,31 @@ Spark's ``binaryFile`` source writes them; URIs are turned into paths before the
 # evaluated type hints of the nested functions below.
 import os
 import re
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Literal, Protocol, Union, overload
 
 import pyarrow as pa
+from pyspark.sql import Column, SparkSession
+from pyspark.sql import functions as F
 
 from cxrlake import columns
+from cxrlake._api import analyze, explain, features, predict
+from cxrlake.exceptions import InvalidArgumentError
+from cxrlake.model import Model
+from cxrlake.spark.schemas import spark_type
+
+ModelLike = Union[Model, str, "os.PathLike[str]", None]
+"""A model argument: None (the shipped model), a path readable on the executors, or a `Model`
+(its path is used)."""
+SparkUdf = Callable[..., Column]
+"""A UDF as ``arrow_udf`` / ``pandas_udf`` return it."""
+
+
+class _Series(Protocol):
+    """The part of a pandas Series the Spark 3.5 UDF uses."""
+
+    def tolist(self) -> list[object]: ...
+
 
 PREDICT_RESULT = pa.struct(columns.PREDICT)
 """Struct returned by ``predict``: the columns of `cxrlake.predict`."""
@@ -46,20 +65,26 @@ gigabytes of full-resolution X-rays)."""
 MAX_PARTITION_BYTES = "32m"
 """``spark.sql.files.maxPartitionBytes`` for ``binaryFile`` reads: spreads images over tasks."""
 
-_MODELS: dict[str | None, Any] = {}
+_MODELS: dict[str | None, Model] = {}
 """Models loaded in this Python worker, by path (None = the shipped model)."""
 
 _URI = re.compile(r"^(?:file|dbfs):(?://)?(/.*)$")
 
 
-def model_for(path: str | None) -> Any:
+def model_for(path: str | None) -> Model:
     """The `cxrlake.Model` at ``path`` (None = shipped model), loaded once per process."""
     model = _MODELS.get(path)
     if model is None:
-        import cxrlake
-
-        model = _MODELS[path] = cxrlake.Model(path)
+        model = _MODELS[path] = Model(path)
     return model
+
+
+@overload
+def local_path(path: str) -> str: ...
+
+
+@overload
+def local_path(path: None) -> None: ...
 
 
 def local_path(path: str | None) -> str | None:
@@ -90,9 +115,7 @@ def predict_array(
     values: pa.Array | pa.ChunkedArray, model_path: str | None, threads: int | None
 ) -> pa.StructArray:
     """Score one Arrow array of paths or image bytes: a `PREDICT_RESULT` struct per row."""
-    import cxrlake
-
-    batch = cxrlake.predict(_images(values), model=model_for(model_path), threads=threads)
+    batch = predict(_images(values), model=model_for(model_path), threads=threads)
     return _as_struct(batch, PREDICT_RESULT)
 
 
@@ -100,12 +123,8 @@ def features_array(
     values: pa.Array | pa.ChunkedArray, model_path: str | None, threads: int | None
 ) -> pa.StructArray:
     """Features of one Arrow array of paths or image bytes: a `FEATURES_RESULT` struct per row."""
-    import cxrlake
-
     model = model_for(model_path)
-    batch = cxrlake.features(
-        _images(values), model=model, threads=threads, embedding=model.has_embedding
-    )
+    batch = features(_images(values), model=model, threads=threads, embedding=model.has_embedding)
     return _as_struct(batch, FEATURES_RESULT)
 
 
@@ -114,9 +133,7 @@ def analyze_array(
 ) -> pa.StructArray:
     """`cxrlake.analyze` of one Arrow array of paths or image bytes: an `ANALYZE_RESULT` struct
     per row (statistics, embedding, prediction and heatmap from one forward pass)."""
-    import cxrlake
-
-    batch = cxrlake.analyze(_images(values), model=model_for(model_path), threads=threads)
+    batch = analyze(_images(values), model=model_for(model_path), threads=threads)
     return _as_struct(batch, ANALYZE_RESULT)
 
 
@@ -128,36 +145,35 @@ def explain_array(
 ) -> pa.StructArray:
     """`cxrlake.explain` of one Arrow array of paths or image bytes: an `EXPLAIN_RESULT` struct
     per row (the map, and an overlay PNG when ``overlay_size`` is set)."""
-    import cxrlake
-
-    batch = cxrlake.explain(
+    batch = explain(
         _images(values), model=model_for(model_path), threads=threads, overlay_size=overlay_size
     )
     return _as_struct(batch, EXPLAIN_RESULT)
 
 
-def _pandas_to_arrow(series: Any) -> pa.Array:
+def _pandas_to_arrow(series: _Series) -> pa.Array:
     values = series.tolist()
     first = next((v for v in values if v is not None), None)
     if isinstance(first, (bytes, bytearray, memoryview)):
-        return pa.array([None if v is None else bytes(v) for v in values], type=pa.binary())
+        blobs = [
+            bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else None for v in values
+        ]
+        return pa.array(blobs, type=pa.binary())
     return pa.array(values, type=pa.string())
 
 
 def _spark_ddl(struct_type: pa.StructType) -> str:
-    from cxrlake.spark.schemas import spark_type
-
     return spark_type(struct_type).simpleString()
 
 
 def arrow_udf_supported() -> bool:
     """True on Spark >= 4.1, which has ``pyspark.sql.functions.arrow_udf``."""
-    from pyspark.sql import functions as F
-
     return hasattr(F, "arrow_udf")
 
 
-_KINDS = {
+ArrayKernel = Callable[[pa.Array | pa.ChunkedArray, str | None, int | None], pa.StructArray]
+"""A kernel of `make_udf`: Arrow values, model path, threads -> a result struct per row."""
+_KINDS: dict[str, tuple[ArrayKernel, pa.StructType]] = {
     "predict": (predict_array, PREDICT_RESULT),
     "features": (features_array, FEATURES_RESULT),
     "analyze": (analyze_array, ANALYZE_RESULT),
@@ -167,11 +183,11 @@ _KINDS = {
 
 def make_udf(
     kind: Literal["predict", "features", "analyze", "explain"],
-    model: Any = None,
+    model: ModelLike = None,
     threads: int | None = None,
     flavor: Literal["auto", "arrow", "pandas"] = "auto",
     overlay_size: int | None = None,
-) -> Any:
+) -> SparkUdf:
     """A Spark UDF computing ``predict``, ``features``, ``analyze`` or ``explain`` over a path or
     image-bytes column.
 
@@ -181,18 +197,23 @@ def make_udf(
     ``pandas`` (Spark 3.5) or ``auto``. ``overlay_size`` (``explain`` only): overlay PNG side.
     """
     _check_arguments(kind=kind, threads=threads, flavor=flavor)
-    model_path = _model_path(model)
-    compute, result = _KINDS[kind]
+    model_path = model_path_of(model)
+    compute: ArrayKernel = _KINDS[kind][0]
+    result = _KINDS[kind][1]
     if kind == "explain":
 
-        def compute(values: Any, path: Any, n: Any) -> pa.StructArray:
+        def explain_with_overlay(
+            values: pa.Array | pa.ChunkedArray, path: str | None, n: int | None
+        ) -> pa.StructArray:
             return explain_array(values, path, n, overlay_size)
+
+        compute = explain_with_overlay
 
     ddl = _spark_ddl(result)
     if flavor == "auto":
         flavor = "arrow" if arrow_udf_supported() else "pandas"
     if flavor == "arrow":
-        from pyspark.sql.functions import arrow_udf
+        arrow_udf: Callable[..., SparkUdf] = F.arrow_udf
 
         def arrow_fn(batches: Iterator[pa.Array]) -> Iterator[pa.Array]:
             for values in batches:
@@ -200,14 +221,14 @@ def make_udf(
 
         return arrow_udf(arrow_fn, ddl)
     if flavor == "pandas":
-        import pandas as pd
-        from pyspark.sql.functions import pandas_udf
+        import pandas as pd  # only Spark 3.5 takes this path; pandas comes with its pyspark
 
         def pandas_fn(batches: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
             for series in batches:
                 struct = compute(_pandas_to_arrow(series), model_path, threads)
                 yield pa.RecordBatch.from_struct_array(struct).to_pandas()
 
+        pandas_udf: Callable[..., SparkUdf] = F.pandas_udf
         return pandas_udf(pandas_fn, ddl)
     raise ValueError(f"unknown UDF flavor {flavor!r}: use 'auto', 'arrow' or 'pandas'")
 
@@ -215,11 +236,9 @@ def make_udf(
 _SQL_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _check_arguments(**arguments: Any) -> None:
+def _check_arguments(**arguments: object) -> None:
     """Refuse bad arguments at registration, on the driver, with the accepted values named:
     otherwise they would only surface as failed tasks on the executors."""
-    from cxrlake.exceptions import InvalidArgumentError
-
     for key, value in arguments.items():
         if key == "kind" and value not in _KINDS:
             raise InvalidArgumentError(f"kind must be one of {sorted(_KINDS)}, got {value!r}")
@@ -239,9 +258,8 @@ def _check_arguments(**arguments: Any) -> None:
             )
 
 
-def _model_path(model: Any) -> str | None:
-    from cxrlake.exceptions import InvalidArgumentError
-
+def model_path_of(model: ModelLike) -> str | None:
+    """The path a model argument names (None: the shipped model)."""
     if model is None:
         return None
     path = getattr(model, "path", model)
@@ -253,8 +271,8 @@ def _model_path(model: Any) -> str | None:
 
 
 def register(
-    spark: Any,
-    model: Any = None,
+    spark: SparkSession,
+    model: ModelLike = None,
     name: str = "predict",
     features_name: str = "features",
     threads: int | None = None,
@@ -262,7 +280,7 @@ def register(
     analyze_name: str = "analyze",
     explain_name: str = "explain",
     overlay_size: int | None = None,
-) -> dict[str, Any]:
+) -> dict[str, SparkUdf]:
     """Register ``predict``, ``features``, ``analyze`` and ``explain`` as SQL functions of
     ``spark``; return the UDFs.
 
@@ -299,7 +317,7 @@ def register(
 
 
 def configure_session(
-    spark: Any,
+    spark: SparkSession,
     records_per_batch: int = ARROW_RECORDS_PER_BATCH,
     max_partition_bytes: str = MAX_PARTITION_BYTES,
 ) -> None:

@@ -12,22 +12,28 @@ sandbox has pandas and the wheel with its runtime dependencies (pyarrow, numpy, 
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
+
+from cxrlake._api import predict
+from cxrlake.model import Model
+
+if TYPE_CHECKING:  # the sandbox has pandas; this module imports it only where it builds a Series
+    import pandas as pd
 
 NOT_INGESTED = "no image bytes (NULL input)"
 """Error of a row whose input is NULL."""
 
-_MODEL: list[Any] = []  # the shipped model, loaded once per sandbox process
+_MODEL: list[Model] = []  # the shipped model, loaded once per sandbox process
 
 
-def _model() -> Any:
+def _model() -> Model:
     if not _MODEL:
-        import cxrlake
-
-        _MODEL.append(cxrlake.Model())
+        _MODEL.append(Model())
     return _MODEL[0]
 
 
@@ -41,19 +47,14 @@ with this schema is the ``STRUCT`` that ``models.predict_image`` returns
 (sql/30_predict_function.sql)."""
 
 
-def predict_json(contents: Any) -> Any:
+def predict_json(contents: pd.Series) -> pd.Series:
     """Score a pandas Series of image bytes: a pandas Series of the same length and index whose
     values are JSON objects (``str``) with the fields of `cxrlake.predict` (``null`` for SQL NULL;
     a non-finite number becomes ``null``)."""
-    import json
-    import math
-
-    import pandas as pd
-
-    import cxrlake
+    import pandas as pd  # optional extra: present in the UC sandbox, not needed to import this
 
     values = [None if v is None else bytes(v) for v in contents.tolist()]
-    records = cxrlake.predict(pa.array(values, type=pa.binary()), model=_model()).to_pylist()
+    records = predict(pa.array(values, type=pa.binary()), model=_model()).to_pylist()
     out = []
     for value, record in zip(values, records, strict=True):
         if value is None:
@@ -65,7 +66,9 @@ def predict_json(contents: Any) -> Any:
     return pd.Series(out, index=contents.index, dtype=object)
 
 
-def predict_handler(batches: Iterator[Any]) -> Iterator[Any]:
+def predict_handler(
+    batches: Iterator[pd.Series | tuple[pd.Series, ...]],
+) -> Iterator[pd.Series]:
     """``PARAMETER STYLE PANDAS`` handler of ``models.predict_image_json(content) RETURNS STRING``
     in the documented form: an iterator over batches of the arguments (a pandas Series, or a tuple
     of one Series per argument) in, an iterator of pandas Series of scalars out, one value per
