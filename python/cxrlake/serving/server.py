@@ -386,7 +386,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _score(self, length: int, entity: ServedModel, exchange: _Exchange) -> None:
         ids = exchange.ids
-        finish = exchange.finish
         try:
             body = self.rfile.read(length)
         except OSError:  # the body stopped arriving (timeout) or the client went away
@@ -394,7 +393,9 @@ class _Handler(BaseHTTPRequestHandler):
         if len(body) != length:
             self.close_connection = True
             with contextlib.suppress(OSError):
-                finish(408, self._error(408, "the request body did not arrive", ids, close=True))
+                exchange.finish(
+                    408, self._error(408, "the request body did not arrive", ids, close=True)
+                )
             return
         served = entity.describe()
         headers = {**ids, "X-Served-Model-Name": entity.entity_name}
@@ -403,14 +404,14 @@ class _Handler(BaseHTTPRequestHandler):
         except ProtocolError as e:
             digest = hashlib.sha256(body).hexdigest()
             request = json.dumps({"unparsed_body_sha256": digest, "bytes": len(body)})
-            finish(e.status, self._error(e.status, str(e), headers), served, request)
+            exchange.finish(e.status, self._error(e.status, str(e), headers), served, request)
             return
         request = logged_request(parsed)
         good = [image for image in parsed.images if image is not None]
         try:
             scored = entity.batcher.submit(good).result(timeout=self.app.timeout_s)
         except QueueFull:
-            finish(
+            exchange.finish(
                 503,
                 self._error(
                     503,
@@ -423,7 +424,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         except TimeoutError:
-            finish(
+            exchange.finish(
                 504,
                 self._error(504, "scoring took too long", headers),
                 served,
@@ -432,7 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
             )
             return
         except Exception as e:  # a failure of the core for the whole batch
-            finish(
+            exchange.finish(
                 500,
                 self._error(500, f"scoring failed: {e}", headers),
                 served,
@@ -448,7 +449,7 @@ class _Handler(BaseHTTPRequestHandler):
             entity.model_version,
         )
         response = self._send(200, {"predictions": rows}, headers)
-        finish(200, response, served, request, parsed.client_request_id)
+        exchange.finish(200, response, served, request, parsed.client_request_id)
 
 
 class ScoringServer(ThreadingHTTPServer):
