@@ -6,13 +6,15 @@
   bronze, silver and gold tables (the engine-neutral batch code of `cxrlake.medallion.transforms`,
   which the local engine runs too).
 - `cxrlake.spark.schemas`: Spark schemas derived from `cxrlake.medallion.schemas`.
-- `cxrlake.spark.jobs`: what the Databricks notebooks in ``jobs/`` call: the rules of
-  `cxrlake.medallion.rules` run by Spark SQL, applied to Delta with MERGE and DELETE.
+- `cxrlake.spark.jobs`: what the Databricks notebooks in ``jobs/`` call; `cxrlake.spark.stages`:
+  the rules of `cxrlake.medallion.rules` run by Spark SQL; `cxrlake.spark.catalog.SparkCatalog`:
+  the catalog port on Delta, through which every job writes (MERGE, MERGE ... DELETE).
 - `cxrlake.spark.sql_files`: the ``sql/`` files (render, split, run).
 - `cxrlake.spark.warehouse_udf`: the handler of the Unity Catalog batch Python UDF behind the SQL
   warehouse ``predict(path)`` (no pyspark needed there).
 
-Submodules import pyspark lazily, so ``cxrlake.spark.warehouse_udf`` works where pyspark is absent.
+``warehouse_udf``, ``sql_files``, ``deployment`` and ``local_runtime`` import no pyspark, so the UC
+sandbox, the review app and the SQL rendering work where it is absent.
 """
 
 from __future__ import annotations

@@ -258,8 +258,13 @@ class SparkCatalog:
 
     @contextmanager
     def tagged(self, operation: str) -> Iterator[None]:
-        """Delta records ``operation`` as the ``userMetadata`` of the commits made inside."""
-        self.spark.conf.set(USER_METADATA, operation)
+        """Delta records ``operation`` as the ``userMetadata`` of the commits made inside (not
+        where the session refuses to set the conf: the commits are then untagged)."""
+        try:
+            self.spark.conf.set(USER_METADATA, operation)
+        except Exception:  # noqa: BLE001 - e.g. serverless compute allows only some confs
+            yield
+            return
         try:
             yield
         finally:
