@@ -1,7 +1,10 @@
 """The ``cxrlake`` command line.
 
 One module per command group declares its commands and their options with
-``register(subparsers)`` (`COMMAND_MODULES`, in the order ``cxrlake --help`` lists them).
+``register(subparsers)`` (`COMMANDS` names the module of each command; `COMMAND_MODULES` is the
+order ``cxrlake --help`` lists them). A command line that names a command imports only that
+command's module, so ``cxrlake predict`` does not pay at start-up for the web servers, the
+lakehouse or training; help and an unknown command import them all.
 Handlers take the parsed arguments and return an exit code, or raise: `main` is the one place
 that turns an exception into a one-line message ``cxrlake <command>: error: ...`` and an exit
 code (`cxrlake.cli.errors`). Every command gets ``--version``, ``--debug`` (show the trace of a
@@ -11,6 +14,7 @@ failure) and, for options with a default, ``(default: ...)`` in its help.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 import traceback
@@ -18,15 +22,29 @@ from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 
 import cxrlake
-from cxrlake.cli import calibrate, lakehouse, predict, review, serve, train
 from cxrlake.cli.errors import EPILOG, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, print_error
 from cxrlake.cli.options import Handler
 
 __all__ = ["build_parser", "main"]
 
+#: Each command and the module of `cxrlake.cli` that declares it.
+COMMANDS: dict[str, str] = {
+    "predict": "predict",
+    "explain": "predict",
+    "pipeline": "lakehouse",
+    "sql": "lakehouse",
+    "report": "lakehouse",
+    "maintain": "lakehouse",
+    "train": "train",
+    "calibrate": "calibrate",
+    "review": "review",
+    "serve": "serve",
+    "promote": "serve",
+}
+
 #: The command modules, in the order of ``cxrlake --help``: predict and explain; pipeline, sql,
 #: report and maintain; train; calibrate; review; serve and promote.
-COMMAND_MODULES = (predict, lakehouse, train, calibrate, review, serve)
+COMMAND_MODULES: tuple[str, ...] = tuple(dict.fromkeys(COMMANDS.values()))
 
 
 def _version() -> str:
@@ -77,15 +95,25 @@ def _finish(parser: argparse.ArgumentParser, version: str, top: bool = False) ->
         )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every command of `COMMAND_MODULES`."""
+def _modules_for(argv: Sequence[str] | None) -> tuple[str, ...]:
+    """The command modules a command line needs: the named command's, or all of them (help, no
+    command or an unknown one). The top-level options take no value, so the first word that is
+    not an option is the command."""
+    word = next((a for a in argv or () if not a.startswith("-")), None)
+    if word is not None and word in COMMANDS:
+        return (COMMANDS[word],)
+    return COMMAND_MODULES
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser: with ``argv``, only the command it names; else every command."""
     parser = argparse.ArgumentParser(
         prog="cxrlake",
         description="Chest X-ray lakehouse: decode, score and curate chest radiographs.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in COMMAND_MODULES:
-        module.register(subparsers)
+    for name in _modules_for(argv):
+        importlib.import_module(f"cxrlake.cli.{name}").register(subparsers)
     _finish(parser, _version(), top=True)
     return parser
 
@@ -99,7 +127,9 @@ def _command_name(args: argparse.Namespace) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``cxrlake`` console script; returns the exit code."""
-    parser = build_parser()
+    if argv is None:
+        argv = sys.argv[1:]
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Handler | None = getattr(args, "handler", None)
     if handler is None:
