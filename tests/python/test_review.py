@@ -798,13 +798,17 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
     assert store.agreement()[0]["agreement_rate"] == 0.0
 
 
-def test_spark_engine_computes_the_same_agreement_figures(app):
-    """`cxrlake.spark.stages.decide_review_agreement` on local PySpark over the same tables gives
-    the rows the review app computes (one rule, both engines)."""
+def test_spark_engine_computes_the_same_agreement_figures(app, tmp_path):
+    """`cxrlake.metrics_service.review_agreement` over a `SparkCatalog` (what the gold job
+    appends) on local PySpark over the same tables gives the rows the review app computes (one
+    rule, both engines)."""
     from pyspark.sql import SparkSession
 
+    from cxrlake import metrics_service
+    from cxrlake.medallion import schemas
+    from cxrlake.spark.catalog import SparkCatalog
+    from cxrlake.spark.deployment import Deployment
     from cxrlake.spark.frames import arrow_frame
-    from cxrlake.spark.stages import REVIEW_VIEWS, decide_review_agreement
 
     _correct_one(app)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -814,17 +818,24 @@ def test_spark_engine_computes_the_same_agreement_figures(app):
         .config("spark.sql.shuffle.partitions", "1")
         .config("spark.sql.session.timeZone", "UTC")
         .config("spark.ui.enabled", "false")
+        .config("spark.sql.warehouse.dir", str(tmp_path / "warehouse"))
         .getOrCreate()
     )
     try:
-        frames = {}
-        for view, spec in REVIEW_VIEWS.items():
+        names = Deployment(
+            "spark_catalog", bronze="rv_b", silver="rv_s", gold="rv_g", models="rv_m"
+        )
+        for spec in (schemas.PREDICTIONS, schemas.SILVER, FEEDBACK, HISTORY):
             data = app.store.lh.read(spec)
             if "heatmap" in data.schema.names:
                 data = data.drop_columns(["heatmap"])
-            frames[view] = arrow_frame(spark, data)
+            spark.sql(
+                f"CREATE DATABASE IF NOT EXISTS {names.catalog}.{names.schema(spec.schema_name)}"
+            )
+            # parquet tables here (no Delta in this session), Delta on Databricks
+            arrow_frame(spark, data).write.saveAsTable(names.table(spec.qualified_name))
         when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
-        got = [r.asDict() for r in decide_review_agreement(spark, frames, now=when).collect()]
+        got = metrics_service.review_agreement(SparkCatalog(spark, names), when)
         want = compute_agreement(app.store)
         assert len(got) == len(want) == 1
         for key in want[0]:

@@ -22,9 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
+import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 
-from cxrlake import deid
+from cxrlake import deid, metrics_service
 from cxrlake.exceptions import InvalidArgumentError
 from cxrlake.medallion import rules
 from cxrlake.medallion import schemas as lake_schemas
@@ -33,7 +34,7 @@ from cxrlake.model import Model
 from cxrlake.spark import parameters, sql_files
 from cxrlake.spark.catalog import SparkCatalog, add_columns_statement
 from cxrlake.spark.deployment import Deployment, DeploymentError
-from cxrlake.spark.frames import materialise
+from cxrlake.spark.frames import arrow_frame, materialise
 from cxrlake.spark.local_runtime import storage_path
 from cxrlake.spark.parameters import JobParameterError, validate_principal
 from cxrlake.spark.serving import run_comparison_job
@@ -41,14 +42,12 @@ from cxrlake.spark.site_thresholds import spark_site_threshold
 from cxrlake.spark.stages import (
     BRONZE_STAT_COLUMNS,
     REDECIDED_COLUMNS,
-    REVIEW_VIEWS,
     TableChange,
     bronze_stats,
     decide_analysis,
     decide_drift,
     decide_performance,
     decide_redecide,
-    decide_review_agreement,
     identity_roots,
     state_tables,
 )
@@ -235,17 +234,18 @@ def redecide(
 
 def review_agreement(spark: SparkSession, catalog: str | Deployment) -> dict[str, int]:
     """Append the agreement figures of verdict sets not evaluated yet to ``gold.review_agreement``
-    (insert-only MERGE on the deterministic evaluation_id: an unchanged set writes nothing)."""
+    (`cxrlake.metrics_service.review_agreement` over the `SparkCatalog`, the rows the review app
+    computes; insert-only MERGE on the deterministic evaluation_id: an unchanged set writes
+    nothing)."""
     tables = spark_catalog(spark, catalog)
     if not tables.exists(lake_schemas.FEEDBACK):
         return {}  # review tables not created yet (setup job, sql/13_review_tables.sql)
-    frames = {view: tables.frame(spec) for view, spec in REVIEW_VIEWS.items()}
-    rows = decide_review_agreement(spark, frames)
-    if rows is None:
+    rows = metrics_service.review_agreement(tables)
+    if not rows:
         return {}
-    return tables.merge_frame(
-        lake_schemas.REVIEW_AGREEMENT, rows, update=False, operation="review-agreement"
-    )
+    spec = lake_schemas.REVIEW_AGREEMENT
+    frame = arrow_frame(spark, pa.Table.from_pylist(rows, schema=spec.arrow_schema))
+    return tables.merge_frame(spec, frame, update=False, operation="review-agreement")
 
 
 def ingest_bronze(

@@ -17,7 +17,6 @@ from pyspark.sql import functions as F
 
 from cxrlake.medallion import identity, metrics, rules
 from cxrlake.medallion import schemas as lake_schemas
-from cxrlake.medallion.schemas import TableSpec
 from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS, feature_tag
 from cxrlake.model import Model
 from cxrlake.spark.catalog import SparkCatalog
@@ -50,13 +49,6 @@ REDECIDED_COLUMNS = ("predicted_label", "is_correct", "decision_threshold", "thr
 score)."""
 IDENTITY_RULE_SAMPLE = 1000
 """Bronze rows under a source read to tell which identity rule it follows (`identity_roots`)."""
-REVIEW_VIEWS: dict[str, TableSpec] = {
-    "predictions": lake_schemas.PREDICTIONS,
-    "silver": lake_schemas.SILVER,
-    "feedback": lake_schemas.FEEDBACK,
-    "label_history": lake_schemas.LABEL_HISTORY,
-}
-"""Tables the agreement figures read, by the name `decide_review_agreement` expects."""
 
 
 def state_tables(catalog: SparkCatalog) -> dict[str, DataFrame]:
@@ -254,41 +246,9 @@ def decide_redecide(
     )
 
 
-def decide_review_agreement(
-    spark: SparkSession, tables: Mapping[str, DataFrame], now: dt.datetime | None = None
-) -> DataFrame | None:
-    """``gold.review_agreement`` rows (None without verdicts) for the current verdicts:
-    `cxrlake.medallion.metrics.agreement_metrics`, the rule the review app runs, over the
-    current predictions (content hash = silver's), the feedback and the current labels.
-    Collected on the driver: one row per labelled prediction of a model with verdicts."""
-    feedback = [r.asDict() for r in tables["feedback"].collect()]
-    if not feedback:
-        return None
-    preds = (
-        tables["predictions"]
-        .join(tables["silver"].select("image_id", "content_sha256"), ["image_id", "content_sha256"])
-        .select("prediction_id", "image_id", "predicted_label", "model_name", "model_version")
-        .collect()
-    )
-    current = {
-        r["image_id"]: r.asDict()
-        for r in tables["label_history"]
-        .where("is_current")
-        .select("image_id", "label", "label_name", "source")
-        .collect()
-    }
-    rows = metrics.agreement_metrics(
-        [r.asDict() for r in preds], feedback, current, now or identity.utc_now()
-    )
-    if not rows:
-        return None
-    return arrow_frame(spark, pa.Table.from_pylist(rows, schema=lake_schemas.GOLD_REVIEW_AGREEMENT))
-
-
 __all__ = [
     "BRONZE_STAT_COLUMNS",
     "REDECIDED_COLUMNS",
-    "REVIEW_VIEWS",
     "TableChange",
     "bronze_stats",
     "decide_analysis",
@@ -296,7 +256,6 @@ __all__ = [
     "decide_drift",
     "decide_performance",
     "decide_redecide",
-    "decide_review_agreement",
     "identity_roots",
     "register_state",
     "state_tables",
