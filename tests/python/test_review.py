@@ -798,6 +798,44 @@ def test_warehouse_store_runs_its_sql_and_the_same_rules(built, app):
     assert store.agreement()[0]["agreement_rate"] == 0.0
 
 
+def test_warehouse_catalog_runs_a_rule_and_deletes_like_the_local_catalog(app):
+    """`WarehouseCatalog` (the catalog port over a SQL warehouse) on DuckDB: a rule's SQL over
+    Arrow relations sent as parameters answers as `LocalCatalog.query` does; a delete removes
+    the rows its filter selects and runs no DELETE when it selects none."""
+    import duckdb
+    import pyarrow as pa
+
+    from cxrlake.lakehouse.catalog import LocalCatalog
+    from cxrlake.medallion import rules, schemas
+    from cxrlake.review.warehouse import WarehouseCatalog, WarehouseNames
+
+    local = LocalCatalog(app.store.lh)
+    con = duckdb.connect()
+    con.execute("ATTACH ':memory:' AS healthcare_catalog_dev")
+    con.execute("CREATE SCHEMA healthcare_catalog_dev.silver")
+    con.register("src", local.read(schemas.SILVER, ["image_id", "label", "content_sha256"]))
+    con.execute("CREATE TABLE healthcare_catalog_dev.silver.xray_metadata AS SELECT * FROM src")
+    catalog = WarehouseCatalog(
+        WarehouseNames("healthcare_catalog_dev"), connect=lambda: _DuckConnection(con)
+    )
+    bronze = local.read(schemas.BRONZE, list(rules.STATE_COLUMNS["bronze"]))
+    moved = bronze.set_column(
+        2, "file_path", pa.array(["/moved/" + p for p in bronze["file_path"].to_pylist()])
+    ).slice(0, 2)
+    relations = {"incoming": moved, "bronze": bronze}
+    columns = ["image_id", "file_path"]
+    got = catalog.query(rules.BRONZE_STAT_UPDATES, relations).select(columns).to_pylist()
+    want = local.query(rules.BRONZE_STAT_UPDATES, relations).select(columns).to_pylist()
+    assert sorted(got, key=repr) == sorted(want, key=repr) and len(got) == 2
+    ids = catalog.read(schemas.SILVER, ["image_id"]).column(0).to_pylist()
+    assert catalog.delete(schemas.SILVER, {"image_id": ids[:2]}, operation="t") == 2
+    assert catalog.delete(schemas.SILVER, {"image_id": []}, operation="t") == 0
+    assert catalog.delete(schemas.SILVER, {"image_id": "no-such-image"}, operation="t") == 0
+    assert sorted(catalog.read(schemas.SILVER, ["image_id"]).column(0).to_pylist()) == sorted(
+        ids[2:]
+    )
+
+
 def test_spark_engine_computes_the_same_agreement_figures(app, tmp_path):
     """`cxrlake.metrics_service.review_agreement` over a `SparkCatalog` (what the gold job
     appends) on local PySpark over the same tables gives the rows the review app computes (one
