@@ -18,8 +18,8 @@ import sqlglot
 from deltalake import DeltaTable
 from review_support import Running, build_lakehouse, feedback_version
 
+from cxrlake.medallion import metrics
 from cxrlake.review import tables, worklist
-from cxrlake.review.service import compute_agreement
 from cxrlake.review.tables import FEEDBACK, HISTORY
 
 REPO = Path(__file__).resolve().parents[2]
@@ -403,9 +403,9 @@ def test_cohen_kappa_and_agreement_match_sklearn():
 
     a = [1, 1, 0, 0, 1, 0, 1, 1]
     b = [1, 0, 0, 0, 1, 1, 1, 1]
-    assert worklist.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
-    assert worklist.cohen_kappa([1, 1], [1, 1]) is None
-    assert worklist.cohen_kappa([], []) is None
+    assert metrics.cohen_kappa(a, b) == pytest.approx(cohen_kappa_score(a, b))
+    assert metrics.cohen_kappa([1, 1], [1, 1]) is None
+    assert metrics.cohen_kappa([], []) is None
 
 
 def test_agreement_figures_are_computed_and_written_once(app):
@@ -598,7 +598,7 @@ def test_html_report_shows_the_agreement(built, app):
     text = build_report(built[0])
     section = text.split("id='review'", 1)[1].split("<h2", 1)[0]
     assert "Radiologist review" in text and "dr.alice" in section
-    row = compute_agreement(app.store)[0]
+    row = app.store.current_agreement()[0]
     assert f"{row['agreement_rate']:.3f}" in section
 
 
@@ -874,7 +874,7 @@ def test_spark_engine_computes_the_same_agreement_figures(app, tmp_path):
             arrow_frame(spark, data).write.saveAsTable(names.table(spec.qualified_name))
         when = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
         got = metrics_service.review_agreement(SparkCatalog(spark, names), when)
-        want = compute_agreement(app.store)
+        want = app.store.current_agreement()
         assert len(got) == len(want) == 1
         for key in want[0]:
             if key != "evaluated_at":

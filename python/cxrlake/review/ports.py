@@ -44,6 +44,10 @@ class ReviewStore(ReviewReader, Protocol):
 
     def agreement(self) -> list[Row]: ...
 
+    def current_agreement(self) -> list[Row]:
+        """The agreement figures of the current verdicts (computed, not stored)."""
+        ...
+
     def image(self, image_id: str) -> tuple[bytes, str]:
         """The bytes to send for an image and their media type; `ReviewError` when unknown."""
         ...

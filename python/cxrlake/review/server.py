@@ -50,7 +50,7 @@ from typing import NoReturn
 from urllib.parse import parse_qs, urlsplit
 
 from cxrlake.heatmap import refine
-from cxrlake.review import service, tables, worklist
+from cxrlake.review import tables, worklist
 from cxrlake.review.ports import ReviewStore, Row
 from cxrlake.review.tables import ReviewError
 
@@ -315,7 +315,7 @@ class Handler(BaseHTTPRequestHandler):
             image, kind = store.image(path[len("/api/image/") :])
             self._send(200, image, kind)
         elif path == "/api/agreement":
-            rows = service.compute_agreement(store)
+            rows = store.current_agreement()
             self._json(200, {"rows": [_jsonable(r) for r in rows]})
         else:
             raise ReviewError("not found", 404)

@@ -19,10 +19,11 @@ from contextlib import contextmanager
 
 import pyarrow as pa
 
+from cxrlake import metrics_service
 from cxrlake.catalog import Catalog
 from cxrlake.medallion import schemas
 from cxrlake.model import Model
-from cxrlake.review import tables, worklist
+from cxrlake.review import tables
 from cxrlake.review.images import servable_image
 from cxrlake.review.ports import ReviewReader, Row
 from cxrlake.review.tables import AGREEMENT, FEEDBACK, HISTORY, ReviewError
@@ -68,16 +69,6 @@ def history_change(store: ReviewReader) -> tables.HistoryChange:
         store.feedback(),
         tables.utc_now(),
         judged=tables.judged_contents(store.predictions()),
-    )
-
-
-def compute_agreement(store: ReviewReader) -> list[Row]:
-    """Agreement of the model with the radiologists, one row per model version."""
-    return worklist.agreement_metrics(
-        store.predictions(),
-        store.feedback(),
-        tables.current_labels(store.label_history()),
-        tables.utc_now(),
     )
 
 
@@ -189,6 +180,11 @@ class CatalogReviewStore:
     def agreement(self) -> list[Row]:
         return self.catalog.read(AGREEMENT).to_pylist()
 
+    def current_agreement(self) -> list[Row]:
+        """The agreement figures of the current verdicts, not stored (the one rule,
+        `cxrlake.metrics_service.review_agreement`, that the report and the Spark job run)."""
+        return metrics_service.review_agreement(self.catalog)
+
     def image(self, image_id: str) -> tuple[bytes, str]:
         """The bytes of an image as scored (`source_bytes` when the adapter can read the source
         and they are unchanged since ingestion, else the copy kept in bronze); a DICOM film as
@@ -265,7 +261,7 @@ class CatalogReviewStore:
         """Append the agreement figures when this set of verdicts is new; rows written."""
         with self.write_lock():
             self._ensure(AGREEMENT)
-            rows = compute_agreement(self)
+            rows = self.current_agreement()
             known = set(self.catalog.read(AGREEMENT, ["evaluation_id"]).column(0).to_pylist())
             new = [r for r in rows if r["evaluation_id"] not in known]
             return self.catalog.append(
@@ -275,4 +271,4 @@ class CatalogReviewStore:
             )
 
 
-__all__ = ["CatalogReviewStore", "checked_verdict", "compute_agreement", "history_change"]
+__all__ = ["CatalogReviewStore", "checked_verdict", "history_change"]

@@ -1,5 +1,5 @@
 """The worklist, computed from plain rows (any engine); the agreement figures are
-`cxrlake.medallion.metrics.agreement_metrics` (re-exported here).
+`cxrlake.metrics_service.review_agreement`.
 
 ``predictions``: one dict per current gold prediction with at least prediction_id, image_id,
 predicted_label, prediction_probability, true_label (folder label), model_name, model_version,
@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import TypedDict
 
-from cxrlake.medallion.metrics import agreement_metrics, cohen_kappa
 from cxrlake.review import tables
 from cxrlake.review.ports import Row
 from cxrlake.review.tables import latest_verdicts, need_score
 
 LABEL_FILTERS = ("NORMAL", "PNEUMONIA", "UNLABELLED")
-__all__ = ["LABEL_FILTERS", "Worklist", "agreement_metrics", "build_worklist", "cohen_kappa"]
+__all__ = ["LABEL_FILTERS", "Worklist", "build_worklist"]
 
 
 class Progress(TypedDict):
