@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
-import struct
-import zlib
 from collections.abc import Sequence
 
 from cxrlake._api import decode
+from cxrlake.png import grayscale_png
 from cxrlake.review.tables import ReviewError
 
 MAX_IMAGE_BYTES = 64 * 1024 * 1024
@@ -22,27 +21,6 @@ def sniff_image_type(head: bytes) -> str | None:
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
     return None
-
-
-def grayscale_png(pixels: bytes, width: int, height: int) -> bytes:
-    """An 8-bit grayscale PNG of ``width x height`` row-major pixels (no filter, zlib level 6)."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body))
-            + kind
-            + body
-            + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-        )
-
-    rows = b"".join(b"\0" + pixels[y * width : (y + 1) * width] for y in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(rows, 6))
-        + chunk(b"IEND", b"")
-    )
 
 
 def servable_image(data: bytes) -> tuple[bytes, str]:
@@ -96,4 +74,4 @@ def read_sandboxed(path: str, roots: Sequence[str]) -> bytes:
         os.close(fd)
 
 
-__all__ = ["grayscale_png", "inside", "read_sandboxed", "servable_image", "sniff_image_type"]
+__all__ = ["inside", "read_sandboxed", "servable_image", "sniff_image_type"]

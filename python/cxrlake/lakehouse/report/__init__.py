@@ -21,12 +21,11 @@ import os
 from cxrlake.files import write_text_atomically
 from cxrlake.lakehouse.catalog import LocalCatalog
 from cxrlake.lakehouse.report import attribution, page, queries
-from cxrlake.lakehouse.report.png import png_gray, thumbnail
 from cxrlake.lakehouse.sql import connect
 from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
 
-__all__ = ["build_report", "write_report", "png_gray", "thumbnail"]
+__all__ = ["build_report", "write_report"]
 
 
 def build_report(
