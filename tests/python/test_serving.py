@@ -29,7 +29,6 @@ from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as serving_tables
 from cxrlake.serving.batcher import MicroBatcher, QueueFull
-from cxrlake.serving.inference_log import ensure_table
 from cxrlake.serving.models import Router, ServedModel
 from cxrlake.serving.server import ScoringApp, ScoringServer, warmup_png
 
@@ -514,7 +513,7 @@ def _seed_feedback(lakehouse: Path, films: list[str]) -> None:
             }
         )
     for spec, rows in ((schemas.PREDICTIONS, predictions), (schemas.FEEDBACK, feedback)):
-        ensure_table(lh, spec)
+        lh.ensure(spec)
         lh.append(spec, _full(spec.arrow_schema, rows))
 
 

@@ -8,11 +8,9 @@ from collections.abc import Mapping
 
 import duckdb
 import pyarrow as pa
-from deltalake import DeltaTable
 
 from cxrlake.catalog import Filter
-from cxrlake.lakehouse.storage import Lakehouse, commit_properties
-from cxrlake.medallion import schemas
+from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion.schemas import TableSpec
 
 
@@ -36,20 +34,7 @@ class LocalCatalog:
         return list(pa.schema(self.lakehouse.table(spec).schema().to_arrow()).names)
 
     def ensure(self, spec: TableSpec, properties: Mapping[str, str] | None = None) -> None:
-        if self.lakehouse.exists(spec):
-            self.lakehouse.add_columns(spec)
-            return
-        path = self.lakehouse.path(spec)
-        os.makedirs(path, exist_ok=True)
-        DeltaTable.create(
-            path,
-            spec.arrow_schema,
-            mode="ignore",
-            name=spec.name,
-            description=f"cxrlake {spec.qualified_name}",
-            configuration={**schemas.TABLE_PROPERTIES, **(properties or {})},
-            commit_properties=commit_properties(operation="create"),
-        )
+        self.lakehouse.ensure(spec, properties)
 
     def read(
         self,

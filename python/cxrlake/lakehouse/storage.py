@@ -231,24 +231,29 @@ class Lakehouse:
         return spec.qualified_name in self._tables or DeltaTable.is_deltatable(self.path(spec))
 
     def create_all(self) -> None:
-        """Create every missing table with its schema and `schemas.TABLE_PROPERTIES` (CDF on);
-        add the nullable columns a table written by an earlier version lacks (`add_columns`)."""
+        """Create every missing medallion table (`ensure`)."""
         for spec in schemas.TABLES:
-            if self.exists(spec):
-                self.add_columns(spec)
-            else:
-                os.makedirs(self.path(spec), exist_ok=True)
-                with self._writing(spec):
-                    DeltaTable.create(
-                        self.path(spec),
-                        spec.arrow_schema,
-                        mode="ignore",
-                        name=spec.name,
-                        description=f"cxrlake {spec.qualified_name}",
-                        configuration=schemas.TABLE_PROPERTIES,
-                        commit_properties=commit_properties(operation="create"),
-                    )
-                _committed()
+            self.ensure(spec)
+
+    def ensure(self, spec: TableSpec, properties: Mapping[str, str] | None = None) -> None:
+        """Create the table when missing, with its schema, `schemas.TABLE_PROPERTIES` (CDF on)
+        and ``properties``; else add the nullable columns a table written by an earlier version
+        lacks (`add_columns`)."""
+        if self.exists(spec):
+            self.add_columns(spec)
+            return
+        os.makedirs(self.path(spec), exist_ok=True)
+        with self._writing(spec):
+            DeltaTable.create(
+                self.path(spec),
+                spec.arrow_schema,
+                mode="ignore",
+                name=spec.name,
+                description=f"cxrlake {spec.qualified_name}",
+                configuration={**schemas.TABLE_PROPERTIES, **(properties or {})},
+                commit_properties=commit_properties(operation="create"),
+            )
+        _committed()
 
     def add_columns(self, spec: TableSpec) -> list[str]:
         """Add to an existing table the columns of ``spec`` it lacks, in one commit (none when

@@ -17,28 +17,9 @@ import threading
 import time
 
 import pyarrow as pa
-from deltalake import DeltaTable
 
-from cxrlake.lakehouse.storage import Lakehouse, commit_properties
-from cxrlake.medallion import schemas
+from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion import serving as tables
-from cxrlake.medallion.schemas import TableSpec
-
-
-def ensure_table(lakehouse: Lakehouse, spec: TableSpec) -> None:
-    """Create one table of the lakehouse when missing (Change Data Feed on)."""
-    if lakehouse.exists(spec):
-        return
-    os.makedirs(lakehouse.path(spec), exist_ok=True)
-    DeltaTable.create(
-        lakehouse.path(spec),
-        spec.arrow_schema,
-        mode="ignore",
-        name=spec.name,
-        description=f"cxrlake {spec.qualified_name}",
-        configuration=schemas.TABLE_PROPERTIES,
-        commit_properties=commit_properties(operation="create"),
-    )
 
 
 class InferenceLog:
@@ -54,7 +35,7 @@ class InferenceLog:
         max_pending: int = 100_000,
     ) -> None:
         self.lakehouse = Lakehouse(lakehouse, env)
-        ensure_table(self.lakehouse, tables.SERVING_PAYLOAD)
+        self.lakehouse.ensure(tables.SERVING_PAYLOAD)
         self.endpoint_name = endpoint_name
         self.flush_rows = flush_rows
         self.flush_seconds = flush_seconds

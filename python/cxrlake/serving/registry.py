@@ -124,8 +124,6 @@ class LocalRegistry:
             return self._set_locked(alias, model, digest)
 
     def _set_locked(self, alias: str, model: Model, digest: str) -> tuple[AliasRow, bool]:
-        from cxrlake.serving.inference_log import ensure_table  # needs the 'local' extra
-
         rows = [r for r in self.history() if r["alias"] == alias]
         current = rows[-1] if rows else None
         if current is not None and current["model_sha256"] == digest:
@@ -148,7 +146,7 @@ class LocalRegistry:
             "previous_model_version": current["model_version"] if current else None,
             "set_at": dt.datetime.now(dt.timezone.utc),
         }
-        ensure_table(self.lakehouse, MODEL_ALIASES)
+        self.lakehouse.ensure(MODEL_ALIASES)
         self.lakehouse.append(
             MODEL_ALIASES,
             pa.Table.from_pylist([row], schema=MODEL_ALIASES_SCHEMA),
@@ -296,7 +294,6 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
     ``gold.champion_challenger_comparison`` (one commit; re-runs update, never duplicate).
     Returns the rows."""
     from cxrlake.lakehouse.storage import Lakehouse  # needs the 'local' extra
-    from cxrlake.serving.inference_log import ensure_table
 
     lh = Lakehouse(lakehouse, env)
     table = decide_comparison(
@@ -308,7 +305,7 @@ def compute_comparison(lakehouse: str | os.PathLike[str], env: str = "dev") -> p
     from cxrlake.lakehouse.storage import LakehouseLock  # needs the 'local' extra
 
     with LakehouseLock(lakehouse, env):
-        ensure_table(lh, tables.COMPARISON_TABLE)
+        lh.ensure(tables.COMPARISON_TABLE)
         lh.merge(tables.COMPARISON_TABLE, table, operation="serving_comparison")
     return table
 
