@@ -30,7 +30,8 @@ from cxrlake.medallion import schemas
 from cxrlake.medallion import serving as serving_tables
 from cxrlake.serving.batcher import MicroBatcher, QueueFull
 from cxrlake.serving.models import Router, ServedModel
-from cxrlake.serving.server import ScoringApp, ScoringServer, warmup_png
+from cxrlake.serving.protocol import warmup_png
+from cxrlake.serving.server import ScoringApp, ScoringServer
 
 PREDICT_FIELDS = (
     "probability",

@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from cxrlake.columns import Row
 from cxrlake.exceptions import CxrlakeError
+from cxrlake.png import grayscale_png
 
 INPUT_COLUMN = "content"
 """Name of the input column: base64 image bytes."""
@@ -245,3 +246,10 @@ def prediction_rows(
             row.update(model_name=model_name, model_version=model_version, error=error)
             rows.append(row)
     return rows
+
+
+def warmup_png(side: int = 96) -> bytes:
+    """A small grey-gradient PNG (8-bit grayscale), generated: no patient image needed (the
+    request that builds a model's ONNX Runtime session before traffic)."""
+    pixels = bytes((x + y) % 256 for y in range(side) for x in range(side))
+    return grayscale_png(pixels, side, side)

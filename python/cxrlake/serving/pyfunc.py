@@ -33,8 +33,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types import ColSpec, Schema, TensorSpec
 
 import cxrlake
-from cxrlake.serving.protocol import INPUT_COLUMN, decode_contents, prediction_rows
-from cxrlake.serving.server import warmup_png
+from cxrlake.serving.protocol import INPUT_COLUMN, decode_contents, prediction_rows, warmup_png
 
 MODEL_ARTIFACT = "onnx_model"
 

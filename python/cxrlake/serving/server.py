@@ -24,12 +24,10 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-import struct
 import sys
 import threading
 import time
 import uuid
-import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -45,6 +43,7 @@ from cxrlake.serving.protocol import (
     logged_request,
     parse_request,
     prediction_rows,
+    warmup_png,
 )
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -489,27 +488,6 @@ def load_router(
     first = serve(champion, CHAMPION)
     second = serve(challenger, CHALLENGER) if challenger is not None else None
     return Router(first, second, share)
-
-
-def warmup_png(side: int = 96) -> bytes:
-    """A small grey-gradient PNG (8-bit grayscale), generated: no patient image needed."""
-    raw = b"".join(b"\x00" + bytes((x + y) % 256 for x in range(side)) for y in range(side))
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
 
 
 def print_ready(server: ScoringServer, router: Router) -> None:
