@@ -46,12 +46,14 @@ never stored in the repository, a table or a log.
 from __future__ import annotations
 
 import copy
+import csv
 import datetime as dt
 import hashlib
 import hmac
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from importlib import resources
 
 from cxrlake.exceptions import InvalidArgumentError
 
@@ -93,9 +95,6 @@ class StandardRow:
 
 def standard_table() -> tuple[StandardRow, ...]:
     """The rows of PS3.15 Table E.1-1 as shipped with the package."""
-    import csv
-    from importlib import resources
-
     text = resources.files("cxrlake").joinpath(STANDARD_TABLE).read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if not line.startswith("#")]
     return tuple(

@@ -8,6 +8,7 @@ Spark in `cxrlake.medallion.transforms`.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 _EXPORTS = {
@@ -25,7 +26,5 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     # lazy: `import cxrlake.lakehouse.storage` must not import DuckDB
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'cxrlake.lakehouse' has no attribute {name!r}")

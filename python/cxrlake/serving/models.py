@@ -23,6 +23,8 @@ from pathlib import Path
 
 from cxrlake.model import Model
 from cxrlake.serving.batcher import MicroBatcher
+from cxrlake.serving.registry import LocalRegistry
+from cxrlake.spark.model_source import stamp_identity
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -100,8 +102,6 @@ def resolve_model_file(
     if spec.startswith("@"):
         if lakehouse is None:
             raise ValueError(f"{spec} names a model in the lakehouse registry: pass --lakehouse")
-        from cxrlake.serving.registry import LocalRegistry
-
         entry = LocalRegistry(lakehouse, env).get(spec[1:])
         if entry is None:
             raise ValueError(
@@ -118,9 +118,7 @@ def resolve_model_file(
 
 def _download_registered(uri: str) -> str:
     """Download ``models:/name@alias`` or ``models:/name/version`` and stamp its identity."""
-    import mlflow
-
-    from cxrlake.spark.model_source import stamp_identity
+    import mlflow  # the 'serve' extra
 
     rest = uri[len("models:/") :]
     client = mlflow.MlflowClient()

@@ -327,7 +327,7 @@ def read_databricks_comparison(
     from databricks.sdk.service.sql import StatementState  # Databricks SDK: optional
 
     if client is None:
-        from databricks.sdk import WorkspaceClient
+        from databricks.sdk import WorkspaceClient  # Databricks SDK: optional
 
         client = WorkspaceClient()
     response = client.statement_execution.execute_statement(

@@ -26,7 +26,7 @@ __all__ = ["register", "configure_session"]
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from cxrlake.spark import udfs
+        from cxrlake.spark import udfs  # lazy: udfs imports pyspark (the 'spark' extra)
 
         return getattr(udfs, name)
     raise AttributeError(f"module 'cxrlake.spark' has no attribute {name!r}")

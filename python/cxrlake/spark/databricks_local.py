@@ -37,7 +37,8 @@ from typing import Any
 import yaml
 from pyspark.sql import SparkSession
 
-from cxrlake.spark import local_runtime
+import cxrlake
+from cxrlake.spark import local_runtime, sql_files
 
 REPO = Path(__file__).resolve().parents[3]
 TARGET = "dev"
@@ -329,7 +330,6 @@ class LocalWorkspace:
 
 def deploy(spark: SparkSession, bundle: BundleParameters, ws: LocalWorkspace) -> None:
     """What ``bundle deploy`` creates before the setup job: schemas and volumes."""
-    from cxrlake.spark import sql_files
 
     ws.sync()
     params = {"catalog": bundle.variables["catalog"]}
@@ -379,7 +379,6 @@ def land_images(source: Path, bundle: BundleParameters, ws: LocalWorkspace, per_
 def record_site_threshold(spark: SparkSession, bundle: BundleParameters) -> None:
     """The operating point of `SITE` for the shipped model, as ``cxrlake calibrate`` stores it in
     ``gold.site_thresholds`` (version 1, once; MERGE keyed like the local engine)."""
-    import cxrlake
 
     model = cxrlake.Model()
     table = f"{bundle.variables['catalog']}.{bundle.lookup('resources.schemas.gold.name')}"
@@ -400,7 +399,7 @@ def record_site_threshold(spark: SparkSession, bundle: BundleParameters) -> None
 
 def champion_version(bundle: BundleParameters, ws: LocalWorkspace) -> str | None:
     """The registered model's ``@champion`` version in the local registry, None when absent."""
-    import mlflow
+    import mlflow  # the 'spark' extra
 
     name = (
         f"{bundle.variables['catalog']}.{bundle.lookup('resources.schemas.models.name')}."
@@ -419,7 +418,6 @@ def _mlflow_uri(ws: LocalWorkspace) -> str:
 
 def table_names(spark: SparkSession, bundle: BundleParameters) -> list[str]:
     """``catalog.schema.table`` of every Delta table in the bundle's schemas (views left out)."""
-    from cxrlake.spark import sql_files
 
     catalog = bundle.variables["catalog"]
     out = []
@@ -438,7 +436,7 @@ def print_tables(
 ) -> dict[str, int]:
     """Print each table's rows (bytes, vectors and heatmaps left out) and where delta-rs finds
     it; return the row counts."""
-    from deltalake import DeltaTable
+    from deltalake import DeltaTable  # the 'local' extra: what another engine sees
 
     counts = {}
     for name in table_names(spark, bundle):
@@ -459,7 +457,7 @@ def print_tables(
 def delta_tables(out: Path) -> dict[str, Any]:
     """Every Delta table a run left under ``out/warehouse``, read with delta-rs (no Spark), by
     ``<schema>.<table>``: what another engine sees of the run."""
-    from deltalake import DeltaTable
+    from deltalake import DeltaTable  # the 'local' extra: what another engine sees
 
     tables = {}
     for log in sorted((out / "warehouse").glob("*.db/*/_delta_log")):

@@ -52,7 +52,7 @@ def delta_jars(directory: str | os.PathLike[str] | None = None) -> list[str]:
     """The jars of ``directory`` (`jars_dir`) that pyspark does not ship itself: Delta and what it
     adds. Artifacts pyspark has in another version (hadoop, jackson, parquet, scala ...) are left
     out, so the driver and the tasks load one version of each class."""
-    import pyspark
+    import pyspark  # the 'spark' extra (this module resolves jars without it)
 
     folder = Path(directory) if directory else jars_dir()
     found = sorted(folder.glob("*.jar")) if folder.is_dir() else []
@@ -76,7 +76,7 @@ def _artifact(jar_name: str) -> str:
 
 def check_pyspark() -> None:
     """Raise LocalRuntimeError unless the installed pyspark is `SPARK_VERSION`."""
-    import pyspark
+    import pyspark  # the 'spark' extra (this module resolves jars without it)
 
     if pyspark.__version__ != SPARK_VERSION:
         raise LocalRuntimeError(
@@ -101,7 +101,7 @@ def session(
     """A ``local[cores]`` SparkSession with Delta Lake: managed tables under ``root/warehouse``,
     the metastore in ``root/metastore_db`` (``hive``; else Spark's in-memory catalog, for tests),
     UTC, small partitions for a few dozen images, no UI or console progress."""
-    from pyspark.sql import SparkSession
+    from pyspark.sql import SparkSession  # the 'spark' extra
 
     check_pyspark()
     root = Path(root).resolve()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from cxrlake.spark.deployment import Deployment
+from cxrlake.spark.local_runtime import storage_path
 
 CHAMPION = "champion"
 NAME_KEY = "cxrlake.model_name"
@@ -135,9 +136,7 @@ def resolve_champion(
     """The ``model_name@alias`` version as a local ONNX file in ``dest_dir``, or the shipped model
     (``path`` None) when the model or the alias does not exist. ``registry_uri``: default
     ``$MLFLOW_REGISTRY_URI``, else ``databricks-uc``."""
-    import mlflow
-
-    from cxrlake.spark.local_runtime import storage_path
+    import mlflow  # the 'serve' or 'spark' extra
 
     if client is None:
         mlflow.set_registry_uri(
