@@ -15,7 +15,8 @@ review store (`cxrlake.review.service.CatalogReviewStore`) and the site films of
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, TypeAlias
 
 import pyarrow as pa
 
@@ -24,6 +25,20 @@ from cxrlake.medallion.schemas import TableSpec
 Filter = Mapping[str, object]
 """Rows whose every named column equals the value, or is one of the values when that is a list,
 tuple, set or Arrow array (``{"image_id": ids, "model_version": "1.1.0"}``)."""
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """A relation of `Catalog.query` that names a table (some of its columns) instead of holding
+    its rows: the adapter reads it where the rule runs, so on Spark the rule reads the Delta
+    table itself and nothing but the answer reaches the driver."""
+
+    spec: TableSpec
+    columns: tuple[str, ...] | None = None
+
+
+Relation: TypeAlias = "pa.Table | TableRef"
+"""A named input of a rule: rows in hand (Arrow) or a table of the catalog (`TableRef`)."""
 
 
 class Catalog(Protocol):
@@ -55,9 +70,9 @@ class Catalog(Protocol):
         table reads as empty. ``filter``: see `Filter`."""
         ...
 
-    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
-        """Run one rule's SQL (a `cxrlake.medallion.rules` statement) over named Arrow
-        relations; the answer as Arrow."""
+    def query(self, sql: str, relations: Mapping[str, Relation]) -> pa.Table:
+        """Run one rule's SQL (a `cxrlake.medallion.rules` statement) over named relations
+        (Arrow tables, or `TableRef`s the adapter reads itself); the answer as Arrow."""
         ...
 
     def append(self, spec: TableSpec, data: pa.Table, *, operation: str) -> int:
@@ -75,4 +90,15 @@ class Catalog(Protocol):
         ...
 
 
-__all__ = ["Catalog", "Filter"]
+def materialize(catalog: Catalog, relations: Mapping[str, Relation]) -> dict[str, pa.Table]:
+    """The relations as Arrow: each `TableRef` read through ``catalog`` (for adapters whose
+    rules run over Arrow in this process)."""
+    return {
+        name: catalog.read(r.spec, list(r.columns) if r.columns else None)
+        if isinstance(r, TableRef)
+        else r
+        for name, r in relations.items()
+    }
+
+
+__all__ = ["Relation", "TableRef", "materialize", "Catalog", "Filter"]

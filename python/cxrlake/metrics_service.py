@@ -22,7 +22,7 @@ from typing import TypedDict
 
 import pyarrow as pa
 
-from cxrlake.catalog import Catalog
+from cxrlake.catalog import Catalog, Relation, TableRef
 from cxrlake.medallion import identity, metrics, rules, schemas
 from cxrlake.medallion.transforms import feature_tag
 from cxrlake.model import Model
@@ -58,12 +58,13 @@ def model_view(model: Model) -> pa.Table:
 
 
 def state_views(
-    catalog: Catalog, views: tuple[str, ...], columns: Mapping[str, tuple[str, ...]] | None = None
-) -> dict[str, pa.Table]:
-    """The key columns (`rules.STATE_COLUMNS`, or ``columns``) of the tables behind ``views``."""
+    views: tuple[str, ...], columns: Mapping[str, tuple[str, ...]] | None = None
+) -> dict[str, Relation]:
+    """The key columns (`rules.STATE_COLUMNS`, or ``columns``) of the tables behind ``views``,
+    as `TableRef`s: the adapter reads them where the rule runs."""
     chosen = columns or {}
     return {
-        view: catalog.read(rules.VIEWS[view], list(chosen.get(view, rules.STATE_COLUMNS[view])))
+        view: TableRef(rules.VIEWS[view], tuple(chosen.get(view, rules.STATE_COLUMNS[view])))
         for view in views
     }
 
@@ -78,24 +79,28 @@ def performance_rows(
     images in silver (`rules.EVALUATION_INPUT`), decided at ``threshold``; only the evaluations
     ``gold.model_performance`` does not hold yet (`rules.PERFORMANCE_INSERTS`)."""
     relations = state_views(
-        catalog,
         ("silver", "predictions", "performance"),
         {"predictions": rules.EVALUATION_COLUMNS},
     )
     relations["model"] = model_view(model)
     evaluated = catalog.query(rules.EVALUATION_INPUT, relations)
     evaluations = metrics.model_performance(evaluated, threshold, evaluated_at)
-    relations["evaluations"] = pa.Table.from_batches([evaluations])
-    return catalog.query(rules.PERFORMANCE_INSERTS, relations)
+    return catalog.query(
+        rules.PERFORMANCE_INSERTS,
+        {
+            "evaluations": pa.Table.from_batches([evaluations]),
+            "performance": relations["performance"],
+        },
+    )
 
 
 def drift_rows(catalog: Catalog, model: Model, computed_at: dt.datetime | None = None) -> pa.Table:
     """``model``'s ``gold.drift_metrics`` rows that are new or changed (`rules.DRIFT_METRICS`),
     stamped ``computed_at`` (default now); none when the table is up to date."""
     relations = {
-        "predictions": catalog.read(schemas.PREDICTIONS, list(rules.DRIFT_PREDICTION_COLUMNS)),
-        "silver": catalog.read(schemas.SILVER, ["image_id", "content_sha256", "quality_score"]),
-        "drift": catalog.read(schemas.DRIFT_METRICS),
+        "predictions": TableRef(schemas.PREDICTIONS, rules.DRIFT_PREDICTION_COLUMNS),
+        "silver": TableRef(schemas.SILVER, ("image_id", "content_sha256", "quality_score")),
+        "drift": TableRef(schemas.DRIFT_METRICS),
         "drift_reference": rules.drift_reference_rows(
             model.name, model.version, model.drift_reference
         ),

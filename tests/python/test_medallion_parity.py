@@ -105,7 +105,7 @@ class SparkState:
             lambda t: stages.decide_analysis(
                 self.spark, t, model, model_path, now, deid_key=self.deid_key
             ),
-            lambda t: stages.decide_performance(self.spark, t, model, now),
+            lambda t: stages.decide_performance(SparkCatalog(self.spark, self.names), model, now),
         ):
             state = stages.state_tables(SparkCatalog(self.spark, self.names))
             written = jobs.apply_changes(self.spark, self.names, decide(state))

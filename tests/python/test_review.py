@@ -805,6 +805,7 @@ def test_warehouse_catalog_runs_a_rule_and_deletes_like_the_local_catalog(app):
     import duckdb
     import pyarrow as pa
 
+    from cxrlake.catalog import TableRef
     from cxrlake.lakehouse.catalog import LocalCatalog
     from cxrlake.medallion import rules, schemas
     from cxrlake.review.warehouse import WarehouseCatalog, WarehouseNames
@@ -827,6 +828,11 @@ def test_warehouse_catalog_runs_a_rule_and_deletes_like_the_local_catalog(app):
     got = catalog.query(rules.BRONZE_STAT_UPDATES, relations).select(columns).to_pylist()
     want = local.query(rules.BRONZE_STAT_UPDATES, relations).select(columns).to_pylist()
     assert sorted(got, key=repr) == sorted(want, key=repr) and len(got) == 2
+    # a TableRef relation is read where the rule runs: in the warehouse, or through delta-rs
+    ref = {"silver": TableRef(schemas.SILVER, ("image_id", "label"))}
+    sql = "SELECT label, count(*) AS n FROM silver GROUP BY label ORDER BY label"
+    counted = catalog.query(sql, ref).to_pylist()
+    assert counted == local.query(sql, ref).to_pylist() and sum(r["n"] for r in counted) > 2
     ids = catalog.read(schemas.SILVER, ["image_id"]).column(0).to_pylist()
     assert catalog.delete(schemas.SILVER, {"image_id": ids[:2]}, operation="t") == 2
     assert catalog.delete(schemas.SILVER, {"image_id": []}, operation="t") == 0

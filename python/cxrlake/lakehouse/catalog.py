@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import duckdb
 import pyarrow as pa
 
-from cxrlake.catalog import Filter
+from cxrlake.catalog import Filter, Relation, materialize
 from cxrlake.lakehouse.storage import Lakehouse
 from cxrlake.medallion.schemas import TableSpec
 
@@ -44,9 +44,9 @@ class LocalCatalog:
     ) -> pa.Table:
         return self.lakehouse.read(spec, columns, filter)
 
-    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
+    def query(self, sql: str, relations: Mapping[str, Relation]) -> pa.Table:
         with duckdb.connect() as con:
-            for name, table in relations.items():
+            for name, table in materialize(self, relations).items():
                 con.register(name, table)
             return con.sql(sql).to_arrow_table()
 

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 from tqdm import tqdm
 
 from cxrlake import metrics_service, provenance
+from cxrlake.catalog import Relation, materialize
 from cxrlake.files import skip_summary
 from cxrlake.lakehouse import listing
 from cxrlake.lakehouse.analysis_feed import Lookahead, bronze_contents, only_keys, row_keys
@@ -112,8 +113,8 @@ class RunCatalog(LocalCatalog):
         super().__init__(lakehouse)
         self.con = con
 
-    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
-        for name, table in relations.items():
+    def query(self, sql: str, relations: Mapping[str, Relation]) -> pa.Table:
+        for name, table in materialize(self, relations).items():
             self.con.register(name, table)
         return self.con.sql(sql).to_arrow_table()
 

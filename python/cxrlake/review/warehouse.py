@@ -27,7 +27,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from cxrlake.catalog import Filter
+from cxrlake.catalog import Filter, Relation, TableRef
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import TableSpec
 from cxrlake.review import tables
@@ -237,12 +237,16 @@ class WarehouseCatalog:
         # naive TIMESTAMP values (the session time zone, UTC for the app) are read as UTC
         return pa.Table.from_pylist(rows, schema=schema)
 
-    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
-        """The rule's SQL with each relation inlined as a ``WITH`` of parameter rows."""
+    def query(self, sql: str, relations: Mapping[str, Relation]) -> pa.Table:
+        """The rule's SQL with each relation a ``WITH``: a `TableRef` selects from the table in
+        the warehouse, Arrow rows are inlined as parameter rows."""
         ctes = []
         params: Params = {}
         for k, (name, table) in enumerate(relations.items()):
-            if table.num_rows:
+            if isinstance(table, TableRef):
+                columns = ", ".join(table.columns) if table.columns else "*"
+                ctes.append(f"{name} AS (SELECT {columns} FROM {self.names.table(table.spec)})")
+            elif table.num_rows:
                 rows, values = values_relation(table, name, prefix=f"r{k}_")
                 ctes.append(f"{name} AS (SELECT * FROM {rows})")
                 params.update(values)

@@ -21,7 +21,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from cxrlake.catalog import Filter
+from cxrlake.catalog import Filter, Relation, TableRef
 from cxrlake.medallion import schemas
 from cxrlake.medallion.schemas import TableSpec
 from cxrlake.spark.deployment import Deployment
@@ -184,9 +184,14 @@ class SparkCatalog:
         frame = filter_column(self.frame(spec), filter or {}).select(*names)
         return to_arrow(frame, schema)
 
-    def query(self, sql: str, relations: Mapping[str, pa.Table]) -> pa.Table:
+    def query(self, sql: str, relations: Mapping[str, Relation]) -> pa.Table:
         for name, table in relations.items():
-            arrow_frame(self.spark, table).createOrReplaceTempView(name)
+            if isinstance(table, TableRef):  # the Delta table itself: nothing to the driver
+                frame = self.frame(table.spec)
+                frame = frame.select(*table.columns) if table.columns else frame
+            else:
+                frame = arrow_frame(self.spark, table)
+            frame.createOrReplaceTempView(name)
         try:
             return to_arrow(self.spark.sql(sql))
         finally:

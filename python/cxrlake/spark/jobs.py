@@ -392,7 +392,7 @@ def predict_gold(
     # earlier run at another site's) are re-decided at this run's, so that the labels and the
     # metrics below agree: `rules.PREDICTIONS_TO_REDECIDE`, as the local engine does.
     counts["redecided"] = redecide(spark, catalog, loaded, threshold)
-    performance = decide_performance(spark, state_tables(tables), loaded, threshold=threshold)
+    performance = decide_performance(tables, loaded, threshold=threshold)
     counts.update(apply_changes(spark, catalog, performance))
     counts["threshold_source"] = threshold.source if threshold else "model"
     counts["drift"] = write_drift(spark, catalog, loaded)

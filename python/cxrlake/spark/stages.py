@@ -15,12 +15,12 @@ import pyarrow as pa
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from cxrlake.medallion import identity, metrics, rules
-from cxrlake.medallion import schemas as lake_schemas
+from cxrlake import metrics_service
+from cxrlake.medallion import identity, rules
 from cxrlake.medallion.transforms import BRONZE_ANALYZE_COLUMNS, feature_tag
 from cxrlake.model import Model
 from cxrlake.spark.catalog import SparkCatalog
-from cxrlake.spark.frames import arrow_frame, materialise, to_arrow
+from cxrlake.spark.frames import arrow_frame, materialise
 from cxrlake.spark.schemas import SILVER_QUARANTINE
 from cxrlake.spark.transforms import listing_quarantine_rows, to_analyzed, to_bronze, to_listing
 from cxrlake.spark.udfs import local_path
@@ -183,40 +183,23 @@ def decide_analysis(
 
 
 def decide_performance(
-    spark: SparkSession,
-    tables: Mapping[str, DataFrame],
+    catalog: SparkCatalog,
     model: Model,
     now: dt.datetime | None = None,
     threshold: SiteThreshold | None = None,
 ) -> dict[str, TableChange]:
-    """Performance stage of the rules: metrics of ``model`` over the predictions of the current
-    bytes of images in silver (computed on the driver by `cxrlake.medallion.metrics`); returns
-    the evaluation rows not recorded yet."""
-    register_state(spark, tables, model)
-    evaluated = to_arrow(spark.sql(rules.EVALUATION_INPUT))
-    rows = metrics.model_performance(
-        evaluated,
-        threshold=threshold.threshold if threshold else model.threshold,
-        evaluated_at=now or dt.datetime.now(dt.timezone.utc),
-    )
-    arrow_frame(spark, rows).createOrReplaceTempView("evaluations")
-    return {"performance": TableChange(upserts=spark.sql(rules.PERFORMANCE_INSERTS))}
+    """Performance stage: `cxrlake.metrics_service.performance_rows` over ``catalog`` (the
+    service the local engine runs; the rule reads the Delta tables where they are), the
+    evaluation rows not recorded yet."""
+    value = threshold.threshold if threshold else model.threshold
+    rows = metrics_service.performance_rows(catalog, model, value, now)
+    return {"performance": TableChange(upserts=arrow_frame(catalog.spark, rows))}
 
 
 def decide_drift(catalog: SparkCatalog, model: Model, now: dt.datetime | None = None) -> DataFrame:
-    """Drift stage of the rules: the current model's ``gold.drift_metrics`` rows that are new or
-    changed (`rules.DRIFT_METRICS`, the SQL the local engine runs), with ``computed_at``."""
-    spark = catalog.spark
-    predictions = catalog.frame(lake_schemas.PREDICTIONS)
-    predictions.select(*rules.DRIFT_PREDICTION_COLUMNS).createOrReplaceTempView("predictions")
-    silver = catalog.frame(lake_schemas.SILVER)
-    silver.select("image_id", "content_sha256", "quality_score").createOrReplaceTempView("silver")
-    catalog.frame(lake_schemas.DRIFT_METRICS).createOrReplaceTempView("drift")
-    register_model(spark, model)
-    reference = rules.drift_reference_rows(model.name, model.version, model.drift_reference)
-    arrow_frame(spark, reference).createOrReplaceTempView("drift_reference")
-    when = now or dt.datetime.now(dt.timezone.utc)
-    return spark.sql(rules.DRIFT_METRICS).withColumn("computed_at", F.lit(when).cast("timestamp"))
+    """Drift stage: `cxrlake.metrics_service.drift_rows` over ``catalog`` (the service the local
+    engine runs), the current model's ``gold.drift_metrics`` rows that are new or changed."""
+    return arrow_frame(catalog.spark, metrics_service.drift_rows(catalog, model, now))
 
 
 def decide_redecide(
