@@ -88,7 +88,7 @@ def _within(path: str, root: str) -> bool:
 
 
 def walk(
-    root: str | os.PathLike, identity_rule_2: bool = False
+    root: str | os.PathLike[str], identity_rule_2: bool = False
 ) -> Iterator[SourceFile | Rejected | Skipped]:
     """Yield every file under ``root`` in sorted path order (deterministic). With
     ``identity_rule_2`` the files' sites within ``root`` enter their image ids

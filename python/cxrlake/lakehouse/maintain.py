@@ -35,7 +35,7 @@ class TableMaintenance(TypedDict):
 
 
 def maintain(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     env: str = "dev",
     retention_hours: int = MIN_RETENTION_HOURS,
     dry_run: bool = False,

@@ -124,9 +124,9 @@ class Pipeline:
 
     def __init__(
         self,
-        lakehouse: str | os.PathLike,
+        lakehouse: str | os.PathLike[str],
         env: str = "dev",
-        model: Model | str | os.PathLike | None = None,
+        model: Model | str | os.PathLike[str] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         progress: bool | None = None,
@@ -205,7 +205,7 @@ class Pipeline:
             self._count(self.summary.deleted_rows, spec, n)
 
     # ---------------------------------------------------------------- listing
-    def list_sources(self, sources: Sequence[str | os.PathLike], sample: int | None) -> None:
+    def list_sources(self, sources: Sequence[str | os.PathLike[str]], sample: int | None) -> None:
         """Walk ``sources``; keep the regular files (sampled) and the rejected entries."""
         files: dict[str, listing.SourceFile] = {}
         rejected: dict[str, str] = {}
@@ -521,12 +521,12 @@ class Pipeline:
 
 
 def run_pipeline(
-    sources: str | os.PathLike | Sequence[str | os.PathLike],
-    lakehouse: str | os.PathLike,
+    sources: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    lakehouse: str | os.PathLike[str],
     env: str = "dev",
     *,
     sample_per_label: int | None = None,
-    model: Model | str | os.PathLike | None = None,
+    model: Model | str | os.PathLike[str] | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     threads: int | None = None,
     progress: bool | None = None,

@@ -273,7 +273,7 @@ def _plain_strings(data: pa.Table) -> pa.Table:
 
 # ------------------------------------------------------------------ connection
 def connect(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     env: str = "dev",
     model: ModelArg = None,
     udfs: bool = True,
@@ -422,7 +422,7 @@ def run_script(con: duckdb.DuckDBPyConnection, sql: str) -> Iterator[tuple[str, 
 
 
 def query(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     sql: str,
     env: str = "dev",
     model: ModelArg = None,

@@ -144,7 +144,7 @@ class LakehouseLock:
     included), so a crashed run never leaves a stale lock behind.
     """
 
-    def __init__(self, lakehouse: str | os.PathLike, env: str = "dev") -> None:
+    def __init__(self, lakehouse: str | os.PathLike[str], env: str = "dev") -> None:
         self.path = os.path.join(schemas.catalog_path(lakehouse, env), LOCK_FILE)
         self._fd: int | None = None
 
@@ -189,7 +189,7 @@ def commit_properties(**metadata: str) -> CommitProperties:
 class Lakehouse:
     """The Delta tables of one catalog ``<root>/healthcare_catalog_<env>``."""
 
-    def __init__(self, root: str | os.PathLike, env: str = "dev") -> None:
+    def __init__(self, root: str | os.PathLike[str], env: str = "dev") -> None:
         self.root = os.path.abspath(os.fspath(root))
         self.env = schemas.validate_env(env)
         self.catalog = schemas.catalog_path(self.root, env)
@@ -197,7 +197,7 @@ class Lakehouse:
         # from scratch for every read and write costs more than many small commits
         self._tables: dict[str, DeltaTable] = {}
 
-    def record_sources(self, sources: Iterable[str | os.PathLike]) -> list[str]:
+    def record_sources(self, sources: Iterable[str | os.PathLike[str]]) -> list[str]:
         """Add source folders to ``<catalog>/_cxrlake_sources.json`` (call under the lock).
 
         The SQL layer reads them back as the default sandbox roots of ``predict(path)``.
@@ -416,7 +416,9 @@ class Lakehouse:
         _committed()
         return data.num_rows
 
-    def merge(self, spec: TableSpec, data: pa.RecordBatch | pa.Table, **meta: str) -> dict:
+    def merge(
+        self, spec: TableSpec, data: pa.RecordBatch | pa.Table, **meta: str
+    ) -> dict[str, int]:
         """Upsert rows on the table's keys (update all columns / insert) in one commit."""
         data = _conform(data, spec)
         if data.num_rows == 0:

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from cxrlake.columns import Row
 from cxrlake.medallion import schemas
 from cxrlake.medallion.identity import to_utc, utc_now
 
@@ -268,21 +269,21 @@ def cohen_kappa(a: Sequence[int], b: Sequence[int]) -> float | None:
     return (observed - expected) / (1.0 - expected)
 
 
-def latest_verdicts(feedback: Sequence[dict]) -> dict[tuple[str, str], dict]:
+def latest_verdicts(feedback: Sequence[Row]) -> dict[tuple[str, str], Row]:
     """The verdict that counts per (prediction_id, radiologist_id): the latest one (by
     feedback_timestamp, then feedback_id)."""
-    latest: dict[tuple[str, str], dict] = {}
+    latest: dict[tuple[str, str], Row] = {}
     for row in sorted(feedback, key=lambda r: (r["feedback_timestamp"], r["feedback_id"])):
         latest[(row["prediction_id"], row["radiologist_id"])] = dict(row)
     return latest
 
 
 def agreement_metrics(
-    predictions: Sequence[dict],
-    feedback: Sequence[dict],
-    current: dict[str, dict],
+    predictions: Sequence[Row],
+    feedback: Sequence[Row],
+    current: dict[str, Row],
     evaluated_at: dt.datetime,
-) -> list[dict]:
+) -> list[Row]:
     """``gold.review_agreement`` rows: one per (model_name, model_version) with verdicts.
 
     ``predictions``: current gold rows (prediction_id, image_id, predicted_label, model_name,
@@ -297,7 +298,7 @@ def agreement_metrics(
     names = list(schemas.LABEL_NAMES)
     preds = {p["prediction_id"]: p for p in predictions}
     latest = [v for v in latest_verdicts(feedback).values() if v["prediction_id"] in preds]
-    groups: dict[tuple[str, str], list[dict]] = {}
+    groups: dict[tuple[str, str], list[Row]] = {}
     for v in latest:
         p = preds[v["prediction_id"]]
         groups.setdefault((p["model_name"], p["model_version"]), []).append(v)

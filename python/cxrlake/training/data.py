@@ -164,7 +164,7 @@ def acquisition_batches(records: Sequence[LabelledImage], n_batches: int = 12) -
             if round(sum(records[i].label for i in idx) / len(idx)) == label
         ]
 
-        def order(g: int) -> tuple:
+        def order(g: int) -> tuple[int, tuple[int, int, int]]:
             keys = [acquisition_key(Path(records[i].path).name) for i in members[g]]
             known = [k for k in keys if k is not None]
             return (1, min(known)) if known else (0, (0, 0, 0))

@@ -29,7 +29,7 @@ __all__ = ["build_report", "write_report"]
 
 
 def build_report(
-    lakehouse: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
     env: str = "dev",
     examples: int = 8,
     *,
@@ -60,8 +60,8 @@ def build_report(
 
 
 def write_report(
-    lakehouse: str | os.PathLike,
-    out: str | os.PathLike,
+    lakehouse: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     env: str = "dev",
     examples: int = 8,
     *,

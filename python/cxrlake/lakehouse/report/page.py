@@ -254,7 +254,7 @@ def _pick(preds: list[Row], n: int) -> list[Row]:
     """Up to ``n`` predictions: the most confident per (true label, correct) in turn."""
     picked: list[Row] = []
     keyed = sorted(preds, key=lambda r: (-r["confidence_score"], r["image_id"]))
-    buckets: dict[tuple, list] = {}
+    buckets: dict[tuple[object, object], list[Row]] = {}
     for r in keyed:
         buckets.setdefault((r["true_label"], r["is_correct"]), []).append(r)
     while len(picked) < n and any(buckets.values()):
@@ -349,7 +349,7 @@ def _drift_section(con: duckdb.DuckDBPyConnection, preds: list[Row]) -> str:
     sites = sorted({r["site_id"] for r in rows})
     by_key = {(r["site_id"], str(r["run_date"])): r for r in rows}
 
-    def series(column: str) -> dict[str, list]:
+    def series(column: str) -> dict[str, list[float | None]]:
         return {s: [(by_key.get((s, d)) or {}).get(column) for d in dates] for s in sites}
 
     out.append(
