@@ -558,12 +558,14 @@ def test_warehouse_statements_parse_and_bind_values_as_parameters():
 
 
 def _correct_one(app):
-    """Post a correction on a case whose prediction, folder and current labels agree."""
-    item = next(
-        i
-        for i in app.get("/api/worklist")[1]["items"]
-        if i["predicted_label"] == i["folder_label"] == i["current_label"]
-    )
+    """Post a correction on a case not relabelled yet: one whose prediction, folder and current
+    labels agree when there is one left (earlier tests of the module correct some, and how many
+    films the model gets right depends on the model), else one whose folder and current labels
+    agree. Either way the correction differs from the current label, so it writes history."""
+    items = app.get("/api/worklist")[1]["items"]
+    unchanged = [i for i in items if i["folder_label"] == i["current_label"]]
+    agreeing = [i for i in unchanged if i["predicted_label"] == i["folder_label"]]
+    item = (agreeing or unchanged)[0]
     other = "NORMAL" if item["folder_label"] == "PNEUMONIA" else "PNEUMONIA"
     status, _ = app.post(
         "/api/feedback", _verdict(item["prediction_id"], "disagree", correct_label=other)
