@@ -11,9 +11,9 @@ written against this Protocol only, so every rule runs unchanged on any engine.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-Row = dict[str, Any]
+from cxrlake.columns import Row
 
 
 class ReviewReader(Protocol):
@@ -52,7 +52,7 @@ class ReviewStore(ReviewReader, Protocol):
         """The bytes to send for an image and their media type; `ReviewError` when unknown."""
         ...
 
-    def record_verdict(self, payload: Mapping[str, Any], reviewer: str) -> tuple[Row, bool]:
+    def record_verdict(self, payload: Mapping[str, object], reviewer: str) -> tuple[Row, bool]:
         """(stored row, created): one verdict appended, then the label history updated."""
         ...
 
