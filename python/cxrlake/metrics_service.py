@@ -78,20 +78,13 @@ def performance_rows(
     """Metrics per labelled split of ``model`` over the predictions of the current bytes of the
     images in silver (`rules.EVALUATION_INPUT`), decided at ``threshold``; only the evaluations
     ``gold.model_performance`` does not hold yet (`rules.PERFORMANCE_INSERTS`)."""
-    relations = state_views(
-        ("silver", "predictions", "performance"),
-        {"predictions": rules.EVALUATION_COLUMNS},
-    )
+    relations = state_views(("silver", "predictions"), {"predictions": rules.EVALUATION_COLUMNS})
     relations["model"] = model_view(model)
     evaluated = catalog.query(rules.EVALUATION_INPUT, relations)
     evaluations = metrics.model_performance(evaluated, threshold, evaluated_at)
-    return catalog.query(
-        rules.PERFORMANCE_INSERTS,
-        {
-            "evaluations": pa.Table.from_batches([evaluations]),
-            "performance": relations["performance"],
-        },
-    )
+    known = state_views(("performance",))
+    known["evaluations"] = pa.Table.from_batches([evaluations])
+    return catalog.query(rules.PERFORMANCE_INSERTS, known)
 
 
 def drift_rows(catalog: Catalog, model: Model, computed_at: dt.datetime | None = None) -> pa.Table:
